@@ -1,0 +1,389 @@
+//! The operator config (DESIGN §2): thresholds, default provider, rebalance, pending spill
+//! and pricing, read from a YAML file, validated, and reloaded live. An invalid file is
+//! refused with a message naming the key, and the last good config stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// A burst target.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// AWS Fargate through ECS `RunTask`.
+    #[default]
+    Fargate,
+    /// Azure Container Instances.
+    Aci,
+}
+
+impl Provider {
+    /// The lower-case name used in annotations, labels and node names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Fargate => "fargate",
+            Provider::Aci => "aci",
+        }
+    }
+
+    /// Parses an annotation value (`fargate` or `aci`).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "fargate" => Some(Provider::Fargate),
+            "aci" => Some(Provider::Aci),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Rebalance-back settings (DESIGN §4).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RebalanceConfig {
+    /// Whether burst pods are moved back when capacity returns.
+    pub enabled: bool,
+    /// Cluster request utilization under which moving back starts.
+    pub below_utilization: f64,
+    /// How long utilization must stay low before moving back.
+    pub cooldown_seconds: u64,
+    /// Eviction rate limit.
+    pub max_evictions_per_minute: u32,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            below_utilization: 0.6,
+            cooldown_seconds: 300,
+            max_evictions_per_minute: 10,
+        }
+    }
+}
+
+/// Pending-spill settings (DESIGN §4).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PendingSpillConfig {
+    /// How long an opted-in pod may stay unschedulable before it may use the virtual node.
+    pub after_seconds: u64,
+}
+
+impl Default for PendingSpillConfig {
+    fn default() -> Self {
+        Self { after_seconds: 60 }
+    }
+}
+
+/// Hourly list prices of one provider, in USD.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Price {
+    /// USD per vCPU-hour.
+    pub vcpu_hour: f64,
+    /// USD per GB-hour of memory.
+    pub gb_hour: f64,
+}
+
+/// Prices per provider.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// Fargate prices; default: Linux/x86 list prices (0.04048 per vCPU-hour, 0.004445 per GB-hour).
+    pub fargate: Price,
+    /// ACI prices; default: Linux list prices (0.0000135 per vCPU-second, 0.0000015 per GB-second).
+    pub aci: Price,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        Self {
+            fargate: Price {
+                vcpu_hour: 0.04048,
+                gb_hour: 0.004445,
+            },
+            aci: Price {
+                vcpu_hour: 0.0486,
+                gb_hour: 0.0054,
+            },
+        }
+    }
+}
+
+impl PricingConfig {
+    /// Prices for `provider`.
+    pub fn for_provider(&self, provider: Provider) -> &Price {
+        match provider {
+            Provider::Fargate => &self.fargate,
+            Provider::Aci => &self.aci,
+        }
+    }
+}
+
+/// The whole operator config.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    /// Request utilization (CPU or memory) at which pods of opted-in workloads burst.
+    pub capacity_threshold: f64,
+    /// HPA `desiredReplicas / maxReplicas` at which replicas beyond the baseline burst.
+    pub hpa_threshold: f64,
+    /// Provider for workloads that name none.
+    pub default_provider: Provider,
+    /// Rebalance-back settings.
+    pub rebalance: RebalanceConfig,
+    /// Pending-spill settings.
+    pub pending_spill: PendingSpillConfig,
+    /// Prices used for cost metrics and `explain-pod`.
+    pub pricing: PricingConfig,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            capacity_threshold: 0.85,
+            hpa_threshold: 0.8,
+            default_provider: Provider::Fargate,
+            rebalance: RebalanceConfig::default(),
+            pending_spill: PendingSpillConfig::default(),
+            pricing: PricingConfig::default(),
+        }
+    }
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML was malformed, had an unknown key, or a value of the wrong type.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value was out of range.
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The offending key, dotted.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn unit_interval(key: &'static str, value: f64) -> Result<(), (&'static str, String)> {
+    if value > 0.0 && value <= 1.0 {
+        Ok(())
+    } else {
+        Err((key, format!("must be greater than 0 and at most 1, got {value}")))
+    }
+}
+
+fn non_negative_price(key: &'static str, value: f64) -> Result<(), (&'static str, String)> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err((key, format!("must be a price of 0 or more, got {value}")))
+    }
+}
+
+impl OperatorConfig {
+    /// Checks every range; returns the dotted key and what is wrong.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        unit_interval("capacityThreshold", self.capacity_threshold)?;
+        unit_interval("hpaThreshold", self.hpa_threshold)?;
+        unit_interval("rebalance.belowUtilization", self.rebalance.below_utilization)?;
+        if self.rebalance.max_evictions_per_minute == 0 && self.rebalance.enabled {
+            return Err((
+                "rebalance.maxEvictionsPerMinute",
+                "must be at least 1 while rebalance is enabled".into(),
+            ));
+        }
+        non_negative_price("pricing.fargate.vcpuHour", self.pricing.fargate.vcpu_hour)?;
+        non_negative_price("pricing.fargate.gbHour", self.pricing.fargate.gb_hour)?;
+        non_negative_price("pricing.aci.vcpuHour", self.pricing.aci.vcpu_hour)?;
+        non_negative_price("pricing.aci.gbHour", self.pricing.aci.gb_hour)?;
+        Ok(())
+    }
+
+    /// Parses and validates YAML text; `path` only names the source in errors.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        // An empty file means "all defaults".
+        let config: OperatorConfig = if text.trim().is_empty() {
+            OperatorConfig::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?
+        };
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+}
+
+/// The config in force, shared by readers and swapped by the reloader.
+pub type SharedConfig = Arc<ArcSwap<OperatorConfig>>;
+
+/// Watches `path` and swaps each valid new version into `shared`; an invalid version is
+/// logged with the key at fault, counted through `on_refused`, and the old one stays.
+pub async fn watch_and_reload(
+    path: PathBuf,
+    shared: SharedConfig,
+    interval: Duration,
+    on_refused: impl Fn(&ConfigError) + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    let modified = |p: &Path| -> Option<SystemTime> { std::fs::metadata(p).and_then(|m| m.modified()).ok() };
+    let mut seen = modified(&path);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match OperatorConfig::load(&path) {
+            Ok(config) => {
+                if **shared.load() != config {
+                    tracing::info!(path = %path.display(), "operator config reloaded");
+                    shared.store(Arc::new(config));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "operator config refused; the last good one stays in force");
+                on_refused(&error);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<OperatorConfig, ConfigError> {
+        OperatorConfig::from_yaml(text, Path::new("config.yaml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.capacity_threshold, 0.85);
+        assert_eq!(config.hpa_threshold, 0.8);
+        assert_eq!(config.default_provider, Provider::Fargate);
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = parse("capacityThreshold: 0.5\ndefaultProvider: aci\nrebalance:\n  cooldownSeconds: 10\n").unwrap();
+        assert_eq!(config.capacity_threshold, 0.5);
+        assert_eq!(config.default_provider, Provider::Aci);
+        assert_eq!(config.rebalance.cooldown_seconds, 10);
+        assert!(config.rebalance.enabled);
+        assert_eq!(config.hpa_threshold, 0.8);
+    }
+
+    #[test]
+    fn out_of_range_value_names_its_key() {
+        let error = parse("hpaThreshold: 1.5").unwrap_err().to_string();
+        assert!(error.contains("hpaThreshold"), "{error}");
+        assert!(error.contains("1.5"), "{error}");
+        let error = parse("capacityThreshold: 0").unwrap_err().to_string();
+        assert!(error.contains("capacityThreshold"), "{error}");
+    }
+
+    #[test]
+    fn unknown_key_and_wrong_type_are_refused() {
+        let error = parse("capacityTreshold: 0.5").unwrap_err().to_string();
+        assert!(error.contains("capacityTreshold"), "{error}");
+        let error = parse("defaultProvider: gcp").unwrap_err().to_string();
+        assert!(error.contains("gcp") || error.contains("variant"), "{error}");
+        let error = parse("capacityThreshold: high").unwrap_err().to_string();
+        assert!(error.contains("capacityThreshold"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_last_good_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "capacityThreshold: 0.5").unwrap();
+        let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(OperatorConfig::load(&path).unwrap()));
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let counter = refused.clone();
+        tokio::spawn(watch_and_reload(
+            path.clone(),
+            shared.clone(),
+            Duration::from_millis(20),
+            move |_| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            },
+            shutdown.clone(),
+        ));
+        let wait_for = |check: &dyn Fn() -> bool| {
+            let start = std::time::Instant::now();
+            while !check() && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // Make the mtime differ even on coarse-grained file systems.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        std::fs::write(&path, "capacityThreshold: 7").unwrap();
+        let r = refused.clone();
+        tokio::task::spawn_blocking(move || wait_for(&|| r.load(std::sync::atomic::Ordering::SeqCst) > 0))
+            .await
+            .unwrap();
+        assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(shared.load().capacity_threshold, 0.5);
+
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        std::fs::write(&path, "capacityThreshold: 0.7").unwrap();
+        let s = shared.clone();
+        tokio::task::spawn_blocking(move || wait_for(&|| s.load().capacity_threshold == 0.7))
+            .await
+            .unwrap();
+        assert_eq!(shared.load().capacity_threshold, 0.7);
+        shutdown.cancel();
+    }
+}

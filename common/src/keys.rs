@@ -1,0 +1,38 @@
+//! Annotation, label and taint keys that make up Spillway's API (DESIGN §2 and §5).
+
+/// Opt-in annotation: `"true"` lets a workload burst.
+pub const BURST: &str = "spillway.io/burst";
+/// Which virtual node a workload bursts to: `fargate` or `aci`.
+pub const PROVIDER: &str = "spillway.io/provider";
+/// Replicas beyond this many local ones always burst.
+pub const MAX_LOCAL: &str = "spillway.io/max-local";
+/// Cap on burst replicas: an integer or `"N%"` of `spec.replicas`, rounded up.
+pub const MAX_BURST: &str = "spillway.io/max-burst";
+/// Per-workload override of the operator's `capacityThreshold`.
+pub const CAPACITY_THRESHOLD: &str = "spillway.io/capacity-threshold";
+/// Per-workload override of the operator's `hpaThreshold`.
+pub const HPA_THRESHOLD: &str = "spillway.io/hpa-threshold";
+/// `"true"` asks for Fargate Spot capacity.
+pub const SPOT: &str = "spillway.io/spot";
+
+/// Label Spillway writes on admitted pods: `local` or `burst`.
+pub const PLACEMENT: &str = "spillway.io/placement";
+/// Label Spillway writes with the rule that decided the placement.
+pub const REASON: &str = "spillway.io/reason";
+/// Annotation carrying the admission request UID that made the decision.
+pub const DECISION: &str = "spillway.io/decision";
+/// Upstream annotation that makes ReplicaSets remove low-cost pods first on scale-in.
+pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// Deletion cost Spillway gives burst pods so they go first on scale-in.
+pub const BURST_DELETION_COST: &str = "-1000";
+
+/// Node label that marks a virtual-kubelet node (virtual-kubelet's own convention).
+pub const NODE_TYPE_LABEL: &str = "type";
+/// Value of [`NODE_TYPE_LABEL`] on virtual nodes.
+pub const NODE_TYPE_VIRTUAL: &str = "virtual-kubelet";
+/// Node label naming the provider behind a virtual node.
+pub const NODE_PROVIDER_LABEL: &str = "spillway.io/provider";
+/// Taint key every virtual node carries (virtual-kubelet's own convention).
+pub const VIRTUAL_NODE_TAINT: &str = "virtual-kubelet.io/provider";
+/// Taint a virtual node adds while its provider fails or throttles persistently.
+pub const PROVIDER_DEGRADED_TAINT: &str = "spillway.io/provider-degraded";

@@ -1,0 +1,12 @@
+//! Pieces every Spillway component shares: annotation keys, the operator config, telemetry,
+//! the admin HTTP server, TLS serving with live certificate reload, and shutdown signalling.
+
+pub mod admin;
+pub mod config;
+pub mod eligibility;
+pub mod keys;
+pub mod pod_resources;
+pub mod quantity;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,175 @@
+//! Turns one admission request into an answer: finds the pod's workload in the index,
+//! reads its policy, decides, and builds the patch and warnings. Never fails: anything
+//! unexpected is answered `allowed` with a warning.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize as _;
+use spillway_common::config::OperatorConfig;
+use spillway_common::eligibility::{self, Ineligible};
+use spillway_common::keys;
+use spillway_common::pod_resources;
+
+use crate::decision::{self, Decision, PodFacts, Placement, Reason};
+use crate::index::{ClusterIndex, PlacementCounts};
+use crate::patch::{self, Mutation};
+use crate::policy;
+use crate::review::{AdmissionRequest, AdmissionResponse};
+
+/// The answer plus what the caller needs for metrics and in-flight tracking.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// What to send back.
+    pub response: AdmissionResponse,
+    /// The decision, for opted-in pods that got one now.
+    pub decision: Option<Decision>,
+    /// `namespace/name` of the Deployment, when known.
+    pub workload: Option<String>,
+    /// Why the pod may not burst.
+    pub ineligible: Vec<Ineligible>,
+}
+
+impl Evaluation {
+    fn plain(response: AdmissionResponse) -> Self {
+        Self {
+            response,
+            decision: None,
+            workload: None,
+            ineligible: Vec::new(),
+        }
+    }
+}
+
+/// The Deployment a pod belongs to, through its controlling ReplicaSet: the index's link
+/// when it has one, else the ReplicaSet name less its `pod-template-hash` suffix.
+fn workload_key(pod: &Pod, namespace: &str, index: &ClusterIndex) -> Option<String> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))?;
+    if let Some(key) = index.deployment_of_replicaset(&owner.uid) {
+        return Some(key.to_owned());
+    }
+    let hash = pod.metadata.labels.as_ref()?.get("pod-template-hash")?;
+    let name = owner.name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
+    Some(format!("{namespace}/{name}"))
+}
+
+/// A decision already written on the pod by an earlier pass (reinvocation).
+fn previous_decision(pod: &Pod, provider: spillway_common::config::Provider) -> Option<Decision> {
+    pod.metadata.annotations.as_ref()?.get(keys::DECISION)?;
+    let labels = pod.metadata.labels.as_ref()?;
+    let placement = match labels.get(keys::PLACEMENT)?.as_str() {
+        "burst" => Placement::Burst(provider),
+        "local" => Placement::Local,
+        _ => return None,
+    };
+    let reason = match labels.get(keys::REASON).map(String::as_str) {
+        Some("capacity") => Reason::Capacity,
+        Some("no-fit") => Reason::NoFit,
+        Some("hpa") => Reason::Hpa,
+        Some("max-local") => Reason::MaxLocal,
+        Some("max-burst") => Reason::MaxBurst,
+        Some("ineligible") => Reason::Ineligible,
+        _ => Reason::NoPressure,
+    };
+    Some(Decision { placement, reason })
+}
+
+/// Evaluates `request` against `index`; `in_flight` adds the workload's decisions that
+/// have not shown up in the index yet.
+pub fn evaluate(
+    request: &AdmissionRequest,
+    index: &ClusterIndex,
+    in_flight: impl Fn(&str) -> PlacementCounts,
+    config: &OperatorConfig,
+) -> Evaluation {
+    let allow = || AdmissionResponse::allow(&request.uid);
+    let kind = &request.kind;
+    if kind.kind != "Pod" || !kind.group.is_empty() || request.sub_resource.is_some() {
+        let what = format!("{}/{} {}", kind.group, kind.version, kind.kind);
+        return Evaluation::plain(allow().warn(format!(
+            "spillway: only Pod creations are mutated; {what} admitted unchanged"
+        )));
+    }
+    if request.operation != "CREATE" {
+        return Evaluation::plain(allow());
+    }
+    let Some(object) = request.object.as_ref() else {
+        return Evaluation::plain(allow().warn("spillway: request has no object; pod admitted unchanged"));
+    };
+    let pod: Pod = match Pod::deserialize(object) {
+        Ok(pod) => pod,
+        Err(error) => {
+            return Evaluation::plain(allow().warn(format!(
+                "spillway: object is not a valid Pod ({error}); admitted unchanged"
+            )));
+        }
+    };
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or("default");
+    let workload = workload_key(&pod, namespace, index);
+    let view = workload.as_deref().and_then(|key| {
+        let (ns, name) = key.split_once('/')?;
+        index.workload(ns, name)
+    });
+    let (policy, mut warnings) = policy::read(view.as_ref().map(|v| v.annotations), pod.metadata.annotations.as_ref());
+    if !policy.opted_in {
+        let mut response = allow();
+        response.warnings = warnings;
+        return Evaluation { workload, ..Evaluation::plain(response) };
+    }
+    let provider = policy.provider.unwrap_or(config.default_provider);
+    let needs = pod.spec.as_ref().map(pod_resources::effective).unwrap_or_default();
+    let ineligible = eligibility::check(&pod, &needs, provider);
+    let previous = previous_decision(&pod, provider);
+    let decision = previous.unwrap_or_else(|| {
+        let mut counts = view.as_ref().map(|v| v.counts).unwrap_or_default();
+        if let Some(key) = workload.as_deref() {
+            let pending = in_flight(key);
+            counts.local += pending.local;
+            counts.burst += pending.burst;
+        }
+        let facts = PodFacts {
+            needs,
+            tolerations: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.tolerations.as_deref())
+                .unwrap_or(&[]),
+            ineligible: &ineligible,
+            counts,
+            replicas: view.as_ref().map(|v| v.replicas).unwrap_or(1),
+            hpa: view.as_ref().and_then(|v| v.hpa),
+        };
+        decision::decide(&facts, &policy, config, index)
+    });
+    if !ineligible.is_empty() {
+        let reasons: Vec<&str> = ineligible.iter().map(|r| r.as_str()).collect();
+        warnings.push(format!(
+            "spillway: pod may not burst to {provider} ({}); it stays on regular nodes",
+            reasons.join(", ")
+        ));
+    }
+    let ops = patch::build(
+        &pod,
+        &Mutation {
+            placement: decision.placement,
+            reason: decision.reason,
+            decision_uid: &request.uid,
+        },
+    );
+    let mut response = allow().with_patch(&ops);
+    response.warnings = warnings;
+    Evaluation {
+        response,
+        // A reinvocation re-applies an old decision; it is not a new one to count.
+        decision: previous.is_none().then_some(decision),
+        workload,
+        ineligible,
+    }
+}

@@ -1,0 +1,287 @@
+//! The burst decision (DESIGN §3): a pure function of the pod's facts, its workload's
+//! policy and counts, and a read-only view of cluster capacity.
+
+use k8s_openapi::api::core::v1::Toleration;
+use spillway_common::config::{OperatorConfig, Provider};
+use spillway_common::eligibility::Ineligible;
+use spillway_common::pod_resources::PodResources;
+
+use crate::index::{CapacityTotals, HpaFacts, PlacementCounts};
+use crate::policy::WorkloadPolicy;
+
+/// Where a pod goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// A regular node.
+    Local,
+    /// The virtual node of a provider.
+    Burst(Provider),
+}
+
+impl Placement {
+    /// `local` or `burst`, the value of the `spillway.io/placement` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Local => "local",
+            Placement::Burst(_) => "burst",
+        }
+    }
+}
+
+/// Why the decision went the way it did; doubles as the `reason` metric label and the
+/// `spillway.io/reason` pod label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Request utilization including the pod reached the capacity threshold.
+    Capacity,
+    /// No regular node has room for the pod.
+    NoFit,
+    /// The HPA is near its ceiling and the workload is past its baseline.
+    Hpa,
+    /// The workload already has `max-local` local replicas.
+    MaxLocal,
+    /// No pressure: the pod stays local.
+    NoPressure,
+    /// Pressure, but the workload already has `max-burst` burst replicas.
+    MaxBurst,
+    /// Pressure, but the pod may not burst.
+    Ineligible,
+}
+
+impl Reason {
+    /// Kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Capacity => "capacity",
+            Reason::NoFit => "no-fit",
+            Reason::Hpa => "hpa",
+            Reason::MaxLocal => "max-local",
+            Reason::NoPressure => "no-pressure",
+            Reason::MaxBurst => "max-burst",
+            Reason::Ineligible => "ineligible",
+        }
+    }
+}
+
+/// What the decision needs to know about capacity; the index implements it, tests may
+/// use any other.
+pub trait CapacityView {
+    /// Sums over Ready, schedulable, non-virtual nodes.
+    fn totals(&self) -> CapacityTotals;
+    /// Whether one such node, with taints the pod tolerates, has room for `needs`.
+    fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool;
+}
+
+impl CapacityView for crate::index::ClusterIndex {
+    fn totals(&self) -> CapacityTotals {
+        crate::index::ClusterIndex::totals(self)
+    }
+    fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool {
+        crate::index::ClusterIndex::any_node_fits(self, needs, tolerations)
+    }
+}
+
+/// Everything about one pod and its workload the decision reads.
+#[derive(Clone, Debug)]
+pub struct PodFacts<'a> {
+    /// Effective requests.
+    pub needs: PodResources,
+    /// The pod's tolerations.
+    pub tolerations: &'a [Toleration],
+    /// Why it may not burst (empty: eligible).
+    pub ineligible: &'a [Ineligible],
+    /// Local and burst replicas of the workload, in-flight decisions included.
+    pub counts: PlacementCounts,
+    /// The Deployment's `spec.replicas`.
+    pub replicas: u32,
+    /// The HPA targeting the Deployment, if any.
+    pub hpa: Option<HpaFacts>,
+}
+
+/// The outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Where the pod goes.
+    pub placement: Placement,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Whether `(requested + needs) / allocatable ≥ threshold` for CPU or memory.
+fn over_threshold(totals: CapacityTotals, needs: &PodResources, threshold: f64) -> bool {
+    let ratio = |requested: u64, extra: u64, allocatable: u64| {
+        (requested + extra) as f64 / allocatable as f64
+    };
+    ratio(totals.requested_cpu, needs.cpu_millis, totals.allocatable_cpu) >= threshold
+        || ratio(totals.requested_memory, needs.memory_bytes, totals.allocatable_memory) >= threshold
+}
+
+/// The first rule that puts the pod under pressure, in order of how cheap it is to check.
+fn pressure(
+    facts: &PodFacts<'_>,
+    policy: &WorkloadPolicy,
+    config: &OperatorConfig,
+    capacity: &impl CapacityView,
+) -> Option<Reason> {
+    let local = facts.counts.local;
+    if policy.max_local.is_some_and(|max| local >= max) {
+        return Some(Reason::MaxLocal);
+    }
+    if let Some(hpa) = facts.hpa
+        && hpa.max_replicas > 0
+    {
+        let threshold = policy.hpa_threshold.unwrap_or(config.hpa_threshold);
+        let baseline = policy.max_local.unwrap_or(hpa.min_replicas);
+        let ratio = f64::from(hpa.desired_replicas) / f64::from(hpa.max_replicas);
+        if ratio >= threshold && local >= baseline {
+            return Some(Reason::Hpa);
+        }
+    }
+    let totals = capacity.totals();
+    if totals.allocatable_cpu == 0 || totals.allocatable_memory == 0 {
+        return Some(Reason::NoFit);
+    }
+    let threshold = policy.capacity_threshold.unwrap_or(config.capacity_threshold);
+    if over_threshold(totals, &facts.needs, threshold) {
+        return Some(Reason::Capacity);
+    }
+    if !capacity.any_node_fits(&facts.needs, facts.tolerations) {
+        return Some(Reason::NoFit);
+    }
+    None
+}
+
+/// Decides where a pod of an opted-in workload goes.
+pub fn decide(
+    facts: &PodFacts<'_>,
+    policy: &WorkloadPolicy,
+    config: &OperatorConfig,
+    capacity: &impl CapacityView,
+) -> Decision {
+    let local = |reason| Decision {
+        placement: Placement::Local,
+        reason,
+    };
+    let Some(reason) = pressure(facts, policy, config, capacity) else {
+        return local(Reason::NoPressure);
+    };
+    if !facts.ineligible.is_empty() {
+        return local(Reason::Ineligible);
+    }
+    if let Some(cap) = policy.max_burst
+        && facts.counts.burst >= cap.resolve(facts.replicas)
+    {
+        return local(Reason::MaxBurst);
+    }
+    Decision {
+        placement: Placement::Burst(policy.provider.unwrap_or(config.default_provider)),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::MaxBurst;
+
+    struct FakeCapacity {
+        totals: CapacityTotals,
+        fits: bool,
+    }
+
+    impl CapacityView for FakeCapacity {
+        fn totals(&self) -> CapacityTotals {
+            self.totals
+        }
+        fn any_node_fits(&self, _: &PodResources, _: &[Toleration]) -> bool {
+            self.fits
+        }
+    }
+
+    fn cluster(requested_cpu: u64, fits: bool) -> FakeCapacity {
+        FakeCapacity {
+            totals: CapacityTotals {
+                allocatable_cpu: 10_000,
+                allocatable_memory: 100 << 30,
+                requested_cpu,
+                requested_memory: 0,
+            },
+            fits,
+        }
+    }
+
+    fn facts(local: u32, burst: u32) -> PodFacts<'static> {
+        PodFacts {
+            needs: PodResources {
+                cpu_millis: 500,
+                memory_bytes: 1 << 30,
+                cpu_specified: true,
+                memory_specified: true,
+            },
+            tolerations: &[],
+            ineligible: &[],
+            counts: PlacementCounts { local, burst },
+            replicas: 10,
+            hpa: None,
+        }
+    }
+
+    fn opted_in() -> WorkloadPolicy {
+        WorkloadPolicy {
+            opted_in: true,
+            ..WorkloadPolicy::default()
+        }
+    }
+
+    const BURST: Placement = Placement::Burst(Provider::Fargate);
+
+    #[test]
+    fn table() {
+        let config = OperatorConfig::default();
+        let hpa = |desired| {
+            Some(HpaFacts {
+                min_replicas: 2,
+                max_replicas: 10,
+                desired_replicas: desired,
+            })
+        };
+        struct Case {
+            name: &'static str,
+            facts: PodFacts<'static>,
+            policy: WorkloadPolicy,
+            capacity: FakeCapacity,
+            expected: (Placement, Reason),
+        }
+        let cases = vec![
+            Case { name: "idle cluster stays local", facts: facts(0, 0), policy: opted_in(), capacity: cluster(1000, true), expected: (Placement::Local, Reason::NoPressure) },
+            Case { name: "just under threshold", facts: facts(0, 0), policy: opted_in(), capacity: cluster(7_999, true), expected: (Placement::Local, Reason::NoPressure) },
+            Case { name: "pod pushes utilization to threshold", facts: facts(0, 0), policy: opted_in(), capacity: cluster(8_000, true), expected: (BURST, Reason::Capacity) },
+            Case { name: "workload threshold override", facts: facts(0, 0), policy: WorkloadPolicy { capacity_threshold: Some(0.2), ..opted_in() }, capacity: cluster(1_500, true), expected: (BURST, Reason::Capacity) },
+            Case { name: "no node fits", facts: facts(0, 0), policy: opted_in(), capacity: cluster(1000, false), expected: (BURST, Reason::NoFit) },
+            Case { name: "no regular nodes at all", facts: facts(0, 0), policy: opted_in(), capacity: FakeCapacity { totals: CapacityTotals::default(), fits: false }, expected: (BURST, Reason::NoFit) },
+            Case { name: "max-local reached", facts: facts(3, 0), policy: WorkloadPolicy { max_local: Some(3), ..opted_in() }, capacity: cluster(0, true), expected: (BURST, Reason::MaxLocal) },
+            Case { name: "below max-local", facts: facts(2, 0), policy: WorkloadPolicy { max_local: Some(3), ..opted_in() }, capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
+            Case { name: "hpa pressure past minReplicas", facts: PodFacts { hpa: hpa(8), ..facts(2, 0) }, policy: opted_in(), capacity: cluster(0, true), expected: (BURST, Reason::Hpa) },
+            Case { name: "hpa pressure within baseline", facts: PodFacts { hpa: hpa(8), ..facts(1, 0) }, policy: opted_in(), capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
+            Case { name: "hpa below threshold", facts: PodFacts { hpa: hpa(7), ..facts(5, 0) }, policy: opted_in(), capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
+            Case { name: "hpa threshold override", facts: PodFacts { hpa: hpa(5), ..facts(5, 0) }, policy: WorkloadPolicy { hpa_threshold: Some(0.5), ..opted_in() }, capacity: cluster(0, true), expected: (BURST, Reason::Hpa) },
+            Case { name: "hpa baseline is max-local when set", facts: PodFacts { hpa: hpa(9), ..facts(3, 0) }, policy: WorkloadPolicy { max_local: Some(4), ..opted_in() }, capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
+            Case { name: "max-burst count reached", facts: facts(0, 2), policy: WorkloadPolicy { max_burst: Some(MaxBurst::Count(2)), ..opted_in() }, capacity: cluster(9_000, true), expected: (Placement::Local, Reason::MaxBurst) },
+            Case { name: "max-burst percent rounds up", facts: facts(0, 1), policy: WorkloadPolicy { max_burst: Some(MaxBurst::Percent(11)), ..opted_in() }, capacity: cluster(9_000, true), expected: (BURST, Reason::Capacity) },
+            Case { name: "provider annotation", facts: facts(0, 0), policy: WorkloadPolicy { provider: Some(Provider::Aci), ..opted_in() }, capacity: cluster(9_000, true), expected: (Placement::Burst(Provider::Aci), Reason::Capacity) },
+            Case { name: "ineligible stays local", facts: PodFacts { ineligible: &[Ineligible::HostPath], ..facts(0, 0) }, policy: opted_in(), capacity: cluster(9_000, true), expected: (Placement::Local, Reason::Ineligible) },
+            Case { name: "ineligible without pressure is plain local", facts: PodFacts { ineligible: &[Ineligible::HostPath], ..facts(0, 0) }, policy: opted_in(), capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
+        ];
+        for case in cases {
+            let decision = decide(&case.facts, &case.policy, &config, &case.capacity);
+            assert_eq!((decision.placement, decision.reason), case.expected, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn default_provider_comes_from_config() {
+        let config = OperatorConfig { default_provider: Provider::Aci, ..OperatorConfig::default() };
+        let decision = decide(&facts(0, 0), &opted_in(), &config, &cluster(9_500, true));
+        assert_eq!(decision.placement, Placement::Burst(Provider::Aci));
+    }
+}

@@ -1,0 +1,41 @@
+//! The burst admission webhook (DESIGN §3): a compact watch-fed index of the cluster, the
+//! pure burst decision, the JSON patch that carries it, and the HTTPS server.
+
+pub mod admission;
+pub mod cluster_state;
+pub mod decision;
+pub mod index;
+pub mod inflight;
+pub mod metrics;
+pub mod patch;
+pub mod policy;
+pub mod review;
+pub mod run;
+pub mod server;
+pub mod synthetic;
+pub mod watch;
+
+use spillway_common::config::OperatorConfig;
+
+/// Why `spillway admit` could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// The review on stdin was unusable.
+    #[error(transparent)]
+    Review(#[from] review::ReviewError),
+    /// The cluster state was unusable.
+    #[error(transparent)]
+    ClusterState(#[from] cluster_state::ClusterStateError),
+}
+
+/// Answers one review offline, as the webhook would against `cluster_state`.
+pub fn admit(
+    review_json: &[u8],
+    cluster_state: &[u8],
+    config: &OperatorConfig,
+) -> Result<review::AdmissionReviewResponse, AdmitError> {
+    let index = cluster_state::load(cluster_state)?;
+    let (api_version, request) = review::parse(review_json)?;
+    let evaluation = admission::evaluate(&request, &index, |_| index::PlacementCounts::default(), config);
+    Ok(review::AdmissionReviewResponse::new(api_version.as_deref(), evaluation.response))
+}
