@@ -51,7 +51,10 @@ pub fn router(registry: Registry, readiness: Readiness) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AdminState { registry, readiness })
+        .with_state(AdminState {
+            registry,
+            readiness,
+        })
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -196,7 +196,10 @@ fn unit_interval(key: &'static str, value: f64) -> Result<(), (&'static str, Str
     if value > 0.0 && value <= 1.0 {
         Ok(())
     } else {
-        Err((key, format!("must be greater than 0 and at most 1, got {value}")))
+        Err((
+            key,
+            format!("must be greater than 0 and at most 1, got {value}"),
+        ))
     }
 }
 
@@ -213,7 +216,10 @@ impl OperatorConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         unit_interval("capacityThreshold", self.capacity_threshold)?;
         unit_interval("hpaThreshold", self.hpa_threshold)?;
-        unit_interval("rebalance.belowUtilization", self.rebalance.below_utilization)?;
+        unit_interval(
+            "rebalance.belowUtilization",
+            self.rebalance.below_utilization,
+        )?;
         if self.rebalance.max_evictions_per_minute == 0 && self.rebalance.enabled {
             return Err((
                 "rebalance.maxEvictionsPerMinute",
@@ -270,7 +276,8 @@ pub async fn watch_and_reload(
     on_refused: impl Fn(&ConfigError) + Send + 'static,
     shutdown: CancellationToken,
 ) {
-    let modified = |p: &Path| -> Option<SystemTime> { std::fs::metadata(p).and_then(|m| m.modified()).ok() };
+    let modified =
+        |p: &Path| -> Option<SystemTime> { std::fs::metadata(p).and_then(|m| m.modified()).ok() };
     let mut seen = modified(&path);
     let mut ticker = tokio::time::interval(interval);
     loop {
@@ -316,7 +323,10 @@ mod tests {
 
     #[test]
     fn partial_file_keeps_other_defaults() {
-        let config = parse("capacityThreshold: 0.5\ndefaultProvider: aci\nrebalance:\n  cooldownSeconds: 10\n").unwrap();
+        let config = parse(
+            "capacityThreshold: 0.5\ndefaultProvider: aci\nrebalance:\n  cooldownSeconds: 10\n",
+        )
+        .unwrap();
         assert_eq!(config.capacity_threshold, 0.5);
         assert_eq!(config.default_provider, Provider::Aci);
         assert_eq!(config.rebalance.cooldown_seconds, 10);
@@ -338,7 +348,10 @@ mod tests {
         let error = parse("capacityTreshold: 0.5").unwrap_err().to_string();
         assert!(error.contains("capacityTreshold"), "{error}");
         let error = parse("defaultProvider: gcp").unwrap_err().to_string();
-        assert!(error.contains("gcp") || error.contains("variant"), "{error}");
+        assert!(
+            error.contains("gcp") || error.contains("variant"),
+            "{error}"
+        );
         let error = parse("capacityThreshold: high").unwrap_err().to_string();
         assert!(error.contains("capacityThreshold"), "{error}");
     }
@@ -348,7 +361,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, "capacityThreshold: 0.5").unwrap();
-        let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(OperatorConfig::load(&path).unwrap()));
+        let shared: SharedConfig =
+            Arc::new(ArcSwap::from_pointee(OperatorConfig::load(&path).unwrap()));
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shutdown = CancellationToken::new();
         let counter = refused.clone();
@@ -371,9 +385,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         std::fs::write(&path, "capacityThreshold: 7").unwrap();
         let r = refused.clone();
-        tokio::task::spawn_blocking(move || wait_for(&|| r.load(std::sync::atomic::Ordering::SeqCst) > 0))
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || {
+            wait_for(&|| r.load(std::sync::atomic::Ordering::SeqCst) > 0)
+        })
+        .await
+        .unwrap();
         assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(shared.load().capacity_threshold, 0.5);
 

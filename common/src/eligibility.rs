@@ -117,7 +117,10 @@ pub fn check(pod: &Pod, needs: &PodResources, provider: Provider) -> Vec<Ineligi
         {
             reasons.push(Ineligible::HostPort);
         }
-        if volumes.clone().any(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some()) {
+        if volumes
+            .clone()
+            .any(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
+        {
             reasons.push(Ineligible::PersistentVolumeClaim);
         }
     }
@@ -157,20 +160,57 @@ mod tests {
         let plain = json!({"spec": {"containers": [{"name": "a", "image": "nginx"}]}});
         assert!(reasons(plain, Provider::Fargate).is_empty());
         let cases = [
-            (json!({"spec": {"hostNetwork": true, "containers": [{"name": "a"}]}}), Ineligible::HostNetwork),
-            (json!({"spec": {"hostPID": true, "containers": [{"name": "a"}]}}), Ineligible::HostPid),
-            (json!({"spec": {"hostIPC": true, "containers": [{"name": "a"}]}}), Ineligible::HostIpc),
-            (json!({"spec": {"volumes": [{"name": "v", "hostPath": {"path": "/"}}], "containers": [{"name": "a"}]}}), Ineligible::HostPath),
-            (json!({"spec": {"containers": [{"name": "a", "securityContext": {"privileged": true}}]}}), Ineligible::Privileged),
-            (json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}}), Ineligible::HostPort),
-            (json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d", "uid": "u"}]}, "spec": {"containers": [{"name": "a"}]}}), Ineligible::DaemonSet),
-            (json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}], "containers": [{"name": "a"}]}}), Ineligible::PersistentVolumeClaim),
-            (json!({"spec": {"containers": [{"name": "a", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}), Ineligible::Gpu),
-            (json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "17"}}}]}}), Ineligible::TooLarge),
-            (json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"memory": "121Gi"}}}]}}), Ineligible::TooLarge),
+            (
+                json!({"spec": {"hostNetwork": true, "containers": [{"name": "a"}]}}),
+                Ineligible::HostNetwork,
+            ),
+            (
+                json!({"spec": {"hostPID": true, "containers": [{"name": "a"}]}}),
+                Ineligible::HostPid,
+            ),
+            (
+                json!({"spec": {"hostIPC": true, "containers": [{"name": "a"}]}}),
+                Ineligible::HostIpc,
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "hostPath": {"path": "/"}}], "containers": [{"name": "a"}]}}),
+                Ineligible::HostPath,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a", "securityContext": {"privileged": true}}]}}),
+                Ineligible::Privileged,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}}),
+                Ineligible::HostPort,
+            ),
+            (
+                json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d", "uid": "u"}]}, "spec": {"containers": [{"name": "a"}]}}),
+                Ineligible::DaemonSet,
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}], "containers": [{"name": "a"}]}}),
+                Ineligible::PersistentVolumeClaim,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}),
+                Ineligible::Gpu,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "17"}}}]}}),
+                Ineligible::TooLarge,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"memory": "121Gi"}}}]}}),
+                Ineligible::TooLarge,
+            ),
         ];
         for (pod, expected) in cases {
-            assert_eq!(reasons(pod.clone(), Provider::Fargate), vec![expected], "{pod}");
+            assert_eq!(
+                reasons(pod.clone(), Provider::Fargate),
+                vec![expected],
+                "{pod}"
+            );
         }
     }
 

@@ -9,4 +9,6 @@ pub mod pod_resources;
 pub mod quantity;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "test-pki")]
+pub mod test_pki;
 pub mod tls;

@@ -21,10 +21,7 @@ pub struct PodResources {
     pub memory_specified: bool,
 }
 
-fn lookup<'a>(
-    resources: Option<&'a ResourceRequirements>,
-    name: &str,
-) -> Option<&'a Quantity> {
+fn lookup<'a>(resources: Option<&'a ResourceRequirements>, name: &str) -> Option<&'a Quantity> {
     let resources = resources?;
     resources
         .requests
@@ -38,14 +35,19 @@ fn container_needs(container: &Container) -> PodResources {
     let cpu = lookup(resources, "cpu");
     let memory = lookup(resources, "memory");
     PodResources {
-        cpu_millis: cpu.and_then(|q| quantity::cpu_millis(&q.0).ok()).unwrap_or(0),
+        cpu_millis: cpu
+            .and_then(|q| quantity::cpu_millis(&q.0).ok())
+            .unwrap_or(0),
         memory_bytes: memory.and_then(|q| quantity::bytes(&q.0).ok()).unwrap_or(0),
         cpu_specified: cpu.is_some(),
         memory_specified: memory.is_some(),
     }
 }
 
-fn overhead<'a>(overhead: Option<&'a BTreeMap<String, Quantity>>, name: &str) -> Option<&'a Quantity> {
+fn overhead<'a>(
+    overhead: Option<&'a BTreeMap<String, Quantity>>,
+    name: &str,
+) -> Option<&'a Quantity> {
     overhead.and_then(|o| o.get(name))
 }
 

@@ -1,2 +1,187 @@
 //! Helpers for the end-to-end tests: reach the test bed, make namespaces that clean up
-//! after themselves, and wait for conditions with a deadline.
+//! after themselves, wait for conditions with a deadline, register loopback webhooks.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_owned()
+}
+
+/// The test bed's run directory (`e2e/.run`).
+pub fn run_dir() -> PathBuf {
+    repo_root().join("e2e/.run")
+}
+
+/// The `spillway` binary built by `make` before the e2e tests run.
+pub fn spillway_binary() -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug/spillway");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build -p spillway` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A client for the test bed (its kubeconfig, whatever `KUBECONFIG` says).
+pub async fn client() -> anyhow::Result<Client> {
+    let path = run_dir().join("kubeconfig");
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {} (is the test bed up?)", path.display()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Polls `check` every 200 ms until it returns true, failing after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if tokio::time::Instant::now() > deadline {
+            match last_error {
+                Some(error) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {error:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace of its own for one test, deleted when dropped (even on panic).
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>` labelled for the test.
+    pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        let suffix: u32 = std::process::id()
+            ^ (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .subsec_nanos());
+        let name = format!("{prefix}-{:x}", suffix & 0xffffff);
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"spillway.io/e2e": "true"}}
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(Self { name })
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        delete_with_kubectl(&["namespace", &self.name]);
+    }
+}
+
+/// Deletes an object with the test bed's kubectl, without waiting (usable in `Drop`).
+pub fn delete_with_kubectl(what: &[&str]) {
+    let kubectl = repo_root().join("e2e/.build/bin/kubectl");
+    let _ = std::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(run_dir().join("kubeconfig"))
+        .arg("delete")
+        .args(what)
+        .args(["--wait=false", "--ignore-not-found"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// A MutatingWebhookConfiguration deleted when dropped.
+pub struct RegisteredWebhook {
+    /// Its name.
+    pub name: String,
+}
+
+impl Drop for RegisteredWebhook {
+    fn drop(&mut self) {
+        delete_with_kubectl(&["mutatingwebhookconfiguration", &self.name]);
+    }
+}
+
+/// Options of a loopback webhook registration.
+pub struct WebhookRegistration<'a> {
+    /// Configuration name.
+    pub name: &'a str,
+    /// `https://127.0.0.1:PORT/mutate`.
+    pub url: &'a str,
+    /// PEM of the CA that signed the server certificate.
+    pub ca_pem: &'a str,
+    /// Only pods in this namespace reach it.
+    pub namespace: &'a str,
+    /// `Fail` or `Ignore`.
+    pub failure_policy: &'a str,
+}
+
+/// Registers a Pod CREATE webhook scoped to one namespace.
+pub async fn register_webhook(
+    client: &Client,
+    options: WebhookRegistration<'_>,
+) -> anyhow::Result<RegisteredWebhook> {
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(options.ca_pem);
+    let config: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": options.name},
+        "webhooks": [{
+            "name": format!("{}.e2e.spillway.io", options.name),
+            "clientConfig": {"url": options.url, "caBundle": ca_bundle},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": options.namespace}},
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "failurePolicy": options.failure_policy,
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 2
+        }]
+    }))?;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .with_context(|| format!("registering webhook {}", options.name))?;
+    Ok(RegisteredWebhook {
+        name: options.name.to_owned(),
+    })
+}
+
+/// Deletes every pod-owning object of a kind quickly (helper for cleanup in tests).
+pub async fn delete_now<K>(api: &Api<K>, name: &str) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::default()).await?;
+    Ok(())
+}

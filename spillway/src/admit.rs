@@ -26,8 +26,12 @@ fn answer(args: &AdmitArgs) -> Result<Vec<u8>, String> {
         Some(path) => OperatorConfig::load(path).map_err(|e| e.to_string())?,
         None => OperatorConfig::default(),
     };
-    let state = std::fs::read(&args.cluster_state)
-        .map_err(|e| format!("cannot read cluster state {}: {e}", args.cluster_state.display()))?;
+    let state = std::fs::read(&args.cluster_state).map_err(|e| {
+        format!(
+            "cannot read cluster state {}: {e}",
+            args.cluster_state.display()
+        )
+    })?;
     let mut review = Vec::new();
     std::io::stdin()
         .read_to_end(&mut review)

@@ -52,7 +52,9 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Admit(args) => admit::run(&args),
         Command::Webhook(args) => serve(&cli.log, async move |shutdown| {
-            spillway_webhook::run::run(args, shutdown).await.map_err(anyhow::Error::from)
+            spillway_webhook::run::run(args, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
         }),
         Command::Controller | Command::Run => not_implemented(spillway_controller::NOT_IMPLEMENTED),
         Command::VkNode => not_implemented(spillway_vk_node::NOT_IMPLEMENTED),

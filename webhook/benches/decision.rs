@@ -15,18 +15,32 @@ fn bench(c: &mut Criterion) {
     let review = spillway_webhook::synthetic::review("bench-uid", 7);
     let (_, request) = review::parse(&review).expect("synthetic review parses");
     let config = OperatorConfig::default();
-    c.bench_function("decide (parse pod + decide + patch), 5k nodes, 150k pods", |b| {
-        b.iter(|| {
-            let evaluation = admission::evaluate(black_box(&request), &index, |_| PlacementCounts::default(), &config);
-            black_box(evaluation.response)
-        })
-    });
-    c.bench_function("parse AdmissionReview + decide + patch, 5k nodes, 150k pods", |b| {
-        b.iter(|| {
-            let (_, request) = review::parse(black_box(&review)).unwrap();
-            black_box(admission::evaluate(&request, &index, |_| PlacementCounts::default(), &config).response)
-        })
-    });
+    c.bench_function(
+        "decide (parse pod + decide + patch), 5k nodes, 150k pods",
+        |b| {
+            b.iter(|| {
+                let evaluation = admission::evaluate(
+                    black_box(&request),
+                    &index,
+                    |_| PlacementCounts::default(),
+                    &config,
+                );
+                black_box(evaluation.response)
+            })
+        },
+    );
+    c.bench_function(
+        "parse AdmissionReview + decide + patch, 5k nodes, 150k pods",
+        |b| {
+            b.iter(|| {
+                let (_, request) = review::parse(black_box(&review)).unwrap();
+                black_box(
+                    admission::evaluate(&request, &index, |_| PlacementCounts::default(), &config)
+                        .response,
+                )
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

@@ -9,7 +9,7 @@ use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
 use spillway_common::pod_resources;
 
-use crate::decision::{self, Decision, PodFacts, Placement, Reason};
+use crate::decision::{self, Decision, Placement, PodFacts, Reason};
 use crate::index::{ClusterIndex, PlacementCounts};
 use crate::patch::{self, Mutation};
 use crate::policy;
@@ -97,7 +97,9 @@ pub fn evaluate(
         return Evaluation::plain(allow());
     }
     let Some(object) = request.object.as_ref() else {
-        return Evaluation::plain(allow().warn("spillway: request has no object; pod admitted unchanged"));
+        return Evaluation::plain(
+            allow().warn("spillway: request has no object; pod admitted unchanged"),
+        );
     };
     let pod: Pod = match Pod::deserialize(object) {
         Ok(pod) => pod,
@@ -117,14 +119,24 @@ pub fn evaluate(
         let (ns, name) = key.split_once('/')?;
         index.workload(ns, name)
     });
-    let (policy, mut warnings) = policy::read(view.as_ref().map(|v| v.annotations), pod.metadata.annotations.as_ref());
+    let (policy, mut warnings) = policy::read(
+        view.as_ref().map(|v| v.annotations),
+        pod.metadata.annotations.as_ref(),
+    );
     if !policy.opted_in {
         let mut response = allow();
         response.warnings = warnings;
-        return Evaluation { workload, ..Evaluation::plain(response) };
+        return Evaluation {
+            workload,
+            ..Evaluation::plain(response)
+        };
     }
     let provider = policy.provider.unwrap_or(config.default_provider);
-    let needs = pod.spec.as_ref().map(pod_resources::effective).unwrap_or_default();
+    let needs = pod
+        .spec
+        .as_ref()
+        .map(pod_resources::effective)
+        .unwrap_or_default();
     let ineligible = eligibility::check(&pod, &needs, provider);
     let previous = previous_decision(&pod, provider);
     let decision = previous.unwrap_or_else(|| {

@@ -42,8 +42,15 @@ fn typed<T: for<'de> Deserialize<'de>>(item: &Value) -> Result<T, String> {
 /// Builds an index from the text of a `v1 List`. Items of other kinds are ignored.
 pub fn load(text: &[u8]) -> Result<ClusterIndex, ClusterStateError> {
     let list: List = serde_json::from_slice(text)?;
-    if list.kind.as_deref().is_some_and(|k| k != "List" && !k.ends_with("List")) {
-        return Err(ClusterStateError::NotAList(format!("kind is {:?}", list.kind.unwrap_or_default())));
+    if list
+        .kind
+        .as_deref()
+        .is_some_and(|k| k != "List" && !k.ends_with("List"))
+    {
+        return Err(ClusterStateError::NotAList(format!(
+            "kind is {:?}",
+            list.kind.unwrap_or_default()
+        )));
     }
     let items = list
         .items
@@ -73,7 +80,11 @@ pub fn load(text: &[u8]) -> Result<ClusterIndex, ClusterStateError> {
 
 fn name_of(item: &Value) -> String {
     let meta = item.get("metadata");
-    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str).unwrap_or("");
+    let field = |f: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
     match field("namespace") {
         "" => field("name").to_owned(),
         ns => format!("{ns}/{}", field("name")),

@@ -112,8 +112,16 @@ fn over_threshold(totals: CapacityTotals, needs: &PodResources, threshold: f64) 
     let ratio = |requested: u64, extra: u64, allocatable: u64| {
         (requested + extra) as f64 / allocatable as f64
     };
-    ratio(totals.requested_cpu, needs.cpu_millis, totals.allocatable_cpu) >= threshold
-        || ratio(totals.requested_memory, needs.memory_bytes, totals.allocatable_memory) >= threshold
+    ratio(
+        totals.requested_cpu,
+        needs.cpu_millis,
+        totals.allocatable_cpu,
+    ) >= threshold
+        || ratio(
+            totals.requested_memory,
+            needs.memory_bytes,
+            totals.allocatable_memory,
+        ) >= threshold
 }
 
 /// The first rule that puts the pod under pressure, in order of how cheap it is to check.
@@ -141,7 +149,9 @@ fn pressure(
     if totals.allocatable_cpu == 0 || totals.allocatable_memory == 0 {
         return Some(Reason::NoFit);
     }
-    let threshold = policy.capacity_threshold.unwrap_or(config.capacity_threshold);
+    let threshold = policy
+        .capacity_threshold
+        .unwrap_or(config.capacity_threshold);
     if over_threshold(totals, &facts.needs, threshold) {
         return Some(Reason::Capacity);
     }
@@ -253,34 +263,198 @@ mod tests {
             expected: (Placement, Reason),
         }
         let cases = vec![
-            Case { name: "idle cluster stays local", facts: facts(0, 0), policy: opted_in(), capacity: cluster(1000, true), expected: (Placement::Local, Reason::NoPressure) },
-            Case { name: "just under threshold", facts: facts(0, 0), policy: opted_in(), capacity: cluster(7_999, true), expected: (Placement::Local, Reason::NoPressure) },
-            Case { name: "pod pushes utilization to threshold", facts: facts(0, 0), policy: opted_in(), capacity: cluster(8_000, true), expected: (BURST, Reason::Capacity) },
-            Case { name: "workload threshold override", facts: facts(0, 0), policy: WorkloadPolicy { capacity_threshold: Some(0.2), ..opted_in() }, capacity: cluster(1_500, true), expected: (BURST, Reason::Capacity) },
-            Case { name: "no node fits", facts: facts(0, 0), policy: opted_in(), capacity: cluster(1000, false), expected: (BURST, Reason::NoFit) },
-            Case { name: "no regular nodes at all", facts: facts(0, 0), policy: opted_in(), capacity: FakeCapacity { totals: CapacityTotals::default(), fits: false }, expected: (BURST, Reason::NoFit) },
-            Case { name: "max-local reached", facts: facts(3, 0), policy: WorkloadPolicy { max_local: Some(3), ..opted_in() }, capacity: cluster(0, true), expected: (BURST, Reason::MaxLocal) },
-            Case { name: "below max-local", facts: facts(2, 0), policy: WorkloadPolicy { max_local: Some(3), ..opted_in() }, capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
-            Case { name: "hpa pressure past minReplicas", facts: PodFacts { hpa: hpa(8), ..facts(2, 0) }, policy: opted_in(), capacity: cluster(0, true), expected: (BURST, Reason::Hpa) },
-            Case { name: "hpa pressure within baseline", facts: PodFacts { hpa: hpa(8), ..facts(1, 0) }, policy: opted_in(), capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
-            Case { name: "hpa below threshold", facts: PodFacts { hpa: hpa(7), ..facts(5, 0) }, policy: opted_in(), capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
-            Case { name: "hpa threshold override", facts: PodFacts { hpa: hpa(5), ..facts(5, 0) }, policy: WorkloadPolicy { hpa_threshold: Some(0.5), ..opted_in() }, capacity: cluster(0, true), expected: (BURST, Reason::Hpa) },
-            Case { name: "hpa baseline is max-local when set", facts: PodFacts { hpa: hpa(9), ..facts(3, 0) }, policy: WorkloadPolicy { max_local: Some(4), ..opted_in() }, capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
-            Case { name: "max-burst count reached", facts: facts(0, 2), policy: WorkloadPolicy { max_burst: Some(MaxBurst::Count(2)), ..opted_in() }, capacity: cluster(9_000, true), expected: (Placement::Local, Reason::MaxBurst) },
-            Case { name: "max-burst percent rounds up", facts: facts(0, 1), policy: WorkloadPolicy { max_burst: Some(MaxBurst::Percent(11)), ..opted_in() }, capacity: cluster(9_000, true), expected: (BURST, Reason::Capacity) },
-            Case { name: "provider annotation", facts: facts(0, 0), policy: WorkloadPolicy { provider: Some(Provider::Aci), ..opted_in() }, capacity: cluster(9_000, true), expected: (Placement::Burst(Provider::Aci), Reason::Capacity) },
-            Case { name: "ineligible stays local", facts: PodFacts { ineligible: &[Ineligible::HostPath], ..facts(0, 0) }, policy: opted_in(), capacity: cluster(9_000, true), expected: (Placement::Local, Reason::Ineligible) },
-            Case { name: "ineligible without pressure is plain local", facts: PodFacts { ineligible: &[Ineligible::HostPath], ..facts(0, 0) }, policy: opted_in(), capacity: cluster(0, true), expected: (Placement::Local, Reason::NoPressure) },
+            Case {
+                name: "idle cluster stays local",
+                facts: facts(0, 0),
+                policy: opted_in(),
+                capacity: cluster(1000, true),
+                expected: (Placement::Local, Reason::NoPressure),
+            },
+            Case {
+                name: "just under threshold",
+                facts: facts(0, 0),
+                policy: opted_in(),
+                capacity: cluster(7_999, true),
+                expected: (Placement::Local, Reason::NoPressure),
+            },
+            Case {
+                name: "pod pushes utilization to threshold",
+                facts: facts(0, 0),
+                policy: opted_in(),
+                capacity: cluster(8_000, true),
+                expected: (BURST, Reason::Capacity),
+            },
+            Case {
+                name: "workload threshold override",
+                facts: facts(0, 0),
+                policy: WorkloadPolicy {
+                    capacity_threshold: Some(0.2),
+                    ..opted_in()
+                },
+                capacity: cluster(1_500, true),
+                expected: (BURST, Reason::Capacity),
+            },
+            Case {
+                name: "no node fits",
+                facts: facts(0, 0),
+                policy: opted_in(),
+                capacity: cluster(1000, false),
+                expected: (BURST, Reason::NoFit),
+            },
+            Case {
+                name: "no regular nodes at all",
+                facts: facts(0, 0),
+                policy: opted_in(),
+                capacity: FakeCapacity {
+                    totals: CapacityTotals::default(),
+                    fits: false,
+                },
+                expected: (BURST, Reason::NoFit),
+            },
+            Case {
+                name: "max-local reached",
+                facts: facts(3, 0),
+                policy: WorkloadPolicy {
+                    max_local: Some(3),
+                    ..opted_in()
+                },
+                capacity: cluster(0, true),
+                expected: (BURST, Reason::MaxLocal),
+            },
+            Case {
+                name: "below max-local",
+                facts: facts(2, 0),
+                policy: WorkloadPolicy {
+                    max_local: Some(3),
+                    ..opted_in()
+                },
+                capacity: cluster(0, true),
+                expected: (Placement::Local, Reason::NoPressure),
+            },
+            Case {
+                name: "hpa pressure past minReplicas",
+                facts: PodFacts {
+                    hpa: hpa(8),
+                    ..facts(2, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(0, true),
+                expected: (BURST, Reason::Hpa),
+            },
+            Case {
+                name: "hpa pressure within baseline",
+                facts: PodFacts {
+                    hpa: hpa(8),
+                    ..facts(1, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(0, true),
+                expected: (Placement::Local, Reason::NoPressure),
+            },
+            Case {
+                name: "hpa below threshold",
+                facts: PodFacts {
+                    hpa: hpa(7),
+                    ..facts(5, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(0, true),
+                expected: (Placement::Local, Reason::NoPressure),
+            },
+            Case {
+                name: "hpa threshold override",
+                facts: PodFacts {
+                    hpa: hpa(5),
+                    ..facts(5, 0)
+                },
+                policy: WorkloadPolicy {
+                    hpa_threshold: Some(0.5),
+                    ..opted_in()
+                },
+                capacity: cluster(0, true),
+                expected: (BURST, Reason::Hpa),
+            },
+            Case {
+                name: "hpa baseline is max-local when set",
+                facts: PodFacts {
+                    hpa: hpa(9),
+                    ..facts(3, 0)
+                },
+                policy: WorkloadPolicy {
+                    max_local: Some(4),
+                    ..opted_in()
+                },
+                capacity: cluster(0, true),
+                expected: (Placement::Local, Reason::NoPressure),
+            },
+            Case {
+                name: "max-burst count reached",
+                facts: facts(0, 2),
+                policy: WorkloadPolicy {
+                    max_burst: Some(MaxBurst::Count(2)),
+                    ..opted_in()
+                },
+                capacity: cluster(9_000, true),
+                expected: (Placement::Local, Reason::MaxBurst),
+            },
+            Case {
+                name: "max-burst percent rounds up",
+                facts: facts(0, 1),
+                policy: WorkloadPolicy {
+                    max_burst: Some(MaxBurst::Percent(11)),
+                    ..opted_in()
+                },
+                capacity: cluster(9_000, true),
+                expected: (BURST, Reason::Capacity),
+            },
+            Case {
+                name: "provider annotation",
+                facts: facts(0, 0),
+                policy: WorkloadPolicy {
+                    provider: Some(Provider::Aci),
+                    ..opted_in()
+                },
+                capacity: cluster(9_000, true),
+                expected: (Placement::Burst(Provider::Aci), Reason::Capacity),
+            },
+            Case {
+                name: "ineligible stays local",
+                facts: PodFacts {
+                    ineligible: &[Ineligible::HostPath],
+                    ..facts(0, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(9_000, true),
+                expected: (Placement::Local, Reason::Ineligible),
+            },
+            Case {
+                name: "ineligible without pressure is plain local",
+                facts: PodFacts {
+                    ineligible: &[Ineligible::HostPath],
+                    ..facts(0, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(0, true),
+                expected: (Placement::Local, Reason::NoPressure),
+            },
         ];
         for case in cases {
             let decision = decide(&case.facts, &case.policy, &config, &case.capacity);
-            assert_eq!((decision.placement, decision.reason), case.expected, "{}", case.name);
+            assert_eq!(
+                (decision.placement, decision.reason),
+                case.expected,
+                "{}",
+                case.name
+            );
         }
     }
 
     #[test]
     fn default_provider_comes_from_config() {
-        let config = OperatorConfig { default_provider: Provider::Aci, ..OperatorConfig::default() };
+        let config = OperatorConfig {
+            default_provider: Provider::Aci,
+            ..OperatorConfig::default()
+        };
         let decision = decide(&facts(0, 0), &opted_in(), &config, &cluster(9_500, true));
         assert_eq!(decision.placement, Placement::Burst(Provider::Aci));
     }

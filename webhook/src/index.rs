@@ -289,11 +289,7 @@ impl ClusterIndex {
 
     fn account_pod(&mut self, entry: PodEntry, sign: i8) {
         let delta = |value: &mut u64, by: u64| {
-            if sign > 0 {
-                *value += by
-            } else {
-                *value -= by
-            }
+            if sign > 0 { *value += by } else { *value -= by }
         };
         if entry.flags & POD_HOLDS_RESOURCES != 0 && entry.node != NO_SLOT {
             let regular = self.nodes[entry.node as usize].is_regular_capacity();
@@ -388,7 +384,9 @@ impl ClusterIndex {
 
     /// Adds or updates a ReplicaSet (only its owning Deployment matters).
     pub fn apply_replicaset(&mut self, rs: &ReplicaSet) {
-        let (Some(uid), Some(namespace)) = (rs.metadata.uid.as_deref(), rs.metadata.namespace.as_deref()) else {
+        let (Some(uid), Some(namespace)) =
+            (rs.metadata.uid.as_deref(), rs.metadata.namespace.as_deref())
+        else {
             return;
         };
         let slot = self.replicaset_slot(compact_uid(uid));
@@ -409,7 +407,9 @@ impl ClusterIndex {
             return;
         }
         if let Some(old) = old {
-            self.deployments[old as usize].replicasets.retain(|s| *s != slot);
+            self.deployments[old as usize]
+                .replicasets
+                .retain(|s| *s != slot);
         }
         if let Some(new) = new {
             self.deployments[new as usize].replicasets.push(slot);
@@ -435,7 +435,11 @@ impl ClusterIndex {
         let slot = self.deployment_slot(key(namespace, name));
         let entry = &mut self.deployments[slot as usize];
         entry.exists = true;
-        entry.replicas = deployment.spec.replicas.map(|r| r.max(0) as u32).unwrap_or(1);
+        entry.replicas = deployment
+            .spec
+            .replicas
+            .map(|r| r.max(0) as u32)
+            .unwrap_or(1);
         entry.annotations = deployment
             .metadata
             .annotations
@@ -457,8 +461,10 @@ impl ClusterIndex {
 
     /// Adds or updates an HPA; only those targeting a Deployment matter.
     pub fn apply_hpa(&mut self, hpa: &HorizontalPodAutoscaler) {
-        let (Some(namespace), Some(name)) = (hpa.metadata.namespace.as_deref(), hpa.metadata.name.as_deref())
-        else {
+        let (Some(namespace), Some(name)) = (
+            hpa.metadata.namespace.as_deref(),
+            hpa.metadata.name.as_deref(),
+        ) else {
             return;
         };
         let hpa_key = key(namespace, name);
@@ -538,7 +544,10 @@ impl ClusterIndex {
         self.nodes.iter().any(|node| {
             node.is_regular_capacity()
                 && node.allocatable_cpu.saturating_sub(node.requested_cpu) >= needs.cpu_millis
-                && node.allocatable_memory.saturating_sub(node.requested_memory) >= needs.memory_bytes
+                && node
+                    .allocatable_memory
+                    .saturating_sub(node.requested_memory)
+                    >= needs.memory_bytes
                 && node.taints.iter().all(|t| tolerated(t, tolerations))
         })
     }
@@ -554,7 +563,10 @@ impl ClusterIndex {
 
 fn tolerated(taint: &CompactTaint, tolerations: &[Toleration]) -> bool {
     tolerations.iter().any(|t| {
-        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == &*taint.effect);
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == &*taint.effect);
         let key = t.key.as_deref().unwrap_or("");
         let exists = t.operator.as_deref() == Some("Exists");
         if key.is_empty() {
@@ -650,18 +662,33 @@ mod tests {
         index.apply_replicaset(&rs);
         index.apply_pod(&pod("p1", Some("vk"), "rs1", "1"));
         assert_eq!(index.totals(), CapacityTotals::default());
-        assert_eq!(index.workload("ns", "web").unwrap().counts, PlacementCounts { local: 0, burst: 1 });
+        assert_eq!(
+            index.workload("ns", "web").unwrap().counts,
+            PlacementCounts { local: 0, burst: 1 }
+        );
     }
 
     #[test]
     fn taints_keep_pods_off_unless_tolerated() {
         let mut index = ClusterIndex::new();
         let mut tainted = node("a", "4", "16Gi");
-        tainted.spec = Some(serde_json::from_value(json!({"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]})).unwrap());
+        tainted.spec = Some(
+            serde_json::from_value(
+                json!({"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}),
+            )
+            .unwrap(),
+        );
         index.apply_node(&tainted);
-        let needs = PodResources { cpu_millis: 100, memory_bytes: 1, ..Default::default() };
+        let needs = PodResources {
+            cpu_millis: 100,
+            memory_bytes: 1,
+            ..Default::default()
+        };
         assert!(!index.any_node_fits(&needs, &[]));
-        let tol: Toleration = serde_json::from_value(json!({"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"})).unwrap();
+        let tol: Toleration = serde_json::from_value(
+            json!({"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}),
+        )
+        .unwrap();
         assert!(index.any_node_fits(&needs, &[tol]));
         let all: Toleration = serde_json::from_value(json!({"operator": "Exists"})).unwrap();
         assert!(index.any_node_fits(&needs, &[all]));

@@ -114,9 +114,15 @@ mod tests {
         table.record("a", "ns/web", false, start);
         table.record("b", "ns/web", true, start);
         table.record("b", "ns/web", true, start);
-        assert_eq!(table.counts("ns/web"), PlacementCounts { local: 1, burst: 1 });
+        assert_eq!(
+            table.counts("ns/web"),
+            PlacementCounts { local: 1, burst: 1 }
+        );
         table.resolve("a");
-        assert_eq!(table.counts("ns/web"), PlacementCounts { local: 0, burst: 1 });
+        assert_eq!(
+            table.counts("ns/web"),
+            PlacementCounts { local: 0, burst: 1 }
+        );
         table.resolve("a");
         table.expire(start + Duration::from_secs(11));
         assert_eq!(table.counts("ns/web"), PlacementCounts::default());

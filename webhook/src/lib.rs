@@ -36,6 +36,14 @@ pub fn admit(
 ) -> Result<review::AdmissionReviewResponse, AdmitError> {
     let index = cluster_state::load(cluster_state)?;
     let (api_version, request) = review::parse(review_json)?;
-    let evaluation = admission::evaluate(&request, &index, |_| index::PlacementCounts::default(), config);
-    Ok(review::AdmissionReviewResponse::new(api_version.as_deref(), evaluation.response))
+    let evaluation = admission::evaluate(
+        &request,
+        &index,
+        |_| index::PlacementCounts::default(),
+        config,
+    );
+    Ok(review::AdmissionReviewResponse::new(
+        api_version.as_deref(),
+        evaluation.response,
+    ))
 }

@@ -25,22 +25,39 @@ impl WebhookMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let metrics = Self {
             decisions: IntCounterVec::new(
-                Opts::new("spillway_admission_decisions_total", "Pod admission decisions by placement and reason"),
+                Opts::new(
+                    "spillway_admission_decisions_total",
+                    "Pod admission decisions by placement and reason",
+                ),
                 &["decision", "reason"],
             )?,
             duration: Histogram::with_opts(
-                HistogramOpts::new("spillway_admission_duration_seconds", "Time to answer one admission review")
-                    .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0]),
+                HistogramOpts::new(
+                    "spillway_admission_duration_seconds",
+                    "Time to answer one admission review",
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+                ]),
             )?,
             ineligible: IntCounterVec::new(
-                Opts::new("spillway_ineligible_pods_total", "Opted-in pods that may not burst, by reason"),
+                Opts::new(
+                    "spillway_ineligible_pods_total",
+                    "Opted-in pods that may not burst, by reason",
+                ),
                 &["reason"],
             )?,
             errors: IntCounterVec::new(
-                Opts::new("spillway_admission_errors_total", "Reviews answered without a decision, by kind"),
+                Opts::new(
+                    "spillway_admission_errors_total",
+                    "Reviews answered without a decision, by kind",
+                ),
                 &["kind"],
             )?,
-            index_pods: IntGauge::new("spillway_index_pods", "Pods held in the webhook's watch index")?,
+            index_pods: IntGauge::new(
+                "spillway_index_pods",
+                "Pods held in the webhook's watch index",
+            )?,
             config_reload_failures: prometheus::IntCounter::new(
                 "spillway_config_reload_failures_total",
                 "Operator config files refused on reload",

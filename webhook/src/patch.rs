@@ -49,7 +49,10 @@ fn add_map_entries(
         Some(existing) => {
             for (key, value) in wanted {
                 if !existing.contains_key(*key) {
-                    ops.push(add(format!("/metadata/{field}/{}", token(key)), Value::from(*value)));
+                    ops.push(add(
+                        format!("/metadata/{field}/{}", token(key)),
+                        Value::from(*value),
+                    ));
                 }
             }
         }
@@ -70,8 +73,12 @@ pub fn virtual_node_toleration(provider: Provider) -> Toleration {
 fn tolerates_virtual_node(t: &Toleration, provider: Provider) -> bool {
     let key_ok = t.key.as_deref() == Some(keys::VIRTUAL_NODE_TAINT)
         || (t.key.as_deref().unwrap_or("").is_empty() && t.operator.as_deref() == Some("Exists"));
-    let value_ok = t.operator.as_deref() == Some("Exists") || t.value.as_deref() == Some(provider.as_str());
-    let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "NoSchedule");
+    let value_ok =
+        t.operator.as_deref() == Some("Exists") || t.value.as_deref() == Some(provider.as_str());
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == "NoSchedule");
     key_ok && value_ok && effect_ok
 }
 
@@ -114,8 +121,14 @@ fn affinity_ops(ops: &mut Vec<Value>, pod: &Pod, provider: Provider) {
         return;
     };
     let base = "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution";
-    let Some(required) = node_affinity.required_during_scheduling_ignored_during_execution.as_ref() else {
-        ops.push(add(base.into(), json!({"nodeSelectorTerms": [fresh_term()]})));
+    let Some(required) = node_affinity
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()
+    else {
+        ops.push(add(
+            base.into(),
+            json!({"nodeSelectorTerms": [fresh_term()]}),
+        ));
         return;
     };
     if required.node_selector_terms.is_empty() {
@@ -154,7 +167,12 @@ pub fn build(pod: &Pod, mutation: &Mutation<'_>) -> Vec<Value> {
     if let Placement::Burst(_) = mutation.placement {
         annotations.push((keys::POD_DELETION_COST, keys::BURST_DELETION_COST));
     }
-    add_map_entries(&mut ops, "annotations", pod.metadata.annotations.as_ref(), &annotations);
+    add_map_entries(
+        &mut ops,
+        "annotations",
+        pod.metadata.annotations.as_ref(),
+        &annotations,
+    );
     if let Placement::Burst(provider) = mutation.placement {
         let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
         let toleration = to_value(&virtual_node_toleration(provider));
@@ -191,7 +209,10 @@ mod tests {
         let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
         let once = apply(&pod, &build(&typed, mutation));
         let typed_once: Pod = serde_json::from_value(once.clone()).unwrap();
-        assert!(build(&typed_once, mutation).is_empty(), "second pass must add nothing");
+        assert!(
+            build(&typed_once, mutation).is_empty(),
+            "second pass must add nothing"
+        );
         once
     }
 
@@ -244,24 +265,42 @@ mod tests {
         assert_eq!(out["metadata"]["labels"]["app"], "web");
         assert_eq!(out["metadata"]["annotations"]["note"], "x");
         assert_eq!(out["spec"]["tolerations"][0]["key"], "dedicated");
-        assert_eq!(out["spec"]["tolerations"][1]["key"], "virtual-kubelet.io/provider");
-        let terms = &out["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+        assert_eq!(
+            out["spec"]["tolerations"][1]["key"],
+            "virtual-kubelet.io/provider"
+        );
+        let terms = &out["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"];
         assert_eq!(terms[0]["matchExpressions"][0]["key"], "arch");
         assert_eq!(terms[0]["matchExpressions"][1]["key"], "type");
-        assert_eq!(terms[0]["matchExpressions"][2]["key"], "spillway.io/provider");
+        assert_eq!(
+            terms[0]["matchExpressions"][2]["key"],
+            "spillway.io/provider"
+        );
         assert_eq!(terms[1]["matchFields"][0]["key"], "metadata.name");
         assert_eq!(terms[1]["matchExpressions"][0]["key"], "type");
-        assert_eq!(out["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"], 1);
+        assert_eq!(
+            out["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+                [0]["weight"],
+            1
+        );
         assert!(out["spec"]["affinity"]["podAntiAffinity"].is_object());
     }
 
     #[test]
     fn local_pod_only_gets_labels() {
         let pod = json!({"metadata": {"name": "p", "labels": {"a/b~c": "1"}}, "spec": {"containers": [{"name": "c"}]}});
-        let local = Mutation { placement: Placement::Local, reason: Reason::NoPressure, decision_uid: "req-2" };
+        let local = Mutation {
+            placement: Placement::Local,
+            reason: Reason::NoPressure,
+            decision_uid: "req-2",
+        };
         let out = patch_twice(pod, &local);
         assert_eq!(out["metadata"]["labels"]["spillway.io/placement"], "local");
-        assert_eq!(out["metadata"]["annotations"], json!({"spillway.io/decision": "req-2"}));
+        assert_eq!(
+            out["metadata"]["annotations"],
+            json!({"spillway.io/decision": "req-2"})
+        );
         assert!(out["spec"].get("tolerations").is_none());
         assert!(out["spec"].get("affinity").is_none());
     }
@@ -270,6 +309,9 @@ mod tests {
     fn existing_user_deletion_cost_is_kept() {
         let pod = json!({"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "5"}}, "spec": {"containers": []}});
         let out = patch_twice(pod, &BURST);
-        assert_eq!(out["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"], "5");
+        assert_eq!(
+            out["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"],
+            "5"
+        );
     }
 }

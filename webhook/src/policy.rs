@@ -72,7 +72,12 @@ fn parse_count(key: &str, value: &str, warnings: &mut Vec<String>) -> Option<u32
 fn parse_max_burst(value: &str, warnings: &mut Vec<String>) -> Option<MaxBurst> {
     let trimmed = value.trim();
     let parsed = match trimmed.strip_suffix('%') {
-        Some(percent) => percent.trim().parse::<u32>().ok().filter(|p| *p <= 100).map(MaxBurst::Percent),
+        Some(percent) => percent
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p <= 100)
+            .map(MaxBurst::Percent),
         None => trimmed.parse::<u32>().ok().map(MaxBurst::Count),
     };
     if parsed.is_none() {
@@ -125,12 +130,13 @@ pub fn read(
             ));
         }
     }
-    policy.max_local = get(keys::MAX_LOCAL).and_then(|v| parse_count(keys::MAX_LOCAL, v, &mut warnings));
+    policy.max_local =
+        get(keys::MAX_LOCAL).and_then(|v| parse_count(keys::MAX_LOCAL, v, &mut warnings));
     policy.max_burst = get(keys::MAX_BURST).and_then(|v| parse_max_burst(v, &mut warnings));
     policy.capacity_threshold = get(keys::CAPACITY_THRESHOLD)
         .and_then(|v| parse_threshold(keys::CAPACITY_THRESHOLD, v, &mut warnings));
-    policy.hpa_threshold =
-        get(keys::HPA_THRESHOLD).and_then(|v| parse_threshold(keys::HPA_THRESHOLD, v, &mut warnings));
+    policy.hpa_threshold = get(keys::HPA_THRESHOLD)
+        .and_then(|v| parse_threshold(keys::HPA_THRESHOLD, v, &mut warnings));
     policy.spot = get(keys::SPOT).is_some_and(|v| parse_bool(keys::SPOT, v, &mut warnings));
     (policy, warnings)
 }
@@ -140,12 +146,19 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn pod_template_wins() {
-        let deployment = map(&[(keys::BURST, "true"), (keys::MAX_LOCAL, "3"), (keys::PROVIDER, "aci")]);
+        let deployment = map(&[
+            (keys::BURST, "true"),
+            (keys::MAX_LOCAL, "3"),
+            (keys::PROVIDER, "aci"),
+        ]);
         let pod = map(&[(keys::MAX_LOCAL, "5")]);
         let (policy, warnings) = read(Some(&deployment), Some(&pod));
         assert!(warnings.is_empty());
@@ -182,7 +195,10 @@ mod tests {
         assert_eq!(MaxBurst::Percent(0).resolve(10), 0);
         assert_eq!(MaxBurst::Count(4).resolve(100), 4);
         let pod = map(&[(keys::BURST, "true"), (keys::MAX_BURST, " 25% ")]);
-        assert_eq!(read(None, Some(&pod)).0.max_burst, Some(MaxBurst::Percent(25)));
+        assert_eq!(
+            read(None, Some(&pod)).0.max_burst,
+            Some(MaxBurst::Percent(25))
+        );
     }
 
     #[test]

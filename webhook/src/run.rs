@@ -99,8 +99,14 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> Result<(), S
     };
     let tls = TlsServer::bind(args.listen, files).await?;
     tracing::info!(addr = %tls.local_addr().map_err(StartError::Admin)?, "webhook listening");
-    let admin = tokio::spawn(admin::serve(args.admin.admin_addr, registry, readiness, shutdown.clone()));
-    tls.serve(server::router(state), interval, shutdown.clone()).await;
+    let admin = tokio::spawn(admin::serve(
+        args.admin.admin_addr,
+        registry,
+        readiness,
+        shutdown.clone(),
+    ));
+    tls.serve(server::router(state), interval, shutdown.clone())
+        .await;
     match admin.await {
         Ok(result) => result.map_err(StartError::Admin),
         Err(_) => Ok(()),

@@ -35,19 +35,32 @@ pub struct WebhookState {
 
 /// The admission router: `POST /mutate`.
 pub fn router(state: WebhookState) -> Router {
-    Router::new().route("/mutate", post(mutate)).with_state(state)
+    Router::new()
+        .route("/mutate", post(mutate))
+        .with_state(state)
 }
 
 fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response()
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
 }
 
 /// Evaluates under the locks and records the decision as in flight.
 fn decide(state: &WebhookState, request: &review::AdmissionRequest) -> Evaluation {
     let config = state.config.load();
-    let index = state.index.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut in_flight = state.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let index = state
+        .index
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut in_flight = state
+        .in_flight
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let now = Instant::now();
     in_flight.expire(now);
     let evaluation = admission::evaluate(request, &index, |key| in_flight.counts(key), &config);
@@ -65,9 +78,16 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
     let (api_version, request) = match review::parse(&body) {
         Ok(parsed) => parsed,
         Err(error) => {
-            state.metrics.errors.with_label_values(&["bad-request"]).inc();
+            state
+                .metrics
+                .errors
+                .with_label_values(&["bad-request"])
+                .inc();
             tracing::warn!(%error, "unparseable admission review");
-            return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": error.to_string()}));
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": error.to_string()}),
+            );
         }
     };
     let span = tracing::debug_span!("admission", uid = %request.uid);
@@ -80,11 +100,18 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
         Err(_) => {
             state.metrics.errors.with_label_values(&["internal"]).inc();
             tracing::error!(uid = %request.uid, "internal error while deciding; pod admitted unchanged");
-            AdmissionResponse::allow(&request.uid).warn("spillway: internal error; pod admitted unchanged")
+            AdmissionResponse::allow(&request.uid)
+                .warn("spillway: internal error; pod admitted unchanged")
         }
     };
-    state.metrics.duration.observe(started.elapsed().as_secs_f64());
-    json(StatusCode::OK, &AdmissionReviewResponse::new(api_version.as_deref(), response))
+    state
+        .metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    json(
+        StatusCode::OK,
+        &AdmissionReviewResponse::new(api_version.as_deref(), response),
+    )
 }
 
 fn record_metrics(metrics: &WebhookMetrics, evaluation: &Evaluation) {
@@ -94,7 +121,10 @@ fn record_metrics(metrics: &WebhookMetrics, evaluation: &Evaluation) {
             .with_label_values(&[decision.placement.as_str(), decision.reason.as_str()])
             .inc();
         for reason in &evaluation.ineligible {
-            metrics.ineligible.with_label_values(&[reason.as_str()]).inc();
+            metrics
+                .ineligible
+                .with_label_values(&[reason.as_str()])
+                .inc();
         }
         tracing::debug!(
             placement = decision.placement.as_str(),

@@ -60,15 +60,20 @@ pub fn cluster(nodes: usize, pods: usize, deployments: usize) -> ClusterIndex {
 /// A CREATE review (about 2 kB) for a new pod of Deployment `deployment`.
 pub fn review(request_uid: &str, deployment: usize) -> Vec<u8> {
     let mut object = pod(usize::MAX >> 16, deployment, None);
-    object["metadata"].as_object_mut().expect("metadata").remove("uid");
+    object["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("uid");
     object["metadata"]["generateName"] = json!(format!("web-{deployment}-abc-"));
-    object["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/restartedAt": "2026-11-28T10:00:00Z"});
+    object["metadata"]["annotations"] =
+        json!({"kubectl.kubernetes.io/restartedAt": "2026-11-28T10:00:00Z"});
     object["spec"]["containers"][0]["env"] = json!([
         {"name": "LOG_LEVEL", "value": "info"}, {"name": "PORT", "value": "8080"},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     ]);
     object["spec"]["containers"][0]["ports"] = json!([{"containerPort": 8080, "protocol": "TCP"}]);
-    object["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 5});
+    object["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 5});
     object["spec"]["tolerations"] = json!([
         {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
         {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}

@@ -22,7 +22,9 @@ use crate::index::{ClusterIndex, compact_uid};
 use crate::server::WebhookState;
 
 /// One watched kind and how it enters and leaves the index.
-trait IndexedKind: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+trait IndexedKind:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
     type Key: Hash + Eq + Clone + Send;
     fn key(&self) -> Option<Self::Key>;
     fn apply(&self, state: &WebhookState, index: &mut ClusterIndex);
@@ -30,7 +32,11 @@ trait IndexedKind: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::
 }
 
 fn ns_name(meta: &kube::api::ObjectMeta) -> Option<String> {
-    Some(format!("{}/{}", meta.namespace.as_deref()?, meta.name.as_deref()?))
+    Some(format!(
+        "{}/{}",
+        meta.namespace.as_deref()?,
+        meta.name.as_deref()?
+    ))
 }
 
 impl IndexedKind for Node {
@@ -53,7 +59,12 @@ impl IndexedKind for Pod {
     }
     fn apply(&self, state: &WebhookState, index: &mut ClusterIndex) {
         index.apply_pod(self);
-        if let Some(uid) = self.metadata.annotations.as_ref().and_then(|a| a.get(keys::DECISION)) {
+        if let Some(uid) = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(keys::DECISION))
+        {
             state
                 .in_flight
                 .lock()
@@ -154,7 +165,11 @@ async fn run<K: IndexedKind>(
                     first_sync = false;
                     if synced.fetch_add(1, Ordering::AcqRel) + 1 == WATCHED_KINDS {
                         readiness.set(true);
-                        tracing::info!(pods = index.pod_count(), nodes = index.node_count(), "index synced");
+                        tracing::info!(
+                            pods = index.pod_count(),
+                            nodes = index.node_count(),
+                            "index synced"
+                        );
                     }
                 }
             }
@@ -179,7 +194,12 @@ async fn run<K: IndexedKind>(
 const WATCHED_KINDS: usize = 5;
 
 /// Starts the five watches; `readiness` turns true once each has listed.
-pub fn spawn_all(client: Client, state: WebhookState, readiness: Readiness, shutdown: CancellationToken) {
+pub fn spawn_all(
+    client: Client,
+    state: WebhookState,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
     let synced = Arc::new(AtomicUsize::new(0));
     macro_rules! start {
         ($kind:ty) => {

@@ -1,0 +1,52 @@
+# Spillway: the two commands a newcomer runs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+LOGS := target/test-logs
+CARGO_TEST_FLAGS ?=
+
+.PHONY: demo test lint unit e2e build prerequisites testbed-up testbed-down bench
+
+prerequisites:
+	@e2e/lib/prerequisites.sh
+
+build: prerequisites
+	cargo build --workspace --all-targets
+
+## make test: fmt, clippy, unit tests, then the e2e tests on a fresh test bed (torn down even on failure).
+test: prerequisites
+	@mkdir -p $(LOGS) && rm -f $(LOGS)/*.log
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace --exclude spillway-e2e $(CARGO_TEST_FLAGS) 2>&1 | tee $(LOGS)/unit.log
+	cargo build -p spillway
+	@status=0; \
+	  e2e/testbed up || status=$$?; \
+	  if [[ $$status -eq 0 ]]; then \
+	    cargo test -p spillway-e2e $(CARGO_TEST_FLAGS) -- --ignored --test-threads=2 2>&1 | tee $(LOGS)/e2e.log || status=$$?; \
+	  fi; \
+	  e2e/testbed down; \
+	  if [[ $$status -ne 0 ]]; then echo "make test: FAILED (exit $$status); test bed logs were in e2e/.run/logs" >&2; fi; \
+	  e2e/lib/summary.sh $(LOGS)/*.log; \
+	  exit $$status
+
+## make demo: a local cluster, simulated nodes and a local ECS endpoint, ready to try Spillway on.
+demo: prerequisites
+	cargo build -p spillway
+	e2e/testbed up
+	@echo
+	@echo "The test bed is up. Try:"
+	@echo "  source e2e/.run/env"
+	@echo "  e2e/testbed kubectl get nodes"
+	@echo "  target/debug/spillway --help"
+	@echo "Stop it with: e2e/testbed down"
+
+testbed-up: prerequisites
+	e2e/testbed up
+
+testbed-down:
+	e2e/testbed down
+
+## make bench: benchmarks whose figures go to BENCHMARKS.md.
+bench:
+	@e2e/lib/prerequisites.sh --bench
+	cargo bench -p spillway-webhook --bench decision
