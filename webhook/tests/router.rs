@@ -1,0 +1,247 @@
+//! Drives the admission router in-process with captured AdmissionReviews against fixture
+//! cluster states, applying each returned patch to the pod and checking the result.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use spillway_common::config::OperatorConfig;
+use spillway_webhook::cluster_state;
+use spillway_webhook::inflight::{DEFAULT_TTL, InFlight};
+use spillway_webhook::metrics::WebhookMetrics;
+use spillway_webhook::review::AdmissionReviewResponse;
+use spillway_webhook::server::{WebhookState, router};
+use tower::ServiceExt;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture exists")
+}
+
+fn state(cluster: &str) -> WebhookState {
+    let index = cluster_state::load(&fixture(cluster)).expect("fixture cluster loads");
+    WebhookState {
+        index: Arc::new(RwLock::new(index)),
+        in_flight: Arc::new(Mutex::new(InFlight::new(DEFAULT_TTL))),
+        config: Arc::new(ArcSwap::from_pointee(OperatorConfig::default())),
+        metrics: WebhookMetrics::register(&prometheus::Registry::new()).expect("metrics register"),
+    }
+}
+
+async fn post(state: &WebhookState, body: Vec<u8>) -> (StatusCode, Value) {
+    let request = Request::post("/mutate")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("request builds");
+    let response = router(state.clone())
+        .oneshot(request)
+        .await
+        .expect("router answers");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&bytes).expect("JSON answer"))
+}
+
+/// Applies the answer's patch to the review's pod; returns (patched pod, answer).
+async fn admit(state: &WebhookState, review: &Value) -> (Value, AdmissionReviewResponse) {
+    let (status, body) = post(state, serde_json::to_vec(review).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body["response"]["patch"].is_string() || body["response"].get("patch").is_none(),
+        "patch must be base64 text: {body}"
+    );
+    let answer: AdmissionReviewResponse = serde_json::from_value(body).expect("a review response");
+    assert!(answer.response.allowed);
+    assert_eq!(
+        answer.response.uid,
+        review["request"]["uid"].as_str().unwrap()
+    );
+    let mut pod = review["request"]["object"].clone();
+    if let Some(ops) = answer.response.decoded_patch() {
+        let patch: json_patch::Patch =
+            serde_json::from_value(Value::Array(ops)).expect("valid JSON patch");
+        json_patch::patch(&mut pod, &patch).expect("patch applies to the pod");
+    }
+    (pod, answer)
+}
+
+fn review(name: &str) -> Value {
+    serde_json::from_slice(&fixture(name)).unwrap()
+}
+
+#[tokio::test]
+async fn overflow_pod_bursts_with_toleration_affinity_and_labels() {
+    let state = state("cluster-full.json");
+    let original = review("review-web.json");
+    let (pod, answer) = admit(&state, &original).await;
+    assert_eq!(answer.response.patch_type.as_deref(), Some("JSONPatch"));
+    let labels = &pod["metadata"]["labels"];
+    assert_eq!(labels["spillway.io/placement"], "burst");
+    assert_eq!(labels["spillway.io/reason"], "capacity");
+    assert_eq!(labels["app"], "web");
+    assert_eq!(
+        pod["metadata"]["annotations"]["spillway.io/decision"],
+        original["request"]["uid"]
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"],
+        "-1000"
+    );
+    let tolerations = pod["spec"]["tolerations"].as_array().unwrap();
+    assert_eq!(tolerations.len(), 3, "the two defaults kept, ours appended");
+    assert_eq!(
+        tolerations[0],
+        original["request"]["object"]["spec"]["tolerations"][0]
+    );
+    assert_eq!(
+        tolerations[2],
+        json!({"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "fargate", "effect": "NoSchedule"})
+    );
+    assert_eq!(
+        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+        json!([{"matchExpressions": [
+            {"key": "type", "operator": "In", "values": ["virtual-kubelet"]},
+            {"key": "spillway.io/provider", "operator": "In", "values": ["fargate"]}
+        ]}])
+    );
+    // Everything else is untouched.
+    let mut rest = pod.clone();
+    let mut original_rest = original["request"]["object"].clone();
+    for (parent, key) in [
+        ("metadata", "labels"),
+        ("metadata", "annotations"),
+        ("spec", "tolerations"),
+        ("spec", "affinity"),
+    ] {
+        rest[parent].as_object_mut().unwrap().remove(key);
+        original_rest[parent].as_object_mut().unwrap().remove(key);
+    }
+    assert_eq!(rest, original_rest);
+
+    // Reinvocation: the patched pod comes back and nothing more is added.
+    let mut again = original.clone();
+    again["request"]["object"] = pod.clone();
+    let (pod_again, answer_again) = admit(&state, &again).await;
+    assert!(
+        answer_again.response.patch.is_none(),
+        "second pass must add nothing"
+    );
+    assert_eq!(pod_again, pod);
+}
+
+#[tokio::test]
+async fn idle_cluster_keeps_pod_local_with_labels_only() {
+    let state = state("cluster-idle.json");
+    let (pod, _) = admit(&state, &review("review-web.json")).await;
+    assert_eq!(pod["metadata"]["labels"]["spillway.io/placement"], "local");
+    assert!(pod["spec"]["affinity"].is_null());
+    assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn workload_not_opted_in_is_untouched() {
+    let state = state("cluster-full.json");
+    let original = review("review-batch.json");
+    let (pod, answer) = admit(&state, &original).await;
+    assert!(answer.response.patch.is_none());
+    assert!(answer.response.warnings.is_empty());
+    assert_eq!(pod, original["request"]["object"]);
+}
+
+#[tokio::test]
+async fn ineligible_pod_stays_local_with_a_warning() {
+    let state = state("cluster-full.json");
+    let (pod, answer) = admit(&state, &review("review-web-hostpath.json")).await;
+    assert_eq!(pod["metadata"]["labels"]["spillway.io/placement"], "local");
+    assert!(pod["spec"]["affinity"].is_null());
+    assert!(
+        answer
+            .response
+            .warnings
+            .iter()
+            .any(|w| w.contains("host-path")),
+        "{:?}",
+        answer.response.warnings
+    );
+}
+
+#[tokio::test]
+async fn invalid_annotation_warns_and_is_ignored() {
+    let state = state("cluster-full.json");
+    let (pod, answer) = admit(&state, &review("review-web-bad-annotation.json")).await;
+    assert_eq!(pod["metadata"]["labels"]["spillway.io/placement"], "burst");
+    assert!(
+        answer
+            .response
+            .warnings
+            .iter()
+            .any(|w| w.contains("spillway.io/max-local")),
+        "{:?}",
+        answer.response.warnings
+    );
+}
+
+#[tokio::test]
+async fn other_kinds_are_allowed_with_a_warning() {
+    let state = state("cluster-full.json");
+    let (_, answer) = admit(&state, &review("review-configmap.json")).await;
+    assert!(answer.response.patch.is_none());
+    assert!(answer.response.warnings[0].contains("ConfigMap"));
+}
+
+#[tokio::test]
+async fn unparseable_bodies_get_400_with_a_message() {
+    let state = state("cluster-full.json");
+    for body in [
+        &b"not json"[..],
+        br#"{"kind": "AdmissionReview"}"#,
+        br#"{"request": {"kind": 5}}"#,
+    ] {
+        let (status, answer) = post(&state, body.to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("AdmissionReview"),
+            "{answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn parallel_batch_cannot_overshoot_max_burst() {
+    // web allows 2 burst replicas and already runs 1 on the virtual node.
+    let state = state("cluster-full.json");
+    let mut placements = Vec::new();
+    for i in 0..4 {
+        let mut r = review("review-web.json");
+        r["request"]["uid"] = json!(format!("batch-{i}"));
+        let (pod, _) = admit(&state, &r).await;
+        placements.push(
+            pod["metadata"]["labels"]["spillway.io/placement"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(placements, ["burst", "local", "local", "local"]);
+    assert_eq!(state.in_flight.lock().unwrap().len(), 4);
+    let decisions = state
+        .metrics
+        .decisions
+        .with_label_values(&["local", "max-burst"])
+        .get();
+    assert_eq!(decisions, 3);
+}
