@@ -1,0 +1,269 @@
+//! `spillway webhook` on the test bed: the real apiserver calls it over TLS, overflow
+//! replicas of an opted-in Deployment land on a virtual node, max-burst holds across a
+//! ReplicaSet's parallel batch, other workloads are untouched, and pod creation goes on
+//! when the webhook dies (failurePolicy Ignore).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use spillway_e2e::{
+    TestNamespace, WebhookRegistration, client, delete_with_kubectl, register_webhook,
+    spillway_binary, wait_until,
+};
+
+struct Webhook {
+    child: Child,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn deployment(
+    name: &str,
+    replicas: i32,
+    cpu: &str,
+    annotations: serde_json::Value,
+) -> anyhow::Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "nginx:1.27",
+                    "resources": {"requests": {"cpu": cpu, "memory": "128Mi"}}}]}
+            }
+        }
+    }))?)
+}
+
+fn virtual_node(name: &str) -> anyhow::Result<Node> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            // kwok makes the node Ready and its pods Running, standing in for the virtual kubelet.
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"type": "virtual-kubelet", "spillway.io/provider": "fargate",
+                       "kubernetes.io/role": "agent", "kubernetes.io/os": "linux", "kubernetes.io/hostname": name}
+        },
+        "spec": {"taints": [{"key": "virtual-kubelet.io/provider", "value": "fargate", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "100", "memory": "400Gi", "pods": "500"},
+                   "capacity": {"cpu": "100", "memory": "400Gi", "pods": "500"}}
+    }))?)
+}
+
+async fn placements(
+    pods: &Api<Pod>,
+    app: &str,
+) -> anyhow::Result<Vec<(String, Option<String>, Option<String>)>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let labels: BTreeMap<String, String> = p.metadata.labels.clone().unwrap_or_default();
+            (
+                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+                labels.get("spillway.io/placement").cloned(),
+                p.status.and_then(|s| s.phase),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-burst").await?;
+    let dir = tempfile::tempdir()?;
+    let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("tls.crt"), &pki.cert_pem)?;
+    std::fs::write(dir.path().join("tls.key"), &pki.key_pem)?;
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "capacityThreshold: 0.85\nhpaThreshold: 0.8\n",
+    )?;
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let child = Command::new(spillway_binary()?)
+        .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+        .env("KUBECONFIG", spillway_e2e::run_dir().join("kubeconfig"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(
+            spillway_e2e::run_dir().join(format!("logs/webhook-{}.log", ns.name)),
+        )?)
+        .spawn()?;
+    let mut webhook = Webhook { child };
+    wait_until(
+        "webhook ready (index synced)",
+        Duration::from_secs(30),
+        || async {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+                && Command::new("curl")
+                    .args(["-sf", &format!("http://127.0.0.1:{admin_port}/readyz")])
+                    .status()?
+                    .success();
+            Ok(ready)
+        },
+    )
+    .await?;
+
+    let node_name = format!("spillway-fargate-{}", ns.name);
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(&PostParams::default(), &virtual_node(&node_name)?)
+        .await?;
+    let _node_cleanup = NodeCleanup(node_name.clone());
+    let _hook = register_webhook(
+        &client,
+        WebhookRegistration {
+            name: &ns.name,
+            url: &format!("https://127.0.0.1:{port}/mutate"),
+            ca_pem: &pki.ca_pem,
+            namespace: &ns.name,
+            failure_policy: "Ignore",
+        },
+    )
+    .await?;
+
+    // Fill the regular nodes past the 85 % threshold with a workload that is not opted in.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let regular = nodes
+        .list(&ListParams::default().labels("type=kwok"))
+        .await?
+        .items
+        .len() as i32;
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("filler", regular, "3600m", json!({}))?,
+        )
+        .await?;
+    wait_until(
+        "filler Running on regular nodes",
+        Duration::from_secs(60),
+        || async {
+            let p = placements(&pods, "filler").await?;
+            Ok(p.len() == regular as usize
+                && p.iter()
+                    .all(|(_, _, phase)| phase.as_deref() == Some("Running")))
+        },
+    )
+    .await?;
+    // The webhook sees the filler through its watch; give it a moment to catch up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-burst": "3"});
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 5, "100m", annotations)?,
+        )
+        .await?;
+    wait_until(
+        "web: 3 burst pods Running on the virtual node, 2 local",
+        Duration::from_secs(60),
+        || async {
+            let p = placements(&pods, "web").await?;
+            let on_virtual = p.iter().filter(|(node, placement, phase)| {
+                node == &node_name
+                    && placement.as_deref() == Some("burst")
+                    && phase.as_deref() == Some("Running")
+            });
+            let local = p.iter().filter(|(node, placement, _)| {
+                node.starts_with("kwok-node-") && placement.as_deref() == Some("local")
+            });
+            Ok(p.len() == 5 && on_virtual.count() == 3 && local.count() == 2)
+        },
+    )
+    .await?;
+    let burst_pod = pods
+        .list(&ListParams::default().labels("app=web,spillway.io/placement=burst"))
+        .await?
+        .items
+        .remove(0);
+    let spec = burst_pod.spec.expect("spec");
+    assert!(
+        spec.tolerations
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("virtual-kubelet.io/provider"))
+    );
+    assert!(spec.affinity.and_then(|a| a.node_affinity).is_some());
+    let annotations = burst_pod.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("controller.kubernetes.io/pod-deletion-cost")
+            .map(String::as_str),
+        Some("-1000")
+    );
+
+    for (_, placement, _) in placements(&pods, "filler").await? {
+        assert_eq!(
+            placement, None,
+            "a workload that did not opt in is untouched"
+        );
+    }
+
+    // Kill the webhook: pod creation must go on (failurePolicy Ignore).
+    webhook.child.kill()?;
+    webhook.child.wait()?;
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        )
+        .await?;
+    wait_until(
+        "web scaled to 7 with the webhook dead",
+        Duration::from_secs(60),
+        || async { Ok(placements(&pods, "web").await?.len() == 7) },
+    )
+    .await?;
+    let unlabelled = placements(&pods, "web")
+        .await?
+        .into_iter()
+        .filter(|(_, placement, _)| placement.is_none())
+        .count();
+    assert_eq!(
+        unlabelled, 2,
+        "the two pods created without the webhook carry no decision"
+    );
+    Ok(())
+}
+
+struct NodeCleanup(String);
+
+impl Drop for NodeCleanup {
+    fn drop(&mut self) {
+        delete_with_kubectl(&["node", &self.0]);
+    }
+}
