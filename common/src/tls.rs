@@ -275,3 +275,121 @@ pub enum TlsBindError {
     #[error("cannot bind: {0}")]
     Bind(std::io::Error),
 }
+
+#[cfg(all(test, feature = "test-pki"))]
+mod tests {
+    use super::*;
+    use crate::test_pki;
+
+    async fn fetch(addr: SocketAddr, ca_pem: &str) -> Result<String, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        client
+            .get(format!("https://{addr}/"))
+            .send()
+            .await?
+            .text()
+            .await
+    }
+
+    async fn wait_for_ca(addr: SocketAddr, ca_pem: &str) -> bool {
+        for _ in 0..100 {
+            if fetch(addr, ca_pem).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn certificate_rotates_and_a_bad_pair_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: None,
+        };
+        let first = test_pki::issue(&["127.0.0.1"]);
+        std::fs::write(&files.cert, &first.cert_pem).unwrap();
+        std::fs::write(&files.key, &first.key_pem).unwrap();
+        let server = TlsServer::bind("127.0.0.1:0".parse().unwrap(), files.clone())
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        tokio::spawn(server.serve(app, Duration::from_millis(20), shutdown.clone()));
+
+        assert_eq!(fetch(addr, &first.ca_pem).await.unwrap(), "hello");
+
+        let second = test_pki::issue(&["127.0.0.1"]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(&files.cert, &second.cert_pem).unwrap();
+        std::fs::write(&files.key, &second.key_pem).unwrap();
+        assert!(
+            wait_for_ca(addr, &second.ca_pem).await,
+            "new certificate never served"
+        );
+        assert!(
+            fetch(addr, &first.ca_pem).await.is_err(),
+            "old certificate still served"
+        );
+
+        // A broken pair is refused; the second certificate keeps serving.
+        std::fs::write(&files.cert, "not a certificate").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(fetch(addr, &second.ca_pem).await.unwrap(), "hello");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn client_certificate_required_when_a_ca_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let server_pki = test_pki::issue(&["127.0.0.1"]);
+        let client_pki = test_pki::issue(&["client"]);
+        std::fs::write(dir.path().join("tls.crt"), &server_pki.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &server_pki.key_pem).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &client_pki.ca_pem).unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: Some(dir.path().join("ca.crt")),
+        };
+        let server = TlsServer::bind("127.0.0.1:0".parse().unwrap(), files)
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        tokio::spawn(server.serve(app, Duration::from_secs(60), shutdown.clone()));
+
+        assert!(
+            fetch(addr, &server_pki.ca_pem).await.is_err(),
+            "anonymous client accepted"
+        );
+        let identity = reqwest::Identity::from_pem(
+            format!("{}{}", client_pki.cert_pem, client_pki.key_pem).as_bytes(),
+        )
+        .unwrap();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(server_pki.ca_pem.as_bytes()).unwrap(),
+            )
+            .identity(identity)
+            .build()
+            .unwrap();
+        let body = client
+            .get(format!("https://{addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "hello");
+        shutdown.cancel();
+    }
+}
