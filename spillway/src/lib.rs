@@ -1,6 +1,7 @@
 //! The `spillway` command line: one binary for every component (DESIGN §1).
 
 mod admit;
+mod explain_pod;
 
 use std::process::ExitCode;
 
@@ -36,8 +37,9 @@ pub enum Command {
     /// Offline: answer one AdmissionReview (JSON on stdin) as the webhook would against a
     /// saved cluster state, and print the AdmissionReview response on stdout.
     Admit(admit::AdmitArgs),
-    /// Offline: say whether a pod may burst, what it would cost and the provider request.
-    ExplainPod,
+    /// Offline: say whether a pod may burst to a provider, its task size, hourly cost and
+    /// the exact provider requests (ECS RegisterTaskDefinition and RunTask for Fargate).
+    ExplainPod(explain_pod::ExplainArgs),
     /// Live: per-workload table of local and burst replicas, reasons and cost.
     Status,
 }
@@ -58,7 +60,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }),
         Command::Controller | Command::Run => not_implemented(spillway_controller::NOT_IMPLEMENTED),
         Command::VkNode => not_implemented(spillway_vk_node::NOT_IMPLEMENTED),
-        Command::ExplainPod => not_implemented(spillway_vk_node::NOT_IMPLEMENTED),
+        Command::ExplainPod(args) => explain_pod::run(&args),
         Command::Status => not_implemented(spillway_controller::NOT_IMPLEMENTED),
     }
 }

@@ -1,0 +1,96 @@
+//! `spillway explain-pod` as a user runs it.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn explain(args: &[&str], manifest: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pod.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("explain-pod")
+        .args(args)
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
+fn json(args: &[&str], manifest: &str) -> Value {
+    let output = explain(args, manifest);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, uid: 7d0c1a52-3b8e-4f7a-9e61-0c2d4b6a8f10}
+spec:
+  containers:
+  - name: app
+    image: nginx:1.27
+    resources: {requests: {cpu: "1", memory: 3000Mi}}
+"#;
+
+#[test]
+fn fargate_request_shape_size_and_cost() {
+    let out = json(&["--provider", "fargate", "-o", "json"], WEB);
+    assert_eq!(out["eligible"], true);
+    assert_eq!(out["reasons"], serde_json::json!([]));
+    let register = &out["request"]["registerTaskDefinition"];
+    assert_eq!(register["cpu"], "1024");
+    assert_eq!(register["memory"], "3072");
+    assert_eq!(register["networkMode"], "awsvpc");
+    assert_eq!(
+        register["requiresCompatibilities"],
+        serde_json::json!(["FARGATE"])
+    );
+    assert_eq!(register["containerDefinitions"][0]["image"], "nginx:1.27");
+    let run = &out["request"]["runTask"];
+    assert_eq!(run["taskDefinition"], register["family"]);
+    assert_eq!(run["clientToken"], "7d0c1a52-3b8e-4f7a-9e61-0c2d4b6a8f10");
+    assert_eq!(run["launchType"], "FARGATE");
+    let cost = out["hourlyCostUsd"].as_f64().unwrap();
+    assert!((cost - (0.04048 + 3.0 * 0.004445)).abs() < 1e-6, "{cost}");
+}
+
+#[test]
+fn ineligible_and_too_large_pods_say_why() {
+    let host = WEB.replace("  containers:", "  hostNetwork: true\n  containers:");
+    let out = json(&["-o", "json"], &host);
+    assert_eq!(out["eligible"], false);
+    assert_eq!(out["reasons"], serde_json::json!(["host-network"]));
+    let big = WEB.replace("cpu: \"1\"", "cpu: \"17\"");
+    let out = json(&["-o", "json"], &big);
+    assert_eq!(out["eligible"], false);
+    assert_eq!(out["reasons"], serde_json::json!(["too-large"]));
+    assert!(out["hourlyCostUsd"].is_null());
+}
+
+#[test]
+fn readable_summary_without_json() {
+    let output = explain(&[], WEB);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("eligible for fargate"), "{text}");
+    assert!(text.contains("1 vCPU, 3 GiB"), "{text}");
+}
+
+#[test]
+fn bad_manifests_exit_2() {
+    for manifest in [
+        "::: not yaml",
+        "kind: Deployment\nspec: {}",
+        "kind: Pod\nmetadata: {}",
+    ] {
+        let output = explain(&["-o", "json"], manifest);
+        assert_eq!(output.status.code(), Some(2), "{manifest}");
+        assert!(output.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&output.stderr).starts_with("spillway explain-pod:"));
+    }
+}

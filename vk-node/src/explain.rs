@@ -1,0 +1,180 @@
+//! `spillway explain-pod`: whether a pod may burst to a provider, what it would cost per
+//! hour, and the exact provider requests the node would send.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::Serialize;
+use serde_json::Value;
+use spillway_common::config::{PricingConfig, Provider};
+use spillway_common::eligibility::{self, Ineligible};
+use spillway_common::pod_resources;
+
+use crate::fargate::translate::{self, FargateSettings, Placeholders, TranslateError};
+
+/// The answer, as printed with `-o json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    /// Whether the pod may run on the provider.
+    pub eligible: bool,
+    /// Why not (eligibility reasons of DESIGN §3), empty when eligible.
+    pub reasons: Vec<String>,
+    /// List price per hour of the chosen size; null when no size fits.
+    pub hourly_cost_usd: Option<f64>,
+    /// The size chosen: `{"cpu": "1024", "memory": "3072"}` for Fargate.
+    pub size: Option<Value>,
+    /// Provider requests: for Fargate `registerTaskDefinition` and `runTask`.
+    pub request: Option<Value>,
+    /// What could not be carried over to the provider.
+    pub notes: Vec<String>,
+}
+
+/// Why a manifest could not be explained.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// Not YAML/JSON, or not a Pod.
+    #[error("not a Pod manifest: {0}")]
+    NotAPod(String),
+    /// The provider has no translation yet.
+    #[error("provider {0} has no request translation yet")]
+    Unsupported(Provider),
+}
+
+/// Parses a Pod manifest (YAML or JSON).
+pub fn parse_pod(text: &str) -> Result<Pod, ExplainError> {
+    let value: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| ExplainError::NotAPod(e.to_string()))?;
+    match value.get("kind").and_then(Value::as_str) {
+        Some("Pod") | None => {}
+        Some(other) => {
+            return Err(ExplainError::NotAPod(format!(
+                "kind is {other}, expected Pod"
+            )));
+        }
+    }
+    if value
+        .get("spec")
+        .and_then(|s| s.get("containers"))
+        .is_none()
+    {
+        return Err(ExplainError::NotAPod("spec.containers is missing".into()));
+    }
+    Pod::deserialize(&value).map_err(|e| ExplainError::NotAPod(e.to_string()))
+}
+
+use serde::Deserialize as _;
+
+/// Explains `pod` for `provider` at `pricing`.
+pub fn explain(
+    pod: &Pod,
+    provider: Provider,
+    pricing: &PricingConfig,
+) -> Result<Explanation, ExplainError> {
+    let needs = pod
+        .spec
+        .as_ref()
+        .map(pod_resources::effective)
+        .unwrap_or_default();
+    let reasons: Vec<Ineligible> = eligibility::check(pod, &needs, provider);
+    let spot = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(spillway_common::keys::SPOT))
+        .is_some_and(|v| v == "true");
+    match provider {
+        Provider::Fargate => {
+            let settings = FargateSettings::offline(pricing.fargate.clone());
+            let translated = translate::translate(pod, &settings, &Placeholders, None, spot);
+            let mut explanation = Explanation {
+                eligible: reasons.is_empty(),
+                reasons: reasons.iter().map(|r| r.as_str().to_owned()).collect(),
+                hourly_cost_usd: None,
+                size: None,
+                request: None,
+                notes: Vec::new(),
+            };
+            match translated {
+                Ok(request) => {
+                    explanation.hourly_cost_usd =
+                        Some(round_cost(request.size.hourly_cost(&settings.price)));
+                    explanation.size = Some(serde_json::json!({
+                        "cpu": request.size.cpu_units.to_string(),
+                        "memory": request.size.memory_mib.to_string(),
+                    }));
+                    explanation.request = Some(serde_json::json!({
+                        "registerTaskDefinition": request.register,
+                        "runTask": request.run,
+                    }));
+                    explanation.notes = request.notes;
+                }
+                Err(TranslateError::TooLarge { .. }) => {
+                    if !explanation
+                        .reasons
+                        .iter()
+                        .any(|r| r == Ineligible::TooLarge.as_str())
+                    {
+                        explanation
+                            .reasons
+                            .push(Ineligible::TooLarge.as_str().to_owned());
+                    }
+                    explanation.eligible = false;
+                }
+                Err(other) => {
+                    explanation.notes.push(other.to_string());
+                    explanation.eligible = false;
+                }
+            }
+            Ok(explanation)
+        }
+        Provider::Aci => Err(ExplainError::Unsupported(provider)),
+    }
+}
+
+/// Rounds to a micro-dollar so printed figures are stable.
+fn round_cost(cost: f64) -> f64 {
+    (cost * 1e6).round() / 1e6
+}
+
+/// A few readable lines for people.
+pub fn summary(explanation: &Explanation, provider: Provider) -> String {
+    let mut out = String::new();
+    if explanation.eligible {
+        out.push_str(&format!("eligible for {provider}\n"));
+    } else {
+        out.push_str(&format!(
+            "NOT eligible for {provider}: {}\n",
+            explanation.reasons.join(", ")
+        ));
+    }
+    if let (Some(size), Some(cost)) = (&explanation.size, explanation.hourly_cost_usd) {
+        let cpu: f64 = size["cpu"]
+            .as_str()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0.0)
+            / 1024.0;
+        let mib: f64 = size["memory"]
+            .as_str()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0.0);
+        out.push_str(&format!(
+            "size: {cpu} vCPU, {} GiB ({} CPU units, {} MiB)\ncost: {cost:.6} USD per hour, about {:.2} USD per 30-day month\n",
+            mib / 1024.0,
+            size["cpu"].as_str().unwrap_or(""),
+            size["memory"].as_str().unwrap_or(""),
+            cost * 24.0 * 30.0
+        ));
+    }
+    if let Some(request) = &explanation.request {
+        out.push_str(&format!(
+            "task definition family: {}\n",
+            request["registerTaskDefinition"]["family"]
+                .as_str()
+                .unwrap_or("")
+        ));
+    }
+    for note in &explanation.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out.push_str("(use -o json for the exact provider requests)\n");
+    out
+}

@@ -1,0 +1,13 @@
+//! The AWS Fargate (ECS) provider: sizing, translation to ECS requests, and (below) the
+//! calls themselves.
+
+pub mod ecs_json;
+pub mod sizing;
+pub mod translate;
+
+/// Tag carrying the pod UID on every task (crash-safe adoption keys on it).
+pub const TAG_POD_UID: &str = "spillway.io/pod-uid";
+/// Tag carrying `namespace/name` of the pod.
+pub const TAG_POD: &str = "spillway.io/pod";
+/// Tag carrying the virtual node's name.
+pub const TAG_NODE: &str = "spillway.io/node";

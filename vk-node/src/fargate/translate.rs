@@ -1,0 +1,863 @@
+//! Pod → ECS requests, pure: the task definition (shared by identical pods, cached by
+//! content hash) and the `RunTask` call (per-pod values in overrides, tags and the pod UID
+//! as idempotency token). Secret-derived env never appears in either: it is referenced
+//! through `secrets` in the pod's own Secrets Manager secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use sha2::{Digest, Sha256};
+use spillway_common::config::Price;
+use spillway_common::pod_resources::{self, PodResources};
+use spillway_common::quantity;
+
+use super::ecs_json::*;
+use super::sizing::{self, TaskSize};
+
+/// Fargate's upper bound on `stopTimeout`, seconds (ECS ContainerDefinition docs).
+pub const FARGATE_MAX_STOP_TIMEOUT: i64 = 120;
+/// Smallest container memory ECS accepts, MiB (ECS ContainerDefinition docs).
+const MIN_CONTAINER_MIB: i64 = 6;
+
+/// Where tasks run and how they are named.
+#[derive(Clone, Debug)]
+pub struct FargateSettings {
+    /// ECS cluster name or ARN.
+    pub cluster: String,
+    /// Subnet ids for awsvpc.
+    pub subnets: Vec<String>,
+    /// Security group ids for awsvpc.
+    pub security_groups: Vec<String>,
+    /// Whether tasks get a public IP.
+    pub assign_public_ip: bool,
+    /// Role ECS uses to pull images, write logs and read secrets.
+    pub execution_role_arn: Option<String>,
+    /// Role the task's code runs as.
+    pub task_role_arn: Option<String>,
+    /// CloudWatch Logs group for container output.
+    pub log_group: String,
+    /// AWS region.
+    pub region: String,
+    /// The virtual node's name (tags, `startedBy`).
+    pub node_name: String,
+    /// CPU for pods that name none, millicores.
+    pub default_cpu_millis: u64,
+    /// Memory for pods that name none, bytes.
+    pub default_memory_bytes: u64,
+    /// List prices.
+    pub price: Price,
+}
+
+impl FargateSettings {
+    /// Settings for offline use (`explain-pod`): placeholders for network ids.
+    pub fn offline(price: Price) -> Self {
+        Self {
+            cluster: "spillway".into(),
+            subnets: vec!["subnet-00000000".into()],
+            security_groups: vec!["sg-00000000".into()],
+            assign_public_ip: false,
+            execution_role_arn: None,
+            task_role_arn: None,
+            log_group: "/spillway/pods".into(),
+            region: "us-east-1".into(),
+            node_name: "spillway-fargate".into(),
+            default_cpu_millis: 250,
+            default_memory_bytes: 512 << 20,
+            price,
+        }
+    }
+
+    /// `startedBy` of every task this node runs (ECS allows 128 characters).
+    pub fn started_by(&self) -> String {
+        let mut value: String = self
+            .node_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        value.truncate(128);
+        value
+    }
+}
+
+/// ConfigMap and Secret contents the env of a pod refers to.
+pub trait EnvLookup {
+    /// A ConfigMap key's value.
+    fn config_map_value(&self, name: &str, key: &str) -> Option<String>;
+    /// All entries of a ConfigMap (for `envFrom`).
+    fn config_map_entries(&self, name: &str) -> Option<Vec<(String, String)>>;
+    /// The keys of a Secret (for `envFrom`); values are never needed here.
+    fn secret_keys(&self, name: &str) -> Option<Vec<String>>;
+}
+
+/// A lookup that knows nothing: ConfigMap values become visible placeholders (for
+/// `explain-pod`, which sees only the pod).
+pub struct Placeholders;
+
+impl EnvLookup for Placeholders {
+    fn config_map_value(&self, name: &str, key: &str) -> Option<String> {
+        Some(format!("<configmap {name} key {key}>"))
+    }
+    fn config_map_entries(&self, _: &str) -> Option<Vec<(String, String)>> {
+        None
+    }
+    fn secret_keys(&self, _: &str) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// One Secret value a container's env needs; the node copies it into the pod's
+/// Secrets Manager secret under `json_key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Key in the pod's Secrets Manager JSON secret: `<container>.<VAR>`.
+    pub json_key: String,
+    /// Kubernetes Secret name.
+    pub secret: String,
+    /// Key in that Secret.
+    pub key: String,
+    /// Whether a missing Secret or key is fine.
+    pub optional: bool,
+}
+
+/// What went wrong translating a pod.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TranslateError {
+    /// Larger than the largest Fargate task.
+    #[error(
+        "pod needs {cpu_millis}m CPU and {memory_mib} MiB, above Fargate's largest task (16 vCPU / 120 GiB)"
+    )]
+    TooLarge {
+        /// Millicores.
+        cpu_millis: u64,
+        /// MiB.
+        memory_mib: u64,
+    },
+    /// A required ConfigMap or key is missing.
+    #[error("configmap {name} (key {key}) not found")]
+    MissingConfigMap {
+        /// ConfigMap.
+        name: String,
+        /// Key.
+        key: String,
+    },
+    /// A Secret used by `envFrom` is missing.
+    #[error("secret {name} not found")]
+    MissingSecret {
+        /// Secret.
+        name: String,
+    },
+    /// The pod has no spec or no containers.
+    #[error("pod has no containers")]
+    NoContainers,
+}
+
+/// The translation of one pod.
+#[derive(Clone, Debug)]
+pub struct FargateRequest {
+    /// The task size chosen.
+    pub size: TaskSize,
+    /// `RegisterTaskDefinition` input; `family` is its content hash.
+    pub register: RegisterTaskDefinition,
+    /// `RunTask` input.
+    pub run: RunTask,
+    /// Secret values to store in the pod's Secrets Manager secret.
+    pub secret_refs: Vec<SecretRef>,
+    /// Things that could not be carried over, for Events and `explain-pod`.
+    pub notes: Vec<String>,
+}
+
+/// The task size for a pod's effective needs, defaults filling unspecified resources.
+pub fn size_for(
+    needs: &PodResources,
+    settings: &FargateSettings,
+) -> Result<TaskSize, TranslateError> {
+    let cpu = if needs.cpu_specified {
+        needs.cpu_millis
+    } else {
+        settings.default_cpu_millis
+    };
+    let memory = if needs.memory_specified {
+        needs.memory_bytes
+    } else {
+        settings.default_memory_bytes
+    };
+    sizing::cheapest(cpu, memory, &settings.price).ok_or(TranslateError::TooLarge {
+        cpu_millis: cpu,
+        memory_mib: sizing::mebibytes(memory),
+    })
+}
+
+fn quantity_of(container: &Container, kind: &str, resource: &str) -> Option<String> {
+    let resources = container.resources.as_ref()?;
+    let map = if kind == "limits" {
+        resources.limits.as_ref()
+    } else {
+        resources.requests.as_ref()
+    };
+    map?.get(resource).map(|q| q.0.clone())
+}
+
+fn container_memory_mib(container: &Container) -> (Option<i64>, Option<i64>) {
+    let mib = |q: Option<String>| {
+        q.and_then(|q| quantity::bytes(&q).ok())
+            .map(|b| sizing::mebibytes(b) as i64)
+    };
+    (
+        mib(quantity_of(container, "requests", "memory")),
+        mib(quantity_of(container, "limits", "memory")),
+    )
+}
+
+fn field_ref_value(pod: &Pod, path: &str, settings: &FargateSettings) -> Option<String> {
+    let meta = &pod.metadata;
+    let bracketed = |prefix: &str| path.strip_prefix(prefix).and_then(|r| r.strip_suffix("']"));
+    match path {
+        "metadata.name" => meta.name.clone(),
+        "metadata.namespace" => meta.namespace.clone(),
+        "metadata.uid" => meta.uid.clone(),
+        "spec.nodeName" => Some(settings.node_name.clone()),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone()),
+        _ => {
+            if let Some(key) = bracketed("metadata.labels['") {
+                return meta.labels.as_ref()?.get(key).cloned();
+            }
+            if let Some(key) = bracketed("metadata.annotations['") {
+                return meta.annotations.as_ref()?.get(key).cloned();
+            }
+            None
+        }
+    }
+}
+
+fn resource_field_value(
+    container: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    size: TaskSize,
+) -> Option<String> {
+    let (kind, name) = resource.split_once('.')?;
+    let value = quantity_of(container, kind, name);
+    if name == "cpu" {
+        let millis = match value {
+            Some(q) => quantity::cpu_millis(&q).ok()?,
+            None => u64::from(size.cpu_units) * 1000 / 1024,
+        };
+        let divisor = divisor
+            .map(quantity::cpu_millis)
+            .transpose()
+            .ok()?
+            .unwrap_or(1000)
+            .max(1);
+        Some(millis.div_ceil(divisor).to_string())
+    } else {
+        let bytes = match value {
+            Some(q) => quantity::bytes(&q).ok()?,
+            None => u64::from(size.memory_mib) << 20,
+        };
+        let divisor = divisor
+            .map(quantity::bytes)
+            .transpose()
+            .ok()?
+            .unwrap_or(1)
+            .max(1);
+        Some(bytes.div_ceil(divisor).to_string())
+    }
+}
+
+/// Env of one container, split into static (task definition), per-pod (overrides) and
+/// secret parts.
+struct ContainerEnv {
+    fixed: Vec<KeyValuePair>,
+    per_pod: Vec<KeyValuePair>,
+    secrets: Vec<Secret>,
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+fn translate_env(
+    pod: &Pod,
+    container: &Container,
+    size: TaskSize,
+    settings: &FargateSettings,
+    lookup: &dyn EnvLookup,
+    secret_arn: &str,
+    secret_refs: &mut Vec<SecretRef>,
+    notes: &mut Vec<String>,
+) -> Result<ContainerEnv, TranslateError> {
+    let mut env = ContainerEnv {
+        fixed: Vec::new(),
+        per_pod: Vec::new(),
+        secrets: Vec::new(),
+    };
+    let mut add_secret =
+        |var: &str, secret: &str, key: &str, optional: bool, env: &mut ContainerEnv| {
+            let json_key = format!("{}.{}", container.name, var);
+            env.secrets.push(Secret {
+                name: var.to_owned(),
+                value_from: format!("{secret_arn}:{json_key}::"),
+            });
+            secret_refs.push(SecretRef {
+                json_key,
+                secret: secret.to_owned(),
+                key: key.to_owned(),
+                optional,
+            });
+        };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.as_deref().unwrap_or("");
+        if let Some(cm) = &from.config_map_ref {
+            match lookup.config_map_entries(&cm.name) {
+                Some(entries) => env
+                    .fixed
+                    .extend(entries.into_iter().map(|(k, v)| KeyValuePair {
+                        name: format!("{prefix}{k}"),
+                        value: v,
+                    })),
+                None if cm.optional == Some(true) => {}
+                None => notes.push(format!("envFrom configmap {} not expanded here", cm.name)),
+            }
+        }
+        if let Some(secret) = &from.secret_ref {
+            match lookup.secret_keys(&secret.name) {
+                Some(keys) => {
+                    for key in keys {
+                        add_secret(
+                            &format!("{prefix}{key}"),
+                            &secret.name,
+                            &key,
+                            secret.optional == Some(true),
+                            &mut env,
+                        );
+                    }
+                }
+                None if secret.optional == Some(true) => {}
+                None => notes.push(format!("envFrom secret {} not expanded here", secret.name)),
+            }
+        }
+    }
+    for var in container.env.iter().flatten() {
+        let EnvVar {
+            name,
+            value,
+            value_from,
+        } = var;
+        let Some(source) = value_from else {
+            env.fixed.push(KeyValuePair {
+                name: name.clone(),
+                value: value.clone().unwrap_or_default(),
+            });
+            continue;
+        };
+        if let Some(cm) = &source.config_map_key_ref {
+            match lookup.config_map_value(&cm.name, &cm.key) {
+                Some(value) => env.fixed.push(KeyValuePair {
+                    name: name.clone(),
+                    value,
+                }),
+                None if cm.optional == Some(true) => {}
+                None => {
+                    return Err(TranslateError::MissingConfigMap {
+                        name: cm.name.clone(),
+                        key: cm.key.clone(),
+                    });
+                }
+            }
+        } else if let Some(secret) = &source.secret_key_ref {
+            add_secret(
+                name,
+                &secret.name,
+                &secret.key,
+                secret.optional == Some(true),
+                &mut env,
+            );
+        } else if let Some(field) = &source.field_ref {
+            match field_ref_value(pod, &field.field_path, settings) {
+                Some(value) => env.per_pod.push(KeyValuePair {
+                    name: name.clone(),
+                    value,
+                }),
+                None => notes.push(format!(
+                    "env {name} ({}) is not known when the task starts and is left unset",
+                    field.field_path
+                )),
+            }
+        } else if let Some(resource) = &source.resource_field_ref {
+            let target = resource
+                .container_name
+                .as_deref()
+                .and_then(|n| pod.spec.as_ref()?.containers.iter().find(|c| c.name == n))
+                .unwrap_or(container);
+            if let Some(value) = resource_field_value(
+                target,
+                &resource.resource,
+                resource.divisor.as_ref().map(|d| d.0.as_str()),
+                size,
+            ) {
+                env.fixed.push(KeyValuePair {
+                    name: name.clone(),
+                    value,
+                });
+            }
+        }
+    }
+    Ok(env)
+}
+
+/// Translates `pod` for `settings`. `secret_arn` is the ARN of the pod's Secrets Manager
+/// secret (a placeholder offline).
+pub fn translate(
+    pod: &Pod,
+    settings: &FargateSettings,
+    lookup: &dyn EnvLookup,
+    secret_arn: Option<&str>,
+    spot: bool,
+) -> Result<FargateRequest, TranslateError> {
+    let spec = pod.spec.as_ref().ok_or(TranslateError::NoContainers)?;
+    if spec.containers.is_empty() {
+        return Err(TranslateError::NoContainers);
+    }
+    let needs = pod_resources::effective(spec);
+    let size = size_for(&needs, settings)?;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let placeholder_arn = format!(
+        "arn:aws:secretsmanager:{}:000000000000:secret:spillway/{uid}",
+        settings.region
+    );
+    let secret_arn = secret_arn.unwrap_or(&placeholder_arn);
+    let mut notes = Vec::new();
+    let mut secret_refs = Vec::new();
+
+    let empty_dirs: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.empty_dir.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    for volume in spec.volumes.iter().flatten() {
+        let is_token = volume.projected.as_ref().is_some_and(|p| {
+            p.sources
+                .iter()
+                .flatten()
+                .any(|s| s.service_account_token.is_some())
+        });
+        if volume.empty_dir.is_none() && !is_token {
+            notes.push(format!(
+                "volume {} is not supported on Fargate and is not mounted",
+                volume.name
+            ));
+        }
+    }
+
+    let init: Vec<&Container> = spec.init_containers.iter().flatten().collect();
+    let app: Vec<&Container> = spec.containers.iter().collect();
+    let task_mib = i64::from(size.memory_mib);
+    let specified_app: i64 = app
+        .iter()
+        .filter_map(|c| {
+            let (request, limit) = container_memory_mib(c);
+            limit.or(request)
+        })
+        .sum();
+    let unspecified_app = app
+        .iter()
+        .filter(|c| {
+            let (r, l) = container_memory_mib(c);
+            r.or(l).is_none()
+        })
+        .count() as i64;
+    let share = if unspecified_app > 0 {
+        ((task_mib - specified_app) / unspecified_app).max(MIN_CONTAINER_MIB)
+    } else {
+        MIN_CONTAINER_MIB
+    };
+    let stop_timeout = spec
+        .termination_grace_period_seconds
+        .unwrap_or(30)
+        .clamp(0, FARGATE_MAX_STOP_TIMEOUT) as i32;
+
+    let mut definitions = Vec::new();
+    let mut overrides = Vec::new();
+    for (position, (container, is_init)) in init
+        .iter()
+        .map(|c| (*c, true))
+        .chain(app.iter().map(|c| (*c, false)))
+        .enumerate()
+    {
+        let env = translate_env(
+            pod,
+            container,
+            size,
+            settings,
+            lookup,
+            secret_arn,
+            &mut secret_refs,
+            &mut notes,
+        )?;
+        let (request, limit) = container_memory_mib(container);
+        let memory = limit
+            .or(request)
+            .unwrap_or(if is_init { task_mib } else { share })
+            .clamp(MIN_CONTAINER_MIB, task_mib);
+        let reservation = match (request, limit) {
+            (Some(r), Some(l)) if r < l => Some(r as i32),
+            _ => None,
+        };
+        let cpu = quantity_of(container, "requests", "cpu")
+            .or_else(|| quantity_of(container, "limits", "cpu"))
+            .and_then(|q| quantity::cpu_millis(&q).ok())
+            .map(|m| sizing::cpu_units(m) as i32);
+        let depends_on = if is_init {
+            // Init containers run one after another.
+            init[..position]
+                .last()
+                .map(|prev| {
+                    vec![ContainerDependency {
+                        container_name: prev.name.clone(),
+                        condition: "SUCCESS".into(),
+                    }]
+                })
+                .unwrap_or_default()
+        } else {
+            init.iter()
+                .map(|i| ContainerDependency {
+                    container_name: i.name.clone(),
+                    condition: "SUCCESS".into(),
+                })
+                .collect()
+        };
+        let mount_points = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| empty_dirs.contains(&m.name.as_str()))
+            .map(|m| MountPoint {
+                source_volume: m.name.clone(),
+                container_path: m.mount_path.clone(),
+                read_only: m.read_only.unwrap_or(false),
+            })
+            .collect();
+        let port_mappings = container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| PortMapping {
+                container_port: p.container_port,
+                protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+            })
+            .collect();
+        let log_configuration = LogConfiguration {
+            log_driver: "awslogs".into(),
+            options: BTreeMap::from([
+                ("awslogs-group".to_owned(), settings.log_group.clone()),
+                ("awslogs-region".to_owned(), settings.region.clone()),
+                ("awslogs-stream-prefix".to_owned(), "spillway".to_owned()),
+            ]),
+        };
+        if !env.per_pod.is_empty() {
+            overrides.push(ContainerOverride {
+                name: container.name.clone(),
+                environment: env.per_pod,
+            });
+        }
+        definitions.push(ContainerDefinition {
+            name: container.name.clone(),
+            image: container.image.clone().unwrap_or_default(),
+            essential: !is_init,
+            entry_point: container.command.clone(),
+            command: container.args.clone(),
+            working_directory: container.working_dir.clone(),
+            cpu,
+            memory: memory as i32,
+            memory_reservation: reservation,
+            environment: env.fixed,
+            secrets: env.secrets,
+            port_mappings,
+            depends_on,
+            mount_points,
+            stop_timeout: (!is_init).then_some(stop_timeout),
+            log_configuration: Some(log_configuration),
+        });
+    }
+
+    let mut register = RegisterTaskDefinition {
+        family: String::new(),
+        network_mode: "awsvpc".into(),
+        requires_compatibilities: vec!["FARGATE".into()],
+        cpu: size.cpu_units.to_string(),
+        memory: size.memory_mib.to_string(),
+        execution_role_arn: settings.execution_role_arn.clone(),
+        task_role_arn: settings.task_role_arn.clone(),
+        container_definitions: definitions,
+        volumes: empty_dirs
+            .iter()
+            .map(|name| Volume {
+                name: (*name).to_owned(),
+            })
+            .collect(),
+        tags: vec![Tag {
+            key: "spillway.io/managed-by".into(),
+            value: "spillway".into(),
+        }],
+    };
+    register.family = family_for(&register);
+
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let run = RunTask {
+        cluster: settings.cluster.clone(),
+        task_definition: register.family.clone(),
+        launch_type: (!spot).then(|| "FARGATE".to_owned()),
+        capacity_provider_strategy: if spot {
+            vec![CapacityProviderStrategyItem {
+                capacity_provider: "FARGATE_SPOT".into(),
+                weight: 1,
+            }]
+        } else {
+            Vec::new()
+        },
+        count: 1,
+        network_configuration: NetworkConfiguration {
+            awsvpc_configuration: AwsVpcConfiguration {
+                subnets: settings.subnets.clone(),
+                security_groups: settings.security_groups.clone(),
+                assign_public_ip: if settings.assign_public_ip {
+                    "ENABLED"
+                } else {
+                    "DISABLED"
+                }
+                .into(),
+            },
+        },
+        overrides: TaskOverride {
+            container_overrides: overrides,
+        },
+        started_by: settings.started_by(),
+        client_token: uid.clone(),
+        tags: vec![
+            Tag {
+                key: super::TAG_POD_UID.into(),
+                value: uid,
+            },
+            Tag {
+                key: super::TAG_POD.into(),
+                value: format!("{namespace}/{name}"),
+            },
+            Tag {
+                key: super::TAG_NODE.into(),
+                value: settings.node_name.clone(),
+            },
+        ],
+    };
+    Ok(FargateRequest {
+        size,
+        register,
+        run,
+        secret_refs,
+        notes,
+    })
+}
+
+/// `spillway-<first 32 hex digits of the SHA-256 of the definition>`, family excluded.
+pub fn family_for(definition: &RegisterTaskDefinition) -> String {
+    let mut unnamed = definition.clone();
+    unnamed.family.clear();
+    let bytes = serde_json::to_vec(&unnamed).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    format!("spillway-{}", &hex::encode(digest)[..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use spillway_common::config::PricingConfig;
+
+    fn settings() -> FargateSettings {
+        FargateSettings::offline(PricingConfig::default().fargate)
+    }
+
+    fn pod(name: &str, uid: &str, container: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop", "uid": uid},
+            "spec": {"containers": [container], "terminationGracePeriodSeconds": 600}
+        }))
+        .unwrap()
+    }
+
+    fn web(name: &str, uid: &str) -> Pod {
+        pod(
+            name,
+            uid,
+            json!({
+                "name": "app", "image": "nginx",
+                "env": [
+                    {"name": "MODE", "value": "prod"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}},
+                    {"name": "ME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}}
+                ],
+                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+            }),
+        )
+    }
+
+    #[test]
+    fn identical_pods_share_a_task_definition() {
+        let a = translate(
+            &web("web-a", "uid-a"),
+            &settings(),
+            &Placeholders,
+            Some("arn:x:secret:shared"),
+            false,
+        )
+        .unwrap();
+        let b = translate(
+            &web("web-b", "uid-b"),
+            &settings(),
+            &Placeholders,
+            Some("arn:x:secret:shared"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.register, b.register);
+        assert_ne!(a.run.overrides, b.run.overrides);
+        assert_eq!(a.run.client_token, "uid-a");
+        assert_eq!(a.run.task_definition, a.register.family);
+        assert!(a.register.family.starts_with("spillway-") && a.register.family.len() == 9 + 32);
+    }
+
+    #[test]
+    fn secrets_travel_by_reference_only() {
+        let request = translate(
+            &web("web-a", "uid-a"),
+            &settings(),
+            &Placeholders,
+            Some("arn:aws:secretsmanager:r:1:secret:spillway/uid-a-AbCdEf"),
+            false,
+        )
+        .unwrap();
+        let container = &request.register.container_definitions[0];
+        assert!(container.environment.iter().all(|e| e.name != "TOKEN"));
+        assert_eq!(
+            container.secrets,
+            vec![Secret {
+                name: "TOKEN".into(),
+                value_from: "arn:aws:secretsmanager:r:1:secret:spillway/uid-a-AbCdEf:app.TOKEN::"
+                    .into(),
+            }]
+        );
+        assert_eq!(
+            request.secret_refs,
+            vec![SecretRef {
+                json_key: "app.TOKEN".into(),
+                secret: "api".into(),
+                key: "token".into(),
+                optional: false
+            }]
+        );
+        assert_eq!(
+            request.run.overrides.container_overrides[0].environment,
+            vec![KeyValuePair {
+                name: "ME".into(),
+                value: "web-a".into()
+            }]
+        );
+        assert!(container.environment.contains(&KeyValuePair {
+            name: "CPU".into(),
+            value: "1000".into()
+        }));
+    }
+
+    #[test]
+    fn sizes_memory_and_stop_timeout() {
+        let request = translate(&web("w", "u"), &settings(), &Placeholders, None, false).unwrap();
+        // requests 500m / 1Gi: the cheapest covering size is 0.5 vCPU / 1 GiB.
+        assert_eq!(
+            (
+                request.register.cpu.as_str(),
+                request.register.memory.as_str()
+            ),
+            ("512", "1024")
+        );
+        let container = &request.register.container_definitions[0];
+        assert_eq!(
+            container.memory, 1024,
+            "the 2Gi limit is capped at the task memory"
+        );
+        assert_eq!(
+            container.stop_timeout,
+            Some(120),
+            "Fargate caps stopTimeout at 120 s"
+        );
+        assert_eq!(request.run.launch_type.as_deref(), Some("FARGATE"));
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_requested() {
+        let bare = pod("p", "u", json!({"name": "app", "image": "busybox"}));
+        let request = translate(&bare, &settings(), &Placeholders, None, true).unwrap();
+        assert_eq!(
+            (
+                request.register.cpu.as_str(),
+                request.register.memory.as_str()
+            ),
+            ("256", "512")
+        );
+        assert_eq!(request.register.container_definitions[0].memory, 512);
+        assert!(request.run.launch_type.is_none());
+        assert_eq!(
+            request.run.capacity_provider_strategy[0].capacity_provider,
+            "FARGATE_SPOT"
+        );
+    }
+
+    #[test]
+    fn too_large_is_refused() {
+        let big = pod(
+            "p",
+            "u",
+            json!({"name": "app", "image": "x", "resources": {"requests": {"cpu": "16", "memory": "121Gi"}}}),
+        );
+        assert!(matches!(
+            translate(&big, &settings(), &Placeholders, None, false),
+            Err(TranslateError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_required_configmap_is_an_error() {
+        struct Empty;
+        impl EnvLookup for Empty {
+            fn config_map_value(&self, _: &str, _: &str) -> Option<String> {
+                None
+            }
+            fn config_map_entries(&self, _: &str) -> Option<Vec<(String, String)>> {
+                None
+            }
+            fn secret_keys(&self, _: &str) -> Option<Vec<String>> {
+                None
+            }
+        }
+        let p = pod(
+            "p",
+            "u",
+            json!({"name": "app", "image": "x", "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "a"}}}]}),
+        );
+        assert_eq!(
+            translate(&p, &settings(), &Empty, None, false).unwrap_err(),
+            TranslateError::MissingConfigMap {
+                name: "cfg".into(),
+                key: "a".into()
+            }
+        );
+    }
+}
