@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod eligibility;
 pub mod keys;
+pub mod leader;
 pub mod pod_resources;
 pub mod quantity;
 pub mod shutdown;

@@ -21,6 +21,13 @@ use tokio_util::sync::CancellationToken;
 /// Secrets within about a minute, so a few seconds is plenty.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Installs ring as the process-wide rustls crypto provider. Needed once per process
+/// because the AWS SDK links a second provider and rustls then refuses to guess.
+pub fn install_crypto_provider() {
+    // An Err only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -43,6 +43,7 @@ pub fn spillway_binary() -> anyhow::Result<PathBuf> {
 
 /// A client for the test bed (its kubeconfig, whatever `KUBECONFIG` says).
 pub async fn client() -> anyhow::Result<Client> {
+    spillway_common::tls::install_crypto_provider();
     let path = run_dir().join("kubeconfig");
     let kubeconfig = Kubeconfig::read_from(&path)
         .with_context(|| format!("reading {} (is the test bed up?)", path.display()))?;
@@ -184,4 +185,132 @@ where
 {
     api.delete(name, &DeleteParams::default()).await?;
     Ok(())
+}
+
+/// A `spillway` process killed (SIGKILL) when dropped; its stderr goes to
+/// `e2e/.run/logs/<log>.log`.
+pub struct SpillwayProcess {
+    /// The child.
+    pub child: std::process::Child,
+}
+
+impl SpillwayProcess {
+    /// Starts `spillway ARGS…` against the test bed.
+    pub fn start(args: &[String], log: &str, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let logs = run_dir().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let mut command = std::process::Command::new(spillway_binary()?);
+        command
+            .args(args)
+            .env("KUBECONFIG", run_dir().join("kubeconfig"))
+            .env("SPILLWAY_LOG", "info,spillway_vk_node=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(logs.join(format!("{log}.log")))?,
+            );
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        Ok(Self {
+            child: command.spawn()?,
+        })
+    }
+
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for SpillwayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Flags that run a virtual node named `node` on the test bed with its PKI.
+pub fn vk_node_args(node: &str, provider: &str) -> anyhow::Result<Vec<String>> {
+    let pki = run_dir().join("pki");
+    let path = |f: &str| pki.join(f).display().to_string();
+    Ok(vec![
+        "vk-node".into(),
+        "--vk-provider".into(),
+        provider.into(),
+        "--node-name".into(),
+        node.into(),
+        "--kubelet-listen".into(),
+        format!("127.0.0.1:{}", free_port()?),
+        "--kubelet-tls-cert".into(),
+        path("kubelet.crt"),
+        "--kubelet-tls-key".into(),
+        path("kubelet.key"),
+        "--kubelet-client-ca".into(),
+        path("ca.crt"),
+        "--admin-addr".into(),
+        format!("127.0.0.1:{}", free_port()?),
+        "--leader-election-namespace".into(),
+        "default".into(),
+        "--sync-interval-seconds".into(),
+        "1".into(),
+    ])
+}
+
+/// The test bed's kubectl with `args`; returns stdout, failing on a non-zero exit.
+pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    let output = std::process::Command::new(repo_root().join("e2e/.build/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(run_dir().join("kubeconfig"))
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// A pod manifest bound directly to `node` (no scheduler involved), tolerating its taint.
+pub fn pod_on_node(
+    name: &str,
+    node: &str,
+    extra_spec: serde_json::Value,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+    let mut spec = serde_json::json!({
+        "nodeName": node,
+        "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [{"name": "app", "image": "nginx:1.27", "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}],
+        "terminationGracePeriodSeconds": 5
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(serde_json::from_value(
+        serde_json::json!({"metadata": {"name": name, "labels": {"app": name}}, "spec": spec}),
+    )?)
+}
+
+/// Deletes a Node when dropped.
+pub struct NodeCleanupGuard(pub String);
+
+impl Drop for NodeCleanupGuard {
+    fn drop(&mut self) {
+        delete_with_kubectl(&["node", &self.0]);
+    }
 }

@@ -30,8 +30,9 @@ pub enum Command {
     Webhook(spillway_webhook::run::WebhookArgs),
     /// Run the controller and the embedded virtual node(s) (leader-elected).
     Controller,
-    /// Run one virtual node alone.
-    VkNode,
+    /// Run one virtual node: registers a Node and runs the pods bound to it at a provider
+    /// (AWS Fargate, or the in-memory mock), leader-elected per node name.
+    VkNode(spillway_vk_node::run::VkNodeArgs),
     /// Run the webhook, controller and virtual node in one process (small clusters, demo).
     Run,
     /// Offline: answer one AdmissionReview (JSON on stdin) as the webhook would against a
@@ -59,7 +60,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 .map_err(anyhow::Error::from)
         }),
         Command::Controller | Command::Run => not_implemented(spillway_controller::NOT_IMPLEMENTED),
-        Command::VkNode => not_implemented(spillway_vk_node::NOT_IMPLEMENTED),
+        Command::VkNode(args) => serve(&cli.log, async move |shutdown| {
+            spillway_vk_node::run::run(args, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
         Command::ExplainPod(args) => explain_pod::run(&args),
         Command::Status => not_implemented(spillway_controller::NOT_IMPLEMENTED),
     }
@@ -71,6 +76,7 @@ where
     F: AsyncFnOnce(tokio_util::sync::CancellationToken) -> anyhow::Result<()>,
 {
     telemetry::init(log);
+    spillway_common::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -1,8 +1,14 @@
-//! The virtual node (DESIGN §5): pure translation of pods to provider requests, pricing and
-//! `explain-pod`, and (to come) the node itself.
+//! The virtual node (DESIGN §5): registers a Node, runs its pods at a provider (AWS
+//! Fargate through ECS, or the in-memory mock), syncs their status, and serves the kubelet
+//! API for logs. The pure parts (translation, sizing, status mapping) have no I/O.
 
 pub mod explain;
 pub mod fargate;
-
-/// What the `vk-node` subcommand says until the node lands.
-pub const NOT_IMPLEMENTED: &str = "the virtual node is not implemented yet; it comes with issue 4 (virtual node with the Fargate provider)";
+pub mod kubelet_api;
+pub mod metrics;
+pub mod mock;
+pub mod node;
+pub mod pods;
+pub mod provider;
+pub mod run;
+pub mod status;

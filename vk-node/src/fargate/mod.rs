@@ -1,7 +1,9 @@
 //! The AWS Fargate (ECS) provider: sizing, translation to ECS requests, and (below) the
 //! calls themselves.
 
+pub mod aws;
 pub mod ecs_json;
+pub mod provider;
 pub mod sizing;
 pub mod translate;
 

@@ -1,0 +1,152 @@
+//! Leader election through a `coordination.k8s.io` Lease, so two replicas never drive the
+//! same node or controller: acquire when the Lease is free or expired, renew while holding,
+//! and report loss so the caller stops at once.
+
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Lease duration; a new leader takes over at most this long after the old one vanished
+/// (client-go's leader-election default is 15 s).
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// Renewal period (client-go's retry period default is 2 s; we renew a third of the way).
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One election.
+#[derive(Clone)]
+pub struct LeaderElection {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+fn micro_time(time: SystemTime) -> String {
+    let micros = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_microsecond(micros)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .unwrap_or_default()
+}
+
+impl LeaderElection {
+    /// An election for Lease `namespace/name`, as `identity`.
+    pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+        }
+    }
+
+    /// One attempt: true when we hold the Lease afterwards.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = SystemTime::now();
+        let spec = json!({
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": LEASE_DURATION.as_secs(),
+            "renewTime": micro_time(now),
+        });
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let mut spec = spec;
+            spec["acquireTime"] = json!(micro_time(now));
+            let lease: Lease =
+                serde_json::from_value(json!({"metadata": {"name": self.name}, "spec": spec}))
+                    .expect("lease object is valid");
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(error) => Err(error),
+            };
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        let ours = current.holder_identity.as_deref() == Some(self.identity.as_str());
+        let expired = match (&current.renew_time, current.lease_duration_seconds) {
+            (Some(renewed), Some(seconds)) => {
+                let renewed_ms = renewed.0.as_millisecond();
+                let now_ms = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                now_ms > renewed_ms + i64::from(seconds) * 1000
+            }
+            _ => true,
+        };
+        if !ours && !expired {
+            return Ok(false);
+        }
+        let mut new_spec: k8s_openapi::api::coordination::v1::LeaseSpec =
+            serde_json::from_value(spec).expect("lease spec is valid");
+        new_spec.acquire_time = if ours {
+            current.acquire_time.clone()
+        } else {
+            new_spec.renew_time.clone()
+        };
+        new_spec.lease_transitions =
+            Some(current.lease_transitions.unwrap_or(0) + i32::from(!ours));
+        lease.spec = Some(new_spec);
+        // replace() carries resourceVersion: a concurrent winner makes ours fail with 409.
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Waits until this replica leads (or `shutdown`); returns whether it leads.
+    pub async fn acquire(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
+                    return true;
+                }
+                Ok(false) => tracing::debug!(lease = %self.name, "another replica leads; waiting"),
+                Err(error) => {
+                    tracing::warn!(%error, lease = %self.name, "leader election failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(RENEW_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Renews until a renewal is refused or the Lease could expire unrenewed; then cancels
+    /// `lost` so the caller stops acting as leader.
+    pub async fn hold(self, lost: CancellationToken) {
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = lost.cancelled() => return,
+                _ = tokio::time::sleep(RENEW_INTERVAL) => {}
+            }
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewal = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::error!(lease = %self.name, "leadership lost to another replica");
+                    lost.cancel();
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, lease = %self.name, "lease renewal failed");
+                    if last_renewal.elapsed() + RENEW_INTERVAL >= LEASE_DURATION {
+                        tracing::error!(lease = %self.name, "could not renew before expiry; stepping down");
+                        lost.cancel();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `spillway vk-node --vk-provider mock` on the test bed: the node registers with the
+//! virtual-node labels and taint and heartbeats its Lease; pods bound to it run, carry the
+//! provider's IP, serve `kubectl logs` through the kubelet API, and go when deleted;
+//! when containers exit, `restartPolicy` decides between a terminal phase and a relaunch.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use spillway_e2e::{
+    NodeCleanupGuard, SpillwayProcess, TestNamespace, client, kubectl, pod_on_node, vk_node_args,
+    wait_until,
+};
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-vk").await?;
+    let node_name = format!("spillway-mock-{}", ns.name);
+    let _cleanup = NodeCleanupGuard(node_name.clone());
+    let mut args = vk_node_args(&node_name, "mock")?;
+    args.extend([
+        "--mock-start-latency-ms".into(),
+        "200".into(),
+        "--max-vcpu".into(),
+        "32".into(),
+    ]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_until(
+        "the virtual node registered and Ready",
+        Duration::from_secs(30),
+        || async {
+            let Some(node) = nodes.get_opt(&node_name).await? else {
+                return Ok(false);
+            };
+            let ready = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Ok(ready)
+        },
+    )
+    .await?;
+    let node = nodes.get(&node_name).await?;
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("type").map(String::as_str),
+        Some("virtual-kubelet")
+    );
+    assert_eq!(
+        labels.get("spillway.io/provider").map(String::as_str),
+        Some("mock")
+    );
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "virtual-kubelet.io/provider" && t.effect == "NoSchedule")
+    );
+    assert_eq!(
+        node.status.and_then(|s| s.allocatable).unwrap()["cpu"].0,
+        "32",
+        "allocatable comes from the budget"
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let lease = leases.get(&node_name).await?;
+    assert_eq!(lease.spec.and_then(|s| s.lease_duration_seconds), Some(40));
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", &node_name, json!({}))?,
+    )
+    .await?;
+    wait_until(
+        "web Running with a provider IP",
+        Duration::from_secs(30),
+        || async {
+            let pod = pods.get("web").await?;
+            let status = pod.status.unwrap_or_default();
+            Ok(status.phase.as_deref() == Some("Running")
+                && status
+                    .pod_ip
+                    .as_deref()
+                    .is_some_and(|ip| ip.starts_with("10.253."))
+                && status
+                    .container_statuses
+                    .unwrap_or_default()
+                    .iter()
+                    .all(|c| c.ready))
+        },
+    )
+    .await?;
+
+    let logs = kubectl(&["logs", "-n", &ns.name, "web", "-c", "app"])?;
+    assert!(
+        logs.contains("mock app line 0"),
+        "kubectl logs through the kubelet API: {logs}"
+    );
+    let tail = kubectl(&["logs", "-n", &ns.name, "web", "--tail=1"])?;
+    assert_eq!(tail.trim(), "mock app line 2");
+
+    pods.delete("web", &DeleteParams::default()).await?;
+    wait_until(
+        "web removed by the node",
+        Duration::from_secs(30),
+        || async { Ok(pods.get_opt("web").await?.is_none()) },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn exited_containers_follow_restart_policy() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-restart").await?;
+    let node_name = format!("spillway-mock-{}", ns.name);
+    let _cleanup = NodeCleanupGuard(node_name.clone());
+    let mut args = vk_node_args(&node_name, "mock")?;
+    // Every container exits with code 3 one second after it starts.
+    args.extend(
+        [
+            "--mock-start-latency-ms",
+            "100",
+            "--mock-run-seconds",
+            "1",
+            "--mock-exit-code",
+            "3",
+        ]
+        .map(String::from),
+    );
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("once", &node_name, json!({"restartPolicy": "Never"}))?,
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("always", &node_name, json!({}))?,
+    )
+    .await?;
+    wait_until(
+        "Never pod Failed with exit code 3",
+        Duration::from_secs(40),
+        || async {
+            let status = pods.get("once").await?.status.unwrap_or_default();
+            let code = status
+                .container_statuses
+                .unwrap_or_default()
+                .first()
+                .and_then(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code));
+            Ok(status.phase.as_deref() == Some("Failed") && code == Some(3))
+        },
+    )
+    .await?;
+    // The kubelet-style back-off waits 10 s before the first relaunch.
+    wait_until(
+        "Always pod relaunched with its restart count raised",
+        Duration::from_secs(60),
+        || async {
+            let status = pods.get("always").await?.status.unwrap_or_default();
+            let container = status
+                .container_statuses
+                .unwrap_or_default()
+                .into_iter()
+                .next();
+            let restarts = container.as_ref().map(|c| c.restart_count).unwrap_or(0);
+            let running_again = container
+                .and_then(|c| c.state)
+                .is_some_and(|s| s.running.is_some());
+            Ok(restarts >= 1 && running_again && status.phase.as_deref() == Some("Running"))
+        },
+    )
+    .await?;
+    Ok(())
+}

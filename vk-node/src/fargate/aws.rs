@@ -1,0 +1,640 @@
+//! The thin AWS SDK layer behind [`EcsApi`]: each call rate-limited below the published
+//! ECS quotas, retried by the SDK's standard mode on throttling (exponential backoff with
+//! jitter), counted in metrics, and mapped to our typed errors. No logic lives here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::types as ecs;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use super::ecs_json::{self, RegisterTaskDefinition, RunTask};
+use crate::metrics::NodeMetrics;
+use crate::provider::{LogLine, ProviderError};
+
+/// One ECS task as the provider sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// Task ARN.
+    pub arn: String,
+    /// `PROVISIONING` … `RUNNING` … `STOPPED`.
+    pub last_status: String,
+    /// Tags (only when described with tags).
+    pub tags: BTreeMap<String, String>,
+    /// Containers.
+    pub containers: Vec<ContainerInfo>,
+    /// Private IPv4 of the task's ENI.
+    pub ip: Option<String>,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// Epoch milliseconds of creation (orders duplicates).
+    pub created_ms: i64,
+    /// Why it stopped.
+    pub stopped_reason: Option<String>,
+}
+
+/// One container of a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Name.
+    pub name: String,
+    /// `PENDING`, `RUNNING`, `STOPPED`.
+    pub last_status: String,
+    /// Exit code once stopped.
+    pub exit_code: Option<i32>,
+    /// Why it stopped.
+    pub reason: Option<String>,
+}
+
+/// The ECS, Secrets Manager and CloudWatch Logs calls the Fargate provider makes.
+pub trait EcsApi: Send + Sync + 'static {
+    /// `RegisterTaskDefinition`.
+    fn register_task_definition(
+        &self,
+        request: &RegisterTaskDefinition,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Whether a family has an ACTIVE revision (`DescribeTaskDefinition`).
+    fn task_definition_exists(
+        &self,
+        family: &str,
+    ) -> impl Future<Output = Result<bool, ProviderError>> + Send;
+    /// `RunTask`.
+    fn run_task(
+        &self,
+        request: &RunTask,
+    ) -> impl Future<Output = Result<TaskInfo, ProviderError>> + Send;
+    /// `ListTasks` by `startedBy` (all pages; desired status RUNNING).
+    fn list_tasks(
+        &self,
+        cluster: &str,
+        started_by: &str,
+    ) -> impl Future<Output = Result<Vec<String>, ProviderError>> + Send;
+    /// `DescribeTasks` with tags, at most 100 ARNs.
+    fn describe_tasks(
+        &self,
+        cluster: &str,
+        arns: &[String],
+    ) -> impl Future<Output = Result<Vec<TaskInfo>, ProviderError>> + Send;
+    /// `StopTask`.
+    fn stop_task(
+        &self,
+        cluster: &str,
+        arn: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Creates (or overwrites) a JSON secret; returns its ARN.
+    fn put_secret(
+        &self,
+        name: &str,
+        json: &str,
+    ) -> impl Future<Output = Result<String, ProviderError>> + Send;
+    /// Deletes a secret at once.
+    fn delete_secret(&self, name: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// `GetLogEvents`: from the head after `start_ms`, or the last `limit` when `from_tail`.
+    fn log_events(
+        &self,
+        group: &str,
+        stream: &str,
+        start_ms: Option<i64>,
+        limit: Option<usize>,
+        from_tail: bool,
+    ) -> impl Future<Output = Result<Vec<LogLine>, ProviderError>> + Send;
+}
+
+/// Per-operation token buckets, set below the published ECS quotas (RunTask 20/s sustained,
+/// DescribeTasks/ListTasks/StopTask 20/s, RegisterTaskDefinition ~1/s; Secrets Manager
+/// and GetLogEvents have similar or higher limits).
+struct Limits {
+    run_task: DefaultDirectRateLimiter,
+    read: DefaultDirectRateLimiter,
+    stop_task: DefaultDirectRateLimiter,
+    register: DefaultDirectRateLimiter,
+    secrets: DefaultDirectRateLimiter,
+    logs: DefaultDirectRateLimiter,
+}
+
+fn per_second(n: u32) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(Quota::per_second(
+        NonZeroU32::new(n).expect("quota above zero"),
+    ))
+}
+
+impl Limits {
+    fn new() -> Self {
+        Self {
+            run_task: per_second(15),
+            read: per_second(15),
+            stop_task: per_second(15),
+            register: per_second(1),
+            secrets: per_second(10),
+            logs: per_second(5),
+        }
+    }
+}
+
+/// The real thing.
+#[derive(Clone)]
+pub struct AwsApi {
+    ecs: aws_sdk_ecs::Client,
+    secrets: aws_sdk_secretsmanager::Client,
+    logs: aws_sdk_cloudwatchlogs::Client,
+    limits: Arc<Limits>,
+    metrics: NodeMetrics,
+}
+
+fn map_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    error: SdkError<E, R>,
+) -> ProviderError {
+    match &error {
+        SdkError::ServiceError(service) => {
+            let inner = service.err();
+            let code = inner.code().unwrap_or("Unknown");
+            let message = format!("{code}: {}", inner.message().unwrap_or(""));
+            match code {
+                "ThrottlingException"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "Throttling" => ProviderError::Throttled(message),
+                "ResourceNotFoundException" | "TaskNotFoundException" => {
+                    ProviderError::NotFound(message)
+                }
+                "ClientException"
+                | "InvalidParameterException"
+                | "InvalidRequestException"
+                | "ValidationException"
+                | "AccessDeniedException"
+                | "UnsupportedFeatureException" => ProviderError::Invalid(message),
+                _ => ProviderError::Transient(message),
+            }
+        }
+        other => ProviderError::Transient(format!("{other:?}").chars().take(300).collect()),
+    }
+}
+
+impl AwsApi {
+    /// Clients from the standard AWS config chain; `endpoint` overrides the endpoint
+    /// (a local test endpoint).
+    pub async fn new(region: &str, endpoint: Option<&str>, metrics: NodeMetrics) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()))
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+        if let Some(endpoint) = endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        Self {
+            ecs: aws_sdk_ecs::Client::new(&config),
+            secrets: aws_sdk_secretsmanager::Client::new(&config),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+            limits: Arc::new(Limits::new()),
+            metrics,
+        }
+    }
+
+    fn record<T>(&self, op: &str, started: Instant, result: &Result<T, ProviderError>) {
+        self.metrics.observe(
+            "fargate",
+            op,
+            result.is_ok(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+fn build_error(e: aws_sdk_ecs::error::BuildError) -> ProviderError {
+    ProviderError::Invalid(e.to_string())
+}
+
+fn container(
+    definition: &ecs_json::ContainerDefinition,
+) -> Result<ecs::ContainerDefinition, ProviderError> {
+    let mut builder = ecs::ContainerDefinition::builder()
+        .name(&definition.name)
+        .image(&definition.image)
+        .essential(definition.essential)
+        .set_entry_point(definition.entry_point.clone())
+        .set_command(definition.command.clone())
+        .set_working_directory(definition.working_directory.clone())
+        .set_cpu(definition.cpu)
+        .memory(definition.memory)
+        .set_memory_reservation(definition.memory_reservation)
+        .set_stop_timeout(definition.stop_timeout);
+    for env in &definition.environment {
+        builder = builder.environment(
+            ecs::KeyValuePair::builder()
+                .name(&env.name)
+                .value(&env.value)
+                .build(),
+        );
+    }
+    for secret in &definition.secrets {
+        builder = builder.secrets(
+            ecs::Secret::builder()
+                .name(&secret.name)
+                .value_from(&secret.value_from)
+                .build()
+                .map_err(build_error)?,
+        );
+    }
+    for port in &definition.port_mappings {
+        builder = builder.port_mappings(
+            ecs::PortMapping::builder()
+                .container_port(port.container_port)
+                .protocol(ecs::TransportProtocol::from(port.protocol.as_str()))
+                .build(),
+        );
+    }
+    for dependency in &definition.depends_on {
+        builder = builder.depends_on(
+            ecs::ContainerDependency::builder()
+                .container_name(&dependency.container_name)
+                .condition(ecs::ContainerCondition::from(dependency.condition.as_str()))
+                .build()
+                .map_err(build_error)?,
+        );
+    }
+    for mount in &definition.mount_points {
+        builder = builder.mount_points(
+            ecs::MountPoint::builder()
+                .source_volume(&mount.source_volume)
+                .container_path(&mount.container_path)
+                .read_only(mount.read_only)
+                .build(),
+        );
+    }
+    if let Some(logs) = &definition.log_configuration {
+        let options: HashMap<String, String> = logs.options.clone().into_iter().collect();
+        builder = builder.log_configuration(
+            ecs::LogConfiguration::builder()
+                .log_driver(ecs::LogDriver::from(logs.log_driver.as_str()))
+                .set_options(Some(options))
+                .build()
+                .map_err(build_error)?,
+        );
+    }
+    Ok(builder.build())
+}
+
+fn tags(tags: &[ecs_json::Tag]) -> Vec<ecs::Tag> {
+    tags.iter()
+        .map(|t| ecs::Tag::builder().key(&t.key).value(&t.value).build())
+        .collect()
+}
+
+fn rfc3339(time: &aws_sdk_ecs::primitives::DateTime) -> Option<String> {
+    time.fmt(aws_sdk_ecs::primitives::DateTimeFormat::DateTime)
+        .ok()
+}
+
+fn task_info(task: &ecs::Task) -> TaskInfo {
+    let ip = task
+        .attachments()
+        .iter()
+        .flat_map(|a| a.details())
+        .find(|d| d.name() == Some("privateIPv4Address"))
+        .and_then(|d| d.value().map(str::to_owned));
+    TaskInfo {
+        arn: task.task_arn().unwrap_or_default().to_owned(),
+        last_status: task.last_status().unwrap_or("PENDING").to_owned(),
+        tags: task
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+            .collect(),
+        containers: task
+            .containers()
+            .iter()
+            .map(|c| ContainerInfo {
+                name: c.name().unwrap_or_default().to_owned(),
+                last_status: c.last_status().unwrap_or("PENDING").to_owned(),
+                exit_code: c.exit_code(),
+                reason: c.reason().map(str::to_owned),
+            })
+            .collect(),
+        ip,
+        started_at: task.started_at().and_then(rfc3339),
+        created_ms: task
+            .created_at()
+            .map(|t| t.to_millis().unwrap_or(0))
+            .unwrap_or(0),
+        stopped_reason: task.stopped_reason().map(str::to_owned),
+    }
+}
+
+impl EcsApi for AwsApi {
+    async fn register_task_definition(
+        &self,
+        request: &RegisterTaskDefinition,
+    ) -> Result<(), ProviderError> {
+        self.limits.register.until_ready().await;
+        let started = Instant::now();
+        let containers = request
+            .container_definitions
+            .iter()
+            .map(container)
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = self
+            .ecs
+            .register_task_definition()
+            .family(&request.family)
+            .network_mode(ecs::NetworkMode::from(request.network_mode.as_str()))
+            .set_requires_compatibilities(Some(
+                request
+                    .requires_compatibilities
+                    .iter()
+                    .map(|c| ecs::Compatibility::from(c.as_str()))
+                    .collect(),
+            ))
+            .cpu(&request.cpu)
+            .memory(&request.memory)
+            .set_execution_role_arn(request.execution_role_arn.clone())
+            .set_task_role_arn(request.task_role_arn.clone())
+            .set_container_definitions(Some(containers))
+            .set_volumes(Some(
+                request
+                    .volumes
+                    .iter()
+                    .map(|v| ecs::Volume::builder().name(&v.name).build())
+                    .collect(),
+            ))
+            .set_tags(Some(tags(&request.tags)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(map_error);
+        self.record("RegisterTaskDefinition", started, &result);
+        result
+    }
+
+    async fn task_definition_exists(&self, family: &str) -> Result<bool, ProviderError> {
+        self.limits.read.until_ready().await;
+        let started = Instant::now();
+        let result = match self
+            .ecs
+            .describe_task_definition()
+            .task_definition(family)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(output.task_definition().is_some()),
+            Err(error) => match map_error(error) {
+                ProviderError::Invalid(_) | ProviderError::NotFound(_) => Ok(false),
+                other => Err(other),
+            },
+        };
+        self.record("DescribeTaskDefinition", started, &result);
+        result
+    }
+
+    async fn run_task(&self, request: &RunTask) -> Result<TaskInfo, ProviderError> {
+        self.limits.run_task.until_ready().await;
+        let started = Instant::now();
+        let vpc = &request.network_configuration.awsvpc_configuration;
+        let network = ecs::NetworkConfiguration::builder()
+            .awsvpc_configuration(
+                ecs::AwsVpcConfiguration::builder()
+                    .set_subnets(Some(vpc.subnets.clone()))
+                    .set_security_groups(Some(vpc.security_groups.clone()))
+                    .assign_public_ip(ecs::AssignPublicIp::from(vpc.assign_public_ip.as_str()))
+                    .build()
+                    .map_err(build_error)?,
+            )
+            .build();
+        let overrides = ecs::TaskOverride::builder()
+            .set_container_overrides(Some(
+                request
+                    .overrides
+                    .container_overrides
+                    .iter()
+                    .map(|o| {
+                        ecs::ContainerOverride::builder()
+                            .name(&o.name)
+                            .set_environment(Some(
+                                o.environment
+                                    .iter()
+                                    .map(|e| {
+                                        ecs::KeyValuePair::builder()
+                                            .name(&e.name)
+                                            .value(&e.value)
+                                            .build()
+                                    })
+                                    .collect(),
+                            ))
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        let strategy = request
+            .capacity_provider_strategy
+            .iter()
+            .map(|s| {
+                ecs::CapacityProviderStrategyItem::builder()
+                    .capacity_provider(&s.capacity_provider)
+                    .weight(s.weight)
+                    .build()
+                    .map_err(build_error)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = self
+            .ecs
+            .run_task()
+            .cluster(&request.cluster)
+            .task_definition(&request.task_definition)
+            .set_launch_type(request.launch_type.as_deref().map(ecs::LaunchType::from))
+            .set_capacity_provider_strategy((!strategy.is_empty()).then_some(strategy))
+            .count(request.count)
+            .network_configuration(network)
+            .overrides(overrides)
+            .started_by(&request.started_by)
+            .client_token(&request.client_token)
+            .set_tags(Some(tags(&request.tags)))
+            .send()
+            .await
+            .map_err(map_error)
+            .and_then(|output| {
+                if let Some(failure) = output.failures().first() {
+                    let reason = format!(
+                        "{}: {}",
+                        failure.reason().unwrap_or(""),
+                        failure.detail().unwrap_or("")
+                    );
+                    return Err(ProviderError::Transient(reason));
+                }
+                output
+                    .tasks()
+                    .first()
+                    .map(task_info)
+                    .ok_or_else(|| ProviderError::Transient("RunTask returned no task".into()))
+            });
+        self.record("RunTask", started, &result);
+        result
+    }
+
+    async fn list_tasks(
+        &self,
+        cluster: &str,
+        started_by: &str,
+    ) -> Result<Vec<String>, ProviderError> {
+        let mut arns = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            self.limits.read.until_ready().await;
+            let started = Instant::now();
+            let result = self
+                .ecs
+                .list_tasks()
+                .cluster(cluster)
+                .started_by(started_by)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(map_error);
+            self.record("ListTasks", started, &result);
+            let output = result?;
+            arns.extend(output.task_arns().iter().cloned());
+            token = output.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(arns);
+            }
+        }
+    }
+
+    async fn describe_tasks(
+        &self,
+        cluster: &str,
+        arns: &[String],
+    ) -> Result<Vec<TaskInfo>, ProviderError> {
+        if arns.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.limits.read.until_ready().await;
+        let started = Instant::now();
+        let result = self
+            .ecs
+            .describe_tasks()
+            .cluster(cluster)
+            .set_tasks(Some(arns.to_vec()))
+            .include(ecs::TaskField::Tags)
+            .send()
+            .await
+            .map(|output| output.tasks().iter().map(task_info).collect())
+            .map_err(map_error);
+        self.record("DescribeTasks", started, &result);
+        result
+    }
+
+    async fn stop_task(&self, cluster: &str, arn: &str, reason: &str) -> Result<(), ProviderError> {
+        self.limits.stop_task.until_ready().await;
+        let started = Instant::now();
+        let result = self
+            .ecs
+            .stop_task()
+            .cluster(cluster)
+            .task(arn)
+            .reason(reason)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(map_error);
+        self.record("StopTask", started, &result);
+        result
+    }
+
+    async fn put_secret(&self, name: &str, json: &str) -> Result<String, ProviderError> {
+        self.limits.secrets.until_ready().await;
+        let started = Instant::now();
+        let created = self
+            .secrets
+            .create_secret()
+            .name(name)
+            .secret_string(json)
+            .description("Secret-derived env of one Spillway burst pod; deleted with the pod")
+            .send()
+            .await;
+        let result = match created {
+            Ok(output) => output
+                .arn()
+                .map(str::to_owned)
+                .ok_or_else(|| ProviderError::Transient("CreateSecret returned no ARN".into())),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .map(|e| e.is_resource_exists_exception())
+                    .unwrap_or(false) =>
+            {
+                // Left by an earlier attempt for the same pod: overwrite it.
+                self.secrets
+                    .put_secret_value()
+                    .secret_id(name)
+                    .secret_string(json)
+                    .send()
+                    .await
+                    .map_err(map_error)
+                    .and_then(|o| {
+                        o.arn().map(str::to_owned).ok_or_else(|| {
+                            ProviderError::Transient("PutSecretValue returned no ARN".into())
+                        })
+                    })
+            }
+            Err(error) => Err(map_error(error)),
+        };
+        self.record("PutSecret", started, &result);
+        result
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
+        self.limits.secrets.until_ready().await;
+        let started = Instant::now();
+        let result = self
+            .secrets
+            .delete_secret()
+            .secret_id(name)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(map_error);
+        self.record("DeleteSecret", started, &result);
+        result
+    }
+
+    async fn log_events(
+        &self,
+        group: &str,
+        stream: &str,
+        start_ms: Option<i64>,
+        limit: Option<usize>,
+        from_tail: bool,
+    ) -> Result<Vec<LogLine>, ProviderError> {
+        self.limits.logs.until_ready().await;
+        let started = Instant::now();
+        let result = self
+            .logs
+            .get_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .set_start_time(start_ms)
+            .set_limit(limit.map(|l| l.min(10_000) as i32))
+            .start_from_head(!from_tail)
+            .send()
+            .await
+            .map(|output| {
+                output
+                    .events()
+                    .iter()
+                    .map(|e| LogLine {
+                        timestamp_ms: e.timestamp().unwrap_or(0),
+                        message: e.message().unwrap_or("").to_owned(),
+                    })
+                    .collect()
+            })
+            .map_err(map_error);
+        self.record("GetLogEvents", started, &result);
+        result
+    }
+}

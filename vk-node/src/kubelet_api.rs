@@ -1,0 +1,184 @@
+//! The kubelet API the apiserver calls for `kubectl logs`: HTTPS with client certificates
+//! required, `GET /containerLogs/{namespace}/{pod}/{container}` with `tailLines`,
+//! `sinceSeconds`, `limitBytes`, `timestamps` and `follow` (polling), and `/healthz`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::pods::PodDirectory;
+use crate::provider::{LogLine, LogOptions, Provider, ProviderError};
+
+/// How often `follow=true` polls the provider for new lines.
+pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Query parameters of a log request, as the apiserver sends them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogQuery {
+    /// Last N lines.
+    pub tail_lines: Option<usize>,
+    /// Newer than this many seconds.
+    pub since_seconds: Option<i64>,
+    /// At most this many bytes.
+    pub limit_bytes: Option<usize>,
+    /// Prefix RFC 3339 timestamps.
+    #[serde(default)]
+    pub timestamps: bool,
+    /// Keep the stream open and poll for new lines.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+struct ApiState<P> {
+    provider: Arc<P>,
+    directory: PodDirectory,
+}
+
+impl<P> Clone for ApiState<P> {
+    fn clone(&self) -> Self {
+        Self {
+            provider: self.provider.clone(),
+            directory: self.directory.clone(),
+        }
+    }
+}
+
+/// The kubelet API router (serve it with client authentication).
+pub fn router<P: Provider>(provider: Arc<P>, directory: PodDirectory) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs::<P>),
+        )
+        .with_state(ApiState {
+            provider,
+            directory,
+        })
+}
+
+fn format_line(line: &LogLine, timestamps: bool) -> String {
+    if timestamps {
+        let ts = k8s_openapi::jiff::Timestamp::from_millisecond(line.timestamp_ms)
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.9fZ").to_string())
+            .unwrap_or_default();
+        format!("{ts} {}\n", line.message)
+    } else {
+        format!("{}\n", line.message)
+    }
+}
+
+/// Renders lines, cutting at `limit_bytes`.
+pub fn render(lines: &[LogLine], timestamps: bool, limit_bytes: Option<usize>) -> String {
+    let mut out = String::new();
+    for line in lines {
+        out.push_str(&format_line(line, timestamps));
+    }
+    if let Some(limit) = limit_bytes
+        && out.len() > limit
+    {
+        let mut cut = limit;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+fn error_response(error: ProviderError) -> Response {
+    let status = match error {
+        ProviderError::NotFound(_) => StatusCode::NOT_FOUND,
+        ProviderError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ProviderError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+        ProviderError::Transient(_) => StatusCode::BAD_GATEWAY,
+    };
+    (status, error.to_string()).into_response()
+}
+
+async fn container_logs<P: Provider>(
+    State(state): State<ApiState<P>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): Query<LogQuery>,
+) -> Response {
+    let uid = state
+        .directory
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&format!("{namespace}/{pod}"))
+        .cloned();
+    let Some(uid) = uid else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not on this node"),
+        )
+            .into_response();
+    };
+    let options = LogOptions {
+        tail_lines: query.tail_lines,
+        since_seconds: query.since_seconds,
+        limit_bytes: query.limit_bytes,
+        timestamps: query.timestamps,
+    };
+    let lines = match state.provider.logs(&uid, &container, &options).await {
+        Ok(lines) => lines,
+        Err(error) => return error_response(error),
+    };
+    let first = render(&lines, options.timestamps, options.limit_bytes);
+    if !query.follow {
+        return (StatusCode::OK, [("content-type", "text/plain")], first).into_response();
+    }
+    let last_ms = lines.last().map(|l| l.timestamp_ms).unwrap_or(0);
+    let initial = futures::stream::once(async move { Ok::<_, std::io::Error>(first) });
+    let provider = state.provider.clone();
+    let follow = futures::stream::unfold(last_ms, move |last_ms| {
+        let provider = provider.clone();
+        let uid = uid.clone();
+        let container = container.clone();
+        async move {
+            tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
+            let options = LogOptions {
+                timestamps: query.timestamps,
+                ..LogOptions::default()
+            };
+            let lines = provider.logs(&uid, &container, &options).await.ok()?;
+            let new: Vec<LogLine> = lines
+                .into_iter()
+                .filter(|l| l.timestamp_ms > last_ms)
+                .collect();
+            let next = new.last().map(|l| l.timestamp_ms).unwrap_or(last_ms);
+            Some((Ok(render(&new, query.timestamps, None)), next))
+        }
+    });
+    Body::from_stream(futures::StreamExt::chain(initial, follow)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_limits_and_timestamps() {
+        let lines = vec![
+            LogLine {
+                timestamp_ms: 1_700_000_000_000,
+                message: "hello".into(),
+            },
+            LogLine {
+                timestamp_ms: 1_700_000_000_500,
+                message: "world".into(),
+            },
+        ];
+        assert_eq!(render(&lines, false, None), "hello\nworld\n");
+        assert_eq!(render(&lines, false, Some(8)), "hello\nwo");
+        assert!(render(&lines, true, None).starts_with("2023-11-14T22:13:20.000000000Z hello\n"));
+    }
+}

@@ -1,0 +1,67 @@
+//! The virtual node's Prometheus metrics (DESIGN §6).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Provider and node metrics, registered once per process.
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    /// `spillway_provider_requests_total{provider,op,result}`.
+    pub requests: IntCounterVec,
+    /// `spillway_provider_request_duration_seconds{provider,op}`.
+    pub durations: HistogramVec,
+    /// `spillway_vk_pods`: pods bound to the node and tracked.
+    pub pods: IntGauge,
+    /// `spillway_vk_provider_degraded`: 1 while the degraded taint is on.
+    pub degraded: IntGauge,
+}
+
+impl NodeMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "spillway_provider_requests_total",
+                    "Calls to the provider API by operation and result",
+                ),
+                &["provider", "op", "result"],
+            )?,
+            durations: HistogramVec::new(
+                HistogramOpts::new(
+                    "spillway_provider_request_duration_seconds",
+                    "Duration of provider API calls",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["provider", "op"],
+            )?,
+            pods: IntGauge::new("spillway_vk_pods", "Pods bound to the virtual node")?,
+            degraded: IntGauge::new(
+                "spillway_vk_provider_degraded",
+                "1 while the provider-degraded taint is set",
+            )?,
+        };
+        registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.durations.clone()))?;
+        registry.register(Box::new(metrics.pods.clone()))?;
+        registry.register(Box::new(metrics.degraded.clone()))?;
+        Ok(metrics)
+    }
+
+    /// A set not registered anywhere (tests, offline use).
+    pub fn unregistered() -> Self {
+        Self::register(&Registry::new()).expect("fresh registry accepts every metric")
+    }
+
+    /// Records one call.
+    pub fn observe(&self, provider: &str, op: &str, ok: bool, seconds: f64) {
+        let result = if ok { "success" } else { "error" };
+        self.requests
+            .with_label_values(&[provider, op, result])
+            .inc();
+        self.durations
+            .with_label_values(&[provider, op])
+            .observe(seconds);
+    }
+}

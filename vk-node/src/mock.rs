@@ -1,0 +1,263 @@
+//! The in-memory provider (`--vk-provider mock`): pods "run" after a configurable start
+//! latency, creates fail at a configurable rate, and containers may exit after a while.
+//! For the demo and for tests of the node itself.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use rand::Rng;
+
+use crate::provider::{
+    LogLine, LogOptions, Provider, ProviderError, RemoteContainer, RemoteContainerState,
+    RemotePhase, RemoteStatus,
+};
+
+/// How the mock behaves.
+#[derive(Clone, Debug)]
+pub struct MockBehaviour {
+    /// Time from create to Running.
+    pub start_latency: Duration,
+    /// Probability in [0, 1] that a create fails transiently.
+    pub failure_rate: f64,
+    /// When set, containers exit this long after starting.
+    pub run_for: Option<Duration>,
+    /// Exit code when they do.
+    pub exit_code: i32,
+}
+
+impl Default for MockBehaviour {
+    fn default() -> Self {
+        Self {
+            start_latency: Duration::from_millis(500),
+            failure_rate: 0.0,
+            run_for: None,
+            exit_code: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MockObject {
+    containers: Vec<String>,
+    created: Instant,
+    created_wall: SystemTime,
+    stopped: Option<Instant>,
+    ip: String,
+    launches: u32,
+}
+
+/// The mock provider.
+#[derive(Debug)]
+pub struct MockProvider {
+    behaviour: MockBehaviour,
+    objects: Mutex<HashMap<String, MockObject>>,
+    next_ip: Mutex<u32>,
+}
+
+impl MockProvider {
+    /// A mock with `behaviour`.
+    pub fn new(behaviour: MockBehaviour) -> Self {
+        Self {
+            behaviour,
+            objects: Mutex::new(HashMap::new()),
+            next_ip: Mutex::new(1),
+        }
+    }
+
+    /// How many objects exist (running or stopped), for tests.
+    pub fn object_count(&self) -> usize {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// How many times `pod_uid` was launched, for tests.
+    pub fn launches(&self, pod_uid: &str) -> u32 {
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pod_uid)
+            .map(|o| o.launches)
+            .unwrap_or(0)
+    }
+
+    fn status_of(&self, uid: &str, object: &MockObject, now: Instant) -> RemoteStatus {
+        let started = object.created + self.behaviour.start_latency;
+        let exited = self
+            .behaviour
+            .run_for
+            .map(|d| started + d)
+            .filter(|t| *t <= now);
+        let stopped_at = object.stopped.or(exited);
+        let rfc3339 = |offset: Duration| format_time(object.created_wall + offset);
+        let started_at = (now >= started).then(|| rfc3339(self.behaviour.start_latency));
+        let (phase, state) = match stopped_at {
+            Some(at) => (
+                RemotePhase::Stopped,
+                RemoteContainerState::Terminated {
+                    exit_code: if object.stopped.is_some() {
+                        137
+                    } else {
+                        self.behaviour.exit_code
+                    },
+                    reason: if object.stopped.is_none() && self.behaviour.exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    }
+                    .into(),
+                    started_at: started_at.clone(),
+                    finished_at: Some(rfc3339(at.saturating_duration_since(object.created))),
+                },
+            ),
+            None if now >= started => (
+                RemotePhase::Running,
+                RemoteContainerState::Running {
+                    started_at: started_at.clone(),
+                },
+            ),
+            None => (
+                RemotePhase::Pending,
+                RemoteContainerState::Waiting {
+                    reason: "ContainerCreating".into(),
+                },
+            ),
+        };
+        RemoteStatus {
+            pod_uid: uid.to_owned(),
+            phase,
+            containers: object
+                .containers
+                .iter()
+                .map(|name| RemoteContainer {
+                    name: name.clone(),
+                    state: state.clone(),
+                })
+                .collect(),
+            pod_ip: Some(object.ip.clone()),
+            started_at,
+            stopped_reason: stopped_at.map(|_| "mock container exited".to_owned()),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with second precision.
+pub fn format_time(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_second(seconds)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+impl Provider for MockProvider {
+    fn name(&self) -> &'static str {
+        "mock"
+    }
+
+    async fn create(&self, pod: &Pod) -> Result<(), ProviderError> {
+        let uid = pod
+            .metadata
+            .uid
+            .clone()
+            .ok_or_else(|| ProviderError::Invalid("pod has no uid".into()))?;
+        if self.behaviour.failure_rate > 0.0
+            && rand::rng().random_bool(self.behaviour.failure_rate.min(1.0))
+        {
+            return Err(ProviderError::Transient("injected failure".into()));
+        }
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let launches = objects.get(&uid).map(|o| o.launches).unwrap_or(0);
+        if objects
+            .get(&uid)
+            .is_some_and(|o| o.stopped.is_none() && self.behaviour.run_for.is_none())
+        {
+            return Ok(()); // idempotent for a live object
+        }
+        let ip = {
+            let mut next = self.next_ip.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            format!("10.253.{}.{}", (*next >> 8) & 0xff, *next & 0xff)
+        };
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        objects.insert(
+            uid,
+            MockObject {
+                containers,
+                created: Instant::now(),
+                created_wall: SystemTime::now(),
+                stopped: None,
+                ip,
+                launches: launches + 1,
+            },
+        );
+        Ok(())
+    }
+
+    async fn delete(&self, pod_uid: &str, _grace_seconds: i64) -> Result<(), ProviderError> {
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        match objects.remove(pod_uid) {
+            Some(_) => Ok(()),
+            None => Err(ProviderError::NotFound(pod_uid.to_owned())),
+        }
+    }
+
+    async fn list(&self) -> Result<HashMap<String, RemoteStatus>, ProviderError> {
+        let now = Instant::now();
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(objects
+            .iter()
+            .map(|(uid, o)| (uid.clone(), self.status_of(uid, o, now)))
+            .collect())
+    }
+
+    async fn statuses(
+        &self,
+        pod_uids: &[String],
+    ) -> Result<HashMap<String, RemoteStatus>, ProviderError> {
+        let now = Instant::now();
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(pod_uids
+            .iter()
+            .filter_map(|uid| {
+                objects
+                    .get(uid)
+                    .map(|o| (uid.clone(), self.status_of(uid, o, now)))
+            })
+            .collect())
+    }
+
+    async fn logs(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        options: &LogOptions,
+    ) -> Result<Vec<LogLine>, ProviderError> {
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let object = objects
+            .get(pod_uid)
+            .ok_or_else(|| ProviderError::NotFound(pod_uid.to_owned()))?;
+        if !object.containers.iter().any(|c| c == container) {
+            return Err(ProviderError::NotFound(format!("container {container}")));
+        }
+        let start = object
+            .created_wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let lines: Vec<LogLine> = (0..3)
+            .map(|i| LogLine {
+                timestamp_ms: start + i,
+                message: format!("mock {container} line {i}"),
+            })
+            .collect();
+        let tail = options.tail_lines.unwrap_or(lines.len()).min(lines.len());
+        Ok(lines[lines.len() - tail..].to_vec())
+    }
+}

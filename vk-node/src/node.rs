@@ -1,0 +1,248 @@
+//! The Node object of a virtual node: registration with the labels and taint of DESIGN §5,
+//! the Lease heartbeat (40 s, renewed every 10 s), node status every minute, and the
+//! provider-degraded taint.
+
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use spillway_common::keys;
+
+use crate::mock::format_time;
+
+/// Lease duration, as the kubelet uses (virtual-kubelet's documented constant).
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+/// Lease renewal period (a quarter of the duration, as the kubelet does).
+pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// Node status period (virtual-kubelet's documented constant).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the Node says about itself.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Node name.
+    pub name: String,
+    /// `fargate`, `aci` or `mock`.
+    pub provider: String,
+    /// Allocatable vCPU.
+    pub max_vcpu: u32,
+    /// Allocatable memory, a Kubernetes quantity.
+    pub max_memory: String,
+    /// Allocatable pods.
+    pub max_pods: u32,
+    /// Address the kubelet API is reached on.
+    pub address: String,
+    /// Kubelet API port.
+    pub kubelet_port: u16,
+}
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Creating or reading the Node failed.
+    #[error("register node: {0}")]
+    Register(#[source] kube::Error),
+    /// Writing node status failed.
+    #[error("patch node status: {0}")]
+    PatchStatus(#[source] kube::Error),
+    /// Renewing the Lease failed.
+    #[error("renew lease: {0}")]
+    RenewLease(#[source] kube::Error),
+    /// Changing taints failed.
+    #[error("patch node taints: {0}")]
+    PatchTaints(#[source] kube::Error),
+}
+
+fn now() -> String {
+    format_time(SystemTime::now())
+}
+
+fn taints(spec: &NodeSpec, degraded: bool) -> Value {
+    let mut taints = vec![
+        json!({"key": keys::VIRTUAL_NODE_TAINT, "value": spec.provider, "effect": "NoSchedule"}),
+    ];
+    if degraded {
+        taints.push(json!({"key": keys::PROVIDER_DEGRADED_TAINT, "value": spec.provider, "effect": "NoSchedule"}));
+    }
+    Value::Array(taints)
+}
+
+/// The Node object as first registered.
+pub fn node_object(spec: &NodeSpec) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": spec.name,
+            "labels": {
+                keys::NODE_TYPE_LABEL: keys::NODE_TYPE_VIRTUAL,
+                "kubernetes.io/role": "agent",
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/hostname": spec.name,
+                keys::NODE_PROVIDER_LABEL: spec.provider,
+                "node.kubernetes.io/exclude-from-external-load-balancers": "true",
+            },
+        },
+        "spec": {"taints": taints(spec, false)},
+    })
+}
+
+/// The node's `status`.
+pub fn node_status(spec: &NodeSpec) -> Value {
+    let now = now();
+    let resources = json!({"cpu": spec.max_vcpu.to_string(), "memory": spec.max_memory, "pods": spec.max_pods.to_string()});
+    let condition = |kind: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": kind, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": [
+            condition("Ready", "True", "KubeletReady", "spillway virtual node is ready"),
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "budget-based capacity"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "no local disk"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID", "no local processes"),
+            condition("NetworkUnavailable", "False", "RouteCreated", "provider networking"),
+        ],
+        "addresses": [
+            {"type": "InternalIP", "address": spec.address},
+            {"type": "Hostname", "address": spec.name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": spec.kubelet_port}},
+        "nodeInfo": {
+            "machineID": spec.name, "systemUUID": spec.name, "bootID": spec.name,
+            "kernelVersion": "", "osImage": format!("spillway {}", spec.provider),
+            "containerRuntimeVersion": format!("spillway://{}", spec.provider),
+            "kubeletVersion": concat!("v1.37.2-spillway-", env!("CARGO_PKG_VERSION")),
+            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+        },
+    })
+}
+
+/// Creates the Node if it is missing, then writes its status.
+pub async fn register(client: &Client, spec: &NodeSpec) -> Result<Node, NodeError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = match nodes
+        .get_opt(&spec.name)
+        .await
+        .map_err(NodeError::Register)?
+    {
+        Some(node) => node,
+        None => {
+            let object: Node =
+                serde_json::from_value(node_object(spec)).expect("node object is valid");
+            nodes
+                .create(&PostParams::default(), &object)
+                .await
+                .map_err(NodeError::Register)?
+        }
+    };
+    write_status(client, spec).await?;
+    Ok(node)
+}
+
+/// Writes the node status (heartbeat times included).
+pub async fn write_status(client: &Client, spec: &NodeSpec) -> Result<(), NodeError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch_status(
+            &spec.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": node_status(spec)})),
+        )
+        .await
+        .map_err(NodeError::PatchStatus)?;
+    Ok(())
+}
+
+/// Adds or removes the `spillway.io/provider-degraded` taint.
+pub async fn set_degraded(
+    client: &Client,
+    spec: &NodeSpec,
+    degraded: bool,
+) -> Result<(), NodeError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            &spec.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": taints(spec, degraded)}})),
+        )
+        .await
+        .map_err(NodeError::PatchTaints)?;
+    Ok(())
+}
+
+/// Creates or renews the node's Lease in `kube-node-lease`.
+pub async fn renew_lease(
+    client: &Client,
+    spec: &NodeSpec,
+    node_uid: &str,
+) -> Result<(), NodeError> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let renew = now_micro();
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": spec.name,
+            "namespace": "kube-node-lease",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": spec.name, "uid": node_uid}],
+        },
+        "spec": {"holderIdentity": spec.name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": renew},
+    });
+    leases
+        .patch(
+            &spec.name,
+            &PatchParams::apply("spillway-vk-node").force(),
+            &Patch::Apply(lease),
+        )
+        .await
+        .map_err(NodeError::RenewLease)?;
+    Ok(())
+}
+
+/// RFC 3339 with microseconds, as `MicroTime` wants.
+pub fn now_micro() -> String {
+    let micros = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i128)
+        .unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_microsecond(micros as i64)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_object_has_virtual_labels_and_taint() {
+        let spec = NodeSpec {
+            name: "spillway-fargate".into(),
+            provider: "fargate".into(),
+            max_vcpu: 100,
+            max_memory: "400Gi".into(),
+            max_pods: 500,
+            address: "127.0.0.1".into(),
+            kubelet_port: 10250,
+        };
+        let node: Node = serde_json::from_value(node_object(&spec)).unwrap();
+        let labels = node.metadata.labels.unwrap();
+        assert_eq!(labels["type"], "virtual-kubelet");
+        assert_eq!(labels["spillway.io/provider"], "fargate");
+        assert_eq!(labels["kubernetes.io/role"], "agent");
+        let taints = node.spec.unwrap().taints.unwrap();
+        assert_eq!(taints[0].key, "virtual-kubelet.io/provider");
+        assert_eq!(taints[0].value.as_deref(), Some("fargate"));
+        let status: k8s_openapi::api::core::v1::NodeStatus =
+            serde_json::from_value(node_status(&spec)).unwrap();
+        assert_eq!(status.allocatable.unwrap()["pods"].0, "500");
+    }
+}

@@ -1,0 +1,612 @@
+//! The pod lifecycle of a virtual node: pods bound to it are created at the provider,
+//! their status is synced in batches, `restartPolicy` is honoured, deleted pods are stopped
+//! and removed, and on start the node adopts what exists, stops orphans and creates what is
+//! missing, so a restart neither duplicates nor leaks a provider object.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use rand::Rng;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::NodeMetrics;
+use crate::mock::format_time;
+use crate::node::{self, NodeSpec};
+use crate::provider::{Provider, ProviderError, RemotePhase, RemoteStatus};
+use crate::status::{self, AfterStop, StatusContext, TerminalPhase};
+
+/// Timing and limits of the pod controller.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    /// How often statuses are pulled from the provider.
+    pub sync_interval: Duration,
+    /// Invalid-request failures after which a pod is marked Failed.
+    pub max_permanent_failures: u32,
+    /// Creates in flight at once.
+    pub create_concurrency: usize,
+    /// Consecutive provider failures after which the degraded taint goes on.
+    pub degraded_after: u32,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        Self {
+            sync_interval: Duration::from_secs(5),
+            max_permanent_failures: 3,
+            create_concurrency: 16,
+            degraded_after: 5,
+        }
+    }
+}
+
+/// `namespace/name` → pod UID of pods on this node, for the kubelet API.
+pub type PodDirectory = Arc<RwLock<HashMap<String, String>>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// Waiting for (another) create.
+    NeedsCreate,
+    /// Created; status comes from the provider.
+    Launched,
+    /// Finished for good; nothing more to do.
+    Terminal,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    pod: Pod,
+    lifecycle: Lifecycle,
+    next_attempt: Instant,
+    retryable_failures: u32,
+    permanent_failures: u32,
+    restarts: i32,
+    crash_loop: bool,
+    terminal: Option<TerminalPhase>,
+    last_status: Option<Value>,
+    deleting: bool,
+}
+
+impl Tracked {
+    fn new(pod: Pod) -> Self {
+        let finished = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        );
+        let restarts = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.iter().map(|c| c.restart_count).max())
+            .unwrap_or(0);
+        Self {
+            pod,
+            lifecycle: if finished {
+                Lifecycle::Terminal
+            } else {
+                Lifecycle::NeedsCreate
+            },
+            next_attempt: Instant::now(),
+            retryable_failures: 0,
+            permanent_failures: 0,
+            restarts,
+            crash_loop: false,
+            terminal: None,
+            last_status: None,
+            deleting: false,
+        }
+    }
+}
+
+fn backoff_with_jitter(failures: u32) -> Duration {
+    let base = Duration::from_millis(500)
+        .saturating_mul(1 << failures.min(8))
+        .min(Duration::from_secs(120));
+    let jitter = rand::rng().random_range(0.5..1.0);
+    base.mul_f64(jitter)
+}
+
+fn key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+fn uid(pod: &Pod) -> Option<String> {
+    pod.metadata.uid.clone()
+}
+
+/// Drives the pods of one virtual node.
+pub struct PodController<P: Provider> {
+    client: Client,
+    provider: Arc<P>,
+    node: NodeSpec,
+    settings: ControllerSettings,
+    metrics: NodeMetrics,
+    recorder: Recorder,
+    directory: PodDirectory,
+    tracked: HashMap<String, Tracked>,
+    synced: bool,
+    consecutive_provider_failures: u32,
+    degraded: bool,
+}
+
+impl<P: Provider> PodController<P> {
+    /// A controller for `node` backed by `provider`.
+    pub fn new(
+        client: Client,
+        provider: Arc<P>,
+        node: NodeSpec,
+        settings: ControllerSettings,
+        metrics: NodeMetrics,
+        directory: PodDirectory,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "spillway-vk-node".into(),
+            instance: Some(node.name.clone()),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            provider,
+            node,
+            settings,
+            metrics,
+            recorder,
+            directory,
+            tracked: HashMap::new(),
+            synced: false,
+            consecutive_provider_failures: 0,
+            degraded: false,
+        }
+    }
+
+    async fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &pod.object_ref(&())).await {
+            tracing::debug!(%error, "event not recorded");
+        }
+    }
+
+    async fn provider_result<T>(
+        &mut self,
+        op: &str,
+        started: Instant,
+        result: &Result<T, ProviderError>,
+    ) {
+        let ok = match result {
+            Ok(_) | Err(ProviderError::NotFound(_)) => true,
+            Err(ProviderError::Invalid(_)) => true, // the provider answered; the request was at fault
+            Err(_) => false,
+        };
+        self.metrics.observe(
+            self.provider.name(),
+            op,
+            result.is_ok(),
+            started.elapsed().as_secs_f64(),
+        );
+        if ok {
+            self.consecutive_provider_failures = 0;
+            if self.degraded {
+                self.set_degraded(false).await;
+            }
+        } else {
+            self.consecutive_provider_failures += 1;
+            if !self.degraded && self.consecutive_provider_failures >= self.settings.degraded_after
+            {
+                self.set_degraded(true).await;
+            }
+        }
+    }
+
+    async fn set_degraded(&mut self, degraded: bool) {
+        match node::set_degraded(&self.client, &self.node, degraded).await {
+            Ok(()) => {
+                self.degraded = degraded;
+                self.metrics.degraded.set(i64::from(degraded));
+                tracing::warn!(degraded, node = %self.node.name, "provider-degraded taint changed");
+            }
+            Err(error) => tracing::warn!(%error, "cannot change the provider-degraded taint"),
+        }
+    }
+
+    fn update_directory(&self) {
+        let mut directory = self.directory.write().unwrap_or_else(|p| p.into_inner());
+        directory.clear();
+        for (uid, tracked) in &self.tracked {
+            directory.insert(key(&tracked.pod), uid.clone());
+        }
+        self.metrics.pods.set(self.tracked.len() as i64);
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let config =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
+        let stream = watcher(pods, config).default_backoff();
+        futures::pin_mut!(stream);
+        let mut relisted: HashSet<String> = HashSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_sync = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = stream.next() => {
+                    let Some(event) = event else { return };
+                    match event {
+                        Ok(watcher::Event::Init) => relisted.clear(),
+                        Ok(watcher::Event::InitApply(pod)) => {
+                            if let Some(uid) = uid(&pod) { relisted.insert(uid); }
+                            self.observe(pod).await;
+                        }
+                        Ok(watcher::Event::InitDone) => {
+                            let gone: Vec<String> = self.tracked.keys().filter(|u| !relisted.contains(*u)).cloned().collect();
+                            for uid in gone { self.forget(&uid).await; }
+                            if !self.synced {
+                                self.adopt().await;
+                            }
+                        }
+                        Ok(watcher::Event::Apply(pod)) => self.observe(pod).await,
+                        Ok(watcher::Event::Delete(pod)) => {
+                            if let Some(uid) = uid(&pod) { self.forget(&uid).await; }
+                        }
+                        Err(error) => tracing::warn!(%error, "pod watch failed; retrying"),
+                    }
+                    self.update_directory();
+                }
+                _ = tick.tick() => {
+                    if !self.synced { continue; }
+                    self.launch_due().await;
+                    if last_sync.elapsed() >= self.settings.sync_interval {
+                        last_sync = Instant::now();
+                        self.sync_statuses().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn observe(&mut self, pod: Pod) {
+        let Some(uid) = uid(&pod) else { return };
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        let tracked = self
+            .tracked
+            .entry(uid.clone())
+            .or_insert_with(|| Tracked::new(pod.clone()));
+        tracked.pod = pod;
+        if deleting && !tracked.deleting {
+            tracked.deleting = true;
+            if self.synced {
+                self.stop_and_remove(&uid).await;
+            }
+        }
+    }
+
+    /// First full list: adopt provider objects of pods that exist, stop orphans.
+    async fn adopt(&mut self) {
+        let started = Instant::now();
+        let remote = self.provider.list().await;
+        self.provider_result("list", started, &remote).await;
+        let remote = match remote {
+            Ok(remote) => remote,
+            Err(error) => {
+                // Without knowing what exists we must not create anything: retry on the next relist.
+                tracing::error!(%error, "cannot list provider objects; not adopting yet");
+                return;
+            }
+        };
+        let (mut adopted, mut orphans) = (0, 0);
+        for (uid, remote_status) in &remote {
+            match self.tracked.get_mut(uid) {
+                Some(tracked) if !tracked.deleting => {
+                    if tracked.lifecycle == Lifecycle::NeedsCreate {
+                        tracked.lifecycle = Lifecycle::Launched;
+                    }
+                    adopted += 1;
+                    let _ = remote_status;
+                }
+                _ => {
+                    orphans += 1;
+                    let started = Instant::now();
+                    let result = self.provider.delete(uid, 0).await;
+                    self.provider_result("delete", started, &result).await;
+                    if let Err(error) = result {
+                        tracing::warn!(%error, pod_uid = %uid, "cannot stop orphaned provider object");
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            adopted,
+            orphans,
+            bound = self.tracked.len(),
+            "provider state reconciled"
+        );
+        self.synced = true;
+        let deleting: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.deleting)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uid in deleting {
+            self.stop_and_remove(&uid).await;
+        }
+        self.sync_statuses().await;
+    }
+
+    async fn launch_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, Pod)> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| {
+                t.lifecycle == Lifecycle::NeedsCreate && !t.deleting && t.next_attempt <= now
+            })
+            .map(|(uid, t)| (uid.clone(), t.pod.clone()))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let provider = self.provider.clone();
+        let results: Vec<(String, Pod, Duration, Result<(), ProviderError>)> =
+            futures::stream::iter(due)
+                .map(|(uid, pod)| {
+                    let provider = provider.clone();
+                    async move {
+                        let started = Instant::now();
+                        let result = provider.create(&pod).await;
+                        (uid, pod, started.elapsed(), result)
+                    }
+                })
+                .buffer_unordered(self.settings.create_concurrency)
+                .collect()
+                .await;
+        for (uid, pod, elapsed, result) in results {
+            self.provider_result("create", Instant::now() - elapsed, &result)
+                .await;
+            let Some(tracked) = self.tracked.get_mut(&uid) else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    tracked.lifecycle = Lifecycle::Launched;
+                    tracked.retryable_failures = 0;
+                    tracked.crash_loop = false;
+                }
+                Err(error) if error.is_retryable() => {
+                    tracked.retryable_failures += 1;
+                    tracked.next_attempt =
+                        Instant::now() + backoff_with_jitter(tracked.retryable_failures);
+                    let failures = tracked.retryable_failures;
+                    if failures == 1 || failures % 5 == 0 {
+                        let reason = if matches!(error, ProviderError::Throttled(_)) {
+                            "ProviderThrottled"
+                        } else {
+                            "ProviderCreateRetrying"
+                        };
+                        self.event(
+                            &pod,
+                            EventType::Warning,
+                            reason,
+                            format!("attempt {failures}: {error}; retrying"),
+                        )
+                        .await;
+                    }
+                }
+                Err(error) => {
+                    tracked.permanent_failures += 1;
+                    tracked.next_attempt =
+                        Instant::now() + backoff_with_jitter(tracked.permanent_failures);
+                    let failures = tracked.permanent_failures;
+                    if failures >= self.settings.max_permanent_failures {
+                        tracked.lifecycle = Lifecycle::Terminal;
+                        tracked.terminal = Some(TerminalPhase::Failed);
+                        let message =
+                            format!("the provider refused the pod {failures} times: {error}");
+                        self.event(&pod, EventType::Warning, "ProviderFailed", message.clone())
+                            .await;
+                        self.write_status(
+                            &pod,
+                            status::provider_failed_status("ProviderFailed", &message),
+                        )
+                        .await;
+                    } else {
+                        self.event(
+                            &pod,
+                            EventType::Warning,
+                            "ProviderCreateFailed",
+                            format!("attempt {failures}: {error}"),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sync_statuses(&mut self) {
+        let launched: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.lifecycle == Lifecycle::Launched && !t.deleting)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        if launched.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.provider.statuses(&launched).await;
+        self.provider_result("statuses", started, &result).await;
+        let remote = match result {
+            Ok(remote) => remote,
+            Err(error) => {
+                tracing::warn!(%error, "status sync failed");
+                return;
+            }
+        };
+        let now = format_time(SystemTime::now());
+        for uid in launched {
+            let Some(remote_status) = remote.get(&uid) else {
+                // Created but not visible yet, or gone; the next sync or relist decides.
+                continue;
+            };
+            self.apply_remote(&uid, remote_status, &now).await;
+        }
+    }
+
+    async fn apply_remote(&mut self, uid: &str, remote: &RemoteStatus, now: &str) {
+        let host_ip = self.node.address.clone();
+        let Some(tracked) = self.tracked.get_mut(uid) else {
+            return;
+        };
+        if remote.phase == RemotePhase::Stopped {
+            match status::after_stop(&tracked.pod, remote) {
+                AfterStop::Restart => {
+                    tracked.lifecycle = Lifecycle::NeedsCreate;
+                    tracked.next_attempt =
+                        Instant::now() + status::restart_backoff(tracked.restarts.max(0) as u32);
+                    tracked.restarts += 1;
+                    tracked.crash_loop = true;
+                }
+                AfterStop::Finish(phase) => {
+                    tracked.lifecycle = Lifecycle::Terminal;
+                    tracked.terminal = Some(phase);
+                }
+            }
+        }
+        let context = StatusContext {
+            restarts: tracked.restarts,
+            terminal: tracked.terminal,
+            crash_loop: tracked.crash_loop,
+            host_ip: &host_ip,
+            now,
+        };
+        let new_status = status::pod_status(&tracked.pod, remote, &context);
+        let unchanged = tracked
+            .last_status
+            .as_ref()
+            .is_some_and(|old| same_status(old, &new_status));
+        if unchanged {
+            return;
+        }
+        tracked.last_status = Some(new_status.clone());
+        let pod = tracked.pod.clone();
+        self.write_status(&pod, new_status).await;
+    }
+
+    async fn write_status(&self, pod: &Pod, status: Value) {
+        let Some(namespace) = pod.metadata.namespace.as_deref() else {
+            return;
+        };
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        if let Err(error) = pods
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": status})),
+            )
+            .await
+        {
+            tracing::warn!(%error, pod = %key(pod), "cannot write pod status");
+        }
+    }
+
+    /// Stops the provider object (the provider honours the grace period), then removes
+    /// the Pod with grace 0 and a UID precondition.
+    async fn stop_and_remove(&mut self, uid: &str) {
+        let Some(tracked) = self.tracked.get(uid) else {
+            return;
+        };
+        let pod = tracked.pod.clone();
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30);
+        let started = Instant::now();
+        let result = self.provider.delete(uid, grace).await;
+        self.provider_result("delete", started, &result).await;
+        match result {
+            Ok(()) | Err(ProviderError::NotFound(_)) => {}
+            Err(error) => {
+                tracing::warn!(%error, pod = %key(&pod), "cannot stop provider object; retrying on the next event");
+                if let Some(t) = self.tracked.get_mut(uid) {
+                    t.deleting = false; // observe() will try again
+                }
+                return;
+            }
+        }
+        let Some(namespace) = pod.metadata.namespace.as_deref() else {
+            return;
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(error) => tracing::warn!(%error, pod = %key(&pod), "cannot remove pod"),
+        }
+    }
+
+    /// The Pod is gone from the API: make sure its provider object is too.
+    async fn forget(&mut self, uid: &str) {
+        if self.tracked.remove(uid).is_none() {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.provider.delete(uid, 0).await;
+        self.provider_result("delete", started, &result).await;
+        if let Err(error) = result
+            && !matches!(error, ProviderError::NotFound(_))
+        {
+            tracing::warn!(%error, pod_uid = %uid, "cannot stop provider object of a removed pod; it is stopped as an orphan on the next start");
+        }
+    }
+}
+
+/// Compares statuses ignoring condition timestamps, which change every sync.
+fn same_status(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(conditions) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+            for c in conditions {
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("lastTransitionTime");
+                }
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}

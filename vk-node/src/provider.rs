@@ -1,0 +1,165 @@
+//! The provider interface the node drives (virtual-kubelet's plain shape): create, delete,
+//! list what exists, read status in batches, read logs. Errors are typed so the node can
+//! tell a retry from a give-up.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// What went wrong at the provider.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProviderError {
+    /// The object does not exist (any more).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The provider refused the request as invalid; retrying the same request won't help.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The provider asked us to slow down.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// Anything that may work on a retry.
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+impl ProviderError {
+    /// Whether retrying later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Throttled(_) | ProviderError::Transient(_)
+        )
+    }
+
+    /// Short name for metrics and Events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::NotFound(_) => "not-found",
+            ProviderError::Invalid(_) => "invalid",
+            ProviderError::Throttled(_) => "throttled",
+            ProviderError::Transient(_) => "transient",
+        }
+    }
+}
+
+/// A container's state at the provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteContainerState {
+    /// Not started yet.
+    Waiting {
+        /// Why (`ContainerCreating`, `PodInitializing`, …).
+        reason: String,
+    },
+    /// Running since `started_at`.
+    Running {
+        /// RFC 3339.
+        started_at: Option<String>,
+    },
+    /// Finished.
+    Terminated {
+        /// Exit code.
+        exit_code: i32,
+        /// `Completed`, `Error`, or the provider's reason.
+        reason: String,
+        /// RFC 3339.
+        started_at: Option<String>,
+        /// RFC 3339.
+        finished_at: Option<String>,
+    },
+}
+
+/// A container at the provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteContainer {
+    /// Container name (as in the pod).
+    pub name: String,
+    /// Its state.
+    pub state: RemoteContainerState,
+}
+
+/// Where a provider object is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemotePhase {
+    /// Accepted, not running yet.
+    Pending,
+    /// Running.
+    Running,
+    /// Stopped (or stopping) for good.
+    Stopped,
+}
+
+/// What the provider says about one pod's object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteStatus {
+    /// Pod UID the object belongs to.
+    pub pod_uid: String,
+    /// Phase.
+    pub phase: RemotePhase,
+    /// Containers.
+    pub containers: Vec<RemoteContainer>,
+    /// IP of the object's network interface.
+    pub pod_ip: Option<String>,
+    /// RFC 3339 start time.
+    pub started_at: Option<String>,
+    /// Provider's reason when stopped.
+    pub stopped_reason: Option<String>,
+}
+
+/// Options of a log read (the kubelet API's query).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Last N lines.
+    pub tail_lines: Option<usize>,
+    /// Only lines newer than this many seconds.
+    pub since_seconds: Option<i64>,
+    /// Stop after this many bytes.
+    pub limit_bytes: Option<usize>,
+    /// Prefix lines with RFC 3339 timestamps.
+    pub timestamps: bool,
+}
+
+/// One log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    /// The text, without a trailing newline.
+    pub message: String,
+}
+
+/// A backend that runs pods.
+pub trait Provider: Send + Sync + 'static {
+    /// Provider name for metrics (`fargate`, `aci`, `mock`).
+    fn name(&self) -> &'static str;
+
+    /// Starts `pod`. Must be idempotent for the same pod UID.
+    fn create(&self, pod: &Pod) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Stops the object of `pod_uid`, giving containers `grace_seconds` to exit.
+    fn delete(
+        &self,
+        pod_uid: &str,
+        grace_seconds: i64,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Every object this node owns, running or not, keyed by pod UID.
+    fn list(
+        &self,
+    ) -> impl Future<Output = Result<HashMap<String, RemoteStatus>, ProviderError>> + Send;
+
+    /// Statuses of the given pods (missing ones are absent from the map).
+    fn statuses(
+        &self,
+        pod_uids: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, RemoteStatus>, ProviderError>> + Send;
+
+    /// Log lines of one container.
+    fn logs(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        options: &LogOptions,
+    ) -> impl Future<Output = Result<Vec<LogLine>, ProviderError>> + Send;
+}

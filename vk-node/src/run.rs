@@ -1,0 +1,282 @@
+//! `spillway vk-node`: one leader-elected virtual node with its provider, pod controller,
+//! Lease heartbeat, node status and kubelet API.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use prometheus::Registry;
+use spillway_common::admin::{self, AdminArgs, Readiness};
+use spillway_common::leader::LeaderElection;
+use spillway_common::tls::{DEFAULT_RELOAD_INTERVAL, TlsFiles, TlsServer};
+use tokio_util::sync::CancellationToken;
+
+use crate::fargate::provider::{FargateArgs, FargateProvider};
+use crate::kubelet_api;
+use crate::metrics::NodeMetrics;
+use crate::mock::{MockBehaviour, MockProvider};
+use crate::node::{self, NodeSpec};
+use crate::pods::{ControllerSettings, PodController, PodDirectory};
+use crate::provider::Provider;
+
+/// Which backend runs the node's pods.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// AWS Fargate through ECS.
+    Fargate,
+    /// In-memory, for demos and tests.
+    Mock,
+}
+
+impl ProviderKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Fargate => "fargate",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
+/// Mock provider flags.
+#[derive(Args, Clone, Debug)]
+pub struct MockArgs {
+    /// Mock: milliseconds from create to Running.
+    #[arg(long, default_value_t = 500, env = "SPILLWAY_MOCK_START_LATENCY_MS")]
+    pub mock_start_latency_ms: u64,
+    /// Mock: probability (0 to 1) that a create fails transiently.
+    #[arg(long, default_value_t = 0.0, env = "SPILLWAY_MOCK_FAILURE_RATE")]
+    pub mock_failure_rate: f64,
+    /// Mock: containers exit this many seconds after starting (default: never).
+    #[arg(long, env = "SPILLWAY_MOCK_RUN_SECONDS")]
+    pub mock_run_seconds: Option<u64>,
+    /// Mock: exit code when they do.
+    #[arg(long, default_value_t = 0, env = "SPILLWAY_MOCK_EXIT_CODE")]
+    pub mock_exit_code: i32,
+}
+
+/// Flags of `spillway vk-node`.
+#[derive(Args, Clone, Debug)]
+pub struct VkNodeArgs {
+    /// Provider behind the node.
+    #[arg(long, value_enum, env = "SPILLWAY_VK_PROVIDER")]
+    pub vk_provider: ProviderKind,
+    /// Node name (default `spillway-<provider>`).
+    #[arg(long, env = "SPILLWAY_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Allocatable vCPU the node advertises: the budget, never "infinite".
+    #[arg(long, default_value_t = 100, env = "SPILLWAY_MAX_VCPU")]
+    pub max_vcpu: u32,
+    /// Allocatable memory the node advertises (a Kubernetes quantity).
+    #[arg(long, default_value = "400Gi", env = "SPILLWAY_MAX_MEMORY")]
+    pub max_memory: String,
+    /// Allocatable pods the node advertises.
+    #[arg(long, default_value_t = 500, env = "SPILLWAY_MAX_PODS")]
+    pub max_pods: u32,
+    /// Address the apiserver reaches the kubelet API on (the pod IP in a cluster).
+    #[arg(long, default_value = "127.0.0.1", env = "SPILLWAY_NODE_ADDRESS")]
+    pub node_address: String,
+    /// Kubelet API listen address (HTTPS, client certificates required).
+    #[arg(long, default_value = "0.0.0.0:10250", env = "SPILLWAY_KUBELET_LISTEN")]
+    pub kubelet_listen: SocketAddr,
+    /// Kubelet API serving certificate (PEM).
+    #[arg(long, env = "SPILLWAY_KUBELET_TLS_CERT")]
+    pub kubelet_tls_cert: PathBuf,
+    /// Kubelet API serving key (PEM).
+    #[arg(long, env = "SPILLWAY_KUBELET_TLS_KEY")]
+    pub kubelet_tls_key: PathBuf,
+    /// CA that signed the apiserver's kubelet client certificate; clients without a
+    /// certificate it signed are refused.
+    #[arg(long, env = "SPILLWAY_KUBELET_CLIENT_CA")]
+    pub kubelet_client_ca: PathBuf,
+    /// Namespace of the leader-election Lease.
+    #[arg(
+        long,
+        default_value = "kube-system",
+        env = "SPILLWAY_LEADER_ELECTION_NAMESPACE"
+    )]
+    pub leader_election_namespace: String,
+    /// Identity in leader election (default: host name and pid).
+    #[arg(long, env = "SPILLWAY_IDENTITY")]
+    pub identity: Option<String>,
+    /// Seconds between status pulls from the provider.
+    #[arg(long, default_value_t = 5, env = "SPILLWAY_SYNC_INTERVAL_SECONDS")]
+    pub sync_interval_seconds: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub mock: MockArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub fargate: FargateArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub admin: AdminArgs,
+}
+
+/// Why the node stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Kubernetes client.
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    /// Node registration.
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+    /// Kubelet API server.
+    #[error("kubelet API: {0}")]
+    KubeletApi(#[from] spillway_common::tls::TlsBindError),
+    /// Provider set-up.
+    #[error("provider: {0}")]
+    Provider(String),
+    /// Metrics.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Leadership was lost; the process must stop so a new leader can take over.
+    #[error("leadership lost")]
+    LeadershipLost,
+}
+
+fn identity(args: &VkNodeArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Runs the node until `shutdown` (or until leadership is lost).
+pub async fn run(args: VkNodeArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+    let registry = Registry::new();
+    let metrics = NodeMetrics::register(&registry)?;
+    let readiness = Readiness::default();
+    tokio::spawn(admin::serve(
+        args.admin.admin_addr,
+        registry,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    match args.vk_provider {
+        ProviderKind::Mock => {
+            let behaviour = MockBehaviour {
+                start_latency: Duration::from_millis(args.mock.mock_start_latency_ms),
+                failure_rate: args.mock.mock_failure_rate,
+                run_for: args.mock.mock_run_seconds.map(Duration::from_secs),
+                exit_code: args.mock.mock_exit_code,
+            };
+            run_with(
+                Arc::new(MockProvider::new(behaviour)),
+                &args,
+                metrics,
+                readiness,
+                shutdown,
+            )
+            .await
+        }
+        ProviderKind::Fargate => {
+            let name = node_name(&args);
+            let provider = FargateProvider::from_args(&args.fargate, &name, metrics.clone())
+                .await
+                .map_err(|e| RunError::Provider(e.to_string()))?;
+            run_with(Arc::new(provider), &args, metrics, readiness, shutdown).await
+        }
+    }
+}
+
+fn node_name(args: &VkNodeArgs) -> String {
+    args.node_name
+        .clone()
+        .unwrap_or_else(|| format!("spillway-{}", args.vk_provider.as_str()))
+}
+
+async fn run_with<P: Provider>(
+    provider: Arc<P>,
+    args: &VkNodeArgs,
+    metrics: NodeMetrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let client = kube::Client::try_default().await?;
+    let spec = NodeSpec {
+        name: node_name(args),
+        provider: args.vk_provider.as_str().to_owned(),
+        max_vcpu: args.max_vcpu,
+        max_memory: args.max_memory.clone(),
+        max_pods: args.max_pods,
+        address: args.node_address.clone(),
+        kubelet_port: args.kubelet_listen.port(),
+    };
+    let election = LeaderElection::new(
+        client.clone(),
+        &args.leader_election_namespace,
+        &format!("spillway-vk-{}", spec.name),
+        &identity(args),
+    );
+    if !election.acquire(&shutdown).await {
+        return Ok(());
+    }
+    let lost = shutdown.child_token();
+    tokio::spawn(election.hold(lost.clone()));
+
+    let node = node::register(&client, &spec).await?;
+    let node_uid = node.metadata.uid.clone().unwrap_or_default();
+    tokio::spawn(heartbeat(
+        client.clone(),
+        spec.clone(),
+        node_uid,
+        lost.clone(),
+    ));
+
+    let directory: PodDirectory = Arc::new(RwLock::new(HashMap::new()));
+    let files = TlsFiles {
+        cert: args.kubelet_tls_cert.clone(),
+        key: args.kubelet_tls_key.clone(),
+        client_ca: Some(args.kubelet_client_ca.clone()),
+    };
+    let kubelet = TlsServer::bind(args.kubelet_listen, files).await?;
+    tracing::info!(addr = ?kubelet.local_addr().ok(), node = %spec.name, "kubelet API listening");
+    tokio::spawn(kubelet.serve(
+        kubelet_api::router(provider.clone(), directory.clone()),
+        DEFAULT_RELOAD_INTERVAL,
+        lost.clone(),
+    ));
+
+    let settings = ControllerSettings {
+        sync_interval: Duration::from_secs(args.sync_interval_seconds.max(1)),
+        ..ControllerSettings::default()
+    };
+    readiness.set(true);
+    PodController::new(client, provider, spec, settings, metrics, directory)
+        .run(lost.clone())
+        .await;
+    readiness.set(false);
+    if lost.is_cancelled() && !shutdown.is_cancelled() {
+        return Err(RunError::LeadershipLost);
+    }
+    Ok(())
+}
+
+async fn heartbeat(
+    client: kube::Client,
+    spec: NodeSpec,
+    node_uid: String,
+    stop: CancellationToken,
+) {
+    let mut lease_tick = tokio::time::interval(node::LEASE_RENEW_INTERVAL);
+    let mut status_tick = tokio::time::interval(node::STATUS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = lease_tick.tick() => {
+                if let Err(error) = node::renew_lease(&client, &spec, &node_uid).await {
+                    tracing::warn!(%error, "node lease renewal failed");
+                }
+            }
+            _ = status_tick.tick() => {
+                if let Err(error) = node::write_status(&client, &spec).await {
+                    tracing::warn!(%error, "node status update failed");
+                }
+            }
+        }
+    }
+}
