@@ -124,7 +124,7 @@ async fn exited_containers_follow_restart_policy() -> anyhow::Result<()> {
     let node_name = format!("spillway-mock-{}", ns.name);
     let _cleanup = NodeCleanupGuard(node_name.clone());
     let mut args = vk_node_args(&node_name, "mock")?;
-    // Every container exits with code 3 one second after it starts.
+    // Every container exits with code 3 three seconds after it starts.
     args.extend(
         [
             "--mock-start-latency-ms",

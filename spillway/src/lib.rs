@@ -32,7 +32,7 @@ pub enum Command {
     Controller,
     /// Run one virtual node: registers a Node and runs the pods bound to it at a provider
     /// (AWS Fargate, or the in-memory mock), leader-elected per node name.
-    VkNode(spillway_vk_node::run::VkNodeArgs),
+    VkNode(Box<spillway_vk_node::run::VkNodeArgs>),
     /// Run the webhook, controller and virtual node in one process (small clusters, demo).
     Run,
     /// Offline: answer one AdmissionReview (JSON on stdin) as the webhook would against a
@@ -61,7 +61,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }),
         Command::Controller | Command::Run => not_implemented(spillway_controller::NOT_IMPLEMENTED),
         Command::VkNode(args) => serve(&cli.log, async move |shutdown| {
-            spillway_vk_node::run::run(args, shutdown)
+            spillway_vk_node::run::run(*args, shutdown)
                 .await
                 .map_err(anyhow::Error::from)
         }),
