@@ -314,3 +314,15 @@ impl Drop for NodeCleanupGuard {
         delete_with_kubectl(&["node", &self.0]);
     }
 }
+
+/// The variables `e2e/testbed up` wrote to `e2e/.run/env`.
+pub fn testbed_env() -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(run_dir().join("env"))
+        .context("reading e2e/.run/env (is the test bed up?)")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
