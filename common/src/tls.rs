@@ -245,6 +245,8 @@ impl TlsServer {
                     }
                 },
             };
+            // Small request/response exchanges must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let service = service.clone();
             let shutdown = shutdown.clone();

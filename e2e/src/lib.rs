@@ -26,8 +26,12 @@ pub fn run_dir() -> PathBuf {
     repo_root().join("e2e/.run")
 }
 
-/// The `spillway` binary built by `make` before the e2e tests run.
+/// The `spillway` binary built by `make` before the e2e tests run (`SPILLWAY_BIN`
+/// overrides it, e.g. with a release build for benchmarks).
 pub fn spillway_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SPILLWAY_BIN") {
+        return Ok(PathBuf::from(path));
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));

@@ -1,0 +1,43 @@
+//! `spillway-bench`: benchmarks whose figures go to BENCHMARKS.md, each measured as a
+//! ratio against a baseline run in the same invocation where one exists.
+
+mod report;
+mod stats;
+mod testbed;
+mod webhook;
+
+use clap::{Parser, Subcommand};
+
+/// Spillway benchmarks.
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decision latency (per-call p50/p99) against a synthetic 5,000-node, 150,000-pod index.
+    Decision,
+    /// HTTPS /mutate: p99 at a fixed 2,000 req/s, saturation throughput against a bare
+    /// axum+rustls server (wrk, same run), and index memory per pod.
+    WebhookLoad,
+    /// Internal: serve the real webhook router or the bare baseline over TLS.
+    Serve(webhook::ServeArgs),
+    /// On the test bed: pod-create latency with and without the webhook (500 creates).
+    PodCreate,
+    /// On the test bed: 1,000 pods bound to a virtual node, with the mock provider and moto.
+    VkNode(testbed::VkNodeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    spillway_common::tls::install_crypto_provider();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match Cli::parse().command {
+        Command::Decision => webhook::decision(),
+        Command::WebhookLoad => runtime.block_on(webhook::load()),
+        Command::Serve(args) => runtime.block_on(webhook::serve(args)),
+        Command::PodCreate => runtime.block_on(testbed::pod_create()),
+        Command::VkNode(args) => runtime.block_on(testbed::vk_node(args)),
+    }
+}
