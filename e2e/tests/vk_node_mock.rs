@@ -184,3 +184,154 @@ async fn exited_containers_follow_restart_policy() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn failing_provider_taints_the_node_and_keeps_pods_pending() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-degraded").await?;
+    let node_name = format!("spillway-mock-{}", ns.name);
+    let _cleanup = NodeCleanupGuard(node_name.clone());
+    let mut args = vk_node_args(&node_name, "mock")?;
+    args.extend(["--mock-failure-rate", "1.0"].map(String::from));
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_until("node registered", Duration::from_secs(30), || async {
+        Ok(nodes.get_opt(&node_name).await?.is_some())
+    })
+    .await?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", &node_name, json!({}))?,
+    )
+    .await?;
+    wait_until(
+        "the provider-degraded taint",
+        Duration::from_secs(60),
+        || async {
+            let taints = nodes
+                .get(&node_name)
+                .await?
+                .spec
+                .and_then(|s| s.taints)
+                .unwrap_or_default();
+            Ok(taints
+                .iter()
+                .any(|t| t.key == "spillway.io/provider-degraded" && t.effect == "NoSchedule"))
+        },
+    )
+    .await?;
+    let node = nodes.get(&node_name).await?;
+    let ready = node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    assert!(
+        ready,
+        "a failing provider taints the node instead of making it NotReady"
+    );
+    let pod = pods.get("web").await?;
+    assert_eq!(
+        pod.status.and_then(|s| s.phase).as_deref(),
+        Some("Pending"),
+        "transient failures never fail the pod"
+    );
+    let events = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    assert!(
+        events.contains("ProviderCreateRetrying"),
+        "an Event says why the pod waits: {events}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn two_controller_replicas_never_drive_one_node() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-leader").await?;
+    let node_name = format!("spillway-mock-{}", ns.name);
+    let _cleanup = NodeCleanupGuard(node_name.clone());
+    let replica = |identity: &str| -> anyhow::Result<Vec<String>> {
+        let mut args = vk_node_args(&node_name, "mock")?;
+        args[0] = "controller".into();
+        args.extend(["--identity", identity, "--mock-start-latency-ms", "100"].map(String::from));
+        Ok(args)
+    };
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let lease_name = format!("spillway-vk-{node_name}");
+    let holder = |leases: Api<Lease>, name: String| async move {
+        Ok::<_, anyhow::Error>(
+            leases
+                .get_opt(&name)
+                .await?
+                .and_then(|l| l.spec?.holder_identity),
+        )
+    };
+    let mut first =
+        SpillwayProcess::start(&replica("replica-a")?, &format!("ctl-a-{}", ns.name), &[])?;
+    wait_until("replica-a leads", Duration::from_secs(30), || async {
+        Ok(holder(leases.clone(), lease_name.clone()).await?.as_deref() == Some("replica-a"))
+    })
+    .await?;
+    let _second =
+        SpillwayProcess::start(&replica("replica-b")?, &format!("ctl-b-{}", ns.name), &[])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", &node_name, json!({}))?,
+    )
+    .await?;
+    wait_until("web Running", Duration::from_secs(30), || async {
+        Ok(pods
+            .get("web")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running"))
+    })
+    .await?;
+    assert_eq!(
+        holder(leases.clone(), lease_name.clone()).await?.as_deref(),
+        Some("replica-a"),
+        "the standby waits"
+    );
+
+    first.kill()?;
+    // The lease lasts 15 s; the standby retries every 5 s.
+    wait_until("replica-b takes over", Duration::from_secs(40), || async {
+        Ok(holder(leases.clone(), lease_name.clone()).await?.as_deref() == Some("replica-b"))
+    })
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("after", &node_name, json!({}))?,
+    )
+    .await?;
+    wait_until(
+        "a pod bound after the takeover runs",
+        Duration::from_secs(30),
+        || async {
+            Ok(pods
+                .get("after")
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .as_deref()
+                == Some("Running"))
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -28,8 +28,10 @@ pub enum Command {
     /// Serve the mutating admission webhook (HTTPS `POST /mutate`) that sends overflow
     /// replicas of opted-in Deployments to a virtual node.
     Webhook(spillway_webhook::run::WebhookArgs),
-    /// Run the controller and the embedded virtual node(s) (leader-elected).
-    Controller,
+    /// Run the controller process with its embedded, leader-elected virtual node(s)
+    /// (`--vk-provider fargate,mock`). Its scale-in, rebalance and pending-spill loops
+    /// are not built yet.
+    Controller(Box<spillway_controller::ControllerArgs>),
     /// Run one virtual node: registers a Node and runs the pods bound to it at a provider
     /// (AWS Fargate, or the in-memory mock), leader-elected per node name.
     VkNode(Box<spillway_vk_node::run::VkNodeArgs>),
@@ -59,7 +61,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }),
-        Command::Controller | Command::Run => not_implemented(spillway_controller::NOT_IMPLEMENTED),
+        Command::Controller(args) => serve(&cli.log, async move |shutdown| {
+            spillway_controller::run(*args, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        Command::Run => not_implemented(spillway_controller::NOT_IMPLEMENTED),
         Command::VkNode(args) => serve(&cli.log, async move |shutdown| {
             spillway_vk_node::run::run(*args, shutdown)
                 .await

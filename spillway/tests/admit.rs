@@ -149,7 +149,7 @@ fn bad_input_exits_2_with_one_line_and_no_stdout() {
 
 #[test]
 fn unbuilt_subcommands_say_so_and_exit_2() {
-    for sub in ["controller", "status"] {
+    for sub in ["run", "status"] {
         let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
             .arg(sub)
             .output()

@@ -63,6 +63,35 @@ pub struct VkNodeArgs {
     /// Provider behind the node.
     #[arg(long, value_enum, env = "SPILLWAY_VK_PROVIDER")]
     pub vk_provider: ProviderKind,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub node: NodeOptions,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub admin: AdminArgs,
+}
+
+/// Flags of `spillway controller` that concern its embedded virtual nodes.
+#[derive(Args, Clone, Debug)]
+pub struct EmbeddedNodesArgs {
+    /// Providers to run a virtual node for (comma-separated); each node is leader-elected
+    /// on its own, and node N (from 0) serves its kubelet API on the listen port + N.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        required = true,
+        env = "SPILLWAY_VK_PROVIDER"
+    )]
+    pub vk_provider: Vec<ProviderKind>,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub node: NodeOptions,
+}
+
+/// Everything about a virtual node but its provider kind.
+#[derive(Args, Clone, Debug)]
+pub struct NodeOptions {
     /// Node name (default `spillway-<provider>`).
     #[arg(long, env = "SPILLWAY_NODE_NAME")]
     pub node_name: Option<String>,
@@ -110,9 +139,6 @@ pub struct VkNodeArgs {
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags
     pub fargate: FargateArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)] // flattened groups document their own flags
-    pub admin: AdminArgs,
 }
 
 /// Why the node stopped.
@@ -138,14 +164,14 @@ pub enum RunError {
     LeadershipLost,
 }
 
-fn identity(args: &VkNodeArgs) -> String {
-    args.identity.clone().unwrap_or_else(|| {
+fn identity(options: &NodeOptions) -> String {
+    options.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     })
 }
 
-/// Runs the node until `shutdown` (or until leadership is lost).
+/// Runs `spillway vk-node` until `shutdown` (or until leadership is lost).
 pub async fn run(args: VkNodeArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let registry = Registry::new();
     let metrics = NodeMetrics::register(&registry)?;
@@ -156,17 +182,63 @@ pub async fn run(args: VkNodeArgs, shutdown: CancellationToken) -> Result<(), Ru
         readiness.clone(),
         shutdown.clone(),
     ));
-    match args.vk_provider {
+    run_node(args.vk_provider, args.node, metrics, readiness, shutdown).await
+}
+
+/// Runs the virtual nodes embedded in `spillway controller`, sharing its metrics registry;
+/// returns when all stop, with the first error.
+pub async fn run_embedded(
+    args: EmbeddedNodesArgs,
+    registry: &Registry,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    if args.vk_provider.len() > 1 && args.node.node_name.is_some() {
+        return Err(RunError::Provider(
+            "--node-name names one node; leave it out with several --vk-provider values".into(),
+        ));
+    }
+    let metrics = NodeMetrics::register(registry)?;
+    let nodes = args.vk_provider.iter().enumerate().map(|(i, kind)| {
+        let mut options = args.node.clone();
+        options
+            .kubelet_listen
+            .set_port(options.kubelet_listen.port() + i as u16);
+        run_node(
+            *kind,
+            options,
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+    });
+    let results = futures::future::join_all(nodes).await;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
+        .map(|_| ())
+}
+
+async fn run_node(
+    kind: ProviderKind,
+    options: NodeOptions,
+    metrics: NodeMetrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let name = node_name(kind, &options);
+    match kind {
         ProviderKind::Mock => {
             let behaviour = MockBehaviour {
-                start_latency: Duration::from_millis(args.mock.mock_start_latency_ms),
-                failure_rate: args.mock.mock_failure_rate,
-                run_for: args.mock.mock_run_seconds.map(Duration::from_secs),
-                exit_code: args.mock.mock_exit_code,
+                start_latency: Duration::from_millis(options.mock.mock_start_latency_ms),
+                failure_rate: options.mock.mock_failure_rate,
+                run_for: options.mock.mock_run_seconds.map(Duration::from_secs),
+                exit_code: options.mock.mock_exit_code,
             };
             run_with(
                 Arc::new(MockProvider::new(behaviour)),
-                &args,
+                kind,
+                &options,
                 metrics,
                 readiness,
                 shutdown,
@@ -174,32 +246,41 @@ pub async fn run(args: VkNodeArgs, shutdown: CancellationToken) -> Result<(), Ru
             .await
         }
         ProviderKind::Fargate => {
-            let name = node_name(&args);
-            let provider = FargateProvider::from_args(&args.fargate, &name, metrics.clone())
+            let provider = FargateProvider::from_args(&options.fargate, &name, metrics.clone())
                 .await
-                .map_err(|e| RunError::Provider(e.to_string()))?;
-            run_with(Arc::new(provider), &args, metrics, readiness, shutdown).await
+                .map_err(RunError::Provider)?;
+            run_with(
+                Arc::new(provider),
+                kind,
+                &options,
+                metrics,
+                readiness,
+                shutdown,
+            )
+            .await
         }
     }
 }
 
-fn node_name(args: &VkNodeArgs) -> String {
-    args.node_name
+fn node_name(kind: ProviderKind, options: &NodeOptions) -> String {
+    options
+        .node_name
         .clone()
-        .unwrap_or_else(|| format!("spillway-{}", args.vk_provider.as_str()))
+        .unwrap_or_else(|| format!("spillway-{}", kind.as_str()))
 }
 
 async fn run_with<P: Provider>(
     provider: Arc<P>,
-    args: &VkNodeArgs,
+    kind: ProviderKind,
+    args: &NodeOptions,
     metrics: NodeMetrics,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let client = kube::Client::try_default().await?;
     let spec = NodeSpec {
-        name: node_name(args),
-        provider: args.vk_provider.as_str().to_owned(),
+        name: node_name(kind, args),
+        provider: kind.as_str().to_owned(),
         max_vcpu: args.max_vcpu,
         max_memory: args.max_memory.clone(),
         max_pods: args.max_pods,
