@@ -396,3 +396,55 @@ async fn node_killed_mid_creation_leaves_one_task_per_pod_and_no_orphan() -> any
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn pod_the_provider_refuses_ends_failed_with_a_reason() -> anyhow::Result<()> {
+    let client = client().await?;
+    let aws = aws().await?;
+    let ns = TestNamespace::create(&client, "e2e-refused").await?;
+    let cluster = ns.name.clone();
+    aws.ecs
+        .create_cluster()
+        .cluster_name(&cluster)
+        .send()
+        .await?;
+    let node_name = format!("spillway-fargate-{}", ns.name);
+    let _cleanup = NodeCleanupGuard(node_name.clone());
+    let _node = SpillwayProcess::start(
+        &fargate_node(&aws, &node_name, &cluster)?,
+        &format!("vk-{}", ns.name),
+        &AWS_ENV,
+    )?;
+    // The ConfigMap does not exist: a request that can never succeed.
+    let spec = json!({"containers": [{"name": "app", "image": "nginx:1.27",
+        "env": [{"name": "CONF", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "conf"}}}]}]});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("broken", &node_name, spec)?,
+    )
+    .await?;
+    wait_until(
+        "the pod marked Failed by the node",
+        Duration::from_secs(60),
+        || async {
+            let status = pods.get("broken").await?.status.unwrap_or_default();
+            Ok(status.phase.as_deref() == Some("Failed")
+                && status.reason.as_deref() == Some("ProviderFailed"))
+        },
+    )
+    .await?;
+    let message = pods
+        .get("broken")
+        .await?
+        .status
+        .and_then(|s| s.message)
+        .unwrap_or_default();
+    assert!(message.contains("configmap missing"), "{message}");
+    assert!(
+        running_tasks(&aws, &cluster).await?.is_empty(),
+        "no task was started"
+    );
+    Ok(())
+}

@@ -54,6 +54,8 @@ pub type PodDirectory = Arc<RwLock<HashMap<String, String>>>;
 enum Lifecycle {
     /// Waiting for (another) create.
     NeedsCreate,
+    /// A create is in flight.
+    Creating,
     /// Created; status comes from the provider.
     Launched,
     /// Finished for good; nothing more to do.
@@ -138,6 +140,17 @@ pub struct PodController<P: Provider> {
     synced: bool,
     consecutive_provider_failures: u32,
     degraded: bool,
+    created_tx: tokio::sync::mpsc::UnboundedSender<CreateOutcome>,
+    created_rx: Option<tokio::sync::mpsc::UnboundedReceiver<CreateOutcome>>,
+    create_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// The result of one create, reported back to the controller loop.
+struct CreateOutcome {
+    uid: String,
+    pod: Pod,
+    elapsed: Duration,
+    result: Result<(), ProviderError>,
 }
 
 impl<P: Provider> PodController<P> {
@@ -155,6 +168,10 @@ impl<P: Provider> PodController<P> {
             instance: Some(node.name.clone()),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let (created_tx, created_rx) = tokio::sync::mpsc::unbounded_channel();
+        let create_slots = Arc::new(tokio::sync::Semaphore::new(
+            settings.create_concurrency.max(1),
+        ));
         Self {
             client,
             provider,
@@ -167,6 +184,9 @@ impl<P: Provider> PodController<P> {
             synced: false,
             consecutive_provider_failures: 0,
             degraded: false,
+            created_tx,
+            created_rx: Some(created_rx),
+            create_slots,
         }
     }
 
@@ -244,9 +264,11 @@ impl<P: Provider> PodController<P> {
         let mut relisted: HashSet<String> = HashSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_sync = Instant::now();
+        let mut outcomes = self.created_rx.take().expect("run is called once");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                Some(outcome) = outcomes.recv() => self.record_create(outcome).await,
                 event = stream.next() => {
                     let Some(event) = event else { return };
                     match event {
@@ -351,91 +373,118 @@ impl<P: Provider> PodController<P> {
         self.sync_statuses().await;
     }
 
+    /// Starts a create for every pod that is due, each in a task of its own (bounded by
+    /// `create_concurrency`), so events and status syncs go on while the provider works.
     async fn launch_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<(String, Pod)> = self
+        let due: Vec<String> = self
             .tracked
             .iter()
             .filter(|(_, t)| {
                 t.lifecycle == Lifecycle::NeedsCreate && !t.deleting && t.next_attempt <= now
             })
-            .map(|(uid, t)| (uid.clone(), t.pod.clone()))
+            .map(|(uid, _)| uid.clone())
             .collect();
-        if due.is_empty() {
-            return;
-        }
-        let provider = self.provider.clone();
-        let results: Vec<(String, Pod, Duration, Result<(), ProviderError>)> =
-            futures::stream::iter(due)
-                .map(|(uid, pod)| {
-                    let provider = provider.clone();
-                    async move {
-                        let started = Instant::now();
-                        let result = provider.create(&pod).await;
-                        (uid, pod, started.elapsed(), result)
-                    }
-                })
-                .buffer_unordered(self.settings.create_concurrency)
-                .collect()
-                .await;
-        for (uid, pod, elapsed, result) in results {
-            self.provider_result("create", Instant::now() - elapsed, &result)
-                .await;
+        for uid in due {
             let Some(tracked) = self.tracked.get_mut(&uid) else {
                 continue;
             };
-            match result {
-                Ok(()) => {
-                    tracked.lifecycle = Lifecycle::Launched;
-                    tracked.retryable_failures = 0;
-                    tracked.crash_loop = false;
-                }
-                Err(error) if error.is_retryable() => {
-                    tracked.retryable_failures += 1;
-                    tracked.next_attempt =
-                        Instant::now() + backoff_with_jitter(tracked.retryable_failures);
-                    let failures = tracked.retryable_failures;
-                    if failures == 1 || failures % 5 == 0 {
-                        let reason = if matches!(error, ProviderError::Throttled(_)) {
-                            "ProviderThrottled"
-                        } else {
-                            "ProviderCreateRetrying"
-                        };
-                        self.event(
-                            &pod,
-                            EventType::Warning,
-                            reason,
-                            format!("attempt {failures}: {error}; retrying"),
-                        )
-                        .await;
-                    }
-                }
-                Err(error) => {
-                    tracked.permanent_failures += 1;
-                    tracked.next_attempt =
-                        Instant::now() + backoff_with_jitter(tracked.permanent_failures);
-                    let failures = tracked.permanent_failures;
-                    if failures >= self.settings.max_permanent_failures {
-                        tracked.lifecycle = Lifecycle::Terminal;
-                        tracked.terminal = Some(TerminalPhase::Failed);
-                        let message =
-                            format!("the provider refused the pod {failures} times: {error}");
-                        self.event(&pod, EventType::Warning, "ProviderFailed", message.clone())
-                            .await;
-                        self.write_status(
-                            &pod,
-                            status::provider_failed_status("ProviderFailed", &message),
-                        )
-                        .await;
+            tracked.lifecycle = Lifecycle::Creating;
+            let pod = tracked.pod.clone();
+            let (provider, slots, tx) = (
+                self.provider.clone(),
+                self.create_slots.clone(),
+                self.created_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(_permit) = slots.acquire_owned().await else {
+                    return;
+                };
+                let started = Instant::now();
+                let result = provider.create(&pod).await;
+                let _ = tx.send(CreateOutcome {
+                    uid,
+                    pod,
+                    elapsed: started.elapsed(),
+                    result,
+                });
+            });
+        }
+    }
+
+    async fn record_create(&mut self, outcome: CreateOutcome) {
+        let CreateOutcome {
+            uid,
+            pod,
+            elapsed,
+            result,
+        } = outcome;
+        self.provider_result("create", Instant::now() - elapsed, &result)
+            .await;
+        let Some(tracked) = self.tracked.get_mut(&uid) else {
+            // The pod went away while it was being created: stop what was started.
+            if result.is_ok() {
+                let _ = self.provider.delete(&uid, 0).await;
+            }
+            return;
+        };
+        if tracked.deleting {
+            tracked.lifecycle = Lifecycle::Launched;
+            self.stop_and_remove(&uid).await;
+            return;
+        }
+        match result {
+            Ok(()) => {
+                tracked.lifecycle = Lifecycle::Launched;
+                tracked.retryable_failures = 0;
+                tracked.crash_loop = false;
+            }
+            Err(error) if error.is_retryable() => {
+                tracked.lifecycle = Lifecycle::NeedsCreate;
+                tracked.retryable_failures += 1;
+                tracked.next_attempt =
+                    Instant::now() + backoff_with_jitter(tracked.retryable_failures);
+                let failures = tracked.retryable_failures;
+                if failures == 1 || failures % 5 == 0 {
+                    let reason = if matches!(error, ProviderError::Throttled(_)) {
+                        "ProviderThrottled"
                     } else {
-                        self.event(
-                            &pod,
-                            EventType::Warning,
-                            "ProviderCreateFailed",
-                            format!("attempt {failures}: {error}"),
-                        )
+                        "ProviderCreateRetrying"
+                    };
+                    self.event(
+                        &pod,
+                        EventType::Warning,
+                        reason,
+                        format!("attempt {failures}: {error}; retrying"),
+                    )
+                    .await;
+                }
+            }
+            Err(error) => {
+                tracked.lifecycle = Lifecycle::NeedsCreate;
+                tracked.permanent_failures += 1;
+                tracked.next_attempt =
+                    Instant::now() + backoff_with_jitter(tracked.permanent_failures);
+                let failures = tracked.permanent_failures;
+                if failures >= self.settings.max_permanent_failures {
+                    tracked.lifecycle = Lifecycle::Terminal;
+                    tracked.terminal = Some(TerminalPhase::Failed);
+                    let message = format!("the provider refused the pod {failures} times: {error}");
+                    self.event(&pod, EventType::Warning, "ProviderFailed", message.clone())
                         .await;
-                    }
+                    self.write_status(
+                        &pod,
+                        status::provider_failed_status("ProviderFailed", &message),
+                    )
+                    .await;
+                } else {
+                    self.event(
+                        &pod,
+                        EventType::Warning,
+                        "ProviderCreateFailed",
+                        format!("attempt {failures}: {error}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -462,20 +511,34 @@ impl<P: Provider> PodController<P> {
             }
         };
         let now = format_time(SystemTime::now());
+        let mut writes = Vec::new();
         for uid in launched {
             let Some(remote_status) = remote.get(&uid) else {
                 // Created but not visible yet, or gone; the next sync or relist decides.
                 continue;
             };
-            self.apply_remote(&uid, remote_status, &now).await;
+            if let Some(write) = self.apply_remote(&uid, remote_status, &now) {
+                writes.push(write);
+            }
         }
+        let client = self.client.clone();
+        futures::stream::iter(writes)
+            .map(|(pod, status)| write_pod_status(client.clone(), pod, status))
+            .buffer_unordered(STATUS_WRITE_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
     }
 
-    async fn apply_remote(&mut self, uid: &str, remote: &RemoteStatus, now: &str) {
+    /// Updates the pod's bookkeeping from its provider status; returns the status to write
+    /// when it changed.
+    fn apply_remote(
+        &mut self,
+        uid: &str,
+        remote: &RemoteStatus,
+        now: &str,
+    ) -> Option<(Pod, Value)> {
         let host_ip = self.node.address.clone();
-        let Some(tracked) = self.tracked.get_mut(uid) else {
-            return;
-        };
+        let tracked = self.tracked.get_mut(uid)?;
         if remote.phase == RemotePhase::Stopped {
             match status::after_stop(&tracked.pod, remote) {
                 AfterStop::Restart => {
@@ -504,29 +567,14 @@ impl<P: Provider> PodController<P> {
             .as_ref()
             .is_some_and(|old| same_status(old, &new_status));
         if unchanged {
-            return;
+            return None;
         }
         tracked.last_status = Some(new_status.clone());
-        let pod = tracked.pod.clone();
-        self.write_status(&pod, new_status).await;
+        Some((tracked.pod.clone(), new_status))
     }
 
     async fn write_status(&self, pod: &Pod, status: Value) {
-        let Some(namespace) = pod.metadata.namespace.as_deref() else {
-            return;
-        };
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        if let Err(error) = pods
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"status": status})),
-            )
-            .await
-        {
-            tracing::warn!(%error, pod = %key(pod), "cannot write pod status");
-        }
+        write_pod_status(self.client.clone(), pod.clone(), status).await;
     }
 
     /// Stops the provider object (the provider honours the grace period), then removes
@@ -592,6 +640,24 @@ impl<P: Provider> PodController<P> {
         {
             tracing::warn!(%error, pod_uid = %uid, "cannot stop provider object of a removed pod; it is stopped as an orphan on the next start");
         }
+    }
+}
+
+/// Status patches in flight at once during a sync.
+const STATUS_WRITE_CONCURRENCY: usize = 16;
+
+async fn write_pod_status(client: Client, pod: Pod, status: Value) {
+    let Some(namespace) = pod.metadata.namespace.as_deref() else {
+        return;
+    };
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    let patch = Patch::Merge(serde_json::json!({"status": status}));
+    if let Err(error) = pods
+        .patch_status(name, &PatchParams::default(), &patch)
+        .await
+    {
+        tracing::warn!(%error, pod = %key(&pod), "cannot write pod status");
     }
 }
 

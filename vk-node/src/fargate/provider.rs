@@ -68,7 +68,9 @@ pub struct FargateProvider<E: EcsApi> {
     api: E,
     settings: FargateSettings,
     client: Option<kube::Client>,
-    known_families: Mutex<HashSet<String>>,
+    /// Families known to exist; the async lock also makes registration single-flight,
+    /// so concurrent creates of identical pods register one definition, not one each.
+    known_families: tokio::sync::Mutex<HashSet<String>>,
     tasks: Mutex<HashMap<String, TaskRecord>>,
 }
 
@@ -201,7 +203,7 @@ impl<E: EcsApi> FargateProvider<E> {
             api,
             settings,
             client,
-            known_families: Mutex::new(HashSet::new()),
+            known_families: tokio::sync::Mutex::new(HashSet::new()),
             tasks: Mutex::new(HashMap::new()),
         }
     }
@@ -309,21 +311,14 @@ impl<E: EcsApi> FargateProvider<E> {
         request: &translate::FargateRequest,
     ) -> Result<(), ProviderError> {
         let family = &request.register.family;
-        if self
-            .known_families
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(family)
-        {
+        let mut known = self.known_families.lock().await;
+        if known.contains(family) {
             return Ok(());
         }
         if !self.api.task_definition_exists(family).await? {
             self.api.register_task_definition(&request.register).await?;
         }
-        self.known_families
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(family.clone());
+        known.insert(family.clone());
         Ok(())
     }
 
@@ -526,5 +521,218 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
                 options.tail_lines.is_some(),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fargate::ecs_json::{RegisterTaskDefinition, RunTask};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An in-memory stand-in for the AWS calls, recording what was asked.
+    #[derive(Default)]
+    struct FakeEcs {
+        tasks: Mutex<Vec<TaskInfo>>,
+        registered: Mutex<Vec<String>>,
+        run_calls: Mutex<Vec<RunTask>>,
+        stopped: Mutex<Vec<String>>,
+        next: AtomicUsize,
+    }
+
+    impl FakeEcs {
+        fn add_task(&self, uid: &str, created_ms: i64) -> String {
+            let arn = format!(
+                "arn:aws:ecs:us-east-1:0:task/c/{}",
+                self.next.fetch_add(1, Ordering::SeqCst)
+            );
+            self.tasks.lock().unwrap().push(TaskInfo {
+                arn: arn.clone(),
+                last_status: "RUNNING".into(),
+                tags: BTreeMap::from([(TAG_POD_UID.to_owned(), uid.to_owned())]),
+                containers: vec![],
+                ip: Some("10.0.0.1".into()),
+                started_at: None,
+                created_ms,
+                stopped_reason: None,
+            });
+            arn
+        }
+    }
+
+    impl EcsApi for FakeEcs {
+        async fn register_task_definition(
+            &self,
+            request: &RegisterTaskDefinition,
+        ) -> Result<(), ProviderError> {
+            self.registered.lock().unwrap().push(request.family.clone());
+            Ok(())
+        }
+        async fn task_definition_exists(&self, family: &str) -> Result<bool, ProviderError> {
+            Ok(self.registered.lock().unwrap().iter().any(|f| f == family))
+        }
+        async fn run_task(&self, request: &RunTask) -> Result<TaskInfo, ProviderError> {
+            self.run_calls.lock().unwrap().push(request.clone());
+            let uid = request
+                .tags
+                .iter()
+                .find(|t| t.key == TAG_POD_UID)
+                .map(|t| t.value.clone())
+                .unwrap_or_default();
+            let arn = self.add_task(&uid, 0);
+            Ok(self
+                .tasks
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|t| t.arn == arn)
+                .cloned()
+                .unwrap())
+        }
+        async fn list_tasks(&self, _: &str, _: &str) -> Result<Vec<String>, ProviderError> {
+            Ok(self
+                .tasks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|t| t.last_status != "STOPPED")
+                .map(|t| t.arn.clone())
+                .collect())
+        }
+        async fn describe_tasks(
+            &self,
+            _: &str,
+            arns: &[String],
+        ) -> Result<Vec<TaskInfo>, ProviderError> {
+            assert!(
+                arns.len() <= DESCRIBE_BATCH,
+                "DescribeTasks takes at most 100 tasks"
+            );
+            Ok(self
+                .tasks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|t| arns.contains(&t.arn))
+                .cloned()
+                .collect())
+        }
+        async fn stop_task(&self, _: &str, arn: &str, _: &str) -> Result<(), ProviderError> {
+            self.stopped.lock().unwrap().push(arn.to_owned());
+            for task in self
+                .tasks
+                .lock()
+                .unwrap()
+                .iter_mut()
+                .filter(|t| t.arn == arn)
+            {
+                task.last_status = "STOPPED".into();
+            }
+            Ok(())
+        }
+        async fn put_secret(&self, name: &str, _: &str) -> Result<String, ProviderError> {
+            Ok(format!(
+                "arn:aws:secretsmanager:us-east-1:0:secret:{name}-AbCdEf"
+            ))
+        }
+        async fn delete_secret(&self, _: &str) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn log_events(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<i64>,
+            _: Option<usize>,
+            _: bool,
+        ) -> Result<Vec<LogLine>, ProviderError> {
+            Ok(vec![])
+        }
+    }
+
+    fn provider() -> FargateProvider<FakeEcs> {
+        FargateProvider::new(
+            FakeEcs::default(),
+            FargateSettings::offline(PricingConfig::default().fargate),
+            None,
+        )
+    }
+
+    fn pod(uid: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("p-{uid}"), "namespace": "ns", "uid": uid},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn identical_pods_register_one_definition_and_create_is_idempotent() {
+        let provider = provider();
+        for uid in ["a", "b", "c"] {
+            provider.create(&pod(uid)).await.unwrap();
+        }
+        provider.create(&pod("a")).await.unwrap();
+        assert_eq!(provider.api.registered.lock().unwrap().len(), 1);
+        assert_eq!(
+            provider.api.run_calls.lock().unwrap().len(),
+            3,
+            "a live task is not started twice"
+        );
+    }
+
+    #[tokio::test]
+    async fn relaunch_uses_a_token_of_its_own() {
+        let provider = provider();
+        provider.create(&pod("a")).await.unwrap();
+        let arn = provider.api.run_calls.lock().unwrap().len();
+        assert_eq!(arn, 1);
+        let first = provider.tasks.lock().unwrap()["a"].arn.clone();
+        provider.api.stop_task("c", &first, "exited").await.unwrap();
+        provider.create(&pod("a")).await.unwrap();
+        let calls = provider.api.run_calls.lock().unwrap();
+        assert_eq!(calls[0].client_token, "a");
+        assert_eq!(calls[1].client_token, "a-r2");
+    }
+
+    #[tokio::test]
+    async fn list_adopts_by_tag_and_stops_duplicates() {
+        let provider = provider();
+        let oldest = provider.api.add_task("a", 1);
+        let duplicate = provider.api.add_task("a", 2);
+        provider.api.add_task("b", 1);
+        let listed = provider.list().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(*provider.api.stopped.lock().unwrap(), vec![duplicate]);
+        assert_eq!(provider.tasks.lock().unwrap()["a"].arn, oldest);
+        // Adopted: a create for the same pod starts nothing.
+        provider.create(&pod("a")).await.unwrap();
+        assert!(provider.api.run_calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn statuses_are_read_in_batches_of_100() {
+        let provider = provider();
+        let uids: Vec<String> = (0..250).map(|i| format!("u{i}")).collect();
+        for uid in &uids {
+            provider.api.add_task(uid, 0);
+        }
+        provider.list().await.unwrap();
+        let statuses = provider.statuses(&uids).await.unwrap();
+        assert_eq!(statuses.len(), 250);
+        assert!(statuses.values().all(|s| s.phase == RemotePhase::Running && s.pod_ip.as_deref() == Some("10.0.0.1")));
+    }
+
+    #[tokio::test]
+    async fn delete_without_a_task_is_not_found() {
+        let provider = provider();
+        assert!(matches!(
+            provider.delete("nope", 30).await,
+            Err(ProviderError::NotFound(_))
+        ));
+        provider.create(&pod("a")).await.unwrap();
+        provider.delete("a", 30).await.unwrap();
+        assert_eq!(provider.api.stopped.lock().unwrap().len(), 1);
     }
 }
