@@ -4,7 +4,7 @@ SHELL := /bin/bash
 LOGS := target/test-logs
 CARGO_TEST_FLAGS ?=
 
-.PHONY: demo test lint unit e2e build prerequisites testbed-up testbed-down bench
+.PHONY: demo test build prerequisites testbed-up testbed-down bench criterion
 
 prerequisites:
 	@e2e/lib/prerequisites.sh
@@ -46,7 +46,21 @@ testbed-up: prerequisites
 testbed-down:
 	e2e/testbed down
 
-## make bench: benchmarks whose figures go to BENCHMARKS.md.
+## make bench: benchmarks whose figures go to BENCHMARKS.md (the test suite never times anything).
 bench:
 	@e2e/lib/prerequisites.sh --bench
+	cargo build --release -p spillway -p spillway-bench
+	target/release/spillway-bench decision
+	target/release/spillway-bench webhook-load
+	@status=0; \
+	  e2e/testbed up || status=$$?; \
+	  if [[ $$status -eq 0 ]]; then \
+	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench pod-create || status=$$?; \
+	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench vk-node || status=$$?; \
+	  fi; \
+	  e2e/testbed down; \
+	  exit $$status
+
+## make criterion: the criterion benchmark of the decision (HTML report under target/criterion).
+criterion:
 	cargo bench -p spillway-webhook --bench decision

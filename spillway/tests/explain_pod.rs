@@ -94,3 +94,18 @@ fn bad_manifests_exit_2() {
         assert!(String::from_utf8_lossy(&output.stderr).starts_with("spillway explain-pod:"));
     }
 }
+
+#[test]
+fn aci_gives_eligibility_size_and_cost() {
+    let out = json(&["--provider", "aci", "-o", "json"], WEB);
+    assert_eq!(out["eligible"], true);
+    assert_eq!(
+        out["size"],
+        serde_json::json!({"cpu": 1.0, "memoryInGB": 3.0})
+    );
+    let cost = out["hourlyCostUsd"].as_f64().unwrap();
+    assert!((cost - (0.0486 + 3.0 * 0.0054)).abs() < 1e-6, "{cost}");
+    let big = WEB.replace("cpu: \"1\"", "cpu: \"8\"");
+    let out = json(&["--provider", "aci", "-o", "json"], &big);
+    assert_eq!(out["reasons"], serde_json::json!(["too-large"]));
+}

@@ -34,9 +34,6 @@ pub enum ExplainError {
     /// Not YAML/JSON, or not a Pod.
     #[error("not a Pod manifest: {0}")]
     NotAPod(String),
-    /// The provider has no translation yet.
-    #[error("provider {0} has no request translation yet")]
-    Unsupported(Provider),
 }
 
 /// Parses a Pod manifest (YAML or JSON).
@@ -126,9 +123,42 @@ pub fn explain(
             }
             Ok(explanation)
         }
-        Provider::Aci => Err(ExplainError::Unsupported(provider)),
+        Provider::Aci => {
+            // ACI bills the requested cores and GB per second; requests go in 0.01-core
+            // and 0.1-GB steps (ACI container group resource docs).
+            let cpu_millis = if needs.cpu_specified {
+                needs.cpu_millis
+            } else {
+                ACI_DEFAULT_CPU_MILLIS
+            };
+            let memory = if needs.memory_specified {
+                needs.memory_bytes
+            } else {
+                ACI_DEFAULT_MEMORY_BYTES
+            };
+            let cores = (cpu_millis as f64 / 10.0).ceil() / 100.0;
+            let gb = (memory as f64 / (1u64 << 30) as f64 * 10.0).ceil() / 10.0;
+            let price = &pricing.aci;
+            Ok(Explanation {
+                eligible: reasons.is_empty(),
+                reasons: reasons.iter().map(|r| r.as_str().to_owned()).collect(),
+                hourly_cost_usd: reasons
+                    .iter()
+                    .all(|r| *r != Ineligible::TooLarge)
+                    .then(|| round_cost(cores * price.vcpu_hour + gb * price.gb_hour)),
+                size: Some(serde_json::json!({"cpu": cores, "memoryInGB": gb})),
+                request: None,
+                notes: vec!["the ACI container-group request is not built yet; it comes with the ACI provider".into()],
+            })
+        }
     }
 }
+
+/// CPU for pods that request none on ACI (virtual-kubelet's ACI provider default is 1 core;
+/// we keep Fargate's smaller default so both providers price the same pod alike).
+const ACI_DEFAULT_CPU_MILLIS: u64 = 250;
+/// Memory for pods that request none on ACI.
+const ACI_DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
 
 /// Rounds to a micro-dollar so printed figures are stable.
 fn round_cost(cost: f64) -> f64 {
@@ -147,20 +177,24 @@ pub fn summary(explanation: &Explanation, provider: Provider) -> String {
         ));
     }
     if let (Some(size), Some(cost)) = (&explanation.size, explanation.hourly_cost_usd) {
-        let cpu: f64 = size["cpu"]
-            .as_str()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0.0)
-            / 1024.0;
-        let mib: f64 = size["memory"]
-            .as_str()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0.0);
+        let number = |key: &str| {
+            size[key]
+                .as_f64()
+                .or_else(|| size[key].as_str().and_then(|v| v.parse().ok()))
+                .unwrap_or(0.0)
+        };
+        let line = match provider {
+            Provider::Fargate => format!(
+                "size: {} vCPU, {} GiB ({} CPU units, {} MiB)",
+                number("cpu") / 1024.0,
+                number("memory") / 1024.0,
+                number("cpu"),
+                number("memory")
+            ),
+            Provider::Aci => format!("size: {} vCPU, {} GB", number("cpu"), number("memoryInGB")),
+        };
         out.push_str(&format!(
-            "size: {cpu} vCPU, {} GiB ({} CPU units, {} MiB)\ncost: {cost:.6} USD per hour, about {:.2} USD per 30-day month\n",
-            mib / 1024.0,
-            size["cpu"].as_str().unwrap_or(""),
-            size["memory"].as_str().unwrap_or(""),
+            "{line}\ncost: {cost:.6} USD per hour, about {:.2} USD per 30-day month\n",
             cost * 24.0 * 30.0
         ));
     }

@@ -140,6 +140,9 @@ pub struct PodController<P: Provider> {
     synced: bool,
     consecutive_provider_failures: u32,
     degraded: bool,
+    /// Launched pods not seen running yet: polled every [`FRESH_SYNC_INTERVAL`] so a new
+    /// pod turns Running without waiting for the full sync.
+    fresh: HashSet<String>,
     created_tx: tokio::sync::mpsc::UnboundedSender<CreateOutcome>,
     created_rx: Option<tokio::sync::mpsc::UnboundedReceiver<CreateOutcome>>,
     create_slots: Arc<tokio::sync::Semaphore>,
@@ -184,6 +187,7 @@ impl<P: Provider> PodController<P> {
             synced: false,
             consecutive_provider_failures: 0,
             degraded: false,
+            fresh: HashSet::new(),
             created_tx,
             created_rx: Some(created_rx),
             create_slots,
@@ -264,6 +268,7 @@ impl<P: Provider> PodController<P> {
         let mut relisted: HashSet<String> = HashSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_sync = Instant::now();
+        let mut last_fresh_sync = Instant::now();
         let mut outcomes = self.created_rx.take().expect("run is called once");
         loop {
             tokio::select! {
@@ -297,7 +302,11 @@ impl<P: Provider> PodController<P> {
                     self.launch_due().await;
                     if last_sync.elapsed() >= self.settings.sync_interval {
                         last_sync = Instant::now();
-                        self.sync_statuses().await;
+                        last_fresh_sync = last_sync;
+                        self.sync_statuses(false).await;
+                    } else if !self.fresh.is_empty() && last_fresh_sync.elapsed() >= FRESH_SYNC_INTERVAL {
+                        last_fresh_sync = Instant::now();
+                        self.sync_statuses(true).await;
                     }
                 }
             }
@@ -370,7 +379,7 @@ impl<P: Provider> PodController<P> {
         for uid in deleting {
             self.stop_and_remove(&uid).await;
         }
-        self.sync_statuses().await;
+        self.sync_statuses(false).await;
     }
 
     /// Starts a create for every pod that is due, each in a task of its own (bounded by
@@ -438,6 +447,7 @@ impl<P: Provider> PodController<P> {
                 tracked.lifecycle = Lifecycle::Launched;
                 tracked.retryable_failures = 0;
                 tracked.crash_loop = false;
+                self.fresh.insert(uid);
             }
             Err(error) if error.is_retryable() => {
                 tracked.lifecycle = Lifecycle::NeedsCreate;
@@ -490,11 +500,17 @@ impl<P: Provider> PodController<P> {
         }
     }
 
-    async fn sync_statuses(&mut self) {
+    /// Pulls the status of every launched pod (`only_fresh`: of those not seen running
+    /// yet) in one batched provider call and writes what changed.
+    async fn sync_statuses(&mut self, only_fresh: bool) {
         let launched: Vec<String> = self
             .tracked
             .iter()
-            .filter(|(_, t)| t.lifecycle == Lifecycle::Launched && !t.deleting)
+            .filter(|(uid, t)| {
+                t.lifecycle == Lifecycle::Launched
+                    && !t.deleting
+                    && (!only_fresh || self.fresh.contains(*uid))
+            })
             .map(|(uid, _)| uid.clone())
             .collect();
         if launched.is_empty() {
@@ -538,6 +554,9 @@ impl<P: Provider> PodController<P> {
         now: &str,
     ) -> Option<(Pod, Value)> {
         let host_ip = self.node.address.clone();
+        if remote.phase != RemotePhase::Pending {
+            self.fresh.remove(uid);
+        }
         let tracked = self.tracked.get_mut(uid)?;
         if remote.phase == RemotePhase::Stopped {
             match status::after_stop(&tracked.pod, remote) {
@@ -629,6 +648,7 @@ impl<P: Provider> PodController<P> {
 
     /// The Pod is gone from the API: make sure its provider object is too.
     async fn forget(&mut self, uid: &str) {
+        self.fresh.remove(uid);
         if self.tracked.remove(uid).is_none() {
             return;
         }
@@ -642,6 +662,9 @@ impl<P: Provider> PodController<P> {
         }
     }
 }
+
+/// How often pods launched but not yet running are polled, between full syncs.
+pub const FRESH_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Status patches in flight at once during a sync.
 const STATUS_WRITE_CONCURRENCY: usize = 16;
