@@ -24,16 +24,6 @@ pub struct LeaderElection {
     identity: String,
 }
 
-fn micro_time(time: SystemTime) -> String {
-    let micros = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    k8s_openapi::jiff::Timestamp::from_microsecond(micros)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-        .unwrap_or_default()
-}
-
 impl LeaderElection {
     /// An election for Lease `namespace/name`, as `identity`.
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
@@ -50,11 +40,11 @@ impl LeaderElection {
         let spec = json!({
             "holderIdentity": self.identity,
             "leaseDurationSeconds": LEASE_DURATION.as_secs(),
-            "renewTime": micro_time(now),
+            "renewTime": crate::time::rfc3339_micros(now),
         });
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let mut spec = spec;
-            spec["acquireTime"] = json!(micro_time(now));
+            spec["acquireTime"] = json!(crate::time::rfc3339_micros(now));
             let lease: Lease =
                 serde_json::from_value(json!({"metadata": {"name": self.name}, "spec": spec}))
                     .expect("lease object is valid");

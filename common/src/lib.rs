@@ -12,4 +12,5 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-pki")]
 pub mod test_pki;
+pub mod time;
 pub mod tls;

@@ -89,7 +89,8 @@ impl MockProvider {
             .map(|d| started + d)
             .filter(|t| *t <= now);
         let stopped_at = object.stopped.or(exited);
-        let rfc3339 = |offset: Duration| format_time(object.created_wall + offset);
+        let rfc3339 =
+            |offset: Duration| spillway_common::time::rfc3339(object.created_wall + offset);
         let started_at = (now >= started).then(|| rfc3339(self.behaviour.start_latency));
         let (phase, state) = match stopped_at {
             Some(at) => (
@@ -139,17 +140,6 @@ impl MockProvider {
             stopped_reason: stopped_at.map(|_| "mock container exited".to_owned()),
         }
     }
-}
-
-/// RFC 3339 in UTC with second precision.
-pub fn format_time(time: SystemTime) -> String {
-    let seconds = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    k8s_openapi::jiff::Timestamp::from_second(seconds)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
 }
 
 impl Provider for MockProvider {

@@ -11,8 +11,6 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spillway_common::keys;
 
-use crate::mock::format_time;
-
 /// Lease duration, as the kubelet uses (virtual-kubelet's documented constant).
 pub const LEASE_DURATION_SECONDS: i32 = 40;
 /// Lease renewal period (a quarter of the duration, as the kubelet does).
@@ -57,7 +55,7 @@ pub enum NodeError {
 }
 
 fn now() -> String {
-    format_time(SystemTime::now())
+    spillway_common::time::rfc3339(SystemTime::now())
 }
 
 fn taints(spec: &NodeSpec, degraded: bool) -> Value {
@@ -185,7 +183,7 @@ pub async fn renew_lease(
     node_uid: &str,
 ) -> Result<(), NodeError> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let renew = now_micro();
+    let renew = spillway_common::time::rfc3339_micros(SystemTime::now());
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -205,17 +203,6 @@ pub async fn renew_lease(
         .await
         .map_err(NodeError::RenewLease)?;
     Ok(())
-}
-
-/// RFC 3339 with microseconds, as `MicroTime` wants.
-pub fn now_micro() -> String {
-    let micros = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i128)
-        .unwrap_or(0);
-    k8s_openapi::jiff::Timestamp::from_microsecond(micros as i64)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

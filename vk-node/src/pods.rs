@@ -18,7 +18,6 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::NodeMetrics;
-use crate::mock::format_time;
 use crate::node::{self, NodeSpec};
 use crate::provider::{Provider, ProviderError, RemotePhase, RemoteStatus};
 use crate::status::{self, AfterStop, StatusContext, TerminalPhase};
@@ -526,7 +525,7 @@ impl<P: Provider> PodController<P> {
                 return;
             }
         };
-        let now = format_time(SystemTime::now());
+        let now = spillway_common::time::rfc3339(SystemTime::now());
         let mut writes = Vec::new();
         for uid in launched {
             let Some(remote_status) = remote.get(&uid) else {

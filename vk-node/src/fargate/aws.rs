@@ -195,13 +195,23 @@ impl AwsApi {
         }
     }
 
-    fn record<T>(&self, op: &str, started: Instant, result: &Result<T, ProviderError>) {
+    /// Waits for `limiter`, runs `call`, and records its duration and result as `op`.
+    async fn call<T>(
+        &self,
+        op: &str,
+        limiter: &DefaultDirectRateLimiter,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        limiter.until_ready().await;
+        let started = Instant::now();
+        let result = call.await;
         self.metrics.observe(
             "fargate",
             op,
             result.is_ok(),
             started.elapsed().as_secs_f64(),
         );
+        result
     }
 }
 
@@ -330,69 +340,60 @@ impl EcsApi for AwsApi {
         &self,
         request: &RegisterTaskDefinition,
     ) -> Result<(), ProviderError> {
-        self.limits.register.until_ready().await;
-        let started = Instant::now();
         let containers = request
             .container_definitions
             .iter()
             .map(container)
             .collect::<Result<Vec<_>, _>>()?;
-        let result = self
+        let compatibilities = request
+            .requires_compatibilities
+            .iter()
+            .map(|c| ecs::Compatibility::from(c.as_str()))
+            .collect();
+        let volumes = request
+            .volumes
+            .iter()
+            .map(|v| ecs::Volume::builder().name(&v.name).build())
+            .collect();
+        let send = self
             .ecs
             .register_task_definition()
             .family(&request.family)
             .network_mode(ecs::NetworkMode::from(request.network_mode.as_str()))
-            .set_requires_compatibilities(Some(
-                request
-                    .requires_compatibilities
-                    .iter()
-                    .map(|c| ecs::Compatibility::from(c.as_str()))
-                    .collect(),
-            ))
+            .set_requires_compatibilities(Some(compatibilities))
             .cpu(&request.cpu)
             .memory(&request.memory)
             .set_execution_role_arn(request.execution_role_arn.clone())
             .set_task_role_arn(request.task_role_arn.clone())
             .set_container_definitions(Some(containers))
-            .set_volumes(Some(
-                request
-                    .volumes
-                    .iter()
-                    .map(|v| ecs::Volume::builder().name(&v.name).build())
-                    .collect(),
-            ))
+            .set_volumes(Some(volumes))
             .set_tags(Some(tags(&request.tags)))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(map_error);
-        self.record("RegisterTaskDefinition", started, &result);
-        result
+            .send();
+        self.call("RegisterTaskDefinition", &self.limits.register, async {
+            send.await.map(|_| ()).map_err(map_error)
+        })
+        .await
     }
 
     async fn task_definition_exists(&self, family: &str) -> Result<bool, ProviderError> {
-        self.limits.read.until_ready().await;
-        let started = Instant::now();
-        let result = match self
+        let send = self
             .ecs
             .describe_task_definition()
             .task_definition(family)
-            .send()
-            .await
-        {
-            Ok(output) => Ok(output.task_definition().is_some()),
-            Err(error) => match map_error(error) {
-                ProviderError::Invalid(_) | ProviderError::NotFound(_) => Ok(false),
-                other => Err(other),
-            },
-        };
-        self.record("DescribeTaskDefinition", started, &result);
-        result
+            .send();
+        self.call("DescribeTaskDefinition", &self.limits.read, async {
+            match send.await {
+                Ok(output) => Ok(output.task_definition().is_some()),
+                Err(error) => match map_error(error) {
+                    ProviderError::Invalid(_) | ProviderError::NotFound(_) => Ok(false),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
     }
 
     async fn run_task(&self, request: &RunTask) -> Result<TaskInfo, ProviderError> {
-        self.limits.run_task.until_ready().await;
-        let started = Instant::now();
         let vpc = &request.network_configuration.awsvpc_configuration;
         let network = ecs::NetworkConfiguration::builder()
             .awsvpc_configuration(
@@ -404,30 +405,25 @@ impl EcsApi for AwsApi {
                     .map_err(build_error)?,
             )
             .build();
+        let container_overrides = request
+            .overrides
+            .container_overrides
+            .iter()
+            .map(|o| {
+                let environment = o.environment.iter().map(|e| {
+                    ecs::KeyValuePair::builder()
+                        .name(&e.name)
+                        .value(&e.value)
+                        .build()
+                });
+                ecs::ContainerOverride::builder()
+                    .name(&o.name)
+                    .set_environment(Some(environment.collect()))
+                    .build()
+            })
+            .collect();
         let overrides = ecs::TaskOverride::builder()
-            .set_container_overrides(Some(
-                request
-                    .overrides
-                    .container_overrides
-                    .iter()
-                    .map(|o| {
-                        ecs::ContainerOverride::builder()
-                            .name(&o.name)
-                            .set_environment(Some(
-                                o.environment
-                                    .iter()
-                                    .map(|e| {
-                                        ecs::KeyValuePair::builder()
-                                            .name(&e.name)
-                                            .value(&e.value)
-                                            .build()
-                                    })
-                                    .collect(),
-                            ))
-                            .build()
-                    })
-                    .collect(),
-            ))
+            .set_container_overrides(Some(container_overrides))
             .build();
         let strategy = request
             .capacity_provider_strategy
@@ -440,7 +436,7 @@ impl EcsApi for AwsApi {
                     .map_err(build_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let result = self
+        let send = self
             .ecs
             .run_task()
             .cluster(&request.cluster)
@@ -453,26 +449,24 @@ impl EcsApi for AwsApi {
             .started_by(&request.started_by)
             .client_token(&request.client_token)
             .set_tags(Some(tags(&request.tags)))
-            .send()
-            .await
-            .map_err(map_error)
-            .and_then(|output| {
-                if let Some(failure) = output.failures().first() {
-                    let reason = format!(
-                        "{}: {}",
-                        failure.reason().unwrap_or(""),
-                        failure.detail().unwrap_or("")
-                    );
-                    return Err(ProviderError::Transient(reason));
-                }
-                output
-                    .tasks()
-                    .first()
-                    .map(task_info)
-                    .ok_or_else(|| ProviderError::Transient("RunTask returned no task".into()))
-            });
-        self.record("RunTask", started, &result);
-        result
+            .send();
+        self.call("RunTask", &self.limits.run_task, async {
+            let output = send.await.map_err(map_error)?;
+            if let Some(failure) = output.failures().first() {
+                let reason = format!(
+                    "{}: {}",
+                    failure.reason().unwrap_or(""),
+                    failure.detail().unwrap_or("")
+                );
+                return Err(ProviderError::Transient(reason));
+            }
+            output
+                .tasks()
+                .first()
+                .map(task_info)
+                .ok_or_else(|| ProviderError::Transient("RunTask returned no task".into()))
+        })
+        .await
     }
 
     async fn list_tasks(
@@ -483,19 +477,18 @@ impl EcsApi for AwsApi {
         let mut arns = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            self.limits.read.until_ready().await;
-            let started = Instant::now();
-            let result = self
+            let send = self
                 .ecs
                 .list_tasks()
                 .cluster(cluster)
                 .started_by(started_by)
                 .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(map_error);
-            self.record("ListTasks", started, &result);
-            let output = result?;
+                .send();
+            let output = self
+                .call("ListTasks", &self.limits.read, async {
+                    send.await.map_err(map_error)
+                })
+                .await?;
             arns.extend(output.task_arns().iter().cloned());
             token = output.next_token().map(str::to_owned);
             if token.is_none() {
@@ -512,95 +505,81 @@ impl EcsApi for AwsApi {
         if arns.is_empty() {
             return Ok(Vec::new());
         }
-        self.limits.read.until_ready().await;
-        let started = Instant::now();
-        let result = self
+        let send = self
             .ecs
             .describe_tasks()
             .cluster(cluster)
             .set_tasks(Some(arns.to_vec()))
             .include(ecs::TaskField::Tags)
-            .send()
-            .await
-            .map(|output| output.tasks().iter().map(task_info).collect())
-            .map_err(map_error);
-        self.record("DescribeTasks", started, &result);
-        result
+            .send();
+        self.call("DescribeTasks", &self.limits.read, async {
+            send.await
+                .map(|output| output.tasks().iter().map(task_info).collect())
+                .map_err(map_error)
+        })
+        .await
     }
 
     async fn stop_task(&self, cluster: &str, arn: &str, reason: &str) -> Result<(), ProviderError> {
-        self.limits.stop_task.until_ready().await;
-        let started = Instant::now();
-        let result = self
+        let send = self
             .ecs
             .stop_task()
             .cluster(cluster)
             .task(arn)
             .reason(reason)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(map_error);
-        self.record("StopTask", started, &result);
-        result
+            .send();
+        self.call("StopTask", &self.limits.stop_task, async {
+            send.await.map(|_| ()).map_err(map_error)
+        })
+        .await
     }
 
     async fn put_secret(&self, name: &str, json: &str) -> Result<String, ProviderError> {
-        self.limits.secrets.until_ready().await;
-        let started = Instant::now();
-        let created = self
-            .secrets
-            .create_secret()
-            .name(name)
-            .secret_string(json)
-            .description("Secret-derived env of one Spillway burst pod; deleted with the pod")
-            .send()
-            .await;
-        let result = match created {
-            Ok(output) => output
-                .arn()
-                .map(str::to_owned)
-                .ok_or_else(|| ProviderError::Transient("CreateSecret returned no ARN".into())),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .map(|e| e.is_resource_exists_exception())
-                    .unwrap_or(false) =>
-            {
+        self.call("PutSecret", &self.limits.secrets, async {
+            let created = self
+                .secrets
+                .create_secret()
+                .name(name)
+                .secret_string(json)
+                .description("Secret-derived env of one Spillway burst pod; deleted with the pod")
+                .send()
+                .await;
+            let exists = |e: &SdkError<_, _>| {
+                e.as_service_error()
+                    .map(aws_sdk_secretsmanager::operation::create_secret::CreateSecretError::is_resource_exists_exception)
+                    .unwrap_or(false)
+            };
+            let arn = match created {
+                Ok(output) => output.arn().map(str::to_owned),
                 // Left by an earlier attempt for the same pod: overwrite it.
-                self.secrets
+                Err(error) if exists(&error) => self
+                    .secrets
                     .put_secret_value()
                     .secret_id(name)
                     .secret_string(json)
                     .send()
                     .await
-                    .map_err(map_error)
-                    .and_then(|o| {
-                        o.arn().map(str::to_owned).ok_or_else(|| {
-                            ProviderError::Transient("PutSecretValue returned no ARN".into())
-                        })
-                    })
-            }
-            Err(error) => Err(map_error(error)),
-        };
-        self.record("PutSecret", started, &result);
-        result
+                    .map_err(map_error)?
+                    .arn()
+                    .map(str::to_owned),
+                Err(error) => return Err(map_error(error)),
+            };
+            arn.ok_or_else(|| ProviderError::Transient("Secrets Manager returned no ARN".into()))
+        })
+        .await
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
-        self.limits.secrets.until_ready().await;
-        let started = Instant::now();
-        let result = self
+        let send = self
             .secrets
             .delete_secret()
             .secret_id(name)
             .force_delete_without_recovery(true)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(map_error);
-        self.record("DeleteSecret", started, &result);
-        result
+            .send();
+        self.call("DeleteSecret", &self.limits.secrets, async {
+            send.await.map(|_| ()).map_err(map_error)
+        })
+        .await
     }
 
     async fn log_events(
@@ -611,9 +590,7 @@ impl EcsApi for AwsApi {
         limit: Option<usize>,
         from_tail: bool,
     ) -> Result<Vec<LogLine>, ProviderError> {
-        self.limits.logs.until_ready().await;
-        let started = Instant::now();
-        let result = self
+        let send = self
             .logs
             .get_log_events()
             .log_group_name(group)
@@ -621,20 +598,18 @@ impl EcsApi for AwsApi {
             .set_start_time(start_ms)
             .set_limit(limit.map(|l| l.min(10_000) as i32))
             .start_from_head(!from_tail)
-            .send()
-            .await
-            .map(|output| {
-                output
-                    .events()
-                    .iter()
-                    .map(|e| LogLine {
-                        timestamp_ms: e.timestamp().unwrap_or(0),
-                        message: e.message().unwrap_or("").to_owned(),
-                    })
-                    .collect()
-            })
-            .map_err(map_error);
-        self.record("GetLogEvents", started, &result);
-        result
+            .send();
+        self.call("GetLogEvents", &self.limits.logs, async {
+            let output = send.await.map_err(map_error)?;
+            Ok(output
+                .events()
+                .iter()
+                .map(|e| LogLine {
+                    timestamp_ms: e.timestamp().unwrap_or(0),
+                    message: e.message().unwrap_or("").to_owned(),
+                })
+                .collect())
+        })
+        .await
     }
 }
