@@ -233,6 +233,37 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
     assert_eq!(logs, "listening on :80\nGET / 200\nGET /healthz 200\n");
     let tail = kubectl(&["logs", "-n", &ns.name, "web", "--tail=1"])?;
     assert_eq!(tail, "GET /healthz 200\n");
+    let limited = kubectl(&["logs", "-n", &ns.name, "web", "--limit-bytes=9"])?;
+    assert_eq!(limited, "listening");
+    let stamped = kubectl(&["logs", "-n", &ns.name, "web", "--timestamps", "--since=1h"])?;
+    let first = stamped.lines().next().unwrap_or_default();
+    assert!(first.ends_with("Z listening on :80") && first.starts_with("20"), "{stamped}");
+
+    // follow: lines written after the stream opened arrive while it stays open.
+    let mut follow = std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(spillway_e2e::run_dir().join("kubeconfig"))
+        .args(["logs", "-f", "-n", &ns.name, "web"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = follow.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).take(4).collect::<Vec<_>>()
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    aws.logs
+        .put_log_events()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .log_events(aws_sdk_cloudwatchlogs::types::InputLogEvent::builder().timestamp(later).message("GET /late 200").build()?)
+        .send()
+        .await?;
+    wait_until("the followed stream to deliver the new line", Duration::from_secs(20), || async { Ok(reader.is_finished()) }).await?;
+    let _ = follow.kill();
+    let lines = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    assert_eq!(lines.last().map(String::as_str), Some("GET /late 200"), "{lines:?}");
 
     // The secret value reached Secrets Manager only: no ECS request body carries it.
     let recording = moto_recording(&aws.endpoint)?;
