@@ -12,8 +12,8 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use spillway_e2e::{
-    NodeCleanupGuard, SpillwayProcess, TestNamespace, WebhookRegistration, client, free_port,
-    pod_on_node, register_webhook, testbed_env, vk_node_args, wait_until,
+    NodeCleanupGuard, SpillwayProcess, TestNamespace, WebhookRegistration, WebhookUnderTest,
+    client, free_port, pod_on_node, register_webhook, testbed_env, vk_node_args, wait_until,
 };
 
 use crate::report;
@@ -34,36 +34,13 @@ pub async fn pod_create() -> anyhow::Result<()> {
     let plain = TestNamespace::create(&client, "bench-plain").await?;
     let hooked = TestNamespace::create(&client, "bench-hook").await?;
     let trivial_ns = TestNamespace::create(&client, "bench-trivial").await?;
-    let dir = tempfile::tempdir()?;
-    let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
-    std::fs::write(dir.path().join("tls.crt"), &pki.cert_pem)?;
-    std::fs::write(dir.path().join("tls.key"), &pki.key_pem)?;
-    let (port, admin) = (free_port()?, free_port()?);
-    let args: Vec<String> = vec![
-        "webhook".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--tls-cert".into(),
-        dir.path().join("tls.crt").display().to_string(),
-        "--tls-key".into(),
-        dir.path().join("tls.key").display().to_string(),
-        "--admin-addr".into(),
-        format!("127.0.0.1:{admin}"),
-    ];
-    let _webhook = SpillwayProcess::start(&args, "bench-webhook", &[])?;
-    wait_until("webhook ready", Duration::from_secs(30), || async {
-        Ok(reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false))
-    })
-    .await?;
+    let webhook = WebhookUnderTest::start("bench-webhook", "").await?;
     let _hook = register_webhook(
         &client,
         WebhookRegistration {
             name: &hooked.name,
-            url: &format!("https://127.0.0.1:{port}/mutate"),
-            ca_pem: &pki.ca_pem,
+            url: &webhook.url(),
+            ca_pem: &webhook.ca_pem,
             namespace: &hooked.name,
             failure_policy: "Ignore",
         },

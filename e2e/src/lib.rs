@@ -330,3 +330,140 @@ pub fn testbed_env() -> anyhow::Result<std::collections::HashMap<String, String>
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect())
 }
+
+/// A Deployment of `replicas` nginx pods requesting `cpu` and 128Mi, labelled `app=<name>`.
+pub fn deployment(
+    name: &str,
+    replicas: i32,
+    cpu: &str,
+    annotations: serde_json::Value,
+) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "nginx:1.27",
+                    "resources": {"requests": {"cpu": cpu, "memory": "128Mi"}}}]}
+            }
+        }
+    }))?)
+}
+
+/// Sets a Deployment's `spec.replicas`.
+pub async fn scale(
+    api: &Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: &str,
+    replicas: i32,
+) -> anyhow::Result<()> {
+    let patch = kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}}));
+    api.patch(name, &kube::api::PatchParams::default(), &patch)
+        .await?;
+    Ok(())
+}
+
+/// The phase of pod `name`, if it exists and has one.
+pub async fn phase(
+    api: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    Ok(api.get_opt(name).await?.and_then(|p| p.status?.phase))
+}
+
+/// A namespace and a virtual node named after it, both removed when dropped.
+pub struct NodeFixture {
+    /// The test's client.
+    pub client: Client,
+    /// The test's namespace.
+    pub ns: TestNamespace,
+    /// `spillway-<provider>-<namespace>`.
+    pub node_name: String,
+    _cleanup: NodeCleanupGuard,
+}
+
+impl NodeFixture {
+    /// Creates the namespace `<prefix>-…` and names the node.
+    pub async fn new(prefix: &str, provider: &str) -> anyhow::Result<Self> {
+        let client = client().await?;
+        let ns = TestNamespace::create(&client, prefix).await?;
+        let node_name = format!("spillway-{provider}-{}", ns.name);
+        Ok(Self {
+            client,
+            _cleanup: NodeCleanupGuard(node_name.clone()),
+            node_name,
+            ns,
+        })
+    }
+
+    /// The namespace's pods.
+    pub fn pods(&self) -> Api<k8s_openapi::api::core::v1::Pod> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+}
+
+/// A `spillway webhook` process on loopback with a throw-away CA.
+pub struct WebhookUnderTest {
+    /// The process.
+    pub process: SpillwayProcess,
+    /// HTTPS port of `/mutate`.
+    pub port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+    /// PEM of the CA that signed its certificate (the registration's `caBundle`).
+    pub ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl WebhookUnderTest {
+    /// Starts the webhook with `config` as its operator config, logging to
+    /// `e2e/.run/logs/<log>.log`, and waits until its index has synced.
+    pub async fn start(log: &str, config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(file("tls.crt"), &pki.cert_pem)?;
+        std::fs::write(file("tls.key"), &pki.key_pem)?;
+        std::fs::write(file("config.yaml"), config)?;
+        let (port, admin_port) = (free_port()?, free_port()?);
+        let args: Vec<String> = vec![
+            "webhook".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--tls-cert".into(),
+            file("tls.crt"),
+            "--tls-key".into(),
+            file("tls.key"),
+            "--config".into(),
+            file("config.yaml"),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+        ];
+        let process = SpillwayProcess::start(&args, log, &[])?;
+        wait_until(
+            "webhook ready (index synced)",
+            Duration::from_secs(30),
+            || async {
+                let status = std::process::Command::new("curl")
+                    .args(["-sf", &format!("http://127.0.0.1:{admin_port}/readyz")])
+                    .stdout(std::process::Stdio::null())
+                    .status()?;
+                Ok(status.success())
+            },
+        )
+        .await?;
+        Ok(Self {
+            process,
+            port,
+            admin_port,
+            ca_pem: pki.ca_pem,
+            _dir: dir,
+        })
+    }
+
+    /// `https://127.0.0.1:<port>/mutate`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/mutate", self.port)
+    }
+}

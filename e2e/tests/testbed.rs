@@ -11,27 +11,13 @@ use axum::routing::post;
 use base64::Engine;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use spillway_common::tls::{TlsFiles, TlsServer};
-use spillway_e2e::{TestNamespace, WebhookRegistration, client, register_webhook, wait_until};
+use spillway_e2e::{
+    TestNamespace, WebhookRegistration, client, deployment, register_webhook, scale, wait_until,
+};
 use tokio_util::sync::CancellationToken;
-
-fn deployment(name: &str, replicas: i32) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "nginx:1.27",
-                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}
-            }
-        }
-    }))
-    .expect("valid deployment")
-}
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
@@ -41,7 +27,10 @@ async fn deployment_runs_on_simulated_nodes_and_scales_to_zero() -> anyhow::Resu
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     deployments
-        .create(&PostParams::default(), &deployment("web", 6))
+        .create(
+            &PostParams::default(),
+            &deployment("web", 6, "100m", json!({}))?,
+        )
         .await?;
 
     wait_until(
@@ -65,13 +54,7 @@ async fn deployment_runs_on_simulated_nodes_and_scales_to_zero() -> anyhow::Resu
     )
     .await?;
 
-    deployments
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 0}})),
-        )
-        .await?;
+    scale(&deployments, "web", 0).await?;
     wait_until(
         "all pods gone after scaling to 0",
         Duration::from_secs(60),

@@ -12,8 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    NodeCleanupGuard, SpillwayProcess, TestNamespace, client, kubectl, pod_on_node, testbed_env,
-    vk_node_args, wait_until,
+    NodeFixture, SpillwayProcess, kubectl, pod_on_node, testbed_env, vk_node_args, wait_until,
 };
 
 struct Aws {
@@ -70,6 +69,44 @@ const AWS_ENV: [(&str, &str); 3] = [
     ("AWS_REGION", "us-east-1"),
 ];
 
+/// A namespace, an ECS cluster and log group named after it in moto, and the flags of a
+/// Fargate node for them.
+struct FargateFixture {
+    node: NodeFixture,
+    aws: Aws,
+    cluster: String,
+    args: Vec<String>,
+}
+
+impl FargateFixture {
+    async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let node = NodeFixture::new(prefix, "fargate").await?;
+        let aws = aws().await?;
+        let cluster = node.ns.name.clone();
+        aws.ecs
+            .create_cluster()
+            .cluster_name(&cluster)
+            .send()
+            .await?;
+        aws.logs
+            .create_log_group()
+            .log_group_name(format!("/spillway/{cluster}"))
+            .send()
+            .await?;
+        let args = fargate_node(&aws, &node.node_name, &cluster)?;
+        Ok(Self {
+            node,
+            aws,
+            cluster,
+            args,
+        })
+    }
+
+    fn start_node(&self) -> anyhow::Result<SpillwayProcess> {
+        SpillwayProcess::start(&self.args, &format!("vk-{}", self.node.ns.name), &AWS_ENV)
+    }
+}
+
 /// Running tasks of `cluster` by pod UID tag.
 async fn running_tasks(
     aws: &Aws,
@@ -124,27 +161,10 @@ fn moto_recording(endpoint: &str) -> anyhow::Result<String> {
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
-    let client = client().await?;
-    let aws = aws().await?;
-    let ns = TestNamespace::create(&client, "e2e-fargate").await?;
-    let cluster = ns.name.clone();
-    aws.ecs
-        .create_cluster()
-        .cluster_name(&cluster)
-        .send()
-        .await?;
-    aws.logs
-        .create_log_group()
-        .log_group_name(format!("/spillway/{cluster}"))
-        .send()
-        .await?;
-    let node_name = format!("spillway-fargate-{}", ns.name);
-    let _cleanup = NodeCleanupGuard(node_name.clone());
-    let _node = SpillwayProcess::start(
-        &fargate_node(&aws, &node_name, &cluster)?,
-        &format!("vk-{}", ns.name),
-        &AWS_ENV,
-    )?;
+    let fx = FargateFixture::new("e2e-fargate").await?;
+    let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
+    let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
+    let _node = fx.start_node()?;
 
     let secret_value = format!("s3cr3t-{}", ns.name);
     let secret: Secret = serde_json::from_value(
@@ -158,11 +178,8 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
         "env": [{"name": "MODE", "value": "prod"},
                 {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]}]});
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    pods.create(
-        &PostParams::default(),
-        &pod_on_node("web", &node_name, env)?,
-    )
-    .await?;
+    pods.create(&PostParams::default(), &pod_on_node("web", node_name, env)?)
+        .await?;
 
     wait_until(
         "web Running with its task's IP",
@@ -174,7 +191,7 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
     )
     .await?;
     let uid = pods.get("web").await?.metadata.uid.unwrap_or_default();
-    let tasks = running_tasks(&aws, &cluster).await?;
+    let tasks = running_tasks(aws, cluster).await?;
     assert_eq!(
         tasks.get(&uid).map(Vec::len),
         Some(1),
@@ -237,33 +254,59 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
     assert_eq!(limited, "listening");
     let stamped = kubectl(&["logs", "-n", &ns.name, "web", "--timestamps", "--since=1h"])?;
     let first = stamped.lines().next().unwrap_or_default();
-    assert!(first.ends_with("Z listening on :80") && first.starts_with("20"), "{stamped}");
+    assert!(
+        first.ends_with("Z listening on :80") && first.starts_with("20"),
+        "{stamped}"
+    );
 
     // follow: lines written after the stream opened arrive while it stays open.
-    let mut follow = std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
-        .arg("--kubeconfig")
-        .arg(spillway_e2e::run_dir().join("kubeconfig"))
-        .args(["logs", "-f", "-n", &ns.name, "web"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let mut follow =
+        std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(spillway_e2e::run_dir().join("kubeconfig"))
+            .args(["logs", "-f", "-n", &ns.name, "web"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
     let stdout = follow.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout).lines().map_while(Result::ok).take(4).collect::<Vec<_>>()
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(4)
+            .collect::<Vec<_>>()
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     aws.logs
         .put_log_events()
         .log_group_name(&group)
         .log_stream_name(&stream)
-        .log_events(aws_sdk_cloudwatchlogs::types::InputLogEvent::builder().timestamp(later).message("GET /late 200").build()?)
+        .log_events(
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(later)
+                .message("GET /late 200")
+                .build()?,
+        )
         .send()
         .await?;
-    wait_until("the followed stream to deliver the new line", Duration::from_secs(20), || async { Ok(reader.is_finished()) }).await?;
+    wait_until(
+        "the followed stream to deliver the new line",
+        Duration::from_secs(20),
+        || async { Ok(reader.is_finished()) },
+    )
+    .await?;
     let _ = follow.kill();
-    let lines = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    assert_eq!(lines.last().map(String::as_str), Some("GET /late 200"), "{lines:?}");
+    let lines = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("GET /late 200"),
+        "{lines:?}"
+    );
 
     // The secret value reached Secrets Manager only: no ECS request body carries it.
     let recording = moto_recording(&aws.endpoint)?;
@@ -315,7 +358,7 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
         Duration::from_secs(60),
         || async {
             let gone = pods.get_opt("web").await?.is_none();
-            Ok(gone && !running_tasks(&aws, &cluster).await?.contains_key(&uid))
+            Ok(gone && !running_tasks(aws, cluster).await?.contains_key(&uid))
         },
     )
     .await?;
@@ -325,20 +368,10 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn node_killed_mid_creation_leaves_one_task_per_pod_and_no_orphan() -> anyhow::Result<()> {
-    let client = client().await?;
-    let aws = aws().await?;
-    let ns = TestNamespace::create(&client, "e2e-crash").await?;
-    let cluster = ns.name.clone();
-    aws.ecs
-        .create_cluster()
-        .cluster_name(&cluster)
-        .send()
-        .await?;
-    let node_name = format!("spillway-fargate-{}", ns.name);
-    let _cleanup = NodeCleanupGuard(node_name.clone());
-    let args = fargate_node(&aws, &node_name, &cluster)?;
-    let log = format!("vk-{}", ns.name);
-    let mut node = SpillwayProcess::start(&args, &log, &AWS_ENV)?;
+    let fx = FargateFixture::new("e2e-crash").await?;
+    let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
+    let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
+    let mut node = fx.start_node()?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let creates = (0..50).map(|i| {
@@ -360,7 +393,7 @@ async fn node_killed_mid_creation_leaves_one_task_per_pod_and_no_orphan() -> any
         "the node to be part-way through creating tasks",
         Duration::from_secs(60),
         || async {
-            Ok(running_tasks(&aws, &cluster)
+            Ok(running_tasks(aws, cluster)
                 .await?
                 .values()
                 .map(Vec::len)
@@ -370,7 +403,7 @@ async fn node_killed_mid_creation_leaves_one_task_per_pod_and_no_orphan() -> any
     )
     .await?;
     node.kill()?;
-    let started_before_crash: usize = running_tasks(&aws, &cluster)
+    let started_before_crash: usize = running_tasks(aws, cluster)
         .await?
         .values()
         .map(Vec::len)
@@ -388,7 +421,7 @@ async fn node_killed_mid_creation_leaves_one_task_per_pod_and_no_orphan() -> any
         pods.delete(&format!("p{i}"), &force).await?;
     }
 
-    let _node = SpillwayProcess::start(&args, &log, &AWS_ENV)?;
+    let _node = fx.start_node()?;
     wait_until(
         "45 pods Running after the restart",
         Duration::from_secs(120),
@@ -408,7 +441,7 @@ async fn node_killed_mid_creation_leaves_one_task_per_pod_and_no_orphan() -> any
         "exactly one task per live pod, none for removed ones",
         Duration::from_secs(30),
         || async {
-            let tasks = running_tasks(&aws, &cluster).await?;
+            let tasks = running_tasks(aws, cluster).await?;
             let one_each = live.items.iter().all(|p| {
                 tasks
                     .get(p.metadata.uid.as_deref().unwrap_or(""))
@@ -431,29 +464,17 @@ async fn node_killed_mid_creation_leaves_one_task_per_pod_and_no_orphan() -> any
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn pod_the_provider_refuses_ends_failed_with_a_reason() -> anyhow::Result<()> {
-    let client = client().await?;
-    let aws = aws().await?;
-    let ns = TestNamespace::create(&client, "e2e-refused").await?;
-    let cluster = ns.name.clone();
-    aws.ecs
-        .create_cluster()
-        .cluster_name(&cluster)
-        .send()
-        .await?;
-    let node_name = format!("spillway-fargate-{}", ns.name);
-    let _cleanup = NodeCleanupGuard(node_name.clone());
-    let _node = SpillwayProcess::start(
-        &fargate_node(&aws, &node_name, &cluster)?,
-        &format!("vk-{}", ns.name),
-        &AWS_ENV,
-    )?;
+    let fx = FargateFixture::new("e2e-refused").await?;
+    let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
+    let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
+    let _node = fx.start_node()?;
     // The ConfigMap does not exist: a request that can never succeed.
     let spec = json!({"containers": [{"name": "app", "image": "nginx:1.27",
         "env": [{"name": "CONF", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "conf"}}}]}]});
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(
         &PostParams::default(),
-        &pod_on_node("broken", &node_name, spec)?,
+        &pod_on_node("broken", node_name, spec)?,
     )
     .await?;
     wait_until(
@@ -474,7 +495,7 @@ async fn pod_the_provider_refuses_ends_failed_with_a_reason() -> anyhow::Result<
         .unwrap_or_default();
     assert!(message.contains("configmap missing"), "{message}");
     assert!(
-        running_tasks(&aws, &cluster).await?.is_empty(),
+        running_tasks(aws, cluster).await?.is_empty(),
         "no task was started"
     );
     Ok(())

@@ -9,19 +9,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use spillway_e2e::{
-    NodeCleanupGuard, SpillwayProcess, TestNamespace, client, kubectl, pod_on_node, vk_node_args,
-    wait_until,
-};
+use spillway_e2e::{NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_until};
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::Result<()> {
-    let client = client().await?;
-    let ns = TestNamespace::create(&client, "e2e-vk").await?;
-    let node_name = format!("spillway-mock-{}", ns.name);
-    let _cleanup = NodeCleanupGuard(node_name.clone());
-    let mut args = vk_node_args(&node_name, "mock")?;
+    let fixture = NodeFixture::new("e2e-vk", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let mut args = vk_node_args(node_name, "mock")?;
     args.extend([
         "--mock-start-latency-ms".into(),
         "200".into(),
@@ -35,7 +30,7 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
         "the virtual node registered and Ready",
         Duration::from_secs(30),
         || async {
-            let Some(node) = nodes.get_opt(&node_name).await? else {
+            let Some(node) = nodes.get_opt(node_name).await? else {
                 return Ok(false);
             };
             let ready = node
@@ -47,7 +42,7 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
         },
     )
     .await?;
-    let node = nodes.get(&node_name).await?;
+    let node = nodes.get(node_name).await?;
     let labels = node.metadata.labels.clone().unwrap_or_default();
     assert_eq!(
         labels.get("type").map(String::as_str),
@@ -69,13 +64,13 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
         "allocatable comes from the budget"
     );
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let lease = leases.get(&node_name).await?;
+    let lease = leases.get(node_name).await?;
     assert_eq!(lease.spec.and_then(|s| s.lease_duration_seconds), Some(40));
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(
         &PostParams::default(),
-        &pod_on_node("web", &node_name, json!({}))?,
+        &pod_on_node("web", node_name, json!({}))?,
     )
     .await?;
     wait_until(
@@ -119,11 +114,9 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn exited_containers_follow_restart_policy() -> anyhow::Result<()> {
-    let client = client().await?;
-    let ns = TestNamespace::create(&client, "e2e-restart").await?;
-    let node_name = format!("spillway-mock-{}", ns.name);
-    let _cleanup = NodeCleanupGuard(node_name.clone());
-    let mut args = vk_node_args(&node_name, "mock")?;
+    let fixture = NodeFixture::new("e2e-restart", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let mut args = vk_node_args(node_name, "mock")?;
     // Every container exits with code 3 three seconds after it starts.
     args.extend(
         [
@@ -141,12 +134,12 @@ async fn exited_containers_follow_restart_policy() -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(
         &PostParams::default(),
-        &pod_on_node("once", &node_name, json!({"restartPolicy": "Never"}))?,
+        &pod_on_node("once", node_name, json!({"restartPolicy": "Never"}))?,
     )
     .await?;
     pods.create(
         &PostParams::default(),
-        &pod_on_node("always", &node_name, json!({}))?,
+        &pod_on_node("always", node_name, json!({}))?,
     )
     .await?;
     wait_until(
@@ -188,23 +181,21 @@ async fn exited_containers_follow_restart_policy() -> anyhow::Result<()> {
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn failing_provider_taints_the_node_and_keeps_pods_pending() -> anyhow::Result<()> {
-    let client = client().await?;
-    let ns = TestNamespace::create(&client, "e2e-degraded").await?;
-    let node_name = format!("spillway-mock-{}", ns.name);
-    let _cleanup = NodeCleanupGuard(node_name.clone());
-    let mut args = vk_node_args(&node_name, "mock")?;
+    let fixture = NodeFixture::new("e2e-degraded", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let mut args = vk_node_args(node_name, "mock")?;
     args.extend(["--mock-failure-rate", "1.0"].map(String::from));
     let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
     let nodes: Api<Node> = Api::all(client.clone());
     wait_until("node registered", Duration::from_secs(30), || async {
-        Ok(nodes.get_opt(&node_name).await?.is_some())
+        Ok(nodes.get_opt(node_name).await?.is_some())
     })
     .await?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(
         &PostParams::default(),
-        &pod_on_node("web", &node_name, json!({}))?,
+        &pod_on_node("web", node_name, json!({}))?,
     )
     .await?;
     wait_until(
@@ -212,7 +203,7 @@ async fn failing_provider_taints_the_node_and_keeps_pods_pending() -> anyhow::Re
         Duration::from_secs(60),
         || async {
             let taints = nodes
-                .get(&node_name)
+                .get(node_name)
                 .await?
                 .spec
                 .and_then(|s| s.taints)
@@ -223,7 +214,7 @@ async fn failing_provider_taints_the_node_and_keeps_pods_pending() -> anyhow::Re
         },
     )
     .await?;
-    let node = nodes.get(&node_name).await?;
+    let node = nodes.get(node_name).await?;
     let ready = node
         .status
         .and_then(|s| s.conditions)
@@ -258,12 +249,10 @@ async fn failing_provider_taints_the_node_and_keeps_pods_pending() -> anyhow::Re
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn two_controller_replicas_never_drive_one_node() -> anyhow::Result<()> {
-    let client = client().await?;
-    let ns = TestNamespace::create(&client, "e2e-leader").await?;
-    let node_name = format!("spillway-mock-{}", ns.name);
-    let _cleanup = NodeCleanupGuard(node_name.clone());
+    let fixture = NodeFixture::new("e2e-leader", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
     let replica = |identity: &str| -> anyhow::Result<Vec<String>> {
-        let mut args = vk_node_args(&node_name, "mock")?;
+        let mut args = vk_node_args(node_name, "mock")?;
         args[0] = "controller".into();
         args.extend(["--identity", identity, "--mock-start-latency-ms", "100"].map(String::from));
         Ok(args)
@@ -289,7 +278,7 @@ async fn two_controller_replicas_never_drive_one_node() -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(
         &PostParams::default(),
-        &pod_on_node("web", &node_name, json!({}))?,
+        &pod_on_node("web", node_name, json!({}))?,
     )
     .await?;
     wait_until("web Running", Duration::from_secs(30), || async {
@@ -316,7 +305,7 @@ async fn two_controller_replicas_never_drive_one_node() -> anyhow::Result<()> {
     .await?;
     pods.create(
         &PostParams::default(),
-        &pod_on_node("after", &node_name, json!({}))?,
+        &pod_on_node("after", node_name, json!({}))?,
     )
     .await?;
     wait_until(

@@ -4,54 +4,16 @@
 //! when the webhook dies (failurePolicy Ignore).
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    TestNamespace, WebhookRegistration, client, delete_with_kubectl, register_webhook,
-    spillway_binary, wait_until,
+    TestNamespace, WebhookRegistration, WebhookUnderTest, client, delete_with_kubectl, deployment,
+    register_webhook, scale, wait_until,
 };
-
-struct Webhook {
-    child: Child,
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn deployment(
-    name: &str,
-    replicas: i32,
-    cpu: &str,
-    annotations: serde_json::Value,
-) -> anyhow::Result<Deployment> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "nginx:1.27",
-                    "resources": {"requests": {"cpu": cpu, "memory": "128Mi"}}}]}
-            }
-        }
-    }))?)
-}
 
 fn virtual_node(name: &str) -> anyhow::Result<Node> {
     Ok(serde_json::from_value(json!({
@@ -95,42 +57,9 @@ async fn placements(
 async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "e2e-burst").await?;
-    let dir = tempfile::tempdir()?;
-    let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
-    std::fs::write(dir.path().join("tls.crt"), &pki.cert_pem)?;
-    std::fs::write(dir.path().join("tls.key"), &pki.key_pem)?;
-    std::fs::write(
-        dir.path().join("config.yaml"),
+    let mut webhook = WebhookUnderTest::start(
+        &format!("webhook-{}", ns.name),
         "capacityThreshold: 0.85\nhpaThreshold: 0.8\n",
-    )?;
-    let (port, admin_port) = (free_port()?, free_port()?);
-    let child = Command::new(spillway_binary()?)
-        .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key")
-        .arg(dir.path().join("tls.key"))
-        .arg("--config")
-        .arg(dir.path().join("config.yaml"))
-        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-        .env("KUBECONFIG", spillway_e2e::run_dir().join("kubeconfig"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(
-            spillway_e2e::run_dir().join(format!("logs/webhook-{}.log", ns.name)),
-        )?)
-        .spawn()?;
-    let mut webhook = Webhook { child };
-    wait_until(
-        "webhook ready (index synced)",
-        Duration::from_secs(30),
-        || async {
-            let ready = std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
-                && Command::new("curl")
-                    .args(["-sf", &format!("http://127.0.0.1:{admin_port}/readyz")])
-                    .status()?
-                    .success();
-            Ok(ready)
-        },
     )
     .await?;
 
@@ -144,8 +73,8 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
         &client,
         WebhookRegistration {
             name: &ns.name,
-            url: &format!("https://127.0.0.1:{port}/mutate"),
-            ca_pem: &pki.ca_pem,
+            url: &webhook.url(),
+            ca_pem: &webhook.ca_pem,
             namespace: &ns.name,
             failure_policy: "Ignore",
         },
@@ -233,15 +162,8 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
     }
 
     // Kill the webhook: pod creation must go on (failurePolicy Ignore).
-    webhook.child.kill()?;
-    webhook.child.wait()?;
-    deployments
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 7}})),
-        )
-        .await?;
+    webhook.process.kill()?;
+    scale(&deployments, "web", 7).await?;
     wait_until(
         "web scaled to 7 with the webhook dead",
         Duration::from_secs(60),
