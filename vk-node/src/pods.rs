@@ -248,13 +248,16 @@ impl<P: Provider> PodController<P> {
         }
     }
 
-    fn update_directory(&self) {
+    fn directory_insert(&self, pod: &Pod, uid: &str) {
         let mut directory = self.directory.write().unwrap_or_else(|p| p.into_inner());
-        directory.clear();
-        for (uid, tracked) in &self.tracked {
-            directory.insert(key(&tracked.pod), uid.clone());
-        }
-        self.metrics.pods.set(self.tracked.len() as i64);
+        directory.insert(key(pod), uid.to_owned());
+        self.metrics.pods.set(directory.len() as i64);
+    }
+
+    fn directory_remove(&self, pod: &Pod) {
+        let mut directory = self.directory.write().unwrap_or_else(|p| p.into_inner());
+        directory.remove(&key(pod));
+        self.metrics.pods.set(directory.len() as i64);
     }
 
     /// Runs until `shutdown`.
@@ -268,6 +271,7 @@ impl<P: Provider> PodController<P> {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_sync = Instant::now();
         let mut last_fresh_sync = Instant::now();
+        let (mut listed_once, mut last_adopt) = (false, Instant::now());
         let mut outcomes = self.created_rx.take().expect("run is called once");
         loop {
             tokio::select! {
@@ -285,6 +289,8 @@ impl<P: Provider> PodController<P> {
                             let gone: Vec<String> = self.tracked.keys().filter(|u| !relisted.contains(*u)).cloned().collect();
                             for uid in gone { self.forget(&uid).await; }
                             if !self.synced {
+                                listed_once = true;
+                                last_adopt = Instant::now();
                                 self.adopt().await;
                             }
                         }
@@ -294,10 +300,17 @@ impl<P: Provider> PodController<P> {
                         }
                         Err(error) => tracing::warn!(%error, "pod watch failed; retrying"),
                     }
-                    self.update_directory();
                 }
                 _ = tick.tick() => {
-                    if !self.synced { continue; }
+                    if !self.synced {
+                        // The first list of provider objects failed: try again, since nothing
+                        // may be created before we know what exists.
+                        if listed_once && last_adopt.elapsed() >= ADOPT_RETRY_INTERVAL {
+                            last_adopt = Instant::now();
+                            self.adopt().await;
+                        }
+                        continue;
+                    }
                     self.launch_due().await;
                     if last_sync.elapsed() >= self.settings.sync_interval {
                         last_sync = Instant::now();
@@ -314,6 +327,7 @@ impl<P: Provider> PodController<P> {
 
     async fn observe(&mut self, pod: Pod) {
         let Some(uid) = uid(&pod) else { return };
+        self.directory_insert(&pod, &uid);
         let deleting = pod.metadata.deletion_timestamp.is_some();
         let tracked = self
             .tracked
@@ -648,9 +662,10 @@ impl<P: Provider> PodController<P> {
     /// The Pod is gone from the API: make sure its provider object is too.
     async fn forget(&mut self, uid: &str) {
         self.fresh.remove(uid);
-        if self.tracked.remove(uid).is_none() {
+        let Some(tracked) = self.tracked.remove(uid) else {
             return;
-        }
+        };
+        self.directory_remove(&tracked.pod);
         let started = Instant::now();
         let result = self.provider.delete(uid, 0).await;
         self.provider_result("delete", started, &result).await;
@@ -661,6 +676,9 @@ impl<P: Provider> PodController<P> {
         }
     }
 }
+
+/// How often a failed first list of provider objects is retried.
+pub const ADOPT_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often pods launched but not yet running are polled, between full syncs.
 pub const FRESH_SYNC_INTERVAL: Duration = Duration::from_secs(1);

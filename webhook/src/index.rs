@@ -90,6 +90,8 @@ pub struct HpaFacts {
 
 #[derive(Clone, Debug, Default)]
 struct DeploymentEntry {
+    /// `namespace/name`.
+    key: String,
     exists: bool,
     replicas: u32,
     /// Only the `spillway.io/*` annotations, to stay compact.
@@ -205,7 +207,10 @@ impl ClusterIndex {
             return *slot;
         }
         let slot = self.deployments.len() as u32;
-        self.deployments.push(DeploymentEntry::default());
+        self.deployments.push(DeploymentEntry {
+            key: key.clone(),
+            ..DeploymentEntry::default()
+        });
         self.deployment_slots.insert(key, slot);
         slot
     }
@@ -527,10 +532,7 @@ impl ClusterIndex {
     pub fn deployment_of_replicaset(&self, uid: &str) -> Option<&str> {
         let slot = *self.replicaset_slots.get(&compact_uid(uid))?;
         let deployment = self.replicasets[slot as usize].deployment?;
-        self.deployment_slots
-            .iter()
-            .find(|(_, s)| **s == deployment)
-            .map(|(k, _)| k.as_str())
+        Some(self.deployments[deployment as usize].key.as_str())
     }
 
     /// Sums over Ready, schedulable, non-virtual nodes.
