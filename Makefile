@@ -29,16 +29,10 @@ test: prerequisites
 	  e2e/lib/summary.sh $(LOGS)/*.log; \
 	  exit $$status
 
-## make demo: a local cluster, simulated nodes and a local ECS endpoint, ready to try Spillway on.
+## make demo: a local cluster, simulated nodes and a local ECS endpoint; Spillway bursts a Deployment onto the virtual node and back.
 demo: prerequisites
 	cargo build -p spillway
-	e2e/testbed up
-	@echo
-	@echo "The test bed is up. Try:"
-	@echo "  source e2e/.run/env"
-	@echo "  e2e/testbed kubectl get nodes"
-	@echo "  target/debug/spillway --help"
-	@echo "Stop it with: e2e/testbed down"
+	e2e/demo
 
 testbed-up: prerequisites
 	e2e/testbed up

@@ -92,6 +92,10 @@ pub struct EmbeddedNodesArgs {
 /// Everything about a virtual node but its provider kind.
 #[derive(Args, Clone, Debug)]
 pub struct NodeOptions {
+    /// Provider named in the node's `spillway.io/provider` label and taint (default: the
+    /// provider itself); lets the mock stand in for `fargate` or `aci` in demos and tests.
+    #[arg(long, env = "SPILLWAY_ADVERTISE_PROVIDER")]
+    pub advertise_provider: Option<String>,
     /// Node name (default `spillway-<provider>`).
     #[arg(long, env = "SPILLWAY_NODE_NAME")]
     pub node_name: Option<String>,
@@ -280,7 +284,10 @@ async fn run_with<P: Provider>(
     let client = kube::Client::try_default().await?;
     let spec = NodeSpec {
         name: node_name(kind, args),
-        provider: kind.as_str().to_owned(),
+        provider: args
+            .advertise_provider
+            .clone()
+            .unwrap_or_else(|| kind.as_str().to_owned()),
         max_vcpu: args.max_vcpu,
         max_memory: args.max_memory.clone(),
         max_pods: args.max_pods,
