@@ -9,7 +9,7 @@ pub enum LogFormat {
     /// Human-readable lines (the default on a terminal).
     #[default]
     Plain,
-    /// One JSON object per line (what the Helm chart uses).
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
