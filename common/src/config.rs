@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -276,20 +276,7 @@ pub async fn watch_and_reload(
     on_refused: impl Fn(&ConfigError) + Send + 'static,
     shutdown: CancellationToken,
 ) {
-    let modified =
-        |p: &Path| -> Option<SystemTime> { std::fs::metadata(p).and_then(|m| m.modified()).ok() };
-    let mut seen = modified(&path);
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let now = modified(&path);
-        if now == seen {
-            continue;
-        }
-        seen = now;
+    crate::file_watch::on_change(vec![path.clone()], interval, shutdown, move || {
         match OperatorConfig::load(&path) {
             Ok(config) => {
                 if **shared.load() != config {
@@ -302,7 +289,10 @@ pub async fn watch_and_reload(
                 on_refused(&error);
             }
         }
-    }
+        // An invalid file is not read again until it changes again.
+        true
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod eligibility;
+pub mod file_watch;
 pub mod keys;
 pub mod leader;
 pub mod pod_resources;

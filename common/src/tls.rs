@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -159,10 +159,6 @@ pub fn server_config(
     Ok(config)
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 /// Polls the certificate files every `interval` and swaps in a new pair when either file
 /// changed and the pair loads; a pair that fails to load is logged and the old one stays.
 pub async fn watch_and_reload(
@@ -171,30 +167,22 @@ pub async fn watch_and_reload(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let stamp = |f: &TlsFiles| (modified(&f.cert), modified(&f.key));
-    let mut seen = stamp(&files);
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
+    let paths = vec![files.cert.clone(), files.key.clone()];
+    crate::file_watch::on_change(paths, interval, shutdown, move || match load_certified_key(
+        &files.cert,
+        &files.key,
+    ) {
+        Ok(key) => {
+            resolver.replace(key);
+            tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
+            true
         }
-        let now = stamp(&files);
-        if now == seen {
-            continue;
+        Err(error) => {
+            tracing::error!(%error, "new serving certificate refused; the old one keeps serving");
+            false
         }
-        match load_certified_key(&files.cert, &files.key) {
-            Ok(key) => {
-                resolver.replace(key);
-                seen = now;
-                tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
-            }
-            Err(error) => {
-                // Keep `seen` unchanged so a half-written pair is retried on the next tick.
-                tracing::error!(%error, "new serving certificate refused; the old one keeps serving");
-            }
-        }
-    }
+    })
+    .await
 }
 
 /// A TLS listener bound and ready to serve.
