@@ -189,3 +189,29 @@ impl Drop for NodeCleanup {
         delete_with_kubectl(&["node", &self.0]);
     }
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn sigterm_stops_the_webhook_cleanly() -> anyhow::Result<()> {
+    let mut webhook = WebhookUnderTest::start("webhook-sigterm", "").await?;
+    let pid = webhook.process.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = webhook.process.child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    Ok(())
+}
