@@ -467,3 +467,38 @@ impl WebhookUnderTest {
         format!("https://127.0.0.1:{}/mutate", self.port)
     }
 }
+
+/// Applies `deploy/rbac.yaml` and writes a kubeconfig that authenticates as the service
+/// account `spillway-system/<account>` (a short-lived token), so a component runs with
+/// exactly the permissions the manifests grant.
+pub fn kubeconfig_for_service_account(account: &str) -> anyhow::Result<PathBuf> {
+    kubectl(&[
+        "apply",
+        "-f",
+        &repo_root().join("deploy/rbac.yaml").display().to_string(),
+    ])?;
+    let token = kubectl(&[
+        "create",
+        "token",
+        account,
+        "-n",
+        "spillway-system",
+        "--duration=1h",
+    ])?;
+    let env = testbed_env()?;
+    let pki = &env["SPILLWAY_TESTBED_PKI"];
+    let server = std::fs::read_to_string(run_dir().join("kubeconfig"))?
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .context("no server in the test bed's kubeconfig")?;
+    let path = run_dir().join(format!("kubeconfig-{account}"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {server}\n    certificate-authority: {pki}/ca.crt\n\
+             users:\n- name: {account}\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context: {{cluster: testbed, user: {account}}}\ncurrent-context: sa\n",
+            token.trim()
+        ),
+    )?;
+    Ok(path)
+}

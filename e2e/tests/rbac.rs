@@ -1,0 +1,127 @@
+//! The components run under the least-privilege RBAC of `deploy/rbac.yaml`: the webhook
+//! syncs its index, the virtual node registers, heartbeats, runs a pod with Secret env,
+//! serves its logs and removes it when deleted.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use spillway_e2e::{
+    NodeFixture, SpillwayProcess, free_port, kubeconfig_for_service_account, kubectl, phase,
+    pod_on_node, vk_node_args, wait_until,
+};
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn components_work_with_least_privilege() -> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-rbac", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+
+    let webhook_kubeconfig = kubeconfig_for_service_account("spillway-webhook")?;
+    let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("tls.crt"), &pki.cert_pem)?;
+    std::fs::write(dir.path().join("tls.key"), &pki.key_pem)?;
+    let admin = free_port()?;
+    let webhook_args: Vec<String> = vec![
+        "webhook".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()?),
+        "--tls-cert".into(),
+        dir.path().join("tls.crt").display().to_string(),
+        "--tls-key".into(),
+        dir.path().join("tls.key").display().to_string(),
+        "--admin-addr".into(),
+        format!("127.0.0.1:{admin}"),
+    ];
+    let webhook_env = [(
+        "KUBECONFIG",
+        webhook_kubeconfig.to_str().unwrap_or_default(),
+    )];
+    let _webhook =
+        SpillwayProcess::start(&webhook_args, &format!("webhook-{}", ns.name), &webhook_env)?;
+    wait_until(
+        "the webhook's watches synced under its service account",
+        Duration::from_secs(30),
+        || async {
+            let status = std::process::Command::new("curl")
+                .args(["-sf", &format!("http://127.0.0.1:{admin}/readyz")])
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            Ok(status.success())
+        },
+    )
+    .await?;
+
+    let node_kubeconfig = kubeconfig_for_service_account("spillway-vk-node")?;
+    let mut args = vk_node_args(node_name, "mock")?;
+    let at = args
+        .iter()
+        .position(|a| a == "--leader-election-namespace")
+        .expect("flag present");
+    args[at + 1] = "kube-system".into();
+    let node_env = [("KUBECONFIG", node_kubeconfig.to_str().unwrap_or_default())];
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &node_env)?;
+
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "token"}, "stringData": {"value": "t0k3n"}}),
+    )?;
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let spec = json!({"containers": [{"name": "app", "image": "nginx:1.27",
+        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "token", "key": "value"}}}]}]});
+    let pods: Api<Pod> = fixture.pods();
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", node_name, spec)?,
+    )
+    .await?;
+    wait_until(
+        "web Running on the node",
+        Duration::from_secs(60),
+        || async { Ok(phase(&pods, "web").await?.as_deref() == Some("Running")) },
+    )
+    .await?;
+    let logs = kubectl(&["logs", "-n", &ns.name, "web"])?;
+    assert!(logs.contains("mock app line 0"), "{logs}");
+    pods.delete("web", &DeleteParams::default()).await?;
+    // The grants are as narrow as claimed.
+    for (account, verb, resource, allowed) in [
+        ("spillway-vk-node", "get", "secrets", true),
+        ("spillway-vk-node", "list", "secrets", false),
+        ("spillway-vk-node", "create", "pods", false),
+        ("spillway-webhook", "watch", "pods", true),
+        ("spillway-webhook", "patch", "pods", false),
+        ("spillway-webhook", "get", "secrets", false),
+    ] {
+        let answer = can_i(account, verb, resource)?;
+        assert_eq!(answer, allowed, "{account} {verb} {resource}");
+    }
+    wait_until(
+        "web removed by the node",
+        Duration::from_secs(30),
+        || async { Ok(pods.get_opt("web").await?.is_none()) },
+    )
+    .await?;
+    Ok(())
+}
+
+fn can_i(account: &str, verb: &str, resource: &str) -> anyhow::Result<bool> {
+    let output =
+        std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(spillway_e2e::run_dir().join("kubeconfig"))
+            .args([
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "-A",
+                "--as",
+                &format!("system:serviceaccount:spillway-system:{account}"),
+            ])
+            .output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim() == "yes")
+}
