@@ -161,6 +161,25 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
         );
     }
 
+    // The decisions show in the metrics alerts are built on.
+    let metrics = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            &format!("http://127.0.0.1:{}/metrics", webhook.admin_port),
+        ])
+        .output()?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains(
+            "spillway_admission_decisions_total{decision=\"burst\",reason=\"capacity\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spillway_admission_duration_seconds_count"),
+        "{metrics}"
+    );
+
     // Kill the webhook: pod creation must go on (failurePolicy Ignore).
     webhook.process.kill()?;
     scale(&deployments, "web", 7).await?;

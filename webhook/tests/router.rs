@@ -164,6 +164,18 @@ async fn ineligible_pod_stays_local_with_a_warning() {
     let state = state("cluster-full.json");
     let (pod, answer) = admit(&state, &review("review-web-hostpath.json")).await;
     assert_eq!(pod["metadata"]["labels"]["spillway.io/placement"], "local");
+    assert_eq!(
+        pod["metadata"]["labels"]["spillway.io/reason"],
+        "ineligible"
+    );
+    assert_eq!(
+        state
+            .metrics
+            .ineligible
+            .with_label_values(&["host-path"])
+            .get(),
+        1
+    );
     assert!(pod["spec"]["affinity"].is_null());
     assert!(
         answer
