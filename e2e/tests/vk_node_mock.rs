@@ -123,7 +123,7 @@ async fn exited_containers_follow_restart_policy() -> anyhow::Result<()> {
             "--mock-start-latency-ms",
             "100",
             "--mock-run-seconds",
-            "1",
+            "3",
             "--mock-exit-code",
             "3",
         ]

@@ -412,6 +412,7 @@ impl<P: Provider> PodController<P> {
                 continue;
             };
             tracked.lifecycle = Lifecycle::Creating;
+            tracing::debug!(pod_uid = %uid, "create started");
             let pod = tracked.pod.clone();
             let (provider, slots, tx) = (
                 self.provider.clone(),
@@ -441,6 +442,7 @@ impl<P: Provider> PodController<P> {
             elapsed,
             result,
         } = outcome;
+        tracing::debug!(pod_uid = %uid, ok = result.is_ok(), "create finished");
         self.provider_result("create", Instant::now() - elapsed, &result)
             .await;
         let Some(tracked) = self.tracked.get_mut(&uid) else {
@@ -571,6 +573,7 @@ impl<P: Provider> PodController<P> {
             self.fresh.remove(uid);
         }
         let tracked = self.tracked.get_mut(uid)?;
+        tracing::debug!(pod_uid = %uid, phase = ?remote.phase, restarts = tracked.restarts, "provider status");
         if remote.phase == RemotePhase::Stopped {
             match status::after_stop(&tracked.pod, remote) {
                 AfterStop::Restart => {

@@ -233,6 +233,12 @@ async fn run_node(
     let name = node_name(kind, &options);
     match kind {
         ProviderKind::Mock => {
+            let rate = options.mock.mock_failure_rate;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(RunError::Provider(format!(
+                    "--mock-failure-rate: must be from 0 to 1, got {rate}"
+                )));
+            }
             let behaviour = MockBehaviour {
                 start_latency: Duration::from_millis(options.mock.mock_start_latency_ms),
                 failure_rate: options.mock.mock_failure_rate,
