@@ -324,3 +324,72 @@ async fn two_controller_replicas_never_drive_one_node() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn degraded_taint_goes_when_the_provider_recovers() -> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-recover", "mock").await?;
+    let (client, node_name) = (&fixture.client, &fixture.node_name);
+    let mut args = vk_node_args(node_name, "mock")?;
+    // An outage of 20 creates: five pods fail about four rounds of back-off, then run.
+    args.extend(
+        [
+            "--mock-fail-first-creates",
+            "20",
+            "--mock-start-latency-ms",
+            "100",
+        ]
+        .map(String::from),
+    );
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", fixture.ns.name), &[])?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_until("node registered", Duration::from_secs(30), || async {
+        Ok(nodes.get_opt(node_name).await?.is_some())
+    })
+    .await?;
+    let pods = fixture.pods();
+    for i in 0..5 {
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(&format!("p{i}"), node_name, json!({}))?,
+        )
+        .await?;
+    }
+    let degraded = |nodes: Api<Node>| async move {
+        let taints = nodes
+            .get(node_name)
+            .await?
+            .spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default();
+        Ok::<_, anyhow::Error>(
+            taints
+                .iter()
+                .any(|t| t.key == "spillway.io/provider-degraded"),
+        )
+    };
+    wait_until(
+        "the degraded taint during the outage",
+        Duration::from_secs(30),
+        || degraded(nodes.clone()),
+    )
+    .await?;
+    wait_until(
+        "all pods Running once the provider recovers",
+        Duration::from_secs(90),
+        || async {
+            let list = pods.list(&Default::default()).await?;
+            Ok(list.items.len() == 5
+                && list
+                    .items
+                    .iter()
+                    .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")))
+        },
+    )
+    .await?;
+    assert!(
+        !degraded(nodes.clone()).await?,
+        "the taint is removed after the provider recovered"
+    );
+    Ok(())
+}

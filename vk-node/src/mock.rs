@@ -25,6 +25,8 @@ pub struct MockBehaviour {
     pub run_for: Option<Duration>,
     /// Exit code when they do.
     pub exit_code: i32,
+    /// The first this many creates fail transiently (an outage that ends).
+    pub fail_first_creates: u32,
 }
 
 impl Default for MockBehaviour {
@@ -34,6 +36,7 @@ impl Default for MockBehaviour {
             failure_rate: 0.0,
             run_for: None,
             exit_code: 0,
+            fail_first_creates: 0,
         }
     }
 }
@@ -54,6 +57,7 @@ pub struct MockProvider {
     behaviour: MockBehaviour,
     objects: Mutex<HashMap<String, MockObject>>,
     next_ip: Mutex<u32>,
+    creates_attempted: std::sync::atomic::AtomicU32,
 }
 
 impl MockProvider {
@@ -63,6 +67,7 @@ impl MockProvider {
             behaviour,
             objects: Mutex::new(HashMap::new()),
             next_ip: Mutex::new(1),
+            creates_attempted: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -153,6 +158,15 @@ impl Provider for MockProvider {
             .uid
             .clone()
             .ok_or_else(|| ProviderError::Invalid("pod has no uid".into()))?;
+        let attempt = self
+            .creates_attempted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if attempt < self.behaviour.fail_first_creates {
+            return Err(ProviderError::Transient(format!(
+                "injected outage (create {})",
+                attempt + 1
+            )));
+        }
         if self.behaviour.failure_rate > 0.0
             && rand::rng().random_bool(self.behaviour.failure_rate.min(1.0))
         {

@@ -52,6 +52,9 @@ pub struct MockArgs {
     /// Mock: containers exit this many seconds after starting (default: never).
     #[arg(long, env = "SPILLWAY_MOCK_RUN_SECONDS")]
     pub mock_run_seconds: Option<u64>,
+    /// Mock: the first this many creates fail transiently, as in an outage that ends.
+    #[arg(long, default_value_t = 0, env = "SPILLWAY_MOCK_FAIL_FIRST_CREATES")]
+    pub mock_fail_first_creates: u32,
     /// Mock: exit code when they do.
     #[arg(long, default_value_t = 0, env = "SPILLWAY_MOCK_EXIT_CODE")]
     pub mock_exit_code: i32,
@@ -244,6 +247,7 @@ async fn run_node(
                 failure_rate: options.mock.mock_failure_rate,
                 run_for: options.mock.mock_run_seconds.map(Duration::from_secs),
                 exit_code: options.mock.mock_exit_code,
+                fail_first_creates: options.mock.mock_fail_first_creates,
             };
             run_with(
                 Arc::new(MockProvider::new(behaviour)),
