@@ -502,3 +502,16 @@ pub fn kubeconfig_for_service_account(account: &str) -> anyhow::Result<PathBuf> 
     )?;
     Ok(path)
 }
+
+/// Waits until pod `name` no longer exists (the node removed it after stopping it).
+pub async fn wait_removed(
+    api: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+) -> anyhow::Result<()> {
+    wait_until(
+        &format!("{name} removed by the node"),
+        Duration::from_secs(30),
+        || async { Ok(api.get_opt(name).await?.is_none()) },
+    )
+    .await
+}

@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
     NodeFixture, SpillwayProcess, free_port, kubeconfig_for_service_account, kubectl, phase,
-    pod_on_node, vk_node_args, wait_until,
+    pod_on_node, vk_node_args, wait_removed, wait_until,
 };
 
 #[tokio::test]
@@ -99,12 +99,7 @@ async fn components_work_with_least_privilege() -> anyhow::Result<()> {
         let answer = can_i(account, verb, resource)?;
         assert_eq!(answer, allowed, "{account} {verb} {resource}");
     }
-    wait_until(
-        "web removed by the node",
-        Duration::from_secs(30),
-        || async { Ok(pods.get_opt("web").await?.is_none()) },
-    )
-    .await?;
+    wait_removed(&pods, "web").await?;
     Ok(())
 }
 

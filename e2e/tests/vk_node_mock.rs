@@ -9,7 +9,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use spillway_e2e::{NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_until};
+use spillway_e2e::{
+    NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_removed, wait_until,
+};
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
@@ -102,12 +104,7 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
     assert_eq!(tail.trim(), "mock app line 2");
 
     pods.delete("web", &DeleteParams::default()).await?;
-    wait_until(
-        "web removed by the node",
-        Duration::from_secs(30),
-        || async { Ok(pods.get_opt("web").await?.is_none()) },
-    )
-    .await?;
+    wait_removed(&pods, "web").await?;
     Ok(())
 }
 

@@ -153,11 +153,7 @@ impl Provider for MockProvider {
     }
 
     async fn create(&self, pod: &Pod) -> Result<(), ProviderError> {
-        let uid = pod
-            .metadata
-            .uid
-            .clone()
-            .ok_or_else(|| ProviderError::Invalid("pod has no uid".into()))?;
+        let uid = crate::provider::pod_uid(pod)?;
         let attempt = self
             .creates_attempted
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

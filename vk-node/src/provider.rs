@@ -44,6 +44,14 @@ impl ProviderError {
     }
 }
 
+/// The pod's UID, which every provider object is keyed by; a pod without one is refused.
+pub fn pod_uid(pod: &Pod) -> Result<String, ProviderError> {
+    pod.metadata
+        .uid
+        .clone()
+        .ok_or_else(|| ProviderError::Invalid("pod has no uid".into()))
+}
+
 /// A container's state at the provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemoteContainerState {

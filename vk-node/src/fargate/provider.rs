@@ -341,11 +341,7 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
     }
 
     async fn create(&self, pod: &Pod) -> Result<(), ProviderError> {
-        let uid = pod
-            .metadata
-            .uid
-            .clone()
-            .ok_or_else(|| ProviderError::Invalid("pod has no uid".into()))?;
+        let uid = crate::provider::pod_uid(pod)?;
         let previous = self
             .tasks
             .lock()
