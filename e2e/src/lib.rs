@@ -420,6 +420,15 @@ impl WebhookUnderTest {
     /// Starts the webhook with `config` as its operator config, logging to
     /// `e2e/.run/logs/<log>.log`, and waits until its index has synced.
     pub async fn start(log: &str, config: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(log, config, &[]).await
+    }
+
+    /// [`Self::start`] with extra environment (e.g. a `KUBECONFIG` of its own).
+    pub async fn start_with_env(
+        log: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
         let file = |name: &str| dir.path().join(name).display().to_string();
@@ -440,7 +449,7 @@ impl WebhookUnderTest {
             "--admin-addr".into(),
             format!("127.0.0.1:{admin_port}"),
         ];
-        let process = SpillwayProcess::start(&args, log, &[])?;
+        let process = SpillwayProcess::start(&args, log, env)?;
         wait_until(
             "webhook ready (index synced)",
             Duration::from_secs(30),

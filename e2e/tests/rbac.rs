@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    NodeFixture, SpillwayProcess, free_port, kubeconfig_for_service_account, kubectl, phase,
+    NodeFixture, SpillwayProcess, WebhookUnderTest, kubeconfig_for_service_account, kubectl, phase,
     pod_on_node, vk_node_args, wait_removed, wait_until,
 };
 
@@ -19,40 +19,13 @@ async fn components_work_with_least_privilege() -> anyhow::Result<()> {
     let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
 
     let webhook_kubeconfig = kubeconfig_for_service_account("spillway-webhook")?;
-    let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("tls.crt"), &pki.cert_pem)?;
-    std::fs::write(dir.path().join("tls.key"), &pki.key_pem)?;
-    let admin = free_port()?;
-    let webhook_args: Vec<String> = vec![
-        "webhook".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{}", free_port()?),
-        "--tls-cert".into(),
-        dir.path().join("tls.crt").display().to_string(),
-        "--tls-key".into(),
-        dir.path().join("tls.key").display().to_string(),
-        "--admin-addr".into(),
-        format!("127.0.0.1:{admin}"),
-    ];
     let webhook_env = [(
         "KUBECONFIG",
         webhook_kubeconfig.to_str().unwrap_or_default(),
     )];
+    // Becoming ready means every watch listed under the webhook's service account.
     let _webhook =
-        SpillwayProcess::start(&webhook_args, &format!("webhook-{}", ns.name), &webhook_env)?;
-    wait_until(
-        "the webhook's watches synced under its service account",
-        Duration::from_secs(30),
-        || async {
-            let status = std::process::Command::new("curl")
-                .args(["-sf", &format!("http://127.0.0.1:{admin}/readyz")])
-                .stdout(std::process::Stdio::null())
-                .status()?;
-            Ok(status.success())
-        },
-    )
-    .await?;
+        WebhookUnderTest::start_with_env(&format!("webhook-{}", ns.name), "", &webhook_env).await?;
 
     let node_kubeconfig = kubeconfig_for_service_account("spillway-vk-node")?;
     let mut args = vk_node_args(node_name, "mock")?;
