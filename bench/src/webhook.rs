@@ -12,15 +12,15 @@ use axum::body::Bytes;
 use axum::routing::post;
 use base64::Engine;
 use clap::{Args, ValueEnum};
+use spillway_cluster::decision::{self, PlacementCounts, PodFacts};
+use spillway_cluster::policy;
 use spillway_common::config::OperatorConfig;
 use spillway_common::tls::{TlsFiles, TlsServer};
 use spillway_webhook::admission;
-use spillway_webhook::decision::{self, PodFacts};
-use spillway_webhook::index::PlacementCounts;
 use spillway_webhook::inflight::{DEFAULT_TTL, InFlight};
 use spillway_webhook::metrics::WebhookMetrics;
 use spillway_webhook::server::{WebhookState, router};
-use spillway_webhook::{policy, review, synthetic};
+use spillway_webhook::{review, synthetic};
 use tokio_util::sync::CancellationToken;
 
 use crate::report;
@@ -67,6 +67,7 @@ pub fn decision() -> anyhow::Result<()> {
         counts: view.counts,
         replicas: view.replicas,
         hpa: view.hpa,
+        budget: Default::default(),
     };
     let pure = time_each(200_000, || {
         std::hint::black_box(decision::decide(
@@ -202,7 +203,7 @@ impl IntoParts for (axum::http::StatusCode, String) {
 
 /// Serves one mode until killed; prints `READY <port> <rss KiB>` once listening.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
+    let pki = spillway_common::pki::issue(&["127.0.0.1"]);
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("tls.crt"), &pki.cert_pem)?;
     std::fs::write(dir.path().join("tls.key"), &pki.key_pem)?;

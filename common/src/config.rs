@@ -85,6 +85,14 @@ impl Default for PendingSpillConfig {
     }
 }
 
+/// Cost budget (DESIGN §2).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// Cluster-wide cap on the estimated USD per hour of all burst pods; none by default.
+    pub max_usd_per_hour: Option<f64>,
+}
+
 /// Hourly list prices of one provider, in USD.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -144,6 +152,8 @@ pub struct OperatorConfig {
     pub rebalance: RebalanceConfig,
     /// Pending-spill settings.
     pub pending_spill: PendingSpillConfig,
+    /// Cost budget.
+    pub budget: BudgetConfig,
     /// Prices used for cost metrics and `explain-pod`.
     pub pricing: PricingConfig,
 }
@@ -156,6 +166,7 @@ impl Default for OperatorConfig {
             default_provider: Provider::Fargate,
             rebalance: RebalanceConfig::default(),
             pending_spill: PendingSpillConfig::default(),
+            budget: BudgetConfig::default(),
             pricing: PricingConfig::default(),
         }
     }
@@ -220,6 +231,9 @@ impl OperatorConfig {
             "rebalance.belowUtilization",
             self.rebalance.below_utilization,
         )?;
+        if let Some(budget) = self.budget.max_usd_per_hour {
+            non_negative_price("budget.maxUsdPerHour", budget)?;
+        }
         if self.rebalance.max_evictions_per_minute == 0 && self.rebalance.enabled {
             return Err((
                 "rebalance.maxEvictionsPerMinute",
@@ -267,12 +281,43 @@ impl OperatorConfig {
 /// The config in force, shared by readers and swapped by the reloader.
 pub type SharedConfig = Arc<ArcSwap<OperatorConfig>>;
 
-/// Watches `path` and swaps each valid new version into `shared`; an invalid version is
-/// logged with the key at fault, counted through `on_refused`, and the old one stays.
+/// Metrics of the config in force, one set per process whatever runs in it.
+#[derive(Clone, Debug)]
+pub struct ConfigMetrics {
+    /// `spillway_config_generation`: configs put in force (1 at start, +1 per change).
+    pub generation: prometheus::IntGauge,
+    /// `spillway_config_reload_failures_total`: files refused on reload.
+    pub reload_failures: prometheus::IntCounter,
+}
+
+impl ConfigMetrics {
+    /// Creates and registers the metrics, generation 1.
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            generation: prometheus::IntGauge::new(
+                "spillway_config_generation",
+                "Operator config generation in force (1 at start, +1 per accepted change)",
+            )?,
+            reload_failures: prometheus::IntCounter::new(
+                "spillway_config_reload_failures_total",
+                "Operator config files refused on reload",
+            )?,
+        };
+        registry.register(Box::new(metrics.generation.clone()))?;
+        registry.register(Box::new(metrics.reload_failures.clone()))?;
+        metrics.generation.set(1);
+        Ok(metrics)
+    }
+}
+
+/// Watches `path` and swaps each valid new version into `shared` (counting a
+/// generation); an invalid version is logged with the key at fault, counted, passed to
+/// `on_refused`, and the old one stays.
 pub async fn watch_and_reload(
     path: PathBuf,
     shared: SharedConfig,
     interval: Duration,
+    metrics: ConfigMetrics,
     on_refused: impl Fn(&ConfigError) + Send + 'static,
     shutdown: CancellationToken,
 ) {
@@ -282,10 +327,12 @@ pub async fn watch_and_reload(
                 if **shared.load() != config {
                     tracing::info!(path = %path.display(), "operator config reloaded");
                     shared.store(Arc::new(config));
+                    metrics.generation.inc();
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "operator config refused; the last good one stays in force");
+                metrics.reload_failures.inc();
                 on_refused(&error);
             }
         }
@@ -334,6 +381,16 @@ mod tests {
     }
 
     #[test]
+    fn budget_is_optional_and_checked() {
+        let config = parse("budget:\n  maxUsdPerHour: 2.5\n").unwrap();
+        assert_eq!(config.budget.max_usd_per_hour, Some(2.5));
+        let error = parse("budget:\n  maxUsdPerHour: -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("budget.maxUsdPerHour"), "{error}");
+    }
+
+    #[test]
     fn unknown_key_and_wrong_type_are_refused() {
         let error = parse("capacityTreshold: 0.5").unwrap_err().to_string();
         assert!(error.contains("capacityTreshold"), "{error}");
@@ -356,10 +413,12 @@ mod tests {
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shutdown = CancellationToken::new();
         let counter = refused.clone();
+        let metrics = ConfigMetrics::register(&prometheus::Registry::new()).unwrap();
         tokio::spawn(watch_and_reload(
             path.clone(),
             shared.clone(),
             Duration::from_millis(20),
+            metrics.clone(),
             move |_| {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             },
@@ -390,6 +449,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(shared.load().capacity_threshold, 0.7);
+        assert_eq!(metrics.generation.get(), 2);
+        assert_eq!(metrics.reload_failures.get(), 1);
         shutdown.cancel();
     }
 }

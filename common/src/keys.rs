@@ -14,6 +14,8 @@ pub const CAPACITY_THRESHOLD: &str = "spillway.io/capacity-threshold";
 pub const HPA_THRESHOLD: &str = "spillway.io/hpa-threshold";
 /// `"true"` asks for Fargate Spot capacity.
 pub const SPOT: &str = "spillway.io/spot";
+/// Budget of a workload's burst pods, in estimated USD per hour.
+pub const MAX_USD_PER_HOUR: &str = "spillway.io/max-usd-per-hour";
 
 /// Label Spillway writes on admitted pods: `local` or `burst`.
 pub const PLACEMENT: &str = "spillway.io/placement";

@@ -3,15 +3,16 @@
 
 pub mod admin;
 pub mod config;
+pub mod cost;
 pub mod eligibility;
+pub mod fargate_sizing;
 pub mod file_watch;
 pub mod keys;
 pub mod leader;
+pub mod pki;
 pub mod pod_resources;
 pub mod quantity;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(feature = "test-pki")]
-pub mod test_pki;
 pub mod time;
 pub mod tls;

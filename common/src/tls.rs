@@ -273,10 +273,10 @@ pub enum TlsBindError {
     Bind(std::io::Error),
 }
 
-#[cfg(all(test, feature = "test-pki"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_pki;
+    use crate::pki;
 
     async fn fetch(addr: SocketAddr, ca_pem: &str) -> Result<String, reqwest::Error> {
         let client = reqwest::Client::builder()
@@ -309,7 +309,7 @@ mod tests {
             key: dir.path().join("tls.key"),
             client_ca: None,
         };
-        let first = test_pki::issue(&["127.0.0.1"]);
+        let first = pki::issue(&["127.0.0.1"]);
         std::fs::write(&files.cert, &first.cert_pem).unwrap();
         std::fs::write(&files.key, &first.key_pem).unwrap();
         let server = TlsServer::bind("127.0.0.1:0".parse().unwrap(), files.clone())
@@ -322,7 +322,7 @@ mod tests {
 
         assert_eq!(fetch(addr, &first.ca_pem).await.unwrap(), "hello");
 
-        let second = test_pki::issue(&["127.0.0.1"]);
+        let second = pki::issue(&["127.0.0.1"]);
         tokio::time::sleep(Duration::from_millis(20)).await;
         std::fs::write(&files.cert, &second.cert_pem).unwrap();
         std::fs::write(&files.key, &second.key_pem).unwrap();
@@ -345,8 +345,8 @@ mod tests {
     #[tokio::test]
     async fn client_certificate_required_when_a_ca_is_configured() {
         let dir = tempfile::tempdir().unwrap();
-        let server_pki = test_pki::issue(&["127.0.0.1"]);
-        let client_pki = test_pki::issue(&["client"]);
+        let server_pki = pki::issue(&["127.0.0.1"]);
+        let client_pki = pki::issue(&["client"]);
         std::fs::write(dir.path().join("tls.crt"), &server_pki.cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &server_pki.key_pem).unwrap();
         std::fs::write(dir.path().join("ca.crt"), &client_pki.ca_pem).unwrap();

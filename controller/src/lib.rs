@@ -1,40 +1,16 @@
-//! The Spillway controller process (DESIGN §4). Today it runs the embedded virtual nodes
-//! (`--vk-provider`), each leader-elected through its own Lease. The controller loops of
-//! DESIGN §4 (scale-in order, rebalance back, pending spill, overshoot correction) are not
-//! built yet; the process says so in its log rather than pretend.
+//! The Spillway controller (DESIGN §4): the other half of the loop. It keeps the same
+//! index and decision as the webhook (`spillway-cluster`), and while it leads it makes
+//! burst pods go first on scale-in, moves them back when capacity returns (only when the
+//! webhook would admit the replacement local), lets long-unschedulable pods spill onto
+//! the virtual node, corrects cap overshoot, exports the burst metrics and writes
+//! aggregated Events. It also runs the embedded virtual nodes.
 
-use clap::Args;
-use prometheus::Registry;
-use spillway_common::admin::{self, AdminArgs, Readiness};
-use spillway_vk_node::run::{EmbeddedNodesArgs, RunError};
-use tokio_util::sync::CancellationToken;
+pub mod execute;
+pub mod metrics;
+pub mod plan;
+pub mod run;
+pub mod snapshot;
+pub mod status;
+pub mod status_cli;
 
-/// What `spillway status` and `spillway run` say until they are built.
-pub const NOT_IMPLEMENTED: &str = "not implemented yet: it comes with the controller issue (scale-in order, rebalance back, pending spill), after the webhook (issue 3) and the virtual node (issue 4)";
-
-/// Flags of `spillway controller`.
-#[derive(Args, Clone, Debug)]
-pub struct ControllerArgs {
-    #[command(flatten)]
-    #[allow(missing_docs)] // flattened groups document their own flags
-    pub nodes: EmbeddedNodesArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)] // flattened groups document their own flags
-    pub admin: AdminArgs,
-}
-
-/// Runs the controller process until `shutdown`.
-pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> Result<(), RunError> {
-    let registry = Registry::new();
-    let readiness = Readiness::default();
-    tokio::spawn(admin::serve(
-        args.admin.admin_addr,
-        registry.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    ));
-    tracing::warn!(
-        "scale-in order, rebalance back and pending spill are not implemented yet; running the embedded virtual nodes only"
-    );
-    spillway_vk_node::run::run_embedded(args.nodes, &registry, readiness, shutdown).await
-}
+pub use run::{ControllerArgs, RunError, run};

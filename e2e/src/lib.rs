@@ -430,7 +430,7 @@ impl WebhookUnderTest {
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
+        let pki = spillway_common::pki::issue(&["127.0.0.1"]);
         let file = |name: &str| dir.path().join(name).display().to_string();
         std::fs::write(file("tls.crt"), &pki.cert_pem)?;
         std::fs::write(file("tls.key"), &pki.key_pem)?;

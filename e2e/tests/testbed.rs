@@ -76,7 +76,7 @@ async fn apiserver_calls_a_loopback_webhook_over_tls() -> anyhow::Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "e2e-hook").await?;
 
-    let pki = spillway_common::test_pki::issue(&["127.0.0.1"]);
+    let pki = spillway_common::pki::issue(&["127.0.0.1"]);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     std::fs::write(dir.join("tls.crt"), &pki.cert_pem)?;

@@ -2,6 +2,7 @@
 
 mod admit;
 mod explain_pod;
+pub mod run_all;
 
 use std::process::ExitCode;
 
@@ -28,28 +29,56 @@ pub enum Command {
     /// Serve the mutating admission webhook (HTTPS `POST /mutate`) that sends overflow
     /// replicas of opted-in Deployments to a virtual node.
     Webhook(spillway_webhook::run::WebhookArgs),
-    /// Run the controller process with its embedded, leader-elected virtual node(s)
-    /// (`--vk-provider fargate,mock`). Its scale-in, rebalance and pending-spill loops
-    /// are not built yet.
+    /// Run the controller: while it leads (Lease election) it gives burst pods the low
+    /// deletion cost, moves them back when capacity returns, lets long-unschedulable pods
+    /// spill, corrects cap overshoot, exports the burst metrics and writes Events; it also
+    /// runs the embedded virtual node(s) (`--vk-provider fargate,mock`).
     Controller(Box<spillway_controller::ControllerArgs>),
     /// Run one virtual node: registers a Node and runs the pods bound to it at a provider
     /// (AWS Fargate, or the in-memory mock), leader-elected per node name.
     VkNode(Box<spillway_vk_node::run::VkNodeArgs>),
-    /// Run the webhook, controller and virtual node in one process (small clusters, demo).
-    Run,
+    /// Run the webhook, controller and virtual node(s) in one process (small clusters,
+    /// the demo); `--webhook-url` makes its own certificate and registers the webhook.
+    Run(Box<run_all::RunArgs>),
     /// Offline: answer one AdmissionReview (JSON on stdin) as the webhook would against a
     /// saved cluster state, and print the AdmissionReview response on stdout.
     Admit(admit::AdmitArgs),
     /// Offline: say whether a pod may burst to a provider, its task size, hourly cost and
     /// the exact provider requests (ECS RegisterTaskDefinition and RunTask for Fargate).
     ExplainPod(explain_pod::ExplainArgs),
-    /// Live: per-workload table of local and burst replicas, reasons and cost.
-    Status,
+    /// Live, from the kubeconfig: per opted-in workload the desired, local and burst
+    /// replicas, burst ratio, last reason, provider and estimated USD/hour, and a cluster
+    /// line (request utilization, burst cost, budget). `-o json` for scripts.
+    Status(spillway_controller::status_cli::StatusArgs),
 }
 
-fn not_implemented(what: &str) -> ExitCode {
-    eprintln!("spillway: {what}");
-    ExitCode::from(2)
+/// `spillway status`: prints the table or JSON; exit 1 with the reason when the cluster
+/// cannot be read.
+fn status(args: &spillway_controller::status_cli::StatusArgs) -> ExitCode {
+    spillway_common::tls::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("spillway: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(spillway_controller::status_cli::read(args)) {
+        Ok(status) => {
+            print!(
+                "{}",
+                spillway_controller::status_cli::render(&status, args.output)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("spillway status: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -66,14 +95,16 @@ pub fn run(cli: Cli) -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }),
-        Command::Run => not_implemented(spillway_controller::NOT_IMPLEMENTED),
+        Command::Run(args) => serve(&cli.log, async move |shutdown| {
+            run_all::run(*args, shutdown).await
+        }),
         Command::VkNode(args) => serve(&cli.log, async move |shutdown| {
             spillway_vk_node::run::run(*args, shutdown)
                 .await
                 .map_err(anyhow::Error::from)
         }),
         Command::ExplainPod(args) => explain_pod::run(&args),
-        Command::Status => not_implemented(spillway_controller::NOT_IMPLEMENTED),
+        Command::Status(args) => status(&args),
     }
 }
 

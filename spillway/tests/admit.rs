@@ -148,13 +148,36 @@ fn bad_input_exits_2_with_one_line_and_no_stdout() {
 }
 
 #[test]
-fn unbuilt_subcommands_say_so_and_exit_2() {
-    for sub in ["run", "status"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .arg(sub)
-            .output()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2));
-        assert!(String::from_utf8_lossy(&output.stderr).contains("not implemented yet"));
-    }
+fn run_without_a_way_to_serve_tls_says_what_to_give() {
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("run")
+        .env_remove("SPILLWAY_WEBHOOK_URL")
+        .env_remove("SPILLWAY_TLS_CERT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--webhook-url"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["run", "--webhook-url", "http://127.0.0.1:8443/mutate"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("https://"), "{stderr}");
+}
+
+#[test]
+fn status_without_a_cluster_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["status", "-o", "json"])
+        .env("KUBECONFIG", dir.path().join("missing"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("spillway status: "), "{stderr}");
+    assert!(output.stdout.is_empty());
 }

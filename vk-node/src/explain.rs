@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 use serde_json::Value;
 use spillway_common::config::{PricingConfig, Provider};
+use spillway_common::cost;
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::pod_resources;
 
@@ -93,7 +94,7 @@ pub fn explain(
             match translated {
                 Ok(request) => {
                     explanation.hourly_cost_usd =
-                        Some(round_cost(request.size.hourly_cost(&settings.price)));
+                        Some(cost::round_usd(request.size.hourly_cost(&settings.price)));
                     explanation.size = Some(serde_json::json!({
                         "cpu": request.size.cpu_units.to_string(),
                         "memory": request.size.memory_mib.to_string(),
@@ -124,20 +125,9 @@ pub fn explain(
             Ok(explanation)
         }
         Provider::Aci => {
-            // ACI bills the requested cores and GB per second; requests go in 0.01-core
-            // and 0.1-GB steps (ACI container group resource docs).
-            let cpu_millis = if needs.cpu_specified {
-                needs.cpu_millis
-            } else {
-                ACI_DEFAULT_CPU_MILLIS
-            };
-            let memory = if needs.memory_specified {
-                needs.memory_bytes
-            } else {
-                ACI_DEFAULT_MEMORY_BYTES
-            };
-            let cores = (cpu_millis as f64 / 10.0).ceil() / 100.0;
-            let gb = (memory as f64 / (1u64 << 30) as f64 * 10.0).ceil() / 10.0;
+            let (cpu_millis, memory) = cost::with_defaults(&needs);
+            let size = cost::aci_size(cpu_millis, memory);
+            let (cores, gb) = (size.vcpu, size.gb);
             let price = &pricing.aci;
             Ok(Explanation {
                 eligible: reasons.is_empty(),
@@ -145,24 +135,13 @@ pub fn explain(
                 hourly_cost_usd: reasons
                     .iter()
                     .all(|r| *r != Ineligible::TooLarge)
-                    .then(|| round_cost(cores * price.vcpu_hour + gb * price.gb_hour)),
+                    .then(|| cost::round_usd(cores * price.vcpu_hour + gb * price.gb_hour)),
                 size: Some(serde_json::json!({"cpu": cores, "memoryInGB": gb})),
                 request: None,
                 notes: vec!["the ACI container-group request is not built yet; it comes with the ACI provider".into()],
             })
         }
     }
-}
-
-/// CPU for pods that request none on ACI (virtual-kubelet's ACI provider default is 1 core;
-/// we keep Fargate's smaller default so both providers price the same pod alike).
-const ACI_DEFAULT_CPU_MILLIS: u64 = 250;
-/// Memory for pods that request none on ACI.
-const ACI_DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
-
-/// Rounds to a micro-dollar so printed figures are stable.
-fn round_cost(cost: f64) -> f64 {
-    (cost * 1e6).round() / 1e6
 }
 
 /// A few readable lines for people.

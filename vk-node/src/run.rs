@@ -77,15 +77,10 @@ pub struct VkNodeArgs {
 /// Flags of `spillway controller` that concern its embedded virtual nodes.
 #[derive(Args, Clone, Debug)]
 pub struct EmbeddedNodesArgs {
-    /// Providers to run a virtual node for (comma-separated); each node is leader-elected
-    /// on its own, and node N (from 0) serves its kubelet API on the listen port + N.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        required = true,
-        env = "SPILLWAY_VK_PROVIDER"
-    )]
+    /// Providers to run a virtual node for (comma-separated; none: the controller loops
+    /// only); each node is leader-elected on its own, and node N (from 0) serves its
+    /// kubelet API on the listen port + N.
+    #[arg(long, value_enum, value_delimiter = ',', env = "SPILLWAY_VK_PROVIDER")]
     pub vk_provider: Vec<ProviderKind>,
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags
@@ -117,16 +112,16 @@ pub struct NodeOptions {
     /// Kubelet API listen address (HTTPS, client certificates required).
     #[arg(long, default_value = "0.0.0.0:10250", env = "SPILLWAY_KUBELET_LISTEN")]
     pub kubelet_listen: SocketAddr,
-    /// Kubelet API serving certificate (PEM).
+    /// Kubelet API serving certificate (PEM); required for a virtual node.
     #[arg(long, env = "SPILLWAY_KUBELET_TLS_CERT")]
-    pub kubelet_tls_cert: PathBuf,
-    /// Kubelet API serving key (PEM).
+    pub kubelet_tls_cert: Option<PathBuf>,
+    /// Kubelet API serving key (PEM); required for a virtual node.
     #[arg(long, env = "SPILLWAY_KUBELET_TLS_KEY")]
-    pub kubelet_tls_key: PathBuf,
+    pub kubelet_tls_key: Option<PathBuf>,
     /// CA that signed the apiserver's kubelet client certificate; clients without a
-    /// certificate it signed are refused.
+    /// certificate it signed are refused. Required for a virtual node.
     #[arg(long, env = "SPILLWAY_KUBELET_CLIENT_CA")]
-    pub kubelet_client_ca: PathBuf,
+    pub kubelet_client_ca: Option<PathBuf>,
     /// Namespace of the leader-election Lease.
     #[arg(
         long,
@@ -291,6 +286,7 @@ async fn run_with<P: Provider>(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let files = kubelet_tls_files(args)?;
     let client = kube::Client::try_default().await?;
     let spec = NodeSpec {
         name: node_name(kind, args),
@@ -326,11 +322,6 @@ async fn run_with<P: Provider>(
     ));
 
     let directory: PodDirectory = Arc::new(RwLock::new(HashMap::new()));
-    let files = TlsFiles {
-        cert: args.kubelet_tls_cert.clone(),
-        key: args.kubelet_tls_key.clone(),
-        client_ca: Some(args.kubelet_client_ca.clone()),
-    };
     let kubelet = TlsServer::bind(args.kubelet_listen, files).await?;
     tracing::info!(addr = ?kubelet.local_addr().ok(), node = %spec.name, "kubelet API listening");
     tokio::spawn(kubelet.serve(
@@ -352,6 +343,31 @@ async fn run_with<P: Provider>(
         return Err(RunError::LeadershipLost);
     }
     Ok(())
+}
+
+/// The kubelet API's TLS files; a virtual node refuses to start without them, so its
+/// logs are never served to unauthenticated callers.
+fn kubelet_tls_files(args: &NodeOptions) -> Result<TlsFiles, RunError> {
+    let missing = |flag: &str| {
+        RunError::Provider(format!(
+            "{flag} is required to run a virtual node (its kubelet API serves TLS and authenticates callers)"
+        ))
+    };
+    Ok(TlsFiles {
+        cert: args
+            .kubelet_tls_cert
+            .clone()
+            .ok_or_else(|| missing("--kubelet-tls-cert"))?,
+        key: args
+            .kubelet_tls_key
+            .clone()
+            .ok_or_else(|| missing("--kubelet-tls-key"))?,
+        client_ca: Some(
+            args.kubelet_client_ca
+                .clone()
+                .ok_or_else(|| missing("--kubelet-client-ca"))?,
+        ),
+    })
 }
 
 async fn heartbeat(

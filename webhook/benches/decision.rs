@@ -5,9 +5,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use spillway_cluster::decision::PlacementCounts;
 use spillway_common::config::OperatorConfig;
 use spillway_webhook::admission;
-use spillway_webhook::index::PlacementCounts;
 use spillway_webhook::review;
 
 fn bench(c: &mut Criterion) {

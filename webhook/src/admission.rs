@@ -7,13 +7,14 @@ use serde::Deserialize as _;
 use spillway_common::config::OperatorConfig;
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
-use spillway_common::pod_resources;
+use spillway_common::{cost, pod_resources};
 
-use crate::decision::{self, Decision, Placement, PodFacts, Reason};
-use crate::index::{ClusterIndex, PlacementCounts};
 use crate::patch::{self, Mutation};
-use crate::policy;
 use crate::review::{AdmissionRequest, AdmissionResponse};
+use spillway_cluster::decision::PlacementCounts;
+use spillway_cluster::decision::{self, BudgetFacts, Decision, Placement, PodFacts, Reason};
+use spillway_cluster::index::ClusterIndex;
+use spillway_cluster::policy;
 
 /// The answer plus what the caller needs for metrics and in-flight tracking.
 #[derive(Debug)]
@@ -65,16 +66,46 @@ fn previous_decision(pod: &Pod, provider: spillway_common::config::Provider) -> 
         "local" => Placement::Local,
         _ => return None,
     };
-    let reason = match labels.get(keys::REASON).map(String::as_str) {
-        Some("capacity") => Reason::Capacity,
-        Some("no-fit") => Reason::NoFit,
-        Some("hpa") => Reason::Hpa,
-        Some("max-local") => Reason::MaxLocal,
-        Some("max-burst") => Reason::MaxBurst,
-        Some("ineligible") => Reason::Ineligible,
-        _ => Reason::NoPressure,
-    };
+    let reason = labels
+        .get(keys::REASON)
+        .and_then(|r| Reason::parse(r))
+        .unwrap_or(Reason::NoPressure);
     Some(Decision { placement, reason })
+}
+
+/// The budgets that apply to a pod of `workload` and what is spent against them; the
+/// sums are only computed when a budget is set. In-flight burst decisions of the workload
+/// count at this pod's price (its siblings share its template).
+pub fn budget_facts(
+    index: &ClusterIndex,
+    workload: Option<&str>,
+    needs: &spillway_common::pod_resources::PodResources,
+    provider: spillway_common::config::Provider,
+    policy: &policy::WorkloadPolicy,
+    config: &OperatorConfig,
+    burst_in_flight: u32,
+) -> BudgetFacts {
+    let cluster_limit = config.budget.max_usd_per_hour;
+    if cluster_limit.is_none() && policy.max_usd_per_hour.is_none() {
+        return BudgetFacts::default();
+    }
+    let pod_usd_per_hour = cost::hourly_usd(needs, provider, &config.pricing);
+    let in_flight = f64::from(burst_in_flight) * pod_usd_per_hour.unwrap_or(0.0);
+    let spent =
+        |workload| index.burst_usd_per_hour(workload, &config.pricing, config.default_provider);
+    BudgetFacts {
+        pod_usd_per_hour,
+        cluster_spent: if cluster_limit.is_some() {
+            spent(None) + in_flight
+        } else {
+            0.0
+        },
+        workload_spent: match (policy.max_usd_per_hour, workload) {
+            (Some(_), Some(key)) => spent(Some(key)) + in_flight,
+            _ => 0.0,
+        },
+        cluster_limit,
+    }
 }
 
 /// Evaluates `request` against `index`; `in_flight` adds the workload's decisions that
@@ -141,11 +172,22 @@ pub fn evaluate(
     let previous = previous_decision(&pod, provider);
     let decision = previous.unwrap_or_else(|| {
         let mut counts = view.as_ref().map(|v| v.counts).unwrap_or_default();
+        let mut burst_in_flight = 0;
         if let Some(key) = workload.as_deref() {
             let pending = in_flight(key);
             counts.local += pending.local;
             counts.burst += pending.burst;
+            burst_in_flight = pending.burst;
         }
+        let budget = budget_facts(
+            index,
+            workload.as_deref(),
+            &needs,
+            provider,
+            &policy,
+            config,
+            burst_in_flight,
+        );
         let facts = PodFacts {
             needs,
             tolerations: pod
@@ -157,6 +199,7 @@ pub fn evaluate(
             counts,
             replicas: view.as_ref().map(|v| v.replicas).unwrap_or(1),
             hpa: view.as_ref().and_then(|v| v.hpa),
+            budget,
         };
         decision::decide(&facts, &policy, config, index)
     });

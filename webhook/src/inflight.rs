@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::index::PlacementCounts;
+use spillway_cluster::decision::PlacementCounts;
 
 /// How long an unresolved decision counts. A create that passed admission is persisted
 /// within the apiserver's request timeout (60 s by default) or never.

@@ -2,18 +2,14 @@
 //! pure burst decision, the JSON patch that carries it, and the HTTPS server.
 
 pub mod admission;
-pub mod cluster_state;
-pub mod decision;
-pub mod index;
+pub mod feed;
 pub mod inflight;
 pub mod metrics;
 pub mod patch;
-pub mod policy;
 pub mod review;
 pub mod run;
 pub mod server;
 pub mod synthetic;
-pub mod watch;
 
 use spillway_common::config::OperatorConfig;
 
@@ -25,7 +21,7 @@ pub enum AdmitError {
     Review(#[from] review::ReviewError),
     /// The cluster state was unusable.
     #[error(transparent)]
-    ClusterState(#[from] cluster_state::ClusterStateError),
+    ClusterState(#[from] spillway_cluster::cluster_state::ClusterStateError),
 }
 
 /// Answers one review offline, as the webhook would against `cluster_state`.
@@ -34,12 +30,12 @@ pub fn admit(
     cluster_state: &[u8],
     config: &OperatorConfig,
 ) -> Result<review::AdmissionReviewResponse, AdmitError> {
-    let index = cluster_state::load(cluster_state)?;
+    let index = spillway_cluster::cluster_state::load(cluster_state)?;
     let (api_version, request) = review::parse(review_json)?;
     let evaluation = admission::evaluate(
         &request,
         &index,
-        |_| index::PlacementCounts::default(),
+        |_| spillway_cluster::decision::PlacementCounts::default(),
         config,
     );
     Ok(review::AdmissionReviewResponse::new(

@@ -16,8 +16,6 @@ pub struct WebhookMetrics {
     pub errors: IntCounterVec,
     /// `spillway_index_pods`: pods in the watch index.
     pub index_pods: IntGauge,
-    /// `spillway_config_reload_failures_total`.
-    pub config_reload_failures: prometheus::IntCounter,
 }
 
 impl WebhookMetrics {
@@ -58,17 +56,12 @@ impl WebhookMetrics {
                 "spillway_index_pods",
                 "Pods held in the webhook's watch index",
             )?,
-            config_reload_failures: prometheus::IntCounter::new(
-                "spillway_config_reload_failures_total",
-                "Operator config files refused on reload",
-            )?,
         };
         registry.register(Box::new(metrics.decisions.clone()))?;
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.ineligible.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;
         registry.register(Box::new(metrics.index_pods.clone()))?;
-        registry.register(Box::new(metrics.config_reload_failures.clone()))?;
         Ok(metrics)
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use spillway_common::config::Provider;
 use spillway_common::keys;
 
-use crate::decision::{Placement, Reason};
+use spillway_cluster::decision::{Placement, Reason};
 
 /// What to write on the pod.
 #[derive(Clone, Copy, Debug)]

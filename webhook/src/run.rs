@@ -10,14 +10,15 @@ use arc_swap::ArcSwap;
 use clap::Args;
 use prometheus::Registry;
 use spillway_common::admin::{self, AdminArgs, Readiness};
-use spillway_common::config::{self, OperatorConfig};
+use spillway_common::config::{self, ConfigMetrics, OperatorConfig, SharedConfig};
 use spillway_common::tls::{TlsFiles, TlsServer};
 use tokio_util::sync::CancellationToken;
 
-use crate::index::ClusterIndex;
+use crate::feed::WebhookFeed;
 use crate::inflight::{self, InFlight};
 use crate::metrics::WebhookMetrics;
 use crate::server::{self, WebhookState};
+use spillway_cluster::index::ClusterIndex;
 
 /// Flags of `spillway webhook`.
 #[derive(Args, Clone, Debug)]
@@ -63,6 +64,17 @@ pub enum StartError {
     Admin(std::io::Error),
 }
 
+/// Where and how the admission server listens.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// HTTPS address.
+    pub listen: SocketAddr,
+    /// Serving certificate and key, reloaded when they change.
+    pub tls: TlsFiles,
+    /// How often the certificate files are checked.
+    pub reload_interval: Duration,
+}
+
 /// Runs the webhook until `shutdown`.
 pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> Result<(), StartError> {
     let initial = match &args.config {
@@ -70,45 +82,74 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> Result<(), S
         None => OperatorConfig::default(),
     };
     let registry = Registry::new();
-    let metrics = WebhookMetrics::register(&registry)?;
+    let config_metrics = ConfigMetrics::register(&registry)?;
     let shared = Arc::new(ArcSwap::from_pointee(initial));
     let interval = Duration::from_secs(args.reload_interval_seconds.max(1));
     if let Some(path) = args.config.clone() {
-        let failures = metrics.config_reload_failures.clone();
         tokio::spawn(config::watch_and_reload(
             path,
             shared.clone(),
             interval,
-            move |_| failures.inc(),
+            config_metrics,
+            |_| {},
             shutdown.clone(),
         ));
     }
-    let state = WebhookState {
-        index: Arc::new(RwLock::new(ClusterIndex::new())),
-        in_flight: Arc::new(Mutex::new(InFlight::new(inflight::DEFAULT_TTL))),
-        config: shared,
-        metrics,
-    };
-    let client = kube::Client::try_default().await?;
     let readiness = Readiness::default();
-    crate::watch::spawn_all(client, state.clone(), readiness.clone(), shutdown.clone());
-    let files = TlsFiles {
-        cert: args.tls_cert.clone(),
-        key: args.tls_key.clone(),
-        client_ca: None,
-    };
-    let tls = TlsServer::bind(args.listen, files).await?;
-    tracing::info!(addr = %tls.local_addr().map_err(StartError::Admin)?, "webhook listening");
     let admin = tokio::spawn(admin::serve(
         args.admin.admin_addr,
-        registry,
-        readiness,
+        registry.clone(),
+        readiness.clone(),
         shutdown.clone(),
     ));
-    tls.serve(server::router(state), interval, shutdown.clone())
-        .await;
+    let options = ServeOptions {
+        listen: args.listen,
+        tls: TlsFiles {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            client_ca: None,
+        },
+        reload_interval: interval,
+    };
+    serve(options, shared, &registry, readiness, shutdown).await?;
     match admin.await {
         Ok(result) => result.map_err(StartError::Admin),
         Err(_) => Ok(()),
     }
+}
+
+/// Serves admissions with `config` until `shutdown`, registering the webhook's metrics
+/// in `registry` and turning `readiness` on once the index has synced (`spillway run`
+/// shares the registry, readiness and config with the controller).
+pub async fn serve(
+    options: ServeOptions,
+    config: SharedConfig,
+    registry: &Registry,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let metrics = WebhookMetrics::register(registry)?;
+    let state = WebhookState {
+        index: Arc::new(RwLock::new(ClusterIndex::new())),
+        in_flight: Arc::new(Mutex::new(InFlight::new(inflight::DEFAULT_TTL))),
+        config,
+        metrics,
+    };
+    let client = kube::Client::try_default().await?;
+    let feed = Arc::new(WebhookFeed {
+        in_flight: state.in_flight.clone(),
+        metrics: state.metrics.clone(),
+    });
+    spillway_cluster::watch::spawn_all(
+        client,
+        state.index.clone(),
+        feed,
+        readiness.clone(),
+        shutdown.clone(),
+    );
+    let tls = TlsServer::bind(options.listen, options.tls).await?;
+    tracing::info!(addr = %tls.local_addr().map_err(StartError::Admin)?, "webhook listening");
+    tls.serve(server::router(state), options.reload_interval, shutdown)
+        .await;
+    Ok(())
 }

@@ -14,11 +14,11 @@ use axum::routing::post;
 use spillway_common::config::SharedConfig;
 
 use crate::admission::{self, Evaluation};
-use crate::decision::Placement;
-use crate::index::ClusterIndex;
 use crate::inflight::InFlight;
 use crate::metrics::WebhookMetrics;
 use crate::review::{self, AdmissionResponse, AdmissionReviewResponse};
+use spillway_cluster::decision::Placement;
+use spillway_cluster::index::ClusterIndex;
 
 /// What the handler shares with the watchers.
 #[derive(Clone)]

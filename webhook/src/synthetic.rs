@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::index::ClusterIndex;
+use spillway_cluster::index::ClusterIndex;
 
 fn uid(kind: u8, n: usize) -> String {
     format!("{kind:02x}000000-0000-4000-8000-{n:012x}")

@@ -4,7 +4,6 @@
 pub mod aws;
 pub mod ecs_json;
 pub mod provider;
-pub mod sizing;
 pub mod translate;
 
 /// Tag carrying the pod UID on every task (crash-safe adoption keys on it).

@@ -12,7 +12,7 @@ use spillway_common::pod_resources::{self, PodResources};
 use spillway_common::quantity;
 
 use super::ecs_json::*;
-use super::sizing::{self, TaskSize};
+use spillway_common::fargate_sizing::{self as sizing, TaskSize};
 
 /// Fargate's upper bound on `stopTimeout`, seconds (ECS ContainerDefinition docs).
 pub const FARGATE_MAX_STOP_TIMEOUT: i64 = 120;

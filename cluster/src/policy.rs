@@ -42,6 +42,8 @@ pub struct WorkloadPolicy {
     pub hpa_threshold: Option<f64>,
     /// `spillway.io/spot: "true"`.
     pub spot: bool,
+    /// `spillway.io/max-usd-per-hour`: budget of this workload's burst pods.
+    pub max_usd_per_hour: Option<f64>,
 }
 
 fn parse_bool(key: &str, value: &str, warnings: &mut Vec<String>) -> bool {
@@ -101,6 +103,19 @@ fn parse_threshold(key: &str, value: &str, warnings: &mut Vec<String>) -> Option
     }
 }
 
+fn parse_usd(value: &str, warnings: &mut Vec<String>) -> Option<f64> {
+    match value.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
+        _ => {
+            warnings.push(format!(
+                "spillway: annotation {}={value:?} ignored: expected a number of USD per hour, 0 or more",
+                keys::MAX_USD_PER_HOUR
+            ));
+            None
+        }
+    }
+}
+
 /// Reads the policy from the Deployment's annotations overlaid with the pod's own
 /// (the pod template wins key by key). Warnings name each ignored value.
 pub fn read(
@@ -138,6 +153,7 @@ pub fn read(
     policy.hpa_threshold = get(keys::HPA_THRESHOLD)
         .and_then(|v| parse_threshold(keys::HPA_THRESHOLD, v, &mut warnings));
     policy.spot = get(keys::SPOT).is_some_and(|v| parse_bool(keys::SPOT, v, &mut warnings));
+    policy.max_usd_per_hour = get(keys::MAX_USD_PER_HOUR).and_then(|v| parse_usd(v, &mut warnings));
     (policy, warnings)
 }
 
@@ -176,9 +192,10 @@ mod tests {
             (keys::CAPACITY_THRESHOLD, "1.5"),
             (keys::HPA_THRESHOLD, "zero"),
             (keys::PROVIDER, "gcp"),
+            (keys::MAX_USD_PER_HOUR, "-2"),
         ]);
         let (policy, warnings) = read(None, Some(&pod));
-        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        assert_eq!(warnings.len(), 6, "{warnings:?}");
         assert_eq!(
             policy,
             WorkloadPolicy {
@@ -199,6 +216,12 @@ mod tests {
             read(None, Some(&pod)).0.max_burst,
             Some(MaxBurst::Percent(25))
         );
+    }
+
+    #[test]
+    fn workload_budget() {
+        let pod = map(&[(keys::BURST, "true"), (keys::MAX_USD_PER_HOUR, "2.5")]);
+        assert_eq!(read(None, Some(&pod)).0.max_usd_per_hour, Some(2.5));
     }
 
     #[test]

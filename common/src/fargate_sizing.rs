@@ -1,7 +1,7 @@
 //! Fargate task sizes: the cheapest valid CPU/memory combination covering a pod's needs
 //! (AWS "Task CPU and memory" table for Linux Fargate tasks).
 
-use spillway_common::config::Price;
+use crate::config::Price;
 
 /// One Fargate task size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub fn cheapest(millis: u64, bytes: u64, price: &Price) -> Option<TaskSize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spillway_common::config::PricingConfig;
+    use crate::config::PricingConfig;
 
     fn size(millis: u64, mib: u64) -> Option<(u32, u32)> {
         cheapest(millis, mib << 20, &PricingConfig::default().fargate)

@@ -1,11 +1,12 @@
 //! Feeds the index from watches of Nodes, Pods, ReplicaSets, Deployments and HPAs, and
-//! resolves in-flight decisions as their pods appear. Objects that vanished while a watch
-//! was re-listing are removed when the re-list completes.
+//! tells an observer (the webhook resolves its in-flight decisions there) what changed.
+//! Objects that vanished while a watch was re-listing are removed when the re-list
+//! completes.
 
 use std::collections::HashSet;
 use std::hash::Hash;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -15,11 +16,26 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use spillway_common::admin::Readiness;
-use spillway_common::keys;
 use tokio_util::sync::CancellationToken;
 
 use crate::index::{ClusterIndex, compact_uid};
-use crate::server::WebhookState;
+
+/// The index shared by the watches (writers) and its readers.
+pub type SharedIndex = Arc<RwLock<ClusterIndex>>;
+
+/// What else should happen as the watches change the index. Called under the index's
+/// write lock: keep it short.
+pub trait WatchObserver: Send + Sync + 'static {
+    /// A pod was added or updated in the index.
+    fn pod_applied(&self, _pod: &Pod) {}
+    /// The index changed.
+    fn index_changed(&self, _index: &ClusterIndex) {}
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+
+impl WatchObserver for NoObserver {}
 
 /// One watched kind and how it enters and leaves the index.
 trait IndexedKind:
@@ -27,7 +43,7 @@ trait IndexedKind:
 {
     type Key: Hash + Eq + Clone + Send;
     fn key(&self) -> Option<Self::Key>;
-    fn apply(&self, state: &WebhookState, index: &mut ClusterIndex);
+    fn apply(&self, observer: &dyn WatchObserver, index: &mut ClusterIndex);
     fn remove(key: &Self::Key, index: &mut ClusterIndex);
 }
 
@@ -44,7 +60,7 @@ impl IndexedKind for Node {
     fn key(&self) -> Option<String> {
         self.metadata.name.clone()
     }
-    fn apply(&self, _: &WebhookState, index: &mut ClusterIndex) {
+    fn apply(&self, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_node(self);
     }
     fn remove(key: &String, index: &mut ClusterIndex) {
@@ -57,20 +73,9 @@ impl IndexedKind for Pod {
     fn key(&self) -> Option<u128> {
         self.metadata.uid.as_deref().map(compact_uid)
     }
-    fn apply(&self, state: &WebhookState, index: &mut ClusterIndex) {
+    fn apply(&self, observer: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_pod(self);
-        if let Some(uid) = self
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(keys::DECISION))
-        {
-            state
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .resolve(uid);
-        }
+        observer.pod_applied(self);
     }
     fn remove(key: &u128, index: &mut ClusterIndex) {
         index.delete_pod_compact(*key);
@@ -82,7 +87,7 @@ impl IndexedKind for ReplicaSet {
     fn key(&self) -> Option<String> {
         self.metadata.uid.clone()
     }
-    fn apply(&self, _: &WebhookState, index: &mut ClusterIndex) {
+    fn apply(&self, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_replicaset(self);
     }
     fn remove(key: &String, index: &mut ClusterIndex) {
@@ -95,7 +100,7 @@ impl IndexedKind for Deployment {
     fn key(&self) -> Option<String> {
         ns_name(&self.metadata)
     }
-    fn apply(&self, _: &WebhookState, index: &mut ClusterIndex) {
+    fn apply(&self, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_deployment(self);
     }
     fn remove(key: &String, index: &mut ClusterIndex) {
@@ -110,7 +115,7 @@ impl IndexedKind for HorizontalPodAutoscaler {
     fn key(&self) -> Option<String> {
         ns_name(&self.metadata)
     }
-    fn apply(&self, _: &WebhookState, index: &mut ClusterIndex) {
+    fn apply(&self, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_hpa(self);
     }
     fn remove(key: &String, index: &mut ClusterIndex) {
@@ -122,7 +127,8 @@ impl IndexedKind for HorizontalPodAutoscaler {
 
 async fn run<K: IndexedKind>(
     api: Api<K>,
-    state: WebhookState,
+    shared: SharedIndex,
+    observer: Arc<dyn WatchObserver>,
     synced: Arc<AtomicUsize>,
     readiness: Readiness,
     shutdown: CancellationToken,
@@ -147,14 +153,14 @@ async fn run<K: IndexedKind>(
                 continue;
             }
         };
-        let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = shared.write().unwrap_or_else(|p| p.into_inner());
         match event {
             watcher::Event::Init => relisted.clear(),
             watcher::Event::InitApply(object) => {
                 if let Some(key) = object.key() {
                     relisted.insert(key);
                 }
-                object.apply(&state, &mut index);
+                object.apply(observer.as_ref(), &mut index);
             }
             watcher::Event::InitDone => {
                 for gone in known.difference(&relisted) {
@@ -177,7 +183,7 @@ async fn run<K: IndexedKind>(
                 if let Some(key) = object.key() {
                     known.insert(key);
                 }
-                object.apply(&state, &mut index);
+                object.apply(observer.as_ref(), &mut index);
             }
             watcher::Event::Delete(object) => {
                 if let Some(key) = object.key() {
@@ -186,7 +192,7 @@ async fn run<K: IndexedKind>(
                 }
             }
         }
-        state.metrics.index_pods.set(index.pod_count() as i64);
+        observer.index_changed(&index);
     }
 }
 
@@ -196,7 +202,8 @@ const WATCHED_KINDS: usize = 5;
 /// Starts the five watches; `readiness` turns true once each has listed.
 pub fn spawn_all(
     client: Client,
-    state: WebhookState,
+    index: SharedIndex,
+    observer: Arc<dyn WatchObserver>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
@@ -205,7 +212,8 @@ pub fn spawn_all(
         ($kind:ty) => {
             tokio::spawn(run::<$kind>(
                 Api::all(client.clone()),
-                state.clone(),
+                index.clone(),
+                observer.clone(),
                 synced.clone(),
                 readiness.clone(),
                 shutdown.clone(),

@@ -1,22 +1,28 @@
 //! The compact cluster index the decision reads (DESIGN §3 "State"): watched Nodes, Pods,
 //! ReplicaSets, Deployments and HPAs projected into the few fields the decision needs,
 //! with per-node and cluster request sums and per-ReplicaSet placement counts kept
-//! up to date on every change, so a decision never scans pods.
+//! up to date on every change, so a decision never scans pods. Slots of deleted Nodes,
+//! ReplicaSets and Deployments are freed once nothing refers to them any more.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use spillway_common::config::{PricingConfig, Provider};
 use spillway_common::keys;
 use spillway_common::pod_resources::{self, PodResources};
-use spillway_common::quantity;
+use spillway_common::{cost, quantity};
+
+use crate::decision::{CapacityTotals, CapacityView, HpaFacts, PlacementCounts};
 
 const NO_SLOT: u32 = u32::MAX;
 const POD_HOLDS_RESOURCES: u8 = 1;
 const POD_COUNTED: u8 = 2;
 const POD_BURST: u8 = 4;
+const POD_CPU_SPECIFIED: u8 = 8;
+const POD_MEMORY_SPECIFIED: u8 = 16;
 
 /// A pod UID squeezed into 16 bytes (a UUID as-is; anything else hashed).
 pub fn compact_uid(uid: &str) -> u128 {
@@ -47,6 +53,10 @@ struct NodeEntry {
     ready: bool,
     schedulable: bool,
     is_virtual: bool,
+    /// `spillway.io/provider` of a virtual node.
+    provider: Option<Provider>,
+    /// Pods that refer to this slot (the slot is freed at 0 once the Node is gone).
+    pods: u32,
     allocatable_cpu: u64,
     allocatable_memory: u64,
     requested_cpu: u64,
@@ -70,28 +80,38 @@ struct PodEntry {
     flags: u8,
 }
 
+impl PodEntry {
+    fn needs(&self) -> PodResources {
+        PodResources {
+            cpu_millis: u64::from(self.cpu_millis),
+            memory_bytes: self.memory_bytes,
+            cpu_specified: self.flags & POD_CPU_SPECIFIED != 0,
+            memory_specified: self.flags & POD_MEMORY_SPECIFIED != 0,
+        }
+    }
+
+    fn counted_burst(&self) -> bool {
+        self.flags & (POD_COUNTED | POD_BURST) == POD_COUNTED | POD_BURST
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct ReplicaSetEntry {
+    uid: u128,
+    exists: bool,
     deployment: Option<u32>,
     local: u32,
     burst: u32,
-}
-
-/// What an HPA says about its Deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HpaFacts {
-    /// `spec.minReplicas` (default 1).
-    pub min_replicas: u32,
-    /// `spec.maxReplicas`.
-    pub max_replicas: u32,
-    /// `status.desiredReplicas`.
-    pub desired_replicas: u32,
+    /// Pods that refer to this slot.
+    pods: u32,
 }
 
 #[derive(Clone, Debug, Default)]
 struct DeploymentEntry {
     /// `namespace/name`.
     key: String,
+    /// `metadata.uid` (for Events about it).
+    uid: String,
     exists: bool,
     replicas: u32,
     /// Only the `spillway.io/*` annotations, to stay compact.
@@ -100,31 +120,13 @@ struct DeploymentEntry {
     hpa: Option<HpaFacts>,
 }
 
-/// Sums over Ready, schedulable, non-virtual nodes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CapacityTotals {
-    /// Allocatable millicores.
-    pub allocatable_cpu: u64,
-    /// Allocatable bytes.
-    pub allocatable_memory: u64,
-    /// Millicores requested by pods bound to those nodes.
-    pub requested_cpu: u64,
-    /// Bytes requested by pods bound to those nodes.
-    pub requested_memory: u64,
-}
-
-/// Placement counts of a workload.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PlacementCounts {
-    /// Pods not on a virtual node and not labelled burst.
-    pub local: u32,
-    /// Pods on a virtual node or labelled burst.
-    pub burst: u32,
-}
-
 /// What the index knows about a Deployment.
 #[derive(Clone, Debug)]
 pub struct WorkloadView<'a> {
+    /// `namespace/name`.
+    pub key: &'a str,
+    /// `metadata.uid`.
+    pub uid: &'a str,
     /// Its `spillway.io/*` annotations.
     pub annotations: &'a BTreeMap<String, String>,
     /// `spec.replicas`.
@@ -140,11 +142,16 @@ pub struct WorkloadView<'a> {
 pub struct ClusterIndex {
     node_slots: HashMap<Box<str>, u32>,
     nodes: Vec<NodeEntry>,
+    free_nodes: Vec<u32>,
     pods: HashMap<u128, PodEntry>,
+    /// Counted burst pods, so costs are summed without scanning every pod.
+    burst_pods: HashSet<u128>,
     replicaset_slots: HashMap<u128, u32>,
     replicasets: Vec<ReplicaSetEntry>,
+    free_replicasets: Vec<u32>,
     deployment_slots: HashMap<String, u32>,
     deployments: Vec<DeploymentEntry>,
+    free_deployments: Vec<u32>,
     hpa_targets: HashMap<String, String>,
     totals: CapacityTotals,
 }
@@ -179,15 +186,25 @@ impl ClusterIndex {
         self.nodes.iter().filter(|n| n.known).count()
     }
 
+    /// Slots in use (live or still referred to): nodes, ReplicaSets, Deployments. Slots
+    /// of deleted objects come back once nothing refers to them.
+    pub fn slots_in_use(&self) -> (usize, usize, usize) {
+        (
+            self.node_slots.len(),
+            self.replicaset_slots.len(),
+            self.deployment_slots.len(),
+        )
+    }
+
     fn node_slot(&mut self, name: &str) -> u32 {
         if let Some(slot) = self.node_slots.get(name) {
             return *slot;
         }
-        let slot = self.nodes.len() as u32;
-        self.nodes.push(NodeEntry {
+        let entry = NodeEntry {
             name: name.into(),
             ..NodeEntry::default()
-        });
+        };
+        let slot = reuse_or_push(&mut self.nodes, &mut self.free_nodes, entry);
         self.node_slots.insert(name.into(), slot);
         slot
     }
@@ -196,8 +213,11 @@ impl ClusterIndex {
         if let Some(slot) = self.replicaset_slots.get(&uid) {
             return *slot;
         }
-        let slot = self.replicasets.len() as u32;
-        self.replicasets.push(ReplicaSetEntry::default());
+        let entry = ReplicaSetEntry {
+            uid,
+            ..ReplicaSetEntry::default()
+        };
+        let slot = reuse_or_push(&mut self.replicasets, &mut self.free_replicasets, entry);
         self.replicaset_slots.insert(uid, slot);
         slot
     }
@@ -206,13 +226,49 @@ impl ClusterIndex {
         if let Some(slot) = self.deployment_slots.get(&key) {
             return *slot;
         }
-        let slot = self.deployments.len() as u32;
-        self.deployments.push(DeploymentEntry {
+        let entry = DeploymentEntry {
             key: key.clone(),
             ..DeploymentEntry::default()
-        });
+        };
+        let slot = reuse_or_push(&mut self.deployments, &mut self.free_deployments, entry);
         self.deployment_slots.insert(key, slot);
         slot
+    }
+
+    /// Frees a node slot when the Node is gone and no pod refers to it.
+    fn release_node(&mut self, slot: u32) {
+        let entry = &self.nodes[slot as usize];
+        if entry.known || entry.pods > 0 {
+            return;
+        }
+        self.node_slots.remove(&entry.name);
+        self.nodes[slot as usize] = NodeEntry::default();
+        self.free_nodes.push(slot);
+    }
+
+    /// Frees a ReplicaSet slot when it is gone and no pod refers to it.
+    fn release_replicaset(&mut self, slot: u32) {
+        let entry = &self.replicasets[slot as usize];
+        if entry.exists || entry.pods > 0 {
+            return;
+        }
+        let uid = entry.uid;
+        self.link_replicaset(slot, None);
+        self.replicaset_slots.remove(&uid);
+        self.replicasets[slot as usize] = ReplicaSetEntry::default();
+        self.free_replicasets.push(slot);
+    }
+
+    /// Frees a Deployment slot when it is gone and neither a ReplicaSet nor an HPA
+    /// refers to it.
+    fn release_deployment(&mut self, slot: u32) {
+        let entry = &self.deployments[slot as usize];
+        if entry.exists || !entry.replicasets.is_empty() || entry.hpa.is_some() {
+            return;
+        }
+        self.deployment_slots.remove(&entry.key);
+        self.deployments[slot as usize] = DeploymentEntry::default();
+        self.free_deployments.push(slot);
     }
 
     fn add_node_to_totals(&mut self, slot: u32, sign: i8) {
@@ -276,6 +332,9 @@ impl ClusterIndex {
         entry.is_virtual = labels
             .and_then(|l| l.get(keys::NODE_TYPE_LABEL))
             .is_some_and(|v| v == keys::NODE_TYPE_VIRTUAL);
+        entry.provider = labels
+            .and_then(|l| l.get(keys::NODE_PROVIDER_LABEL))
+            .and_then(|v| Provider::parse(v));
         entry.allocatable_cpu = quantity_of(allocatable, "cpu", quantity::cpu_millis);
         entry.allocatable_memory = quantity_of(allocatable, "memory", quantity::bytes);
         entry.taints = taints;
@@ -289,13 +348,30 @@ impl ClusterIndex {
             let entry = &mut self.nodes[slot as usize];
             entry.known = false;
             entry.taints.clear();
+            self.release_node(slot);
         }
     }
 
-    fn account_pod(&mut self, entry: PodEntry, sign: i8) {
+    fn account_pod(&mut self, uid: u128, entry: PodEntry, sign: i8) {
         let delta = |value: &mut u64, by: u64| {
             if sign > 0 { *value += by } else { *value -= by }
         };
+        let count = |value: &mut u32| {
+            if sign > 0 { *value += 1 } else { *value -= 1 }
+        };
+        if entry.node != NO_SLOT {
+            count(&mut self.nodes[entry.node as usize].pods);
+        }
+        if entry.replicaset != NO_SLOT {
+            count(&mut self.replicasets[entry.replicaset as usize].pods);
+        }
+        if entry.counted_burst() {
+            if sign > 0 {
+                self.burst_pods.insert(uid);
+            } else {
+                self.burst_pods.remove(&uid);
+            }
+        }
         if entry.flags & POD_HOLDS_RESOURCES != 0 && entry.node != NO_SLOT {
             let regular = self.nodes[entry.node as usize].is_regular_capacity();
             let node = &mut self.nodes[entry.node as usize];
@@ -327,8 +403,9 @@ impl ClusterIndex {
             return;
         };
         let uid = compact_uid(uid);
-        if let Some(old) = self.pods.remove(&uid) {
-            self.account_pod(old, -1);
+        let old = self.pods.remove(&uid);
+        if let Some(old) = old {
+            self.account_pod(uid, old, -1);
         }
         let spec = pod.spec.as_ref();
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -364,6 +441,12 @@ impl ClusterIndex {
         if labelled_burst || on_virtual {
             flags |= POD_BURST;
         }
+        if needs.cpu_specified {
+            flags |= POD_CPU_SPECIFIED;
+        }
+        if needs.memory_specified {
+            flags |= POD_MEMORY_SPECIFIED;
+        }
         let entry = PodEntry {
             node,
             replicaset,
@@ -371,8 +454,21 @@ impl ClusterIndex {
             memory_bytes: needs.memory_bytes,
             flags,
         };
-        self.account_pod(entry, 1);
+        self.account_pod(uid, entry, 1);
         self.pods.insert(uid, entry);
+        if let Some(old) = old {
+            self.release_pod_references(old);
+        }
+    }
+
+    /// Frees the node and ReplicaSet slots a pod no longer refers to, if they are gone.
+    fn release_pod_references(&mut self, old: PodEntry) {
+        if old.node != NO_SLOT {
+            self.release_node(old.node);
+        }
+        if old.replicaset != NO_SLOT {
+            self.release_replicaset(old.replicaset);
+        }
     }
 
     /// Removes a Pod.
@@ -383,7 +479,8 @@ impl ClusterIndex {
     /// Removes a Pod by its [`compact_uid`].
     pub fn delete_pod_compact(&mut self, uid: u128) {
         if let Some(old) = self.pods.remove(&uid) {
-            self.account_pod(old, -1);
+            self.account_pod(uid, old, -1);
+            self.release_pod_references(old);
         }
     }
 
@@ -395,6 +492,7 @@ impl ClusterIndex {
             return;
         };
         let slot = self.replicaset_slot(compact_uid(uid));
+        self.replicasets[slot as usize].exists = true;
         let owner = rs
             .metadata
             .owner_references
@@ -411,21 +509,23 @@ impl ClusterIndex {
         if old == new {
             return;
         }
-        if let Some(old) = old {
-            self.deployments[old as usize]
-                .replicasets
-                .retain(|s| *s != slot);
-        }
         if let Some(new) = new {
             self.deployments[new as usize].replicasets.push(slot);
         }
         self.replicasets[slot as usize].deployment = new;
+        if let Some(old) = old {
+            self.deployments[old as usize]
+                .replicasets
+                .retain(|s| *s != slot);
+            self.release_deployment(old);
+        }
     }
 
-    /// Removes a ReplicaSet's link to its Deployment.
+    /// Removes a ReplicaSet (its slot goes once its pods are gone too).
     pub fn delete_replicaset(&mut self, uid: &str) {
         if let Some(&slot) = self.replicaset_slots.get(&compact_uid(uid)) {
-            self.link_replicaset(slot, None);
+            self.replicasets[slot as usize].exists = false;
+            self.release_replicaset(slot);
         }
     }
 
@@ -440,6 +540,7 @@ impl ClusterIndex {
         let slot = self.deployment_slot(key(namespace, name));
         let entry = &mut self.deployments[slot as usize];
         entry.exists = true;
+        entry.uid = deployment.metadata.uid.clone().unwrap_or_default();
         entry.replicas = deployment
             .spec
             .replicas
@@ -455,12 +556,13 @@ impl ClusterIndex {
             .collect();
     }
 
-    /// Forgets a Deployment (its slot stays for ReplicaSets that still point at it).
+    /// Forgets a Deployment (its slot stays while ReplicaSets or an HPA point at it).
     pub fn delete_deployment(&mut self, namespace: &str, name: &str) {
         if let Some(&slot) = self.deployment_slots.get(&key(namespace, name)) {
             let entry = &mut self.deployments[slot as usize];
             entry.exists = false;
             entry.annotations.clear();
+            self.release_deployment(slot);
         }
     }
 
@@ -499,6 +601,7 @@ impl ClusterIndex {
             && let Some(&slot) = self.deployment_slots.get(&target)
         {
             self.deployments[slot as usize].hpa = None;
+            self.release_deployment(slot);
         }
     }
 
@@ -520,11 +623,83 @@ impl ClusterIndex {
             counts.burst += rs.burst;
         }
         Some(WorkloadView {
+            key: &entry.key,
+            uid: &entry.uid,
             annotations: &entry.annotations,
             replicas: entry.replicas,
             hpa: entry.hpa,
             counts,
         })
+    }
+
+    /// Every Deployment known to exist.
+    pub fn workloads(&self) -> impl Iterator<Item = WorkloadView<'_>> {
+        (0..self.deployments.len() as u32).filter_map(|slot| self.workload_at(slot))
+    }
+
+    /// Estimated USD per hour of the counted burst pods, of one workload (`namespace/name`)
+    /// or of the whole cluster (`None`), priced at the provider of the virtual node each
+    /// runs on (`default_provider` while unbound).
+    pub fn burst_usd_per_hour(
+        &self,
+        workload: Option<&str>,
+        pricing: &PricingConfig,
+        default_provider: Provider,
+    ) -> f64 {
+        let slot = match workload {
+            Some(key) => match self.deployment_slots.get(key) {
+                Some(slot) => Some(*slot),
+                None => return 0.0,
+            },
+            None => None,
+        };
+        self.burst_pods
+            .iter()
+            .filter_map(|uid| self.pods.get(uid))
+            .filter(|pod| slot.is_none() || self.deployment_of(pod) == slot)
+            .filter_map(|pod| {
+                cost::hourly_usd(
+                    &pod.needs(),
+                    self.provider_of(pod, default_provider),
+                    pricing,
+                )
+            })
+            .sum()
+    }
+
+    /// Estimated USD per hour of each workload's burst pods by provider.
+    pub fn burst_usd_by_workload(
+        &self,
+        pricing: &PricingConfig,
+        default_provider: Provider,
+    ) -> HashMap<(&str, Provider), f64> {
+        let mut out = HashMap::new();
+        for pod in self.burst_pods.iter().filter_map(|uid| self.pods.get(uid)) {
+            let Some(slot) = self.deployment_of(pod) else {
+                continue;
+            };
+            let provider = self.provider_of(pod, default_provider);
+            let cost = cost::hourly_usd(&pod.needs(), provider, pricing).unwrap_or(0.0);
+            *out.entry((self.deployments[slot as usize].key.as_str(), provider))
+                .or_insert(0.0) += cost;
+        }
+        out
+    }
+
+    fn deployment_of(&self, pod: &PodEntry) -> Option<u32> {
+        if pod.replicaset == NO_SLOT {
+            return None;
+        }
+        self.replicasets[pod.replicaset as usize].deployment
+    }
+
+    fn provider_of(&self, pod: &PodEntry, default_provider: Provider) -> Provider {
+        if pod.node == NO_SLOT {
+            return default_provider;
+        }
+        self.nodes[pod.node as usize]
+            .provider
+            .unwrap_or(default_provider)
     }
 
     /// The Deployment owning the ReplicaSet with `uid`, when the index knows the link,
@@ -554,12 +729,46 @@ impl ClusterIndex {
         })
     }
 
+    /// Whether `name` is a known virtual node.
+    pub fn is_virtual_node(&self, name: &str) -> bool {
+        self.node_slots
+            .get(name)
+            .is_some_and(|slot| self.nodes[*slot as usize].is_virtual)
+    }
+
+    /// The `spillway.io/provider` of virtual node `name`.
+    pub fn node_provider(&self, name: &str) -> Option<Provider> {
+        self.nodes[*self.node_slots.get(name)? as usize].provider
+    }
+
     /// Names of known virtual nodes (for diagnostics).
     pub fn virtual_nodes(&self) -> impl Iterator<Item = &str> {
         self.nodes
             .iter()
             .filter(|n| n.known && n.is_virtual)
             .map(|n| &*n.name)
+    }
+}
+
+fn reuse_or_push<T>(entries: &mut Vec<T>, free: &mut Vec<u32>, entry: T) -> u32 {
+    match free.pop() {
+        Some(slot) => {
+            entries[slot as usize] = entry;
+            slot
+        }
+        None => {
+            entries.push(entry);
+            (entries.len() - 1) as u32
+        }
+    }
+}
+
+impl CapacityView for ClusterIndex {
+    fn totals(&self) -> CapacityTotals {
+        ClusterIndex::totals(self)
+    }
+    fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool {
+        ClusterIndex::any_node_fits(self, needs, tolerations)
     }
 }
 
@@ -668,6 +877,103 @@ mod tests {
             index.workload("ns", "web").unwrap().counts,
             PlacementCounts { local: 0, burst: 1 }
         );
+    }
+
+    #[test]
+    fn deleted_objects_free_their_slots() {
+        let mut index = ClusterIndex::new();
+        index.apply_node(&node("a", "4", "16Gi"));
+        let (d, rs) = deployment();
+        index.apply_deployment(&d);
+        index.apply_replicaset(&rs);
+        index.apply_pod(&pod("p1", Some("a"), "rs1", "1"));
+        assert_eq!(index.slots_in_use(), (1, 1, 1));
+        // Gone from the API, but a pod still refers to the node and the ReplicaSet (which
+        // still links the Deployment): the slots stay.
+        index.delete_node("a");
+        index.delete_replicaset("rs1");
+        index.delete_deployment("ns", "web");
+        assert_eq!(index.slots_in_use(), (1, 1, 1));
+        assert!(index.workload("ns", "web").is_none());
+        index.delete_pod("p1");
+        assert_eq!(index.slots_in_use(), (0, 0, 0));
+        // Freed slots are reused, and what is new starts clean.
+        index.apply_node(&node("b", "2", "8Gi"));
+        index.apply_deployment(&d);
+        index.apply_replicaset(&rs);
+        index.apply_pod(&pod("p2", Some("b"), "rs1", "500m"));
+        assert_eq!(index.nodes.len(), 1);
+        assert_eq!(index.replicasets.len(), 1);
+        assert_eq!(index.deployments.len(), 1);
+        let view = index.workload("ns", "web").unwrap();
+        assert_eq!(view.counts, PlacementCounts { local: 1, burst: 0 });
+        assert_eq!(index.totals().requested_cpu, 500);
+    }
+
+    #[test]
+    fn churn_does_not_grow_the_index() {
+        let mut index = ClusterIndex::new();
+        for round in 0..50 {
+            let name = format!("node-{round}");
+            index.apply_node(&node(&name, "4", "16Gi"));
+            let mut rs: ReplicaSet = deployment().1;
+            rs.metadata.uid = Some(format!("rs-{round}"));
+            index.apply_replicaset(&rs);
+            index.apply_pod(&pod(
+                &format!("p-{round}"),
+                Some(&name),
+                &format!("rs-{round}"),
+                "1",
+            ));
+            index.delete_pod(&format!("p-{round}"));
+            index.delete_replicaset(&format!("rs-{round}"));
+            index.delete_node(&name);
+        }
+        assert_eq!(index.slots_in_use(), (0, 0, 0));
+        assert!(index.nodes.len() <= 1 && index.replicasets.len() <= 1);
+        assert!(index.deployments.len() <= 1);
+    }
+
+    #[test]
+    fn burst_cost_is_priced_at_the_node_provider() {
+        let mut index = ClusterIndex::new();
+        let mut vnode = node("vk", "100", "1Ti");
+        vnode.metadata.labels = Some(
+            [
+                ("type".to_string(), "virtual-kubelet".to_string()),
+                ("spillway.io/provider".to_string(), "aci".to_string()),
+            ]
+            .into(),
+        );
+        index.apply_node(&vnode);
+        let (d, rs) = deployment();
+        index.apply_deployment(&d);
+        index.apply_replicaset(&rs);
+        index.apply_pod(&pod("p1", Some("vk"), "rs1", "1"));
+        index.apply_pod(&pod("p2", Some("vk"), "rs1", "1"));
+        let pricing = PricingConfig::default();
+        let one = cost::hourly_usd(
+            &PodResources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                cpu_specified: true,
+                memory_specified: true,
+            },
+            Provider::Aci,
+            &pricing,
+        )
+        .unwrap();
+        let total = index.burst_usd_per_hour(None, &pricing, Provider::Fargate);
+        assert!((total - 2.0 * one).abs() < 1e-9, "{total}");
+        let web = index.burst_usd_per_hour(Some("ns/web"), &pricing, Provider::Fargate);
+        assert!((web - total).abs() < 1e-12);
+        assert_eq!(
+            index.burst_usd_per_hour(Some("ns/other"), &pricing, Provider::Fargate),
+            0.0
+        );
+        index.delete_pod("p1");
+        let by = index.burst_usd_by_workload(&pricing, Provider::Fargate);
+        assert!((by[&("ns/web", Provider::Aci)] - one).abs() < 1e-9);
     }
 
     #[test]

@@ -1,13 +1,79 @@
 //! The burst decision (DESIGN §3): a pure function of the pod's facts, its workload's
-//! policy and counts, and a read-only view of cluster capacity.
+//! policy and counts, and a read-only view of cluster capacity. It sits below the index:
+//! it defines the small view it reads ([`CapacityView`] and the plain types here) and the
+//! index implements it.
 
 use k8s_openapi::api::core::v1::Toleration;
 use spillway_common::config::{OperatorConfig, Provider};
 use spillway_common::eligibility::Ineligible;
 use spillway_common::pod_resources::PodResources;
 
-use crate::index::{CapacityTotals, HpaFacts, PlacementCounts};
 use crate::policy::WorkloadPolicy;
+
+/// Sums over Ready, schedulable, non-virtual nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapacityTotals {
+    /// Allocatable millicores.
+    pub allocatable_cpu: u64,
+    /// Allocatable bytes.
+    pub allocatable_memory: u64,
+    /// Millicores requested by pods bound to those nodes.
+    pub requested_cpu: u64,
+    /// Bytes requested by pods bound to those nodes.
+    pub requested_memory: u64,
+}
+
+impl CapacityTotals {
+    /// Request utilization of CPU and memory (0 when nothing is allocatable).
+    pub fn utilization(&self) -> (f64, f64) {
+        let ratio = |requested: u64, allocatable: u64| {
+            if allocatable == 0 {
+                0.0
+            } else {
+                requested as f64 / allocatable as f64
+            }
+        };
+        (
+            ratio(self.requested_cpu, self.allocatable_cpu),
+            ratio(self.requested_memory, self.allocatable_memory),
+        )
+    }
+}
+
+/// What an HPA says about its Deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HpaFacts {
+    /// `spec.minReplicas` (default 1).
+    pub min_replicas: u32,
+    /// `spec.maxReplicas`.
+    pub max_replicas: u32,
+    /// `status.desiredReplicas`.
+    pub desired_replicas: u32,
+}
+
+/// Placement counts of a workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlacementCounts {
+    /// Pods not on a virtual node and not labelled burst.
+    pub local: u32,
+    /// Pods on a virtual node or labelled burst.
+    pub burst: u32,
+}
+
+/// The budgets that apply to a pod and what is already spent against them, in USD per
+/// hour (estimated from billed sizes and `pricing.*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BudgetFacts {
+    /// The pod's own estimated cost at the provider it would burst to (`None`: unknown,
+    /// e.g. too large for any size; the eligibility rules keep such pods local anyway).
+    pub pod_usd_per_hour: Option<f64>,
+    /// Running burst pods of the whole cluster.
+    pub cluster_spent: f64,
+    /// Running burst pods of this workload.
+    pub workload_spent: f64,
+    /// `budget.maxUsdPerHour` of the operator config.
+    pub cluster_limit: Option<f64>,
+}
 
 /// Where a pod goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +112,10 @@ pub enum Reason {
     MaxBurst,
     /// Pressure, but the pod may not burst.
     Ineligible,
+    /// Pressure, but bursting it would exceed the cluster or workload cost budget.
+    Budget,
+    /// The pod stayed unschedulable and the controller let it use the virtual node.
+    Pending,
 }
 
 impl Reason {
@@ -59,7 +129,30 @@ impl Reason {
             Reason::NoPressure => "no-pressure",
             Reason::MaxBurst => "max-burst",
             Reason::Ineligible => "ineligible",
+            Reason::Budget => "budget",
+            Reason::Pending => "pending",
         }
+    }
+
+    /// Parses a `spillway.io/reason` label value.
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "capacity" => Reason::Capacity,
+            "no-fit" => Reason::NoFit,
+            "hpa" => Reason::Hpa,
+            "max-local" => Reason::MaxLocal,
+            "no-pressure" => Reason::NoPressure,
+            "max-burst" => Reason::MaxBurst,
+            "ineligible" => Reason::Ineligible,
+            "budget" => Reason::Budget,
+            "pending" => Reason::Pending,
+            _ => return None,
+        })
+    }
+
+    /// Whether a local pod was held back by a cap or the budget (`BurstCapped`).
+    pub fn is_cap(self) -> bool {
+        matches!(self, Reason::MaxBurst | Reason::Budget)
     }
 }
 
@@ -70,15 +163,6 @@ pub trait CapacityView {
     fn totals(&self) -> CapacityTotals;
     /// Whether one such node, with taints the pod tolerates, has room for `needs`.
     fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool;
-}
-
-impl CapacityView for crate::index::ClusterIndex {
-    fn totals(&self) -> CapacityTotals {
-        crate::index::ClusterIndex::totals(self)
-    }
-    fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool {
-        crate::index::ClusterIndex::any_node_fits(self, needs, tolerations)
-    }
 }
 
 /// Everything about one pod and its workload the decision reads.
@@ -96,6 +180,8 @@ pub struct PodFacts<'a> {
     pub replicas: u32,
     /// The HPA targeting the Deployment, if any.
     pub hpa: Option<HpaFacts>,
+    /// Cost budgets and what is spent against them.
+    pub budget: BudgetFacts,
 }
 
 /// The outcome.
@@ -183,10 +269,23 @@ pub fn decide(
     {
         return local(Reason::MaxBurst);
     }
+    if over_budget(&facts.budget, policy) {
+        return local(Reason::Budget);
+    }
     Decision {
         placement: Placement::Burst(policy.provider.unwrap_or(config.default_provider)),
         reason,
     }
+}
+
+/// Whether bursting one more pod would take the cluster or its workload past a budget.
+pub fn over_budget(budget: &BudgetFacts, policy: &WorkloadPolicy) -> bool {
+    let Some(cost) = budget.pod_usd_per_hour else {
+        return false;
+    };
+    let exceeds = |spent: f64, limit: Option<f64>| limit.is_some_and(|l| spent + cost > l);
+    exceeds(budget.cluster_spent, budget.cluster_limit)
+        || exceeds(budget.workload_spent, policy.max_usd_per_hour)
 }
 
 #[cfg(test)]
@@ -233,6 +332,7 @@ mod tests {
             counts: PlacementCounts { local, burst },
             replicas: 10,
             hpa: None,
+            budget: BudgetFacts::default(),
         }
     }
 
@@ -426,6 +526,68 @@ mod tests {
                 policy: opted_in(),
                 capacity: cluster(9_000, true),
                 expected: (Placement::Local, Reason::Ineligible),
+            },
+            Case {
+                name: "cluster budget would be exceeded",
+                facts: PodFacts {
+                    budget: BudgetFacts {
+                        pod_usd_per_hour: Some(0.05),
+                        cluster_spent: 0.96,
+                        cluster_limit: Some(1.0),
+                        ..BudgetFacts::default()
+                    },
+                    ..facts(0, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(9_000, true),
+                expected: (Placement::Local, Reason::Budget),
+            },
+            Case {
+                name: "cluster budget still covers the pod",
+                facts: PodFacts {
+                    budget: BudgetFacts {
+                        pod_usd_per_hour: Some(0.05),
+                        cluster_spent: 0.95,
+                        cluster_limit: Some(1.0),
+                        ..BudgetFacts::default()
+                    },
+                    ..facts(0, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(9_000, true),
+                expected: (BURST, Reason::Capacity),
+            },
+            Case {
+                name: "workload budget would be exceeded",
+                facts: PodFacts {
+                    budget: BudgetFacts {
+                        pod_usd_per_hour: Some(0.05),
+                        workload_spent: 0.1,
+                        ..BudgetFacts::default()
+                    },
+                    ..facts(0, 2)
+                },
+                policy: WorkloadPolicy {
+                    max_usd_per_hour: Some(0.12),
+                    ..opted_in()
+                },
+                capacity: cluster(9_000, true),
+                expected: (Placement::Local, Reason::Budget),
+            },
+            Case {
+                name: "budget does not matter without pressure",
+                facts: PodFacts {
+                    budget: BudgetFacts {
+                        pod_usd_per_hour: Some(5.0),
+                        cluster_spent: 10.0,
+                        cluster_limit: Some(1.0),
+                        ..BudgetFacts::default()
+                    },
+                    ..facts(0, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(0, true),
+                expected: (Placement::Local, Reason::NoPressure),
             },
             Case {
                 name: "ineligible without pressure is plain local",

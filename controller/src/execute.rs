@@ -1,0 +1,264 @@
+//! Carries out a pass's actions against the apiserver: patches, evictions through the
+//! Eviction API (a PodDisruptionBudget's 429 is "blocked", retried by a later pass,
+//! never forced), and Events on Deployments through kube's recorder, which aggregates
+//! repeats into series.
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::Client;
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder};
+use serde_json::json;
+use spillway_common::keys;
+
+use crate::metrics::ControllerMetrics;
+use crate::plan::{Action, ControllerState, EventReason, EvictionCause, PodRef};
+
+/// Field manager of the controller's patches.
+pub const FIELD_MANAGER: &str = "spillway-controller";
+
+/// What failed, named after the action; doubles as the `action` metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// Patching a burst pod's label or deletion cost.
+    #[error("mark burst pod: {0}")]
+    MarkBurst(kube::Error),
+    /// Adding the toleration to a pending pod.
+    #[error("spill pending pod: {0}")]
+    Spill(kube::Error),
+    /// Evicting a pod.
+    #[error("evict: {0}")]
+    Evict(kube::Error),
+    /// Writing an Event.
+    #[error("publish event: {0}")]
+    PublishEvent(kube::Error),
+}
+
+impl ActionError {
+    fn label(&self) -> &'static str {
+        match self {
+            ActionError::MarkBurst(_) => "mark_burst",
+            ActionError::Spill(_) => "spill",
+            ActionError::Evict(_) => "evict",
+            ActionError::PublishEvent(_) => "publish_event",
+        }
+    }
+}
+
+/// Executes actions.
+pub struct Executor {
+    client: Client,
+    recorder: Recorder,
+    metrics: ControllerMetrics,
+}
+
+fn deployment_reference(workload: &str, uid: &str) -> ObjectReference {
+    let (namespace, name) = workload.split_once('/').unwrap_or(("", workload));
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some("Deployment".into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        uid: (!uid.is_empty()).then(|| uid.to_owned()),
+        ..ObjectReference::default()
+    }
+}
+
+enum Evicted {
+    Yes,
+    Blocked,
+}
+
+impl Executor {
+    /// An executor reporting as `instance` (the leader identity).
+    pub fn new(client: Client, instance: &str, metrics: ControllerMetrics) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance.to_owned()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
+    }
+
+    fn pods(&self, pod: &PodRef) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &pod.namespace)
+    }
+
+    /// Runs `actions` in order, recording evictions in `state`; one failure does not stop
+    /// the others (the next pass sees what is still to do).
+    pub async fn run(&self, actions: Vec<Action>, state: &mut ControllerState, now_ms: i64) {
+        for action in actions {
+            if let Err(error) = self.one(action, state, now_ms).await {
+                self.metrics
+                    .actions_failed
+                    .with_label_values(&[error.label()])
+                    .inc();
+                tracing::warn!(%error, "controller action failed; a later pass retries");
+            }
+        }
+    }
+
+    async fn one(
+        &self,
+        action: Action,
+        state: &mut ControllerState,
+        now_ms: i64,
+    ) -> Result<(), ActionError> {
+        match action {
+            Action::MarkBurst {
+                pod,
+                label,
+                deletion_cost,
+            } => {
+                let mut metadata = json!({});
+                if label {
+                    metadata["labels"] = json!({keys::PLACEMENT: "burst"});
+                }
+                if deletion_cost {
+                    metadata["annotations"] =
+                        json!({keys::POD_DELETION_COST: keys::BURST_DELETION_COST});
+                }
+                self.pods(&pod)
+                    .patch(
+                        &pod.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": metadata})),
+                    )
+                    .await
+                    .map_err(ActionError::MarkBurst)?;
+                self.metrics.deletion_cost_repairs.inc();
+                tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), label, deletion_cost, "burst pod marked");
+            }
+            Action::Spill { pod, workload } => {
+                self.spill(&pod).await.map_err(ActionError::Spill)?;
+                self.metrics.pending_spills.inc();
+                tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), %workload, "unschedulable pod may now use the virtual node");
+            }
+            Action::Evict {
+                pod,
+                workload,
+                cause,
+            } => {
+                let counter = match cause {
+                    EvictionCause::Rebalance => &self.metrics.rebalance_evictions,
+                    EvictionCause::Overshoot => &self.metrics.overshoot_evictions,
+                };
+                let result = self.evict(&pod).await;
+                let label = match &result {
+                    Ok(Evicted::Yes) => "evicted",
+                    Ok(Evicted::Blocked) => "blocked",
+                    Err(_) => "error",
+                };
+                counter.with_label_values(&[label]).inc();
+                let pod_key = format!("{}/{}", pod.namespace, pod.name);
+                match result? {
+                    Evicted::Blocked => {
+                        tracing::info!(pod = %pod_key, ?cause, "eviction refused by a PodDisruptionBudget; retried later");
+                    }
+                    Evicted::Yes => {
+                        tracing::info!(pod = %pod_key, %workload, ?cause, "evicted");
+                        state.evicted(&workload, &pod.uid, cause, now_ms);
+                        if cause == EvictionCause::Rebalance {
+                            let note = format!(
+                                "evicted burst pod {} so its replacement runs on a regular node (capacity returned)",
+                                pod.name
+                            );
+                            self.publish(&workload, "", EventReason::Rebalanced, note, false)
+                                .await?;
+                        }
+                    }
+                }
+            }
+            Action::Event {
+                workload,
+                uid,
+                reason,
+                note,
+                warning,
+            } => self.publish(&workload, &uid, reason, note, warning).await?,
+        }
+        Ok(())
+    }
+
+    async fn spill(&self, pod: &PodRef) -> Result<(), kube::Error> {
+        let api = self.pods(pod);
+        let toleration = json!({
+            "key": keys::VIRTUAL_NODE_TAINT,
+            "operator": "Exists",
+            "effect": "NoSchedule"
+        });
+        // Tolerations may only be added to a live pod. The merge patch carries the whole
+        // list (the existing ones first, unchanged) and the resourceVersion read, so a
+        // concurrent change makes it fail with a conflict and a later pass retries.
+        let current = api.get(&pod.name).await?;
+        if current.metadata.uid.as_deref() != Some(pod.uid.as_str()) {
+            return Ok(());
+        }
+        let mut tolerations: Vec<serde_json::Value> = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_ref())
+            .map(|t| {
+                t.iter()
+                    .map(|t| serde_json::to_value(t).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        tolerations.push(toleration);
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": current.metadata.resource_version,
+                "labels": {keys::REASON: "pending"}
+            },
+            "spec": {"tolerations": tolerations}
+        });
+        api.patch(&pod.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    }
+
+    async fn evict(&self, pod: &PodRef) -> Result<Evicted, ActionError> {
+        let params = EvictParams {
+            delete_options: Some(DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(pod.uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            }),
+            ..EvictParams::default()
+        };
+        match self.pods(pod).evict(&pod.name, &params).await {
+            Ok(_) => Ok(Evicted::Yes),
+            Err(kube::Error::Api(status)) if status.code == 429 => Ok(Evicted::Blocked),
+            Err(error) => Err(ActionError::Evict(error)),
+        }
+    }
+
+    async fn publish(
+        &self,
+        workload: &str,
+        uid: &str,
+        reason: EventReason,
+        note: String,
+        warning: bool,
+    ) -> Result<(), ActionError> {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.as_str().into(),
+            note: Some(note),
+            action: "Burst".into(),
+            secondary: None,
+        };
+        self.recorder
+            .publish(&event, &deployment_reference(workload, uid))
+            .await
+            .map_err(ActionError::PublishEvent)
+    }
+}

@@ -1,0 +1,170 @@
+//! The controller's Prometheus metrics (DESIGN §6): per-workload placement, burst ratio
+//! and cost, cluster request utilization, rebalance evictions, the config in force and
+//! leadership.
+
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::status::Status;
+
+/// Controller metrics, registered once per process.
+#[derive(Clone, Debug)]
+pub struct ControllerMetrics {
+    /// `spillway_workload_replicas{namespace,workload,placement}`.
+    pub workload_replicas: IntGaugeVec,
+    /// `spillway_burst_ratio{namespace,workload}`.
+    pub burst_ratio: GaugeVec,
+    /// `spillway_cluster_request_utilization{resource}`.
+    pub cluster_utilization: GaugeVec,
+    /// `spillway_burst_cost_usd_per_hour{namespace,workload,provider}`.
+    pub burst_cost: GaugeVec,
+    /// `spillway_burst_budget_usd_per_hour{scope="cluster"}`: `budget.maxUsdPerHour`;
+    /// no series when there is no budget.
+    pub budget: GaugeVec,
+    /// `spillway_rebalance_evictions_total{result}`: `evicted`, `blocked` (a
+    /// PodDisruptionBudget said 429), `error`.
+    pub rebalance_evictions: IntCounterVec,
+    /// `spillway_overshoot_evictions_total{result}`.
+    pub overshoot_evictions: IntCounterVec,
+    /// `spillway_pending_spills_total`.
+    pub pending_spills: IntCounter,
+    /// `spillway_deletion_cost_repairs_total`.
+    pub deletion_cost_repairs: IntCounter,
+    /// `spillway_controller_actions_failed_total{action}`.
+    pub actions_failed: IntCounterVec,
+    /// `spillway_controller_leader`: 1 while this replica acts.
+    pub leader: IntGauge,
+    /// `spillway_controller_reconcile_duration_seconds`.
+    pub reconcile_duration: prometheus::Histogram,
+}
+
+impl ControllerMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            workload_replicas: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_workload_replicas",
+                    "Replicas of opted-in workloads by placement",
+                ),
+                &["namespace", "workload", "placement"],
+            )?,
+            burst_ratio: GaugeVec::new(
+                Opts::new(
+                    "spillway_burst_ratio",
+                    "Burst replicas / all replicas of a workload",
+                ),
+                &["namespace", "workload"],
+            )?,
+            cluster_utilization: GaugeVec::new(
+                Opts::new(
+                    "spillway_cluster_request_utilization",
+                    "Requests / allocatable over Ready, schedulable, regular nodes",
+                ),
+                &["resource"],
+            )?,
+            burst_cost: GaugeVec::new(
+                Opts::new(
+                    "spillway_burst_cost_usd_per_hour",
+                    "Estimated USD per hour of a workload's burst pods",
+                ),
+                &["namespace", "workload", "provider"],
+            )?,
+            budget: GaugeVec::new(
+                Opts::new(
+                    "spillway_burst_budget_usd_per_hour",
+                    "Configured budget for burst pods (budget.maxUsdPerHour); absent when none",
+                ),
+                &["scope"],
+            )?,
+            rebalance_evictions: IntCounterVec::new(
+                Opts::new(
+                    "spillway_rebalance_evictions_total",
+                    "Rebalance evictions by result",
+                ),
+                &["result"],
+            )?,
+            overshoot_evictions: IntCounterVec::new(
+                Opts::new(
+                    "spillway_overshoot_evictions_total",
+                    "Overshoot-correction evictions by result",
+                ),
+                &["result"],
+            )?,
+            pending_spills: IntCounter::new(
+                "spillway_pending_spills_total",
+                "Unschedulable pods allowed onto the virtual node",
+            )?,
+            deletion_cost_repairs: IntCounter::new(
+                "spillway_deletion_cost_repairs_total",
+                "Burst pods given their missing label or deletion cost",
+            )?,
+            actions_failed: IntCounterVec::new(
+                Opts::new(
+                    "spillway_controller_actions_failed_total",
+                    "Controller API calls that failed, by action",
+                ),
+                &["action"],
+            )?,
+            leader: IntGauge::new(
+                "spillway_controller_leader",
+                "1 while this replica is the acting controller",
+            )?,
+            reconcile_duration: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
+                "spillway_controller_reconcile_duration_seconds",
+                "Time of one controller pass",
+            ))?,
+        };
+        registry.register(Box::new(metrics.workload_replicas.clone()))?;
+        registry.register(Box::new(metrics.burst_ratio.clone()))?;
+        registry.register(Box::new(metrics.cluster_utilization.clone()))?;
+        registry.register(Box::new(metrics.burst_cost.clone()))?;
+        registry.register(Box::new(metrics.budget.clone()))?;
+        registry.register(Box::new(metrics.rebalance_evictions.clone()))?;
+        registry.register(Box::new(metrics.overshoot_evictions.clone()))?;
+        registry.register(Box::new(metrics.pending_spills.clone()))?;
+        registry.register(Box::new(metrics.deletion_cost_repairs.clone()))?;
+        registry.register(Box::new(metrics.actions_failed.clone()))?;
+        registry.register(Box::new(metrics.leader.clone()))?;
+        registry.register(Box::new(metrics.reconcile_duration.clone()))?;
+        for result in ["evicted", "blocked", "error"] {
+            metrics.rebalance_evictions.with_label_values(&[result]);
+            metrics.overshoot_evictions.with_label_values(&[result]);
+        }
+        Ok(metrics)
+    }
+
+    /// Sets the gauges from a freshly computed status; workloads that went away drop out.
+    pub fn observe(&self, status: &Status, costs_by_provider: &[(String, String, String, f64)]) {
+        self.workload_replicas.reset();
+        self.burst_ratio.reset();
+        self.burst_cost.reset();
+        for w in &status.workloads {
+            let labels = [w.namespace.as_str(), w.workload.as_str()];
+            self.workload_replicas
+                .with_label_values(&[labels[0], labels[1], "local"])
+                .set(i64::from(w.local));
+            self.workload_replicas
+                .with_label_values(&[labels[0], labels[1], "burst"])
+                .set(i64::from(w.burst));
+            self.burst_ratio
+                .with_label_values(&labels)
+                .set(w.burst_ratio);
+        }
+        for (namespace, workload, provider, usd) in costs_by_provider {
+            self.burst_cost
+                .with_label_values(&[namespace, workload, provider])
+                .set(*usd);
+        }
+        let cluster = &status.cluster;
+        self.cluster_utilization
+            .with_label_values(&["cpu"])
+            .set(cluster.cpu_utilization);
+        self.cluster_utilization
+            .with_label_values(&["memory"])
+            .set(cluster.memory_utilization);
+        self.budget.reset();
+        if let Some(budget) = cluster.budget_usd_per_hour {
+            self.budget.with_label_values(&["cluster"]).set(budget);
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! What the controller should do now (DESIGN §4), as a pure function of the index, the
+//! opted-in pods, the operator config, the clock and what it remembers between passes:
+//! repair burst pods' deletion cost, move burst pods back when capacity returns (checked
+//! with the webhook's own decision first), let long-unschedulable pods spill, correct
+//! overshoot of the caps, and say so in aggregated Events. The loop in `run` only
+//! executes the actions and reports evictions back.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use spillway_cluster::decision::{
+    self, BudgetFacts, Decision, Placement, PlacementCounts, PodFacts, Reason,
+};
+use spillway_cluster::index::{ClusterIndex, WorkloadView};
+use spillway_cluster::policy::{self, WorkloadPolicy};
+use spillway_common::config::{OperatorConfig, Provider};
+use spillway_common::cost;
+use spillway_common::eligibility::Ineligible;
+use spillway_common::keys;
+
+use crate::snapshot::PodView;
+
+/// How long a cap must stay exceeded before the surplus is evicted: long enough for a
+/// ReplicaSet to finish a scale-in that removes the surplus by itself (it deletes burst
+/// pods first), short enough to converge within a minute.
+pub const OVERSHOOT_GRACE_MS: i64 = 10_000;
+/// The window of `rebalance.maxEvictionsPerMinute`.
+const MINUTE_MS: i64 = 60_000;
+
+/// A pod an action is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID (precondition of the eviction).
+    pub uid: String,
+}
+
+impl PodRef {
+    fn of(pod: &PodView) -> Self {
+        Self {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+        }
+    }
+}
+
+/// Why a pod is evicted; doubles as a log field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictionCause {
+    /// Capacity returned: the pod moves back to a regular node.
+    Rebalance,
+    /// Concurrent admissions left the workload above a cap.
+    Overshoot,
+}
+
+/// Events the controller writes on Deployments (DESIGN §6), aggregated per workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventReason {
+    /// The workload went from 0 to at least 1 burst replica.
+    BurstStarted,
+    /// A cap or the budget held replicas local.
+    BurstCapped,
+    /// A burst pod was moved back.
+    Rebalanced,
+    /// Replicas may not burst.
+    Ineligible,
+}
+
+impl EventReason {
+    /// The Event's `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventReason::BurstStarted => "BurstStarted",
+            EventReason::BurstCapped => "BurstCapped",
+            EventReason::Rebalanced => "Rebalanced",
+            EventReason::Ineligible => "Ineligible",
+        }
+    }
+}
+
+/// One thing to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Give a burst pod the burst label and/or the low deletion cost it lacks.
+    MarkBurst {
+        /// The pod.
+        pod: PodRef,
+        /// Set `spillway.io/placement: burst`.
+        label: bool,
+        /// Set `controller.kubernetes.io/pod-deletion-cost: "-1000"`.
+        deletion_cost: bool,
+    },
+    /// Evict through the Eviction API (PodDisruptionBudgets decide).
+    Evict {
+        /// The pod.
+        pod: PodRef,
+        /// `namespace/name` of its Deployment.
+        workload: String,
+        /// Why.
+        cause: EvictionCause,
+    },
+    /// Add the virtual node's toleration and `spillway.io/reason: pending`.
+    Spill {
+        /// The pod.
+        pod: PodRef,
+        /// `namespace/name` of its Deployment.
+        workload: String,
+    },
+    /// Write an Event on the Deployment.
+    Event {
+        /// `namespace/name` of the Deployment.
+        workload: String,
+        /// Its UID.
+        uid: String,
+        /// Why.
+        reason: EventReason,
+        /// What happened, for people.
+        note: String,
+        /// Warning rather than Normal.
+        warning: bool,
+    },
+}
+
+/// What the controller remembers between passes (lost on restart or leader change,
+/// which only delays a rebalance by one cooldown).
+#[derive(Debug, Default)]
+pub struct ControllerState {
+    /// Since when utilization has been below `rebalance.belowUtilization`.
+    below_since_ms: Option<i64>,
+    /// When the rebalance evictions of the last minute happened.
+    recent_evictions: VecDeque<i64>,
+    /// Workloads with an eviction whose replacement is not Running and Ready yet, with
+    /// the UID of the evicted pod.
+    settling: HashMap<String, Vec<String>>,
+    /// Since when a workload has been above a cap.
+    overshoot_since: HashMap<String, i64>,
+    /// Per workload: burst, capped and ineligible replicas seen in the last pass.
+    seen: HashMap<String, Seen>,
+    /// Whether a first pass set the baselines (no Events for what was already so).
+    initialized: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Seen {
+    burst: u32,
+    capped: u32,
+    ineligible: u32,
+}
+
+impl ControllerState {
+    /// Records a successful eviction: the workload waits for its replacement, and a
+    /// rebalance eviction counts against the per-minute limit.
+    pub fn evicted(&mut self, workload: &str, uid: &str, cause: EvictionCause, now_ms: i64) {
+        self.settling
+            .entry(workload.to_owned())
+            .or_default()
+            .push(uid.to_owned());
+        if cause == EvictionCause::Rebalance {
+            self.recent_evictions.push_back(now_ms);
+        }
+    }
+
+    /// Whether utilization has stayed low for the whole cooldown (as of the last pass).
+    pub fn cooled_down(&self, config: &OperatorConfig, now_ms: i64) -> bool {
+        self.below_since_ms.is_some_and(|since| {
+            now_ms - since >= (config.rebalance.cooldown_seconds as i64) * 1000
+        })
+    }
+}
+
+/// Everything one pass reads.
+pub struct PlanInput<'a> {
+    /// The shared index (capacity, workloads, counts).
+    pub index: &'a ClusterIndex,
+    /// Every opted-in pod.
+    pub pods: &'a [PodView],
+    /// The config in force.
+    pub config: &'a OperatorConfig,
+    /// Now, in milliseconds since the epoch.
+    pub now_ms: i64,
+}
+
+/// One opted-in workload and its pods.
+struct Workload<'a> {
+    key: &'a str,
+    view: WorkloadView<'a>,
+    policy: WorkloadPolicy,
+    provider: Provider,
+    pods: Vec<&'a PodView>,
+}
+
+impl Workload<'_> {
+    fn live(&self) -> impl Iterator<Item = &&PodView> {
+        self.pods.iter().filter(|p| p.is_live())
+    }
+
+    /// Every pod Running and Ready, as many as desired, and the evicted ones gone.
+    fn settled(&self, evicted: &[String]) -> bool {
+        let live: Vec<_> = self.live().collect();
+        live.len() as u32 >= self.view.replicas
+            && live.iter().all(|p| p.ready)
+            && !live.iter().any(|p| evicted.contains(&p.uid))
+    }
+}
+
+/// The workload's policy: the Deployment's annotations overlaid with its newest pod's
+/// (the pod template wins, as in the webhook).
+fn workload_policy(view: &WorkloadView<'_>, pods: &[&PodView]) -> WorkloadPolicy {
+    let template = pods
+        .iter()
+        .max_by_key(|p| p.created_ms)
+        .map(|p| &p.spillway_annotations);
+    policy::read(Some(view.annotations), template).0
+}
+
+fn group<'a>(input: &PlanInput<'a>) -> Vec<Workload<'a>> {
+    let mut pods_by_workload: BTreeMap<&str, Vec<&PodView>> = BTreeMap::new();
+    for pod in input.pods {
+        if let Some(key) = pod.workload.as_deref() {
+            pods_by_workload.entry(key).or_default().push(pod);
+        }
+    }
+    let mut out = Vec::new();
+    for view in input.index.workloads() {
+        let pods = pods_by_workload.remove(view.key).unwrap_or_default();
+        let policy = workload_policy(&view, &pods);
+        if !policy.opted_in {
+            continue;
+        }
+        out.push(Workload {
+            key: view.key,
+            provider: policy.provider.unwrap_or(input.config.default_provider),
+            policy,
+            view,
+            pods,
+        });
+    }
+    out
+}
+
+/// Runs one pass: updates `state` and returns what to do.
+pub fn plan(input: &PlanInput<'_>, state: &mut ControllerState) -> Vec<Action> {
+    let workloads = group(input);
+    let mut actions = Vec::new();
+    repair_burst_pods(input, &mut actions);
+    state.settling.retain(
+        |key, evicted| match workloads.iter().find(|w| w.key == key) {
+            Some(workload) => !workload.settled(evicted),
+            None => false,
+        },
+    );
+    correct_overshoot(input, &workloads, state, &mut actions);
+    rebalance(input, &workloads, state, &mut actions);
+    spill_pending(input, &workloads, &mut actions);
+    events(&workloads, state, &mut actions);
+    actions
+}
+
+/// Every burst pod carries the burst label and the low deletion cost, so ReplicaSets
+/// remove burst replicas first on scale-in; local pods are left as their owners wrote them.
+fn repair_burst_pods(input: &PlanInput<'_>, actions: &mut Vec<Action>) {
+    for pod in input.pods.iter().filter(|p| p.is_live() && p.is_burst()) {
+        let label = pod.virtual_node.is_some() && pod.placement_label.as_deref() != Some("burst");
+        let deletion_cost = pod.deletion_cost.as_deref() != Some(keys::BURST_DELETION_COST);
+        if label || deletion_cost {
+            actions.push(Action::MarkBurst {
+                pod: PodRef::of(pod),
+                label,
+                deletion_cost,
+            });
+        }
+    }
+}
+
+/// The webhook's decision for a new replica of `workload` if the counts were `counts`.
+fn decide_replacement(
+    input: &PlanInput<'_>,
+    workload: &Workload<'_>,
+    pod: &PodView,
+    counts: PlacementCounts,
+) -> Decision {
+    let pricing = &input.config.pricing;
+    let budget = BudgetFacts {
+        pod_usd_per_hour: cost::hourly_usd(&pod.needs, workload.provider, pricing),
+        cluster_spent: input
+            .index
+            .burst_usd_per_hour(None, pricing, input.config.default_provider),
+        workload_spent: input.index.burst_usd_per_hour(
+            Some(workload.key),
+            pricing,
+            input.config.default_provider,
+        ),
+        cluster_limit: input.config.budget.max_usd_per_hour,
+    };
+    let ineligible: &[Ineligible] = if pod.eligible {
+        &[]
+    } else {
+        &[Ineligible::TooLarge]
+    };
+    let facts = PodFacts {
+        needs: pod.needs,
+        tolerations: &pod.tolerations,
+        ineligible,
+        counts,
+        replicas: workload.view.replicas,
+        hpa: workload.view.hpa,
+        budget,
+    };
+    decision::decide(&facts, &workload.policy, input.config, input.index)
+}
+
+/// Concurrent admissions (several webhook replicas) can leave a workload above
+/// `max-local` or `max-burst`: once that has lasted [`OVERSHOOT_GRACE_MS`] with the
+/// workload at its desired size, the newest surplus pods are evicted, each only if the
+/// decision puts its replacement on the other side.
+fn correct_overshoot(
+    input: &PlanInput<'_>,
+    workloads: &[Workload<'_>],
+    state: &mut ControllerState,
+    actions: &mut Vec<Action>,
+) {
+    for workload in workloads {
+        let counts = workload.view.counts;
+        let cap_burst = workload
+            .policy
+            .max_burst
+            .map(|cap| cap.resolve(workload.view.replicas));
+        let surplus_burst = cap_burst.map_or(0, |cap| counts.burst.saturating_sub(cap));
+        let surplus_local = workload
+            .policy
+            .max_local
+            .map_or(0, |cap| counts.local.saturating_sub(cap));
+        let at_size = counts.local + counts.burst == workload.view.replicas;
+        if (surplus_burst == 0 && surplus_local == 0)
+            || !at_size
+            || state.settling.contains_key(workload.key)
+        {
+            state.overshoot_since.remove(workload.key);
+            continue;
+        }
+        let since = *state
+            .overshoot_since
+            .entry(workload.key.to_owned())
+            .or_insert(input.now_ms);
+        if input.now_ms - since < OVERSHOOT_GRACE_MS {
+            continue;
+        }
+        state.overshoot_since.remove(workload.key);
+        let mut newest: Vec<&&PodView> = workload.live().collect();
+        newest.sort_by_key(|p| std::cmp::Reverse(p.created_ms));
+        let mut counts = counts;
+        let mut evict = |pod: &PodView, counts: PlacementCounts| {
+            actions.push(Action::Evict {
+                pod: PodRef::of(pod),
+                workload: workload.key.to_owned(),
+                cause: EvictionCause::Overshoot,
+            });
+            counts
+        };
+        for pod in newest
+            .iter()
+            .filter(|p| p.is_burst())
+            .take(surplus_burst as usize)
+        {
+            let after = PlacementCounts {
+                burst: counts.burst - 1,
+                ..counts
+            };
+            if decide_replacement(input, workload, pod, after).placement == Placement::Local {
+                counts = evict(pod, after);
+            }
+        }
+        for pod in newest
+            .iter()
+            .filter(|p| !p.is_burst())
+            .take(surplus_local as usize)
+        {
+            let after = PlacementCounts {
+                local: counts.local - 1,
+                ..counts
+            };
+            if matches!(
+                decide_replacement(input, workload, pod, after).placement,
+                Placement::Burst(_)
+            ) {
+                counts = evict(pod, after);
+            }
+        }
+    }
+}
+
+/// Moves burst pods back once utilization has stayed below `rebalance.belowUtilization`
+/// for the cooldown: costliest first, at most one per pass and
+/// `rebalance.maxEvictionsPerMinute`, one per workload until its replacement is Running
+/// and Ready, never a pod younger than the cooldown, and only when a regular node has
+/// room for it *and* the webhook's decision would admit its replacement local without
+/// pressure, so a move never loops.
+fn rebalance(
+    input: &PlanInput<'_>,
+    workloads: &[Workload<'_>],
+    state: &mut ControllerState,
+    actions: &mut Vec<Action>,
+) {
+    let config = &input.config.rebalance;
+    let (cpu, memory) = input.index.totals().utilization();
+    if cpu.max(memory) >= config.below_utilization || input.index.totals().allocatable_cpu == 0 {
+        state.below_since_ms = None;
+        return;
+    }
+    state.below_since_ms.get_or_insert(input.now_ms);
+    if !config.enabled || !state.cooled_down(input.config, input.now_ms) {
+        return;
+    }
+    while state
+        .recent_evictions
+        .front()
+        .is_some_and(|t| input.now_ms - t >= MINUTE_MS)
+    {
+        state.recent_evictions.pop_front();
+    }
+    if state.recent_evictions.len() >= config.max_evictions_per_minute as usize {
+        return;
+    }
+    let cooldown_ms = config.cooldown_seconds as i64 * 1000;
+    let mut candidates: Vec<(f64, &Workload<'_>, &PodView)> = workloads
+        .iter()
+        .filter(|w| !state.settling.contains_key(w.key))
+        .flat_map(|w| w.live().map(move |p| (w, *p)))
+        .filter(|(_, p)| p.virtual_node.is_some() && input.now_ms - p.created_ms >= cooldown_ms)
+        .map(|(w, p)| {
+            let provider = p.provider.unwrap_or(w.provider);
+            let usd = cost::hourly_usd(&p.needs, provider, &input.config.pricing).unwrap_or(0.0);
+            (usd, w, p)
+        })
+        .collect();
+    candidates.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.2.created_ms.cmp(&b.2.created_ms))
+    });
+    for (_, workload, pod) in candidates {
+        if !input.index.any_node_fits(&pod.needs, &pod.tolerations) {
+            continue;
+        }
+        let counts = workload.view.counts;
+        let after = PlacementCounts {
+            burst: counts.burst.saturating_sub(1),
+            ..counts
+        };
+        let decision = decide_replacement(input, workload, pod, after);
+        if decision.placement == Placement::Local && decision.reason == Reason::NoPressure {
+            actions.push(Action::Evict {
+                pod: PodRef::of(pod),
+                workload: workload.key.to_owned(),
+                cause: EvictionCause::Rebalance,
+            });
+            return;
+        }
+    }
+}
+
+/// An opted-in pod unschedulable for `pendingSpill.afterSeconds` may use the virtual
+/// node: within `max-burst` (spills already under way count) and the budgets.
+fn spill_pending(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mut Vec<Action>) {
+    let after_ms = input.config.pending_spill.after_seconds as i64 * 1000;
+    for workload in workloads {
+        let cap = workload
+            .policy
+            .max_burst
+            .map(|cap| cap.resolve(workload.view.replicas));
+        let spilling = workload
+            .live()
+            .filter(|p| !p.bound && p.reason_label.as_deref() == Some(Reason::Pending.as_str()))
+            .count() as u32;
+        let mut spent = input.index.burst_usd_per_hour(
+            Some(workload.key),
+            &input.config.pricing,
+            input.config.default_provider,
+        );
+        let mut cluster_spent = input.index.burst_usd_per_hour(
+            None,
+            &input.config.pricing,
+            input.config.default_provider,
+        );
+        let mut waiting: Vec<&&PodView> = workload
+            .live()
+            .filter(|p| {
+                p.eligible
+                    && !p.tolerates_virtual_node()
+                    && p.unschedulable_since_ms
+                        .is_some_and(|since| input.now_ms - since >= after_ms)
+            })
+            .collect();
+        waiting.sort_by_key(|p| p.unschedulable_since_ms);
+        for (burst, pod) in (workload.view.counts.burst + spilling..).zip(waiting) {
+            if cap.is_some_and(|cap| burst >= cap) {
+                break;
+            }
+            let usd = cost::hourly_usd(&pod.needs, workload.provider, &input.config.pricing);
+            let budget = BudgetFacts {
+                pod_usd_per_hour: usd,
+                cluster_spent,
+                workload_spent: spent,
+                cluster_limit: input.config.budget.max_usd_per_hour,
+            };
+            if decision::over_budget(&budget, &workload.policy) {
+                break;
+            }
+            actions.push(Action::Spill {
+                pod: PodRef::of(pod),
+                workload: workload.key.to_owned(),
+            });
+            spent += usd.unwrap_or(0.0);
+            cluster_spent += usd.unwrap_or(0.0);
+        }
+    }
+}
+
+/// `BurstStarted` when a workload goes from 0 to ≥ 1 burst replicas, `BurstCapped` and
+/// `Ineligible` when more replicas than in the last pass were held local for that
+/// reason: one Event per change of a workload, never one per pod.
+fn events(workloads: &[Workload<'_>], state: &mut ControllerState, actions: &mut Vec<Action>) {
+    let mut seen = HashMap::new();
+    for workload in workloads {
+        let live_local_with = |reasons: &[Reason]| {
+            workload
+                .live()
+                .filter(|p| !p.is_burst())
+                .filter(|p| {
+                    p.reason_label
+                        .as_deref()
+                        .and_then(Reason::parse)
+                        .is_some_and(|r| reasons.contains(&r))
+                })
+                .count() as u32
+        };
+        let now = Seen {
+            burst: workload.view.counts.burst,
+            capped: live_local_with(&[Reason::MaxBurst, Reason::Budget]),
+            ineligible: live_local_with(&[Reason::Ineligible]),
+        };
+        let before = state.seen.get(workload.key).copied().unwrap_or_default();
+        seen.insert(workload.key.to_owned(), now);
+        if !state.initialized {
+            continue;
+        }
+        let mut event = |reason, note: String, warning| {
+            actions.push(Action::Event {
+                workload: workload.key.to_owned(),
+                uid: workload.view.uid.to_owned(),
+                reason,
+                note,
+                warning,
+            })
+        };
+        if before.burst == 0 && now.burst > 0 {
+            event(
+                EventReason::BurstStarted,
+                format!(
+                    "{} of {} replicas burst to {}",
+                    now.burst, workload.view.replicas, workload.provider
+                ),
+                false,
+            );
+        }
+        if now.capped > before.capped {
+            event(
+                EventReason::BurstCapped,
+                format!(
+                    "{} replicas held local by max-burst or the cost budget although the cluster is under pressure",
+                    now.capped
+                ),
+                true,
+            );
+        }
+        if now.ineligible > before.ineligible {
+            event(
+                EventReason::Ineligible,
+                format!(
+                    "{} replicas may not burst to {} (see the admission warnings on the pods); they stay on regular nodes",
+                    now.ineligible, workload.provider
+                ),
+                true,
+            );
+        }
+    }
+    state.seen = seen;
+    state.initialized = true;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,452 @@
+//! Table-style tests of the controller's pass over a real (in-memory) index.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+use super::*;
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const MIN: i64 = 60_000;
+
+struct Cluster {
+    index: ClusterIndex,
+    pods: Vec<Pod>,
+    config: OperatorConfig,
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
+}
+
+impl Cluster {
+    /// One regular node of `cpu` cores and the virtual node, a Deployment `web` of
+    /// `replicas` with `annotations`.
+    fn new(cpu: &str, replicas: u32, annotations: Value) -> Self {
+        let mut index = ClusterIndex::new();
+        let node = |name: &str, cpu: &str, labels: Value| {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": labels},
+                "status": {"allocatable": {"cpu": cpu, "memory": "64Gi"},
+                    "conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .unwrap()
+        };
+        index.apply_node(&node("a", cpu, json!({})));
+        index.apply_node(&node(
+            "vk",
+            "100",
+            json!({"type": "virtual-kubelet", "spillway.io/provider": "fargate"}),
+        ));
+        let mut annotations = annotations;
+        annotations["spillway.io/burst"] = json!("true");
+        index.apply_deployment(
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "annotations": annotations},
+                "spec": {"replicas": replicas, "selector": {}, "template": {}}
+            }))
+            .unwrap(),
+        );
+        index.apply_replicaset(
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web-1", "namespace": "ns", "uid": "rs1",
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d1", "controller": true}]}
+            }))
+            .unwrap(),
+        );
+        let config = OperatorConfig {
+            rebalance: spillway_common::config::RebalanceConfig {
+                cooldown_seconds: 60,
+                ..Default::default()
+            },
+            ..OperatorConfig::default()
+        };
+        Self {
+            index,
+            pods: Vec::new(),
+            config,
+        }
+    }
+
+    /// A Running, Ready pod of `web` requesting `cpu`, created at `created_ms`.
+    fn pod(&mut self, name: &str, node: Option<&str>, cpu: &str, created_ms: i64, extra: Value) {
+        let placement = if node == Some("vk") { "burst" } else { "local" };
+        let mut pod = json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                "creationTimestamp": rfc3339(created_ms),
+                "labels": {"spillway.io/placement": placement},
+                "annotations": {},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs1", "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        if placement == "burst" {
+            pod["metadata"]["annotations"][keys::POD_DELETION_COST] = json!("-1000");
+        }
+        merge(&mut pod, extra);
+        // A null in `extra` removes the annotation.
+        if let Some(annotations) = pod["metadata"]["annotations"].as_object_mut() {
+            annotations.retain(|_, v| !v.is_null());
+        }
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        self.index.apply_pod(&pod);
+        self.pods.push(pod);
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.pods
+            .retain(|p| p.metadata.name.as_deref() != Some(name));
+        self.index.delete_pod(&format!("uid-{name}"));
+    }
+
+    fn plan(&self, state: &mut ControllerState, now_ms: i64) -> Vec<Action> {
+        let views: Vec<PodView> = self
+            .pods
+            .iter()
+            .filter_map(|p| PodView::from_pod(p, &self.index, Provider::Fargate))
+            .collect();
+        plan(
+            &PlanInput {
+                index: &self.index,
+                pods: &views,
+                config: &self.config,
+                now_ms,
+            },
+            state,
+        )
+    }
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+fn evictions(actions: &[Action]) -> Vec<(&str, EvictionCause)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Evict { pod, cause, .. } => Some((pod.name.as_str(), *cause)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// 2 local pods on an 8-core node, 2 burst pods; utilization 25 %.
+fn idle_with_burst() -> Cluster {
+    let mut cluster = Cluster::new("8", 4, json!({}));
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    cluster.pod("l2", Some("a"), "1", T0, json!({}));
+    cluster.pod("b1", Some("vk"), "1", T0, json!({}));
+    cluster.pod("b2", Some("vk"), "2", T0 + 1000, json!({}));
+    cluster
+}
+
+#[test]
+fn rebalance_waits_for_the_cooldown_then_evicts_the_costliest() {
+    let cluster = idle_with_burst();
+    let mut state = ControllerState::default();
+    let start = T0 + 10 * MIN;
+    assert!(evictions(&cluster.plan(&mut state, start)).is_empty());
+    assert!(evictions(&cluster.plan(&mut state, start + 59_000)).is_empty());
+    let actions = cluster.plan(&mut state, start + 60_000);
+    assert_eq!(evictions(&actions), vec![("b2", EvictionCause::Rebalance)]);
+}
+
+#[test]
+fn rebalance_forgets_the_cooldown_when_utilization_rises() {
+    let mut cluster = idle_with_burst();
+    let mut state = ControllerState::default();
+    let start = T0 + 10 * MIN;
+    cluster.plan(&mut state, start);
+    // Utilization above 0.6 for one pass restarts the cooldown.
+    cluster.pod("hog", Some("a"), "4", T0, json!({}));
+    cluster.plan(&mut state, start + 30_000);
+    cluster.remove("hog");
+    assert!(evictions(&cluster.plan(&mut state, start + 61_000)).is_empty());
+    assert!(evictions(&cluster.plan(&mut state, start + 120_000)).is_empty());
+    let later = cluster.plan(&mut state, start + 121_000);
+    assert_eq!(evictions(&later).len(), 1);
+}
+
+#[test]
+fn rebalance_skips_young_pods_and_pods_whose_replacement_would_burst() {
+    // Utilization has been low for ten minutes, but the burst pod is 30 s old.
+    let mut young = Cluster::new("8", 2, json!({}));
+    young.pod("l1", Some("a"), "1", T0, json!({}));
+    young.pod("b1", Some("vk"), "1", T0 + 10 * MIN, json!({}));
+    let mut state = ControllerState::default();
+    young.plan(&mut state, T0);
+    assert!(evictions(&young.plan(&mut state, T0 + 10 * MIN + 30_000)).is_empty());
+    assert_eq!(evictions(&young.plan(&mut state, T0 + 11 * MIN)).len(), 1);
+
+    // max-local 2: a replacement would burst again, so nothing moves.
+    let mut capped = Cluster::new("8", 4, json!({"spillway.io/max-local": "2"}));
+    capped.pod("l1", Some("a"), "1", T0, json!({}));
+    capped.pod("l2", Some("a"), "1", T0, json!({}));
+    capped.pod("b1", Some("vk"), "1", T0, json!({}));
+    let mut state = ControllerState::default();
+    capped.plan(&mut state, T0 + 10 * MIN);
+    assert!(evictions(&capped.plan(&mut state, T0 + 20 * MIN)).is_empty());
+}
+
+#[test]
+fn rebalance_needs_a_node_with_room_and_no_pressure_with_the_pod() {
+    // 4-core node, 2 cores used (50 % < 0.6): a 2-core pod fits but would bring the
+    // cluster to 100 % ≥ 0.85, so the decision says capacity: no eviction.
+    let mut cluster = Cluster::new("4", 3, json!({}));
+    cluster.pod("l1", Some("a"), "2", T0, json!({}));
+    cluster.pod("b1", Some("vk"), "2", T0, json!({}));
+    let mut state = ControllerState::default();
+    cluster.plan(&mut state, T0 + 10 * MIN);
+    assert!(evictions(&cluster.plan(&mut state, T0 + 20 * MIN)).is_empty());
+    // A node tainted against the pod has no room for it either.
+    let mut tainted = Cluster::new("8", 3, json!({}));
+    tainted.index.apply_node(
+        &serde_json::from_value(json!({
+            "metadata": {"name": "a"},
+            "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "8", "memory": "64Gi"},
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap(),
+    );
+    tainted.pod("b1", Some("vk"), "1", T0, json!({}));
+    let mut state = ControllerState::default();
+    tainted.plan(&mut state, T0 + 10 * MIN);
+    assert!(evictions(&tainted.plan(&mut state, T0 + 20 * MIN)).is_empty());
+}
+
+#[test]
+fn one_workload_step_at_a_time_and_the_rate_limit() {
+    let mut cluster = idle_with_burst();
+    let mut state = ControllerState::default();
+    let start = T0 + 10 * MIN;
+    cluster.plan(&mut state, start);
+    let first = cluster.plan(&mut state, start + MIN);
+    assert_eq!(evictions(&first), vec![("b2", EvictionCause::Rebalance)]);
+    state.evicted("ns/web", "uid-b2", EvictionCause::Rebalance, start + MIN);
+    // Until b2 is gone and its replacement runs Ready, b1 waits.
+    assert!(evictions(&cluster.plan(&mut state, start + MIN + 5000)).is_empty());
+    cluster.remove("b2");
+    cluster.pod(
+        "r1",
+        Some("a"),
+        "2",
+        start + MIN + 6000,
+        json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+    );
+    assert!(evictions(&cluster.plan(&mut state, start + MIN + 7000)).is_empty());
+    cluster.remove("r1");
+    cluster.pod("r1", Some("a"), "2", start + MIN + 6000, json!({}));
+    let next = cluster.plan(&mut state, start + MIN + 8000);
+    assert_eq!(evictions(&next), vec![("b1", EvictionCause::Rebalance)]);
+
+    // maxEvictionsPerMinute: 1 holds the next eviction for a minute.
+    let mut limited = idle_with_burst();
+    limited.config.rebalance.max_evictions_per_minute = 1;
+    let mut state = ControllerState::default();
+    limited.plan(&mut state, start);
+    state.evicted("ns/other", "x", EvictionCause::Rebalance, start + MIN);
+    assert!(evictions(&limited.plan(&mut state, start + MIN + 1000)).is_empty());
+    assert_eq!(
+        evictions(&limited.plan(&mut state, start + 2 * MIN)).len(),
+        1
+    );
+}
+
+#[test]
+fn burst_pods_get_the_low_deletion_cost_and_local_pods_keep_theirs() {
+    let mut cluster = Cluster::new("8", 3, json!({}));
+    cluster.pod(
+        "l1",
+        Some("a"),
+        "1",
+        T0,
+        json!({"metadata": {"annotations": {keys::POD_DELETION_COST: "50"}}}),
+    );
+    cluster.pod(
+        "b1",
+        Some("vk"),
+        "1",
+        T0,
+        json!({"metadata": {"annotations": {keys::POD_DELETION_COST: null}}}),
+    );
+    // Bound to the virtual node by hand or by a pending spill: labelled local.
+    cluster.pod(
+        "b2",
+        Some("vk"),
+        "1",
+        T0,
+        json!({"metadata": {"labels": {"spillway.io/placement": "local"}}}),
+    );
+    let mut state = ControllerState::default();
+    let repairs: Vec<_> = cluster
+        .plan(&mut state, T0)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::MarkBurst {
+                pod,
+                label,
+                deletion_cost,
+            } => Some((pod.name, label, deletion_cost)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        repairs,
+        vec![
+            ("b1".to_string(), false, true),
+            ("b2".to_string(), true, false)
+        ]
+    );
+}
+
+#[test]
+fn overshoot_of_max_burst_evicts_the_newest_surplus_after_the_grace() {
+    let mut cluster = Cluster::new("4", 4, json!({"spillway.io/max-burst": "1"}));
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    cluster.pod("l2", Some("a"), "1", T0, json!({}));
+    cluster.pod("b1", Some("vk"), "1", T0, json!({}));
+    cluster.pod("b2", Some("vk"), "1", T0 + 500, json!({}));
+    let mut state = ControllerState::default();
+    assert!(evictions(&cluster.plan(&mut state, T0 + 1000)).is_empty());
+    let actions = cluster.plan(&mut state, T0 + 1000 + OVERSHOOT_GRACE_MS);
+    assert_eq!(evictions(&actions), vec![("b2", EvictionCause::Overshoot)]);
+}
+
+#[test]
+fn overshoot_of_max_local_evicts_only_when_the_replacement_would_burst() {
+    let mut cluster = Cluster::new("16", 3, json!({"spillway.io/max-local": "1"}));
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    cluster.pod("l2", Some("a"), "1", T0 + 100, json!({}));
+    cluster.pod("l3", Some("a"), "1", T0 + 200, json!({}));
+    let mut state = ControllerState::default();
+    cluster.plan(&mut state, T0 + 1000);
+    let actions = cluster.plan(&mut state, T0 + 1000 + OVERSHOOT_GRACE_MS);
+    assert_eq!(
+        evictions(&actions),
+        vec![
+            ("l3", EvictionCause::Overshoot),
+            ("l2", EvictionCause::Overshoot)
+        ]
+    );
+    // With max-burst 0 the replacement would stay local: nothing to gain.
+    let mut capped = Cluster::new(
+        "16",
+        3,
+        json!({"spillway.io/max-local": "1", "spillway.io/max-burst": "0"}),
+    );
+    capped.pod("l1", Some("a"), "1", T0, json!({}));
+    capped.pod("l2", Some("a"), "1", T0 + 100, json!({}));
+    capped.pod("l3", Some("a"), "1", T0 + 200, json!({}));
+    let mut state = ControllerState::default();
+    capped.plan(&mut state, T0 + 1000);
+    assert!(evictions(&capped.plan(&mut state, T0 + 1000 + OVERSHOOT_GRACE_MS)).is_empty());
+}
+
+#[test]
+fn no_overshoot_correction_in_the_middle_of_a_scale() {
+    // 3 pods but the Deployment wants 2 with at most 1 burst: the ReplicaSet is about
+    // to remove a burst pod by itself.
+    let mut cluster = Cluster::new("8", 2, json!({"spillway.io/max-burst": "1"}));
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    cluster.pod("b1", Some("vk"), "1", T0, json!({}));
+    cluster.pod("b2", Some("vk"), "1", T0, json!({}));
+    let mut state = ControllerState::default();
+    cluster.plan(&mut state, T0);
+    assert!(evictions(&cluster.plan(&mut state, T0 + 5 * OVERSHOOT_GRACE_MS)).is_empty());
+}
+
+fn unschedulable(since_ms: i64) -> Value {
+    json!({"spec": {"nodeName": null}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": rfc3339(since_ms)}]}})
+}
+
+fn spills(actions: &[Action]) -> Vec<&str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spill { pod, .. } => Some(pod.name.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn pending_pods_spill_after_the_delay_within_max_burst() {
+    let mut cluster = Cluster::new("2", 4, json!({"spillway.io/max-burst": "2"}));
+    cluster.pod("b1", Some("vk"), "1", T0, json!({}));
+    cluster.pod("p1", None, "1", T0, unschedulable(T0 + 1000));
+    cluster.pod("p2", None, "1", T0, unschedulable(T0 + 2000));
+    let mut state = ControllerState::default();
+    assert!(spills(&cluster.plan(&mut state, T0 + 30_000)).is_empty());
+    // afterSeconds is 60: both waited long enough, but max-burst 2 leaves room for one.
+    assert_eq!(spills(&cluster.plan(&mut state, T0 + 62_000)), vec!["p1"]);
+    // Once p1 carries the pending reason it counts against the cap.
+    cluster.remove("p1");
+    let mut spilled = unschedulable(T0 + 1000);
+    merge(
+        &mut spilled,
+        json!({"metadata": {"labels": {"spillway.io/reason": "pending"}},
+            "spec": {"tolerations": [{"key": keys::VIRTUAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]}}),
+    );
+    cluster.pod("p1", None, "1", T0, spilled);
+    assert!(spills(&cluster.plan(&mut state, T0 + 64_000)).is_empty());
+}
+
+#[test]
+fn pending_spill_respects_the_budget_and_eligibility() {
+    let mut cluster = Cluster::new("2", 4, json!({"spillway.io/max-usd-per-hour": "0.01"}));
+    cluster.pod("p1", None, "1", T0, unschedulable(T0));
+    let mut state = ControllerState::default();
+    assert!(spills(&cluster.plan(&mut state, T0 + 5 * MIN)).is_empty());
+
+    let mut cluster = Cluster::new("2", 4, json!({}));
+    let mut host = unschedulable(T0);
+    merge(&mut host, json!({"spec": {"hostNetwork": true}}));
+    cluster.pod("p1", None, "1", T0, host);
+    let mut state = ControllerState::default();
+    assert!(spills(&cluster.plan(&mut state, T0 + 5 * MIN)).is_empty());
+}
+
+#[test]
+fn events_follow_changes_not_pods() {
+    let mut cluster = Cluster::new("8", 4, json!({}));
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    let mut state = ControllerState::default();
+    let reasons = |actions: Vec<Action>| -> Vec<EventReason> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Event { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(reasons(cluster.plan(&mut state, T0)).is_empty());
+    cluster.pod("b1", Some("vk"), "1", T0, json!({}));
+    cluster.pod("b2", Some("vk"), "1", T0, json!({}));
+    assert_eq!(
+        reasons(cluster.plan(&mut state, T0 + 1000)),
+        vec![EventReason::BurstStarted]
+    );
+    // Still bursting: nothing new to say.
+    assert!(reasons(cluster.plan(&mut state, T0 + 2000)).is_empty());
+    cluster.pod(
+        "l2",
+        Some("a"),
+        "1",
+        T0,
+        json!({"metadata": {"labels": {"spillway.io/reason": "max-burst"}}}),
+    );
+    assert_eq!(
+        reasons(cluster.plan(&mut state, T0 + 3000)),
+        vec![EventReason::BurstCapped]
+    );
+}

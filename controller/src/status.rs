@@ -1,0 +1,288 @@
+//! Where each opted-in workload stands: desired, local and burst replicas, the last
+//! reason the webhook gave, the provider and the estimated burst cost, plus the cluster's
+//! request utilization and budget. One pure computation feeds the controller's metrics
+//! and `spillway status`, so both say the same thing.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use spillway_cluster::index::ClusterIndex;
+use spillway_cluster::policy;
+use spillway_common::config::{OperatorConfig, Provider};
+use spillway_common::cost;
+
+use crate::snapshot::PodView;
+
+/// One workload's row.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Namespace.
+    pub namespace: String,
+    /// Deployment name.
+    pub workload: String,
+    /// `spec.replicas`.
+    pub desired: u32,
+    /// Local replicas (pending or running, not being deleted).
+    pub local: u32,
+    /// Burst replicas.
+    pub burst: u32,
+    /// burst / (local + burst), 0 when there are none.
+    pub burst_ratio: f64,
+    /// `spillway.io/reason` of the newest pod, if any.
+    pub last_reason: Option<String>,
+    /// Where it bursts to.
+    pub provider: String,
+    /// Estimated USD per hour of its burst pods.
+    pub usd_per_hour: f64,
+}
+
+/// The cluster line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// CPU requests / allocatable over Ready, schedulable, regular nodes.
+    pub cpu_utilization: f64,
+    /// Memory requests / allocatable over the same nodes.
+    pub memory_utilization: f64,
+    /// Estimated USD per hour of every burst pod.
+    pub burst_usd_per_hour: f64,
+    /// `budget.maxUsdPerHour`, if set.
+    pub budget_usd_per_hour: Option<f64>,
+}
+
+/// What `spillway status -o json` prints.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Status {
+    /// One row per opted-in workload, sorted by namespace and name.
+    pub workloads: Vec<WorkloadStatus>,
+    /// The cluster line.
+    pub cluster: ClusterStatus,
+}
+
+/// Computes the status; `namespace` filters the rows (not the cluster line).
+pub fn compute(
+    index: &ClusterIndex,
+    pods: &[PodView],
+    config: &OperatorConfig,
+    namespace: Option<&str>,
+) -> Status {
+    let pricing = &config.pricing;
+    let costs = index.burst_usd_by_workload(pricing, config.default_provider);
+    let mut newest: HashMap<&str, &PodView> = HashMap::new();
+    for pod in pods {
+        if let Some(key) = pod.workload.as_deref() {
+            let entry = newest.entry(key).or_insert(pod);
+            if pod.created_ms > entry.created_ms {
+                *entry = pod;
+            }
+        }
+    }
+    let mut workloads: Vec<WorkloadStatus> = index
+        .workloads()
+        .filter_map(|view| {
+            let template = newest.get(view.key).map(|p| &p.spillway_annotations);
+            let (policy, _) = policy::read(Some(view.annotations), template);
+            if !policy.opted_in {
+                return None;
+            }
+            let (ns, name) = view.key.split_once('/')?;
+            if namespace.is_some_and(|wanted| wanted != ns) {
+                return None;
+            }
+            let configured = policy.provider.unwrap_or(config.default_provider);
+            let spent: Vec<(Provider, f64)> = costs
+                .iter()
+                .filter(|((key, _), _)| *key == view.key)
+                .map(|((_, provider), usd)| (*provider, *usd))
+                .collect();
+            let provider = match spent.as_slice() {
+                [(only, _)] => only.to_string(),
+                [] => configured.to_string(),
+                _ => "mixed".to_owned(),
+            };
+            let counts = view.counts;
+            let total = counts.local + counts.burst;
+            Some(WorkloadStatus {
+                namespace: ns.to_owned(),
+                workload: name.to_owned(),
+                desired: view.replicas,
+                local: counts.local,
+                burst: counts.burst,
+                burst_ratio: if total == 0 {
+                    0.0
+                } else {
+                    f64::from(counts.burst) / f64::from(total)
+                },
+                last_reason: newest.get(view.key).and_then(|p| p.reason_label.clone()),
+                provider,
+                usd_per_hour: cost::round_usd(spent.iter().map(|(_, usd)| usd).sum()),
+            })
+        })
+        .collect();
+    workloads.sort_by(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
+    let (cpu, memory) = index.totals().utilization();
+    Status {
+        workloads,
+        cluster: ClusterStatus {
+            cpu_utilization: cpu,
+            memory_utilization: memory,
+            burst_usd_per_hour: cost::round_usd(index.burst_usd_per_hour(
+                None,
+                pricing,
+                config.default_provider,
+            )),
+            budget_usd_per_hour: config.budget.max_usd_per_hour,
+        },
+    }
+}
+
+/// The status as a table for people.
+pub fn table(status: &Status) -> String {
+    let mut rows = vec![[
+        "NAMESPACE".to_owned(),
+        "WORKLOAD".to_owned(),
+        "DESIRED".to_owned(),
+        "LOCAL".to_owned(),
+        "BURST".to_owned(),
+        "RATIO".to_owned(),
+        "LAST REASON".to_owned(),
+        "PROVIDER".to_owned(),
+        "USD/HOUR".to_owned(),
+    ]];
+    for w in &status.workloads {
+        rows.push([
+            w.namespace.clone(),
+            w.workload.clone(),
+            w.desired.to_string(),
+            w.local.to_string(),
+            w.burst.to_string(),
+            format!("{:.0}%", w.burst_ratio * 100.0),
+            w.last_reason.clone().unwrap_or_else(|| "-".into()),
+            w.provider.clone(),
+            format!("{:.4}", w.usd_per_hour),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    if status.workloads.is_empty() {
+        out.push_str(
+            "no opted-in workloads (annotate a Deployment with spillway.io/burst: \"true\")\n",
+        );
+    } else {
+        for row in &rows {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+    }
+    let c = &status.cluster;
+    out.push_str(&format!(
+        "\ncluster: CPU requests {:.0}%, memory requests {:.0}% of regular nodes; burst {:.4} USD/hour; budget {}\n",
+        c.cpu_utilization * 100.0,
+        c.memory_utilization * 100.0,
+        c.burst_usd_per_hour,
+        c.budget_usd_per_hour
+            .map_or("none".to_owned(), |b| format!("{b:.4} USD/hour")),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rows_for_opted_in_workloads_only() {
+        let mut index = ClusterIndex::new();
+        index.apply_node(
+            &serde_json::from_value(json!({"metadata": {"name": "a"},
+                "status": {"allocatable": {"cpu": "4", "memory": "16Gi"}, "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .unwrap(),
+        );
+        index.apply_node(
+            &serde_json::from_value(json!({"metadata": {"name": "vk", "labels": {"type": "virtual-kubelet", "spillway.io/provider": "fargate"}},
+                "status": {"allocatable": {"cpu": "100", "memory": "400Gi"}, "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .unwrap(),
+        );
+        for (name, opted) in [("web", true), ("plain", false)] {
+            let annotations = if opted {
+                json!({"spillway.io/burst": "true"})
+            } else {
+                json!({})
+            };
+            index.apply_deployment(
+                &serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ns", "uid": name, "annotations": annotations},
+                    "spec": {"replicas": 2, "selector": {}, "template": {}}}))
+                .unwrap(),
+            );
+            index.apply_replicaset(
+                &serde_json::from_value(json!({"metadata": {"name": format!("{name}-1"), "namespace": "ns", "uid": format!("rs-{name}"),
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": name, "controller": true}]}}))
+                .unwrap(),
+            );
+        }
+        let pod = |name: &str,
+                   node: &str,
+                   reason: &str,
+                   created: &str|
+         -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns", "uid": name, "creationTimestamp": created,
+                    "labels": {"spillway.io/placement": if node == "vk" {"burst"} else {"local"}, "spillway.io/reason": reason},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-web", "controller": true}]},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]},
+                "status": {"phase": "Running"}
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod("p1", "a", "no-pressure", "2026-01-01T00:00:00Z"),
+            pod("p2", "vk", "capacity", "2026-01-01T00:00:05Z"),
+        ];
+        for p in &pods {
+            index.apply_pod(p);
+        }
+        let views: Vec<PodView> = pods
+            .iter()
+            .filter_map(|p| PodView::from_pod(p, &index, Provider::Fargate))
+            .collect();
+        let config = OperatorConfig::default();
+        let status = compute(&index, &views, &config, None);
+        assert_eq!(status.workloads.len(), 1);
+        let row = &status.workloads[0];
+        assert_eq!((row.desired, row.local, row.burst), (2, 1, 1));
+        assert_eq!(row.burst_ratio, 0.5);
+        assert_eq!(row.last_reason.as_deref(), Some("capacity"));
+        assert_eq!(row.provider, "fargate");
+        // 1 vCPU / 2 GiB Fargate task.
+        assert!(
+            (row.usd_per_hour - 0.04937).abs() < 1e-6,
+            "{}",
+            row.usd_per_hour
+        );
+        assert_eq!(status.cluster.cpu_utilization, 0.25);
+        assert_eq!(status.cluster.burst_usd_per_hour, row.usd_per_hour);
+        assert!(
+            compute(&index, &views, &config, Some("other"))
+                .workloads
+                .is_empty()
+        );
+        let text = table(&status);
+        assert!(
+            text.contains("web") && text.contains("50%") && text.contains("budget none"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["workloads"][0]["burstRatio"], 0.5);
+        assert_eq!(json["workloads"][0]["usdPerHour"], row.usd_per_hour);
+        assert!(json["cluster"]["budgetUsdPerHour"].is_null());
+    }
+}

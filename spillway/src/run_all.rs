@@ -1,0 +1,253 @@
+//! `spillway run`: the webhook, the controller and the embedded virtual node(s) in one
+//! process, sharing one config, one metrics registry and one admin server. With
+//! `--webhook-url` (and no `--tls-cert`) it makes its own CA and serving certificate and
+//! registers a MutatingWebhookConfiguration pointing at that URL with `failurePolicy:
+//! Ignore`, removed again on a clean shutdown: one command to try Spillway on a cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::Args;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use prometheus::Registry;
+use serde_json::json;
+use spillway_common::admin::{self, AdminArgs, Readiness};
+use spillway_common::tls::TlsFiles;
+use spillway_controller::run::{LoopArgs, load_config, run_loops};
+use spillway_vk_node::run::EmbeddedNodesArgs;
+use spillway_webhook::run::ServeOptions;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `spillway run`.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// URL the apiserver calls for admissions (`https://HOST:PORT/mutate`, reaching
+    /// --listen). Without --tls-cert, Spillway makes its own CA and a serving certificate
+    /// for HOST and registers (create-or-update) the MutatingWebhookConfiguration named by
+    /// --webhook-name with that URL and `failurePolicy: Ignore`; a clean shutdown removes it.
+    #[arg(long, env = "SPILLWAY_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Name of the MutatingWebhookConfiguration that --webhook-url registers.
+    #[arg(long, default_value = "spillway", env = "SPILLWAY_WEBHOOK_NAME")]
+    pub webhook_name: String,
+    /// HTTPS address of the admission server.
+    #[arg(long, default_value = "0.0.0.0:8443", env = "SPILLWAY_WEBHOOK_ADDR")]
+    pub listen: SocketAddr,
+    /// PEM serving certificate to use instead of a self-made one (you then register the
+    /// webhook yourself); reloaded when it changes.
+    #[arg(long, env = "SPILLWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, env = "SPILLWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub loops: LoopArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub nodes: EmbeddedNodesArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub admin: AdminArgs,
+}
+
+/// The host of an `https://` URL, refusing anything else.
+pub fn webhook_host(url: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--webhook-url {url:?} is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        bail!(
+            "--webhook-url {url:?} must start with https:// (the apiserver only calls webhooks over TLS)"
+        );
+    }
+    let host = uri
+        .host()
+        .with_context(|| format!("--webhook-url {url:?} has no host"))?;
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned())
+}
+
+/// The configuration `spillway run` registers: every Pod CREATE outside the system
+/// namespaces, never blocking (`failurePolicy: Ignore`).
+pub fn webhook_configuration(name: &str, url: &str, ca_pem: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "spillway-run"}},
+        "webhooks": [{
+            "name": "burst.spillway.io",
+            "clientConfig": {
+                "url": url,
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+            },
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                "operator": "NotIn", "values": ["kube-system", "kube-node-lease", "kube-public"]}]},
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 2
+        }]
+    })
+}
+
+/// Runs everything until `shutdown`.
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a directory for the self-made certificate")?;
+    let (tls, registration) = match (&args.tls_cert, &args.tls_key, &args.webhook_url) {
+        (Some(cert), Some(key), _) => (
+            TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+            },
+            None,
+        ),
+        (None, None, Some(url)) => {
+            let host = webhook_host(url)?;
+            let pki = spillway_common::pki::try_issue(&[host.as_str()])
+                .with_context(|| format!("making a serving certificate for {host:?}"))?;
+            let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            std::fs::write(&cert, &pki.cert_pem)?;
+            std::fs::write(&key, &pki.key_pem)?;
+            (
+                TlsFiles {
+                    cert,
+                    key,
+                    client_ca: None,
+                },
+                Some(webhook_configuration(&args.webhook_name, url, &pki.ca_pem)),
+            )
+        }
+        _ => bail!(
+            "give --webhook-url (Spillway makes its certificate and registers its webhook) or --tls-cert and --tls-key (you register the webhook)"
+        ),
+    };
+    let client = Client::try_default().await?;
+    let registry = Registry::new();
+    let readiness = Readiness::default();
+    let admin = tokio::spawn(admin::serve(
+        args.admin.admin_addr,
+        registry.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let lease_namespace = args.nodes.node.leader_election_namespace.clone();
+    let config = load_config(&args.loops, &client, &lease_namespace, &registry, &shutdown)?;
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    if let Some(configuration) = &registration {
+        webhooks
+            .patch(
+                &args.webhook_name,
+                &PatchParams::apply("spillway-run").force(),
+                &Patch::Apply(configuration),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "registering MutatingWebhookConfiguration {}",
+                    args.webhook_name
+                )
+            })?;
+        tracing::info!(name = %args.webhook_name, url = ?args.webhook_url, "webhook registered");
+    }
+    let options = ServeOptions {
+        listen: args.listen,
+        tls,
+        reload_interval: Duration::from_secs(args.loops.reload_interval_seconds.max(1)),
+    };
+    let webhook = spillway_webhook::run::serve(
+        options,
+        config.clone(),
+        &registry,
+        readiness.clone(),
+        shutdown.clone(),
+    );
+    let controller = run_loops(
+        client,
+        args.loops,
+        args.nodes,
+        config,
+        &registry,
+        readiness,
+        shutdown.clone(),
+    );
+    // One half failing stops the other.
+    let (webhook, controller) = tokio::join!(
+        async {
+            let result = webhook.await;
+            if result.is_err() {
+                shutdown.cancel();
+            }
+            result
+        },
+        async {
+            let result = controller.await;
+            if result.is_err() {
+                shutdown.cancel();
+            }
+            result
+        }
+    );
+    if registration.is_some() {
+        match webhooks
+            .delete(&args.webhook_name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => tracing::info!(name = %args.webhook_name, "webhook registration removed"),
+            Err(error) => {
+                tracing::warn!(%error, name = %args.webhook_name, "could not remove the webhook registration")
+            }
+        }
+    }
+    let _ = admin.await;
+    webhook?;
+    controller?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_url_must_be_https_with_a_host() {
+        assert_eq!(
+            webhook_host("https://127.0.0.1:8443/mutate").unwrap(),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            webhook_host("https://spillway.example:443/mutate").unwrap(),
+            "spillway.example"
+        );
+        assert_eq!(webhook_host("https://[::1]:8443/mutate").unwrap(), "::1");
+        let error = webhook_host("http://127.0.0.1:8443/mutate")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("https://"), "{error}");
+        assert!(webhook_host("not a url").is_err());
+    }
+
+    #[test]
+    fn registration_never_blocks_pods() {
+        let config = webhook_configuration("spillway", "https://127.0.0.1:8443/mutate", "CA");
+        let hook = &config["webhooks"][0];
+        assert_eq!(hook["failurePolicy"], "Ignore");
+        assert_eq!(hook["timeoutSeconds"], 2);
+        assert_eq!(hook["sideEffects"], "None");
+        assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(hook["clientConfig"]["caBundle"], "Q0E=");
+        let parsed: MutatingWebhookConfiguration = serde_json::from_value(config).unwrap();
+        assert_eq!(parsed.metadata.name.as_deref(), Some("spillway"));
+    }
+}
