@@ -524,3 +524,143 @@ pub async fn wait_removed(
     )
     .await
 }
+
+/// `spillway run` on loopback: webhook (self-made certificate, registered through
+/// `--webhook-url`), controller and an embedded mock virtual node advertised as Fargate.
+pub struct RunUnderTest {
+    /// The process.
+    pub process: SpillwayProcess,
+    /// Admin port (`/metrics`).
+    pub admin_port: u16,
+    /// The MutatingWebhookConfiguration it registered.
+    pub webhook_name: String,
+    /// Its virtual node.
+    pub node_name: String,
+    /// Its config file (rewrite it to reload).
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RunUnderTest {
+    /// Starts it with `config`, its Leases in `namespace`, logging to
+    /// `e2e/.run/logs/<name>.log`; waits until the index synced and the node exists.
+    pub async fn start(name: &str, namespace: &str, config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config)?;
+        let (port, admin_port) = (free_port()?, free_port()?);
+        let pki = run_dir().join("pki");
+        let path = |f: &str| pki.join(f).display().to_string();
+        let node_name = format!("spillway-fargate-{name}");
+        let webhook_name = format!("spillway-{name}");
+        let args: Vec<String> = [
+            "run",
+            "--webhook-url",
+            &format!("https://127.0.0.1:{port}/mutate"),
+            "--webhook-name",
+            &webhook_name,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+            &config_path.display().to_string(),
+            "--reload-interval-seconds",
+            "1",
+            "--reconcile-interval-seconds",
+            "1",
+            "--vk-provider",
+            "mock",
+            "--advertise-provider",
+            "fargate",
+            "--mock-start-latency-ms",
+            "300",
+            "--node-name",
+            &node_name,
+            "--kubelet-listen",
+            &format!("127.0.0.1:{}", free_port()?),
+            "--kubelet-tls-cert",
+            &path("kubelet.crt"),
+            "--kubelet-tls-key",
+            &path("kubelet.key"),
+            "--kubelet-client-ca",
+            &path("ca.crt"),
+            "--leader-election-namespace",
+            namespace,
+            "--sync-interval-seconds",
+            "1",
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let process = SpillwayProcess::start(&args, name, &[])?;
+        let this = Self {
+            process,
+            admin_port,
+            webhook_name,
+            node_name,
+            config_path,
+            _dir: dir,
+        };
+        let client = client().await?;
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+        wait_until(
+            "spillway run ready (index synced, node registered)",
+            Duration::from_secs(30),
+            || async {
+                let ready = std::process::Command::new("curl")
+                    .args(["-sf", &format!("http://127.0.0.1:{admin_port}/readyz")])
+                    .stdout(std::process::Stdio::null())
+                    .status()?
+                    .success();
+                Ok(ready && nodes.get_opt(&this.node_name).await?.is_some())
+            },
+        )
+        .await?;
+        Ok(this)
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        metrics_text(self.admin_port)
+    }
+
+    /// Stops it with SIGTERM (a clean shutdown) and waits for it to exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.process.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(self.process.child.wait()?)
+    }
+}
+
+impl Drop for RunUnderTest {
+    fn drop(&mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        delete_with_kubectl(&["mutatingwebhookconfiguration", &self.webhook_name]);
+        delete_with_kubectl(&["node", &self.node_name]);
+    }
+}
+
+/// The Prometheus text served on `127.0.0.1:<port>/metrics`.
+pub fn metrics_text(port: u16) -> anyhow::Result<String> {
+    let output = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "scraping 127.0.0.1:{port}/metrics failed"
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// The value of the sample `series` (name with its labels exactly as exposed, e.g.
+/// `spillway_burst_ratio{namespace="a",workload="b"}`) in Prometheus text.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}

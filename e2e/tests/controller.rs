@@ -1,0 +1,843 @@
+//! The controller on the test bed, driven through `spillway run --webhook-url` (webhook,
+//! controller and a mock virtual node in one process): burst replicas go first on
+//! scale-in (also when an HPA lowers the replicas), come back when capacity returns
+//! without ever breaking the PodDisruptionBudget or bursting again, long-unschedulable
+//! pods spill onto the virtual node, cap overshoot converges, the cost budget holds, and
+//! the metrics, Events and `spillway status -o json` say so.
+//!
+//! Every test here changes cluster-wide utilization, so they run one at a time (the
+//! `SERIAL` lock) and each starts by waiting until the regular nodes are idle.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use spillway_e2e::{
+    RunUnderTest, TestNamespace, client, deployment, kubectl, repo_root, run_dir, sample, scale,
+    spillway_binary, wait_until,
+};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// (node, placement label, reason label, Running, deletion cost) of the live pods of `app`.
+#[derive(Debug, Clone)]
+struct Placed {
+    name: String,
+    uid: String,
+    node: String,
+    placement: Option<String>,
+    reason: Option<String>,
+    running: bool,
+    deletion_cost: Option<String>,
+}
+
+async fn placed(pods: &Api<Pod>, app: &str) -> anyhow::Result<Vec<Placed>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let labels: BTreeMap<String, String> = p.metadata.labels.clone().unwrap_or_default();
+            let annotations = p.metadata.annotations.clone().unwrap_or_default();
+            Placed {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                node: p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+                placement: labels.get("spillway.io/placement").cloned(),
+                reason: labels.get("spillway.io/reason").cloned(),
+                running: p.status.and_then(|s| s.phase).as_deref() == Some("Running"),
+                deletion_cost: annotations
+                    .get("controller.kubernetes.io/pod-deletion-cost")
+                    .cloned(),
+            }
+        })
+        .collect())
+}
+
+fn count(pods: &[Placed], node_prefix: &str, placement: &str) -> usize {
+    pods.iter()
+        .filter(|p| {
+            p.running
+                && p.node.starts_with(node_prefix)
+                && p.placement.as_deref() == Some(placement)
+        })
+        .count()
+}
+
+/// Waits until no pod requests CPU on the regular nodes (earlier tests cleaned up).
+async fn regular_nodes_idle(client: &Client) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    wait_until(
+        "regular nodes idle (earlier tests' pods gone)",
+        Duration::from_secs(90),
+        || async {
+            let busy = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .is_some_and(|n| n.starts_with("kwok-node-"))
+                })
+                .count();
+            Ok(busy == 0)
+        },
+    )
+    .await
+}
+
+async fn regular_node_count(client: &Client) -> anyhow::Result<i32> {
+    Ok(Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels("type=kwok"))
+        .await?
+        .items
+        .len() as i32)
+}
+
+/// Fills each regular node to 90 % of its CPU with a workload that did not opt in.
+async fn fill(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let regular = regular_node_count(client).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("filler", regular, "3600m", json!({}))?,
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_until("filler Running", Duration::from_secs(60), || async {
+        let p = placed(&pods, "filler").await?;
+        Ok(p.len() == regular as usize && p.iter().all(|p| p.running))
+    })
+    .await?;
+    // The index sees the filler through its watch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+fn status_json(namespace: &str) -> anyhow::Result<Value> {
+    let output = std::process::Command::new(spillway_binary()?)
+        .args(["status", "-o", "json", "-n", namespace])
+        .env("KUBECONFIG", run_dir().join("kubeconfig"))
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "spillway status: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+fn event_reasons(namespace: &str, object: &str) -> anyhow::Result<Vec<String>> {
+    let out = kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "events.events.k8s.io",
+        "--field-selector",
+        &format!("regarding.name={object}"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ])?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn burst_replicas_go_first_on_scale_in_also_when_an_hpa_scales() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    regular_nodes_idle(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-scalein").await?;
+    let run = RunUnderTest::start(&ns.name, &ns.name, "").await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // max-local 4: the first four replicas stay local, the rest burst.
+    let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-local": "4"});
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 4, "100m", annotations)?,
+        )
+        .await?;
+    wait_until("4 local replicas", Duration::from_secs(60), || async {
+        Ok(count(&placed(&pods, "web").await?, "kwok-node-", "local") == 4)
+    })
+    .await?;
+    scale(&deployments, "web", 8).await?;
+    let four_and_four = || async {
+        let p = placed(&pods, "web").await?;
+        Ok(p.len() == 8
+            && count(&p, "kwok-node-", "local") == 4
+            && count(&p, &run.node_name, "burst") == 4)
+    };
+    wait_until("4 local + 4 burst", Duration::from_secs(60), four_and_four).await?;
+    let local_before: Vec<String> = placed(&pods, "web")
+        .await?
+        .into_iter()
+        .filter(|p| p.placement.as_deref() == Some("local"))
+        .map(|p| p.uid)
+        .collect();
+
+    // A burst pod that lost its deletion cost gets it back from the controller.
+    let victim = placed(&pods, "web")
+        .await?
+        .into_iter()
+        .find(|p| p.placement.as_deref() == Some("burst"))
+        .expect("a burst pod");
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "pod",
+        &victim.name,
+        "controller.kubernetes.io/pod-deletion-cost-",
+    ])?;
+    wait_until(
+        "the controller restores the burst pod's deletion cost",
+        Duration::from_secs(20),
+        || async {
+            let p = pods.get(&victim.name).await?;
+            Ok(p.metadata
+                .annotations
+                .unwrap_or_default()
+                .get("controller.kubernetes.io/pod-deletion-cost")
+                .map(String::as_str)
+                == Some("-1000"))
+        },
+    )
+    .await?;
+    let repairs = sample(&run.metrics()?, "spillway_deletion_cost_repairs_total").unwrap_or(0.0);
+    assert!(repairs >= 1.0, "repairs counted: {repairs}");
+
+    scale(&deployments, "web", 4).await?;
+    wait_until(
+        "scale-in to 4 leaves the 4 local replicas",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == 4 && p.iter().all(|p| local_before.contains(&p.uid)))
+        },
+    )
+    .await?;
+
+    // The same when a HorizontalPodAutoscaler lowers the replicas: the test bed runs no
+    // HPA controller (it would rewrite the HPA status other tests set by hand), so this
+    // test runs one of its own. Above maxReplicas it scales down without any metrics.
+    scale(&deployments, "web", 8).await?;
+    wait_until(
+        "4 local + 4 burst again",
+        Duration::from_secs(60),
+        four_and_four,
+    )
+    .await?;
+    let _hpa_controller = HpaController::start()?;
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 80}}}]
+            }
+        }))?;
+    Api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>::namespaced(
+        client.clone(),
+        &ns.name,
+    )
+    .create(&PostParams::default(), &hpa)
+    .await?;
+    wait_until(
+        "the HPA scales web to 4 and the 4 local replicas remain",
+        Duration::from_secs(90),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == 4 && p.iter().all(|p| local_before.contains(&p.uid)))
+        },
+    )
+    .await?;
+    let d = deployments.get("web").await?;
+    assert_eq!(d.spec.replicas, Some(4), "the HPA scaled it");
+    Ok(())
+}
+
+/// A kube-controller-manager running only the HPA controller, stopped when dropped.
+struct HpaController(std::process::Child);
+
+impl HpaController {
+    fn start() -> anyhow::Result<Self> {
+        let run = run_dir();
+        let log = std::fs::File::create(run.join("logs/hpa-controller.log"))?;
+        let child =
+            std::process::Command::new(repo_root().join("e2e/.build/bin/kube-controller-manager"))
+                .args([
+                    "--kubeconfig",
+                    &run.join("kubeconfig").display().to_string(),
+                    "--controllers",
+                    "horizontalpodautoscaling",
+                    "--horizontal-pod-autoscaler-sync-period",
+                    "1s",
+                    "--leader-elect=false",
+                    "--secure-port",
+                    "0",
+                    "--bind-address",
+                    "127.0.0.1",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for HpaController {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    regular_nodes_idle(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-rebalance").await?;
+    let cooldown = 4;
+    let config = format!(
+        "rebalance:\n  cooldownSeconds: {cooldown}\n  belowUtilization: 0.6\n  maxEvictionsPerMinute: 60\n"
+    );
+    let run = RunUnderTest::start(&ns.name, &ns.name, &config).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    fill(&client, &ns.name).await?;
+
+    let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-burst": "4"});
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 6, "100m", annotations)?,
+        )
+        .await?;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "create",
+        "poddisruptionbudget",
+        "web",
+        "--selector=app=web",
+        "--min-available=5",
+    ])?;
+    wait_until(
+        "under pressure: 4 burst, 2 local",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == 6
+                && count(&p, &run.node_name, "burst") == 4
+                && count(&p, "kwok-node-", "local") == 2)
+        },
+    )
+    .await?;
+    wait_until("web fully available", Duration::from_secs(30), || async {
+        Ok(deployments
+            .get("web")
+            .await?
+            .status
+            .and_then(|s| s.available_replicas)
+            == Some(6))
+    })
+    .await?;
+    // The controller's view, in the metrics and in `spillway status`.
+    wait_until("burst metrics", Duration::from_secs(15), || async {
+        let m = run.metrics()?;
+        let labels = format!(
+            "namespace=\"{}\",placement=\"burst\",workload=\"web\"",
+            ns.name
+        );
+        Ok(sample(&m, &format!("spillway_workload_replicas{{{labels}}}")) == Some(4.0))
+    })
+    .await?;
+    let m = run.metrics()?;
+    let ratio = sample(
+        &m,
+        &format!(
+            "spillway_burst_ratio{{namespace=\"{}\",workload=\"web\"}}",
+            ns.name
+        ),
+    );
+    assert!(
+        ratio.is_some_and(|r| (r - 4.0 / 6.0).abs() < 1e-9),
+        "{ratio:?}"
+    );
+    let cost = sample(
+        &m,
+        &format!(
+            "spillway_burst_cost_usd_per_hour{{namespace=\"{}\",provider=\"fargate\",workload=\"web\"}}",
+            ns.name
+        ),
+    );
+    // Four 0.25 vCPU / 0.5 GB Fargate tasks at the default prices.
+    assert!(
+        cost.is_some_and(|c| (c - 4.0 * (0.25 * 0.04048 + 0.5 * 0.004445)).abs() < 1e-6),
+        "{cost:?}"
+    );
+    let cpu = sample(&m, "spillway_cluster_request_utilization{resource=\"cpu\"}").unwrap_or(0.0);
+    assert!(cpu >= 0.85, "cluster CPU utilization {cpu}");
+    let status = status_json(&ns.name)?;
+    let row = &status["workloads"][0];
+    assert_eq!(row["workload"], "web", "{status}");
+    assert_eq!(
+        (
+            row["desired"].as_u64(),
+            row["local"].as_u64(),
+            row["burst"].as_u64()
+        ),
+        (Some(6), Some(2), Some(4)),
+        "{status}"
+    );
+    assert!(row["usdPerHour"].as_f64().unwrap_or(0.0) > 0.0, "{status}");
+    assert!(
+        status["cluster"]["cpuUtilization"].as_f64().unwrap_or(0.0) >= 0.85,
+        "{status}"
+    );
+    let bursts_admitted = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("spillway_admission_decisions_total{decision=\"burst\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let bursts_before = bursts_admitted(&m);
+
+    // Watch the Deployment's availability from here on, at a tighter cadence than the
+    // controller acts.
+    let lowest = Arc::new(AtomicI32::new(i32::MAX));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let (deployments, lowest, watching) =
+            (deployments.clone(), lowest.clone(), watching.clone());
+        async move {
+            while watching.load(Ordering::SeqCst) {
+                if let Ok(d) = deployments.get("web").await {
+                    let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                    lowest.fetch_min(available, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+
+    // Capacity returns.
+    scale(&deployments, "filler", 0).await?;
+    wait_until(
+        "every burst replica back on a regular node",
+        Duration::from_secs(90),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == 6 && count(&p, "kwok-node-", "local") == 6)
+        },
+    )
+    .await?;
+    let converged = placed(&pods, "web").await?;
+    let evicted_at_convergence = sample(
+        &run.metrics()?,
+        "spillway_rebalance_evictions_total{result=\"evicted\"}",
+    );
+    assert_eq!(
+        evicted_at_convergence,
+        Some(4.0),
+        "one eviction per burst replica"
+    );
+    // Nothing moves for two more cooldowns.
+    tokio::time::sleep(Duration::from_secs(2 * cooldown + 2)).await;
+    watching.store(false, Ordering::SeqCst);
+    watcher.await?;
+    let m = run.metrics()?;
+    assert_eq!(
+        sample(&m, "spillway_rebalance_evictions_total{result=\"evicted\"}"),
+        evicted_at_convergence,
+        "nothing evicted after convergence"
+    );
+    let after: Vec<String> = placed(&pods, "web")
+        .await?
+        .into_iter()
+        .map(|p| p.uid)
+        .collect();
+    assert!(
+        converged.iter().all(|p| after.contains(&p.uid)),
+        "pods unchanged after convergence"
+    );
+    // No replacement burst again: the webhook admitted no new burst pod.
+    assert_eq!(bursts_admitted(&m), bursts_before, "no replacement burst");
+    let lowest = lowest.load(Ordering::SeqCst);
+    assert!(
+        lowest >= 5,
+        "available replicas dropped to {lowest}, below the PDB's 5"
+    );
+    let labels = format!(
+        "namespace=\"{}\",placement=\"burst\",workload=\"web\"",
+        ns.name
+    );
+    assert_eq!(
+        sample(&m, &format!("spillway_workload_replicas{{{labels}}}")),
+        Some(0.0)
+    );
+    let status = status_json(&ns.name)?;
+    assert_eq!(status["workloads"][0]["burst"], 0, "{status}");
+    assert_eq!(status["workloads"][0]["local"], 6, "{status}");
+    let reasons = event_reasons(&ns.name, "web")?;
+    for wanted in ["BurstStarted", "BurstCapped", "Rebalanced"] {
+        assert!(
+            reasons.iter().any(|r| r == wanted),
+            "{wanted} missing from {reasons:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    regular_nodes_idle(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-spill").await?;
+    let run = RunUnderTest::start(&ns.name, &ns.name, "pendingSpill:\n  afterSeconds: 3\n").await?;
+    let regular = regular_node_count(&client).await?;
+    // One replica more than there are regular nodes, each on a node of its own: the
+    // cluster is nearly idle, so the webhook keeps them all local and one cannot schedule.
+    let mut web = deployment(
+        "web",
+        regular + 1,
+        "100m",
+        json!({"spillway.io/burst": "true"}),
+    )?;
+    let spec = web.spec.template.spec.as_mut().expect("pod spec");
+    spec.affinity = Some(serde_json::from_value(json!({"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {"app": "web"}},
+            "topologyKey": "kubernetes.io/hostname"}]}}))?);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    deployments.create(&PostParams::default(), &web).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    wait_until(
+        "the extra replica spills onto the virtual node and runs",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == regular as usize + 1
+                && p.iter().all(|p| p.running)
+                && p.iter().filter(|p| p.node == run.node_name).count() == 1)
+        },
+    )
+    .await?;
+    let spilled = placed(&pods, "web")
+        .await?
+        .into_iter()
+        .find(|p| p.node == run.node_name)
+        .expect("the spilled pod");
+    assert_eq!(spilled.reason.as_deref(), Some("pending"));
+    wait_until(
+        "the spilled pod is marked burst",
+        Duration::from_secs(15),
+        || async {
+            let p = placed(&pods, "web").await?;
+            let p = p
+                .iter()
+                .find(|p| p.uid == spilled.uid)
+                .expect("still there");
+            Ok(p.placement.as_deref() == Some("burst")
+                && p.deletion_cost.as_deref() == Some("-1000"))
+        },
+    )
+    .await?;
+    assert_eq!(
+        sample(&run.metrics()?, "spillway_pending_spills_total"),
+        Some(1.0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    regular_nodes_idle(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-overshoot").await?;
+    // Rebalance off: only the overshoot correction may evict here.
+    let run = RunUnderTest::start(&ns.name, &ns.name, "rebalance:\n  enabled: false\n").await?;
+    fill(&client, &ns.name).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-burst": "4"});
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 6, "100m", annotations)?,
+        )
+        .await?;
+    wait_until("4 burst", Duration::from_secs(60), || async {
+        Ok(count(&placed(&pods, "web").await?, &run.node_name, "burst") == 4)
+    })
+    .await?;
+    // The cap drops under the running replicas, as a concurrent admission past the cap
+    // would leave it: the surplus is evicted (newest first) and comes back local.
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"spillway.io/max-burst": "2"}}})),
+        )
+        .await?;
+    wait_until(
+        "converged to max-burst 2 within a minute",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == 6
+                && count(&p, &run.node_name, "burst") == 2
+                && count(&p, "kwok-node-", "local") == 4)
+        },
+    )
+    .await?;
+    let m = run.metrics()?;
+    assert_eq!(
+        sample(&m, "spillway_overshoot_evictions_total{result=\"evicted\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, "spillway_rebalance_evictions_total{result=\"evicted\"}"),
+        Some(0.0)
+    );
+    let local_reasons: Vec<_> = placed(&pods, "web")
+        .await?
+        .into_iter()
+        .filter(|p| p.placement.as_deref() == Some("local"))
+        .filter_map(|p| p.reason)
+        .collect();
+    assert_eq!(
+        local_reasons.iter().filter(|r| *r == "max-burst").count(),
+        4,
+        "{local_reasons:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn the_cost_budget_holds_burst_replicas_local() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    regular_nodes_idle(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-budget").await?;
+    // A 100m / 128Mi pod runs as a 0.25 vCPU / 0.5 GB task: 0.0123425 USD per hour.
+    let run = RunUnderTest::start(&ns.name, &ns.name, "budget:\n  maxUsdPerHour: 0.03\n").await?;
+    fill(&client, &ns.name).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 5, "100m", json!({"spillway.io/burst": "true"}))?,
+        )
+        .await?;
+    wait_until(
+        "the cluster budget admits 2 burst pods",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == 5 && count(&p, &run.node_name, "burst") == 2)
+        },
+    )
+    .await?;
+    let p = placed(&pods, "web").await?;
+    let held: Vec<_> = p
+        .iter()
+        .filter(|p| p.placement.as_deref() == Some("local"))
+        .map(|p| p.reason.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(held, vec!["budget"; 3], "{p:?}");
+
+    // A workload's own budget: room for one of its pods.
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment(
+                "api",
+                3,
+                "100m",
+                json!({"spillway.io/burst": "true", "spillway.io/max-usd-per-hour": "0.02"}),
+            )?,
+        )
+        .await?;
+    // The cluster budget is spent already: raise it so only the workload's own holds.
+    std::fs::write(&run.config_path, "budget:\n  maxUsdPerHour: 10\n")?;
+    wait_until("config generation 2", Duration::from_secs(15), || async {
+        Ok(sample(&run.metrics()?, "spillway_config_generation") == Some(2.0))
+    })
+    .await?;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "delete",
+        "pods",
+        "-l",
+        "app=api",
+        "--wait=false",
+    ])?;
+    wait_until(
+        "the workload budget admits 1 burst pod",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "api").await?;
+            Ok(p.len() == 3
+                && count(&p, &run.node_name, "burst") == 1
+                && p.iter()
+                    .filter(|p| p.reason.as_deref() == Some("budget"))
+                    .count()
+                    == 2)
+        },
+    )
+    .await?;
+    let reasons = event_reasons(&ns.name, "web")?;
+    assert!(reasons.iter().any(|r| r == "BurstCapped"), "{reasons:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn one_controller_acts_and_a_refused_config_changes_nothing() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-leader").await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "capacityThreshold: 0.8\n")?;
+    let start = |name: &str| -> anyhow::Result<(spillway_e2e::SpillwayProcess, u16)> {
+        let admin = spillway_e2e::free_port()?;
+        let args: Vec<String> = [
+            "controller",
+            "--config",
+            &config.display().to_string(),
+            "--reload-interval-seconds",
+            "1",
+            "--leader-election-namespace",
+            &ns.name,
+            "--identity",
+            name,
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Ok((
+            spillway_e2e::SpillwayProcess::start(&args, &format!("{}-{name}", ns.name), &[])?,
+            admin,
+        ))
+    };
+    let (mut first, first_admin) = start("first")?;
+    let (_second, second_admin) = start("second")?;
+    let leader = |port: u16| {
+        sample(
+            &spillway_e2e::metrics_text(port).unwrap_or_default(),
+            "spillway_controller_leader",
+        )
+    };
+    wait_until(
+        "exactly one controller leads",
+        Duration::from_secs(30),
+        || async {
+            Ok(matches!(
+                (leader(first_admin), leader(second_admin)),
+                (Some(1.0), Some(0.0)) | (Some(0.0), Some(1.0))
+            ))
+        },
+    )
+    .await?;
+    let acting = if leader(first_admin) == Some(1.0) {
+        first_admin
+    } else {
+        second_admin
+    };
+
+    std::fs::write(&config, "capacityThreshold: 1.5\n")?;
+    wait_until(
+        "the refused config is counted",
+        Duration::from_secs(15),
+        || async {
+            Ok(sample(
+                &spillway_e2e::metrics_text(acting)?,
+                "spillway_config_reload_failures_total",
+            ) == Some(1.0))
+        },
+    )
+    .await?;
+    assert_eq!(
+        sample(
+            &spillway_e2e::metrics_text(acting)?,
+            "spillway_config_generation"
+        ),
+        Some(1.0)
+    );
+    wait_until(
+        "a ConfigRefused event names the key",
+        Duration::from_secs(15),
+        || async {
+            let notes = kubectl(&[
+                "-n",
+                &ns.name,
+                "get",
+                "events.events.k8s.io",
+                "-o",
+                "jsonpath={range .items[?(@.reason==\"ConfigRefused\")]}{.note}{\"\\n\"}{end}",
+            ])?;
+            Ok(notes.contains("capacityThreshold"))
+        },
+    )
+    .await?;
+    std::fs::write(&config, "capacityThreshold: 0.7\n")?;
+    wait_until(
+        "the good config is in force",
+        Duration::from_secs(15),
+        || async {
+            Ok(sample(
+                &spillway_e2e::metrics_text(acting)?,
+                "spillway_config_generation",
+            ) == Some(2.0))
+        },
+    )
+    .await?;
+
+    // The leader goes away: the standby takes over once the Lease expires.
+    if acting == first_admin {
+        first.kill()?;
+        wait_until("the second takes over", Duration::from_secs(40), || async {
+            Ok(leader(second_admin) == Some(1.0))
+        })
+        .await?;
+    } else {
+        drop(_second);
+        wait_until("the first takes over", Duration::from_secs(40), || async {
+            Ok(leader(first_admin) == Some(1.0))
+        })
+        .await?;
+    }
+    Ok(())
+}
