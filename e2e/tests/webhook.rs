@@ -12,23 +12,8 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
     TestNamespace, WebhookRegistration, WebhookUnderTest, client, delete_with_kubectl, deployment,
-    register_webhook, scale, wait_until,
+    register_webhook, scale, virtual_node, wait_until,
 };
-
-fn virtual_node(name: &str) -> anyhow::Result<Node> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {
-            "name": name,
-            // kwok makes the node Ready and its pods Running, standing in for the virtual kubelet.
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {"type": "virtual-kubelet", "spillway.io/provider": "fargate",
-                       "kubernetes.io/role": "agent", "kubernetes.io/os": "linux", "kubernetes.io/hostname": name}
-        },
-        "spec": {"taints": [{"key": "virtual-kubelet.io/provider", "value": "fargate", "effect": "NoSchedule"}]},
-        "status": {"allocatable": {"cpu": "100", "memory": "400Gi", "pods": "500"},
-                   "capacity": {"cpu": "100", "memory": "400Gi", "pods": "500"}}
-    }))?)
-}
 
 async fn placements(
     pods: &Api<Pod>,
