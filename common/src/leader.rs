@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Renewal period (client-go's retry period default is 2 s; we renew a third of the way).
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
+/// Margin kept between stepping down and the Lease's expiry, for the time it takes the
+/// caller to stop acting after `lost` is cancelled.
+pub const STEP_DOWN_MARGIN: Duration = Duration::from_secs(2);
 
 /// One election.
 #[derive(Clone)]
@@ -95,7 +98,8 @@ impl LeaderElection {
     /// Waits until this replica leads (or `shutdown`); returns whether it leads.
     pub async fn acquire(&self, shutdown: &CancellationToken) -> bool {
         loop {
-            match self.try_acquire_or_renew().await {
+            let attempt = tokio::time::timeout(RENEW_INTERVAL, self.try_acquire_or_renew());
+            match attempt.await.unwrap_or(Ok(false)) {
                 Ok(true) => {
                     tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
                     return true;
@@ -113,30 +117,106 @@ impl LeaderElection {
     }
 
     /// Renews until a renewal is refused or the Lease could expire unrenewed; then cancels
-    /// `lost` so the caller stops acting as leader.
+    /// `lost` so the caller stops acting as leader. Every attempt runs under a deadline
+    /// that ends [`STEP_DOWN_MARGIN`] before the Lease could expire, so a stalled
+    /// apiserver connection cannot keep a stale leader acting.
     pub async fn hold(self, lost: CancellationToken) {
         let mut last_renewal = tokio::time::Instant::now();
+        let budget = LEASE_DURATION - STEP_DOWN_MARGIN;
         loop {
             tokio::select! {
                 _ = lost.cancelled() => return,
                 _ = tokio::time::sleep(RENEW_INTERVAL) => {}
             }
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => {
+            let Some(remaining) = budget.checked_sub(last_renewal.elapsed()) else {
+                tracing::error!(lease = %self.name, "could not renew before expiry; stepping down");
+                lost.cancel();
+                return;
+            };
+            let attempt = tokio::time::timeout(remaining, self.try_acquire_or_renew()).await;
+            match attempt {
+                Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     tracing::error!(lease = %self.name, "leadership lost to another replica");
                     lost.cancel();
                     return;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, lease = %self.name, "lease renewal failed");
-                    if last_renewal.elapsed() + RENEW_INTERVAL >= LEASE_DURATION {
-                        tracing::error!(lease = %self.name, "could not renew before expiry; stepping down");
-                        lost.cancel();
-                        return;
-                    }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, lease = %self.name, "lease renewal failed")
                 }
+                Err(_) => tracing::warn!(lease = %self.name, "lease renewal timed out"),
+            }
+            if last_renewal.elapsed() + RENEW_INTERVAL >= budget {
+                tracing::error!(lease = %self.name, "could not renew before expiry; stepping down");
+                lost.cancel();
+                return;
             }
         }
+    }
+
+    /// Gives the Lease up (on a clean shutdown) so a standby takes over at once instead
+    /// of after the Lease expired; a failure only delays the takeover.
+    pub async fn release(&self) {
+        let attempt = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok::<_, kube::Error>(());
+            };
+            let spec = lease.spec.get_or_insert_default();
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await?;
+            Ok(())
+        };
+        match tokio::time::timeout(RENEW_INTERVAL, attempt).await {
+            Ok(Ok(())) => tracing::info!(lease = %self.name, "leadership released"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, lease = %self.name, "could not release the lease")
+            }
+            Err(_) => tracing::warn!(lease = %self.name, "releasing the lease timed out"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stalled apiserver: accepts connections and never answers.
+    async fn stalled_apiserver() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_renewal_steps_down_before_the_lease_expires() {
+        let (addr, _server) = stalled_apiserver().await;
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let election = LeaderElection::new(client, "default", "test", "me");
+        let lost = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        tokio::spawn(election.hold(lost.clone()));
+        let stepped_down = tokio::time::timeout(Duration::from_secs(120), lost.cancelled()).await;
+        assert!(
+            stepped_down.is_ok(),
+            "a hanging renewal kept the replica leading"
+        );
+        assert!(
+            started.elapsed() <= LEASE_DURATION - STEP_DOWN_MARGIN,
+            "stepped down after {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -263,6 +263,7 @@ impl Controller {
             self.metrics.burst_ratio.reset();
             self.metrics.burst_cost.reset();
             if shutdown.is_cancelled() {
+                election.release().await;
                 break;
             }
             tracing::warn!("controller leadership lost; standing by");
