@@ -72,9 +72,10 @@ pub fn hourly_usd(
     billed_size(needs, provider, pricing).map(|s| s.vcpu * price.vcpu_hour + s.gb * price.gb_hour)
 }
 
-/// Rounds to a micro-dollar so printed figures are stable.
+/// Rounds to a micro-dollar so printed figures are stable (and never `-0`: an empty
+/// `f64` sum is negative zero).
 pub fn round_usd(cost: f64) -> f64 {
-    (cost * 1e6).round() / 1e6
+    (cost * 1e6).round() / 1e6 + 0.0
 }
 
 #[cfg(test)]
@@ -116,6 +117,13 @@ mod tests {
         let pricing = PricingConfig::default();
         let cost = hourly_usd(&needs(1000, 2 << 30), Provider::Aci, &pricing).unwrap();
         assert!((cost - (0.0486 + 2.0 * 0.0054)).abs() < 1e-12, "{cost}");
+    }
+
+    #[test]
+    fn rounding_never_prints_negative_zero() {
+        let empty: f64 = std::iter::empty::<f64>().sum();
+        assert_eq!(round_usd(empty).to_string(), "0");
+        assert_eq!(round_usd(0.0123424999), 0.012342);
     }
 
     #[test]

@@ -310,13 +310,30 @@ pub fn pod_on_node(
     )?)
 }
 
-/// Deletes a Node when dropped.
+/// Deletes a Node, and the pods still bound to it, when dropped.
 pub struct NodeCleanupGuard(pub String);
 
 impl Drop for NodeCleanupGuard {
     fn drop(&mut self) {
-        delete_with_kubectl(&["node", &self.0]);
+        remove_node_and_its_pods(&self.0);
     }
+}
+
+/// Deletes a virtual Node and force-removes the pods bound to it: no kubelet is left to
+/// confirm their deletion and the test bed runs no pod garbage collector, so they (and
+/// their namespaces) would otherwise stay Terminating.
+pub fn remove_node_and_its_pods(node: &str) {
+    let _ = kubectl(&[
+        "delete",
+        "pods",
+        "--all-namespaces",
+        "--field-selector",
+        &format!("spec.nodeName={node}"),
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    delete_with_kubectl(&["node", node]);
 }
 
 /// The variables `e2e/testbed up` wrote to `e2e/.run/env`.
@@ -640,7 +657,7 @@ impl Drop for RunUnderTest {
         let _ = self.process.child.kill();
         let _ = self.process.child.wait();
         delete_with_kubectl(&["mutatingwebhookconfiguration", &self.webhook_name]);
-        delete_with_kubectl(&["node", &self.node_name]);
+        remove_node_and_its_pods(&self.node_name);
     }
 }
 

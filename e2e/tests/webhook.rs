@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    TestNamespace, WebhookRegistration, WebhookUnderTest, client, delete_with_kubectl, deployment,
+    NodeCleanupGuard, TestNamespace, WebhookRegistration, WebhookUnderTest, client, deployment,
     register_webhook, scale, virtual_node, wait_until,
 };
 
@@ -53,7 +53,7 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
     nodes
         .create(&PostParams::default(), &virtual_node(&node_name)?)
         .await?;
-    let _node_cleanup = NodeCleanup(node_name.clone());
+    let _node_cleanup = NodeCleanupGuard(node_name.clone());
     let _hook = register_webhook(
         &client,
         WebhookRegistration {
@@ -184,14 +184,6 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
         "the two pods created without the webhook carry no decision"
     );
     Ok(())
-}
-
-struct NodeCleanup(String);
-
-impl Drop for NodeCleanup {
-    fn drop(&mut self) {
-        delete_with_kubectl(&["node", &self.0]);
-    }
 }
 
 #[tokio::test]
