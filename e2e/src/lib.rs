@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: reach the test bed, make namespaces that clean up
 //! after themselves, wait for conditions with a deadline, register loopback webhooks.
 
+pub mod split_proxy;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use spillway_e2e::split_proxy::{Backend, SplitProxy};
 use spillway_e2e::{
     RunUnderTest, TestNamespace, client, deployment, kubectl, repo_root, run_dir, sample, scale,
     spillway_binary, wait_until,
@@ -839,5 +840,150 @@ async fn one_controller_acts_and_a_refused_config_changes_nothing() -> anyhow::R
         })
         .await?;
     }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn concurrent_admissions_by_two_webhooks_converge_to_the_cap() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    regular_nodes_idle(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-concurrent").await?;
+    // The controller with its mock virtual node; two webhook processes admit the pods.
+    let node_name = format!("spillway-fargate-{}", ns.name);
+    let _node_cleanup = spillway_e2e::NodeCleanupGuard(node_name.clone());
+    let mut args = spillway_e2e::vk_node_args(&node_name, "mock")?;
+    args[0] = "controller".into();
+    args.extend(
+        [
+            "--advertise-provider",
+            "fargate",
+            "--reconcile-interval-seconds",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let at = args
+        .iter()
+        .position(|a| a == "--leader-election-namespace")
+        .expect("flag present");
+    args[at + 1] = ns.name.clone();
+    let admin = args
+        .iter()
+        .position(|a| a == "--admin-addr")
+        .map(|i| {
+            args[i + 1]
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .parse::<u16>()
+        })
+        .expect("admin address")?;
+    let _controller =
+        spillway_e2e::SpillwayProcess::start(&args, &format!("controller-{}", ns.name), &[])?;
+    // Two webhook replicas behind one address, as behind a Service.
+    let first =
+        spillway_e2e::WebhookUnderTest::start(&format!("webhook-a-{}", ns.name), "").await?;
+    let second =
+        spillway_e2e::WebhookUnderTest::start(&format!("webhook-b-{}", ns.name), "").await?;
+    let backend = |w: &spillway_e2e::WebhookUnderTest| Backend {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], w.port)),
+        ca_pem: w.ca_pem.clone(),
+    };
+    let proxy = SplitProxy::start(vec![backend(&first), backend(&second)]).await?;
+    let url = format!("https://{}/mutate", proxy.addr);
+    let _hook = spillway_e2e::register_webhook(
+        &client,
+        spillway_e2e::WebhookRegistration {
+            name: &ns.name,
+            url: &url,
+            ca_pem: &proxy.ca_pem,
+            namespace: &ns.name,
+            failure_policy: "Ignore",
+        },
+    )
+    .await?;
+    wait_until("the virtual node", Duration::from_secs(30), || async {
+        Ok(Api::<Node>::all(client.clone())
+            .get_opt(&node_name)
+            .await?
+            .is_some())
+    })
+    .await?;
+    fill(&client, &ns.name).await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-burst": "2"});
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 1, "100m", annotations)?,
+        )
+        .await?;
+    let peak = Arc::new(AtomicI32::new(0));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let (pods, peak, watching) = (pods.clone(), peak.clone(), watching.clone());
+        async move {
+            while watching.load(Ordering::SeqCst) {
+                if let Ok(p) = placed(&pods, "web").await {
+                    let burst = p
+                        .iter()
+                        .filter(|p| p.placement.as_deref() == Some("burst"))
+                        .count();
+                    peak.fetch_max(burst as i32, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    // A ReplicaSet creates pods in concurrent batches; the two webhooks do not see each
+    // other's in-flight decisions, so a batch can overshoot max-burst. Scale until it did.
+    let converged = || async {
+        let p = placed(&pods, "web").await?;
+        Ok(p.len() == 12
+            && count(&p, &node_name, "burst") == 2
+            && count(&p, "kwok-node-", "local") == 10)
+    };
+    for _attempt in 0..5 {
+        scale(&deployments, "web", 12).await?;
+        wait_until(
+            "converged to max-burst 2 within a minute",
+            Duration::from_secs(60),
+            converged,
+        )
+        .await?;
+        if peak.load(Ordering::SeqCst) > 2 {
+            break;
+        }
+        scale(&deployments, "web", 1).await?;
+        wait_until("scaled in", Duration::from_secs(30), || async {
+            Ok(placed(&pods, "web").await?.len() == 1)
+        })
+        .await?;
+    }
+    watching.store(false, Ordering::SeqCst);
+    watcher.await?;
+    let peak = peak.load(Ordering::SeqCst);
+    let split: Vec<usize> = proxy
+        .connections
+        .iter()
+        .map(|c| c.load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        split.iter().all(|c| *c > 0),
+        "both webhooks admitted pods: {split:?}"
+    );
+    assert!(
+        peak > 2,
+        "no overshoot in five attempts (peak {peak} burst replicas)"
+    );
+    let evicted = sample(
+        &spillway_e2e::metrics_text(admin)?,
+        "spillway_overshoot_evictions_total{result=\"evicted\"}",
+    );
+    assert!(evicted.is_some_and(|e| e >= 1.0), "{evicted:?}");
     Ok(())
 }
