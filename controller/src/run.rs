@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::execute::{Executor, FIELD_MANAGER};
 use crate::metrics::ControllerMetrics;
 use crate::plan::{self, ControllerState, PlanInput};
-use crate::snapshot::PodView;
+use crate::snapshot::{self, PodView};
 use crate::status;
 
 /// Name of the controller's leader-election Lease.
@@ -189,8 +189,7 @@ impl Controller {
         let opted_in = watcher::Config::default().labels(keys::PLACEMENT);
         let stream = reflector::reflector(
             writer,
-            watcher(Api::<Pod>::all(client.clone()), opted_in)
-                .modify(|pod| pod.metadata.managed_fields = None),
+            watcher(Api::<Pod>::all(client.clone()), opted_in).modify(snapshot::trim_for_store),
         )
         .default_backoff()
         .applied_objects();

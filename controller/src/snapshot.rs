@@ -56,6 +56,42 @@ pub struct PodView {
     pub unschedulable_since_ms: Option<i64>,
 }
 
+/// Drops what no controller loop reads from a watched pod before it is stored (managed
+/// fields, foreign annotations such as `last-applied-configuration`, container env,
+/// commands and probes, container statuses): the store holds every opted-in pod, so this
+/// is most of the controller's memory. [`PodView::from_pod`] sees the same either way.
+pub fn trim_for_store(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with("spillway.io/") || k == keys::POD_DELETION_COST);
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        for container in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            container.env = None;
+            container.env_from = None;
+            container.command = None;
+            container.args = None;
+            container.liveness_probe = None;
+            container.readiness_probe = None;
+            container.startup_probe = None;
+            container.lifecycle = None;
+            container.volume_mounts = None;
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.container_statuses = None;
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.retain(|c| c.type_ == "PodScheduled" || c.type_ == "Ready");
+        }
+    }
+}
+
 impl PodView {
     /// Projects `pod`; its eligibility is checked for the provider its annotations or its
     /// Deployment's name, else `default_provider`.
@@ -242,6 +278,35 @@ mod tests {
         .unwrap();
         assert_eq!(view.unschedulable_since_ms, Some(1_767_225_660_000));
         assert!(!view.is_burst() && !view.bound && !view.tolerates_virtual_node());
+    }
+
+    #[test]
+    fn trimming_keeps_what_the_view_reads() {
+        let full = pod(json!({
+            "metadata": {"annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
+                "spillway.io/max-burst": "2",
+                "controller.kubernetes.io/pod-deletion-cost": "-1000"}},
+            "spec": {"nodeName": "vk", "hostNetwork": true,
+                "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+                "containers": [{"name": "c", "command": ["run"], "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"containerPort": 80, "hostPort": 80}],
+                    "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}]},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": "Initialized", "status": "True"}],
+                "containerStatuses": [{"name": "c", "image": "x", "imageID": "", "ready": true, "restartCount": 0}]}
+        }));
+        let mut trimmed = full.clone();
+        trim_for_store(&mut trimmed);
+        let index = index();
+        assert_eq!(
+            PodView::from_pod(&trimmed, &index, Provider::Fargate),
+            PodView::from_pod(&full, &index, Provider::Fargate)
+        );
+        let annotations = trimmed.metadata.annotations.unwrap();
+        assert_eq!(annotations.len(), 2, "{annotations:?}");
+        assert!(trimmed.spec.unwrap().containers[0].env.is_none());
     }
 
     #[test]
