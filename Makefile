@@ -51,6 +51,8 @@ bench:
 	  if [[ $$status -eq 0 ]]; then \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench pod-create || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench vk-node || status=$$?; \
+	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-loop || status=$$?; \
+	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-scale || status=$$?; \
 	  fi; \
 	  e2e/testbed down; \
 	  exit $$status

@@ -1,6 +1,7 @@
 //! `spillway-bench`: benchmarks whose figures go to BENCHMARKS.md, each measured as a
 //! ratio against a baseline run in the same invocation where one exists.
 
+mod controller;
 mod report;
 mod stats;
 mod testbed;
@@ -28,6 +29,12 @@ enum Command {
     PodCreate,
     /// On the test bed: 1,000 pods bound to a virtual node, with the mock provider and moto.
     VkNode(testbed::VkNodeArgs),
+    /// On the test bed: capacity freed → first rebalance eviction and → zero burst, and
+    /// Unschedulable → spill, with `spillway run`.
+    ControllerLoop,
+    /// On the test bed: controller RSS and pass time at 1,000 nodes and 30,000 pods, against
+    /// the webhook's RSS over the same cluster.
+    ControllerScale(controller::ScaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(webhook::serve(args)),
         Command::PodCreate => runtime.block_on(testbed::pod_create()),
         Command::VkNode(args) => runtime.block_on(testbed::vk_node(args)),
+        Command::ControllerLoop => runtime.block_on(controller::controller_loop()),
+        Command::ControllerScale(args) => runtime.block_on(controller::controller_scale(args)),
     }
 }
