@@ -213,7 +213,7 @@ pub async fn controller_loop() -> anyhow::Result<()> {
          | what | rounds | minus the configured delay |\n|---|---|---|\n\
          | capacity freed → first rebalance eviction | {} | {} |\n\
          | capacity freed → zero burst replicas ({replicas} replicas, one workload, one at a time) | {} | {} |\n\
-         | pod Unschedulable (seen by the test) → spilled | {} | {} |\n\n\
+         | pod Unschedulable (the condition's own timestamp, 1 s resolution) → spilled | {} | {} |\n\n\
          Rebalance evictions counted by the controller: {}.\n",
         report::machine(),
         list(&first_eviction),
@@ -376,7 +376,7 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
         "## Controller at scale (test bed)\n\n\
          {}. {} nodes and {} pods (one in {} labelled as opted in, so in the controller's pod \
          store; every pod in the shared index), 20 opted-in Deployments; created in {:.0} s. \
-         Release build.\n\n\
+         Binary: `{}`.\n\n\
          | | figure |\n|---|---|\n\
          | controller RSS after {:.0} passes | {:.1} MiB (target ≤ 150 MiB) |\n\
          | webhook RSS over the same cluster (baseline: the same index, no pod store) | {:.1} MiB |\n\
@@ -387,6 +387,7 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
         args.pods,
         opted_every,
         setup.as_secs_f64(),
+        spillway_e2e::spillway_binary()?.display(),
         passes,
         mib(controller_rss),
         mib(webhook_rss),
