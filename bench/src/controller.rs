@@ -282,7 +282,7 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "bench-scale").await?;
     let nodes: Api<Node> = Api::all(client.clone());
-    let _cleanup = ScaleCleanup;
+    let _cleanup = ScaleCleanup(ns.name.clone());
     let started = Instant::now();
     create_all(&nodes, args.nodes, |i| {
         Ok(serde_json::from_value(json!({
@@ -401,11 +401,22 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
     report::write_section("controller-scale", &body)
 }
 
-/// Deletes the benchmark's nodes on the way out (the namespace goes with its guard).
-struct ScaleCleanup;
+/// Removes the benchmark's pods and nodes on the way out: no kubelet confirms the
+/// deletion of pods bound to the simulated nodes, so they are removed outright.
+struct ScaleCleanup(String);
 
 impl Drop for ScaleCleanup {
     fn drop(&mut self) {
+        let _ = spillway_e2e::kubectl(&[
+            "delete",
+            "pods",
+            "-n",
+            &self.0,
+            "--all",
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]);
         let _ = spillway_e2e::kubectl(&["delete", "nodes", "-l", "type=bench", "--wait=false"]);
     }
 }

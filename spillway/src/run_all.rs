@@ -5,7 +5,7 @@
 //! Ignore`, removed again on a clean shutdown: one command to try Spillway on a cluster.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -35,9 +35,10 @@ pub struct RunArgs {
     /// Name of the MutatingWebhookConfiguration that --webhook-url registers.
     #[arg(long, default_value = "spillway", env = "SPILLWAY_WEBHOOK_NAME")]
     pub webhook_name: String,
-    /// HTTPS address of the admission server.
-    #[arg(long, default_value = "0.0.0.0:8443", env = "SPILLWAY_WEBHOOK_ADDR")]
-    pub listen: SocketAddr,
+    /// HTTPS address of the admission server (default: all interfaces, on the port of
+    /// --webhook-url, else 8443).
+    #[arg(long, env = "SPILLWAY_WEBHOOK_ADDR")]
+    pub listen: Option<SocketAddr>,
     /// PEM serving certificate to use instead of a self-made one (you then register the
     /// webhook yourself); reloaded when it changes.
     #[arg(long, env = "SPILLWAY_TLS_CERT", requires = "tls_key")]
@@ -54,6 +55,18 @@ pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags
     pub admin: AdminArgs,
+}
+
+/// Where the admission server listens: `--listen`, else all interfaces on the port of
+/// the webhook URL (443 when it names none), else 8443.
+pub fn listen_address(listen: Option<SocketAddr>, url: Option<&str>) -> SocketAddr {
+    listen.unwrap_or_else(|| {
+        let port = url
+            .and_then(|u| u.parse::<http::Uri>().ok())
+            .map(|u| u.port_u16().unwrap_or(443))
+            .unwrap_or(8443);
+        SocketAddr::from(([0, 0, 0, 0], port))
+    })
 }
 
 /// The host of an `https://` URL, refusing anything else.
@@ -101,9 +114,69 @@ pub fn webhook_configuration(name: &str, url: &str, ca_pem: &str) -> serde_json:
     })
 }
 
+/// PEM of DER certificates.
+fn pem(certificates: &[Vec<u8>]) -> String {
+    let mut out = String::new();
+    for der in certificates {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in body.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
+/// Fills in what a virtual node's kubelet API needs when `spillway run` was not given it:
+/// a serving certificate for `--node-address` from a self-made CA, and, to authenticate
+/// the apiserver's kubelet client certificate, the kubeconfig's cluster CA (kubeadm and
+/// the test bed sign that certificate with it).
+async fn default_kubelet_tls(nodes: &mut EmbeddedNodesArgs, dir: &Path) -> anyhow::Result<()> {
+    if nodes.vk_provider.is_empty() {
+        tracing::warn!(
+            "no --vk-provider: no virtual node runs here, so burst pods stay Pending until one does"
+        );
+        return Ok(());
+    }
+    let options = &mut nodes.node;
+    if options.kubelet_tls_cert.is_none() && options.kubelet_tls_key.is_none() {
+        let pki = spillway_common::pki::try_issue(&[options.node_address.as_str()]).with_context(
+            || {
+                format!(
+                    "making a kubelet certificate for {:?}",
+                    options.node_address
+                )
+            },
+        )?;
+        let (cert, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
+        std::fs::write(&cert, &pki.cert_pem)?;
+        std::fs::write(&key, &pki.key_pem)?;
+        options.kubelet_tls_cert = Some(cert);
+        options.kubelet_tls_key = Some(key);
+        tracing::info!(address = %options.node_address, "kubelet API serves a self-made certificate");
+    }
+    if options.kubelet_client_ca.is_none() {
+        let config = kube::Config::infer().await?;
+        let roots = config
+            .root_cert
+            .filter(|r| !r.is_empty())
+            .context("the kubeconfig names no cluster CA: give --kubelet-client-ca")?;
+        let path = dir.join("kubelet-client-ca.crt");
+        std::fs::write(&path, pem(&roots))?;
+        options.kubelet_client_ca = Some(path);
+        tracing::warn!(
+            "no --kubelet-client-ca: the kubelet API trusts client certificates of the kubeconfig's cluster CA"
+        );
+    }
+    Ok(())
+}
+
 /// Runs everything until `shutdown`.
-pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a directory for the self-made certificate")?;
+    default_kubelet_tls(&mut args.nodes, dir.path()).await?;
     let (tls, registration) = match (&args.tls_cert, &args.tls_key, &args.webhook_url) {
         (Some(cert), Some(key), _) => (
             TlsFiles {
@@ -144,6 +217,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     ));
     let lease_namespace = args.nodes.node.leader_election_namespace.clone();
     let config = load_config(&args.loops, &client, &lease_namespace, &registry, &shutdown)?;
+    // A mock node stands in for the provider burst pods ask for, or none would match it.
+    if args.nodes.node.advertise_provider.is_none()
+        && args.nodes.vk_provider == [spillway_vk_node::run::ProviderKind::Mock]
+    {
+        let provider = config.load().default_provider;
+        tracing::info!(%provider, "the mock virtual node advertises the default provider");
+        args.nodes.node.advertise_provider = Some(provider.to_string());
+    }
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(configuration) = &registration {
         webhooks
@@ -162,7 +243,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         tracing::info!(name = %args.webhook_name, url = ?args.webhook_url, "webhook registered");
     }
     let options = ServeOptions {
-        listen: args.listen,
+        listen: listen_address(args.listen, args.webhook_url.as_deref()),
         tls,
         reload_interval: Duration::from_secs(args.loops.reload_interval_seconds.max(1)),
     };
@@ -236,6 +317,28 @@ mod tests {
             .to_string();
         assert!(error.contains("https://"), "{error}");
         assert!(webhook_host("not a url").is_err());
+    }
+
+    #[test]
+    fn listen_defaults_to_the_url_port() {
+        let url = Some("https://127.0.0.1:18443/mutate");
+        assert_eq!(listen_address(None, url).to_string(), "0.0.0.0:18443");
+        assert_eq!(
+            listen_address(None, Some("https://hook.example/mutate")).port(),
+            443
+        );
+        assert_eq!(listen_address(None, None).port(), 8443);
+        let given = "127.0.0.1:9443".parse().unwrap();
+        assert_eq!(listen_address(Some(given), url), given);
+    }
+
+    #[test]
+    fn pem_wraps_der_in_64_column_lines() {
+        let text = pem(&[vec![0u8; 60]]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "-----BEGIN CERTIFICATE-----");
+        assert_eq!(lines[1].len(), 64);
+        assert_eq!(lines.last(), Some(&"-----END CERTIFICATE-----"));
     }
 
     #[test]

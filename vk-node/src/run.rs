@@ -112,14 +112,17 @@ pub struct NodeOptions {
     /// Kubelet API listen address (HTTPS, client certificates required).
     #[arg(long, default_value = "0.0.0.0:10250", env = "SPILLWAY_KUBELET_LISTEN")]
     pub kubelet_listen: SocketAddr,
-    /// Kubelet API serving certificate (PEM); required for a virtual node.
+    /// Kubelet API serving certificate (PEM); required for a virtual node (`spillway run`
+    /// makes one when it is missing, which the apiserver accepts unless it verifies kubelet
+    /// certificates with --kubelet-certificate-authority).
     #[arg(long, env = "SPILLWAY_KUBELET_TLS_CERT")]
     pub kubelet_tls_cert: Option<PathBuf>,
     /// Kubelet API serving key (PEM); required for a virtual node.
     #[arg(long, env = "SPILLWAY_KUBELET_TLS_KEY")]
     pub kubelet_tls_key: Option<PathBuf>,
     /// CA that signed the apiserver's kubelet client certificate; clients without a
-    /// certificate it signed are refused. Required for a virtual node.
+    /// certificate it signed are refused. Required for a virtual node (`spillway run`
+    /// trusts the kubeconfig's cluster CA when it is missing).
     #[arg(long, env = "SPILLWAY_KUBELET_CLIENT_CA")]
     pub kubelet_client_ca: Option<PathBuf>,
     /// Namespace of the leader-election Lease.
