@@ -26,6 +26,55 @@ use spillway_e2e::{
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// One scenario, run alone: a namespace of its own on idle regular nodes, `spillway run`
+/// with `config`, and the namespace's Deployments and Pods. Fields drop in order: the
+/// process and its node go, then the namespace, and only then the next scenario starts.
+struct Scenario {
+    client: Client,
+    deployments: Api<Deployment>,
+    pods: Api<Pod>,
+    run: RunUnderTest,
+    ns: TestNamespace,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Scenario {
+    async fn start(prefix: &str, config: &str) -> anyhow::Result<Self> {
+        let serial = SERIAL.lock().await;
+        let client = client().await?;
+        regular_nodes_idle(&client).await?;
+        let ns = TestNamespace::create(&client, prefix).await?;
+        let run = RunUnderTest::start(&ns.name, &ns.name, config).await?;
+        Ok(Self {
+            deployments: Api::namespaced(client.clone(), &ns.name),
+            pods: Api::namespaced(client.clone(), &ns.name),
+            client,
+            run,
+            ns,
+            _serial: serial,
+        })
+    }
+
+    /// The parts, for tests that read better with plain names.
+    fn parts(
+        &self,
+    ) -> (
+        &Client,
+        &TestNamespace,
+        &RunUnderTest,
+        &Api<Deployment>,
+        &Api<Pod>,
+    ) {
+        (
+            &self.client,
+            &self.ns,
+            &self.run,
+            &self.deployments,
+            &self.pods,
+        )
+    }
+}
+
 /// (node, placement label, reason label, Running, deletion cost) of the live pods of `app`.
 #[derive(Debug, Clone)]
 struct Placed {
@@ -158,13 +207,8 @@ fn event_reasons(namespace: &str, object: &str) -> anyhow::Result<Vec<String>> {
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn burst_replicas_go_first_on_scale_in_also_when_an_hpa_scales() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let client = client().await?;
-    regular_nodes_idle(&client).await?;
-    let ns = TestNamespace::create(&client, "e2e-scalein").await?;
-    let run = RunUnderTest::start(&ns.name, &ns.name, "").await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let scenario = Scenario::start("e2e-scalein", "").await?;
+    let (client, ns, run, deployments, pods) = scenario.parts();
     // max-local 4: the first four replicas stay local, the rest burst.
     let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-local": "4"});
     deployments
@@ -174,18 +218,18 @@ async fn burst_replicas_go_first_on_scale_in_also_when_an_hpa_scales() -> anyhow
         )
         .await?;
     wait_until("4 local replicas", Duration::from_secs(60), || async {
-        Ok(count(&placed(&pods, "web").await?, "kwok-node-", "local") == 4)
+        Ok(count(&placed(pods, "web").await?, "kwok-node-", "local") == 4)
     })
     .await?;
-    scale(&deployments, "web", 8).await?;
+    scale(deployments, "web", 8).await?;
     let four_and_four = || async {
-        let p = placed(&pods, "web").await?;
+        let p = placed(pods, "web").await?;
         Ok(p.len() == 8
             && count(&p, "kwok-node-", "local") == 4
             && count(&p, &run.node_name, "burst") == 4)
     };
     wait_until("4 local + 4 burst", Duration::from_secs(60), four_and_four).await?;
-    let local_before: Vec<String> = placed(&pods, "web")
+    let local_before: Vec<String> = placed(pods, "web")
         .await?
         .into_iter()
         .filter(|p| p.placement.as_deref() == Some("local"))
@@ -193,7 +237,7 @@ async fn burst_replicas_go_first_on_scale_in_also_when_an_hpa_scales() -> anyhow
         .collect();
 
     // A burst pod that lost its deletion cost gets it back from the controller.
-    let victim = placed(&pods, "web")
+    let victim = placed(pods, "web")
         .await?
         .into_iter()
         .find(|p| p.placement.as_deref() == Some("burst"))
@@ -223,12 +267,12 @@ async fn burst_replicas_go_first_on_scale_in_also_when_an_hpa_scales() -> anyhow
     let repairs = sample(&run.metrics()?, "spillway_deletion_cost_repairs_total").unwrap_or(0.0);
     assert!(repairs >= 1.0, "repairs counted: {repairs}");
 
-    scale(&deployments, "web", 4).await?;
+    scale(deployments, "web", 4).await?;
     wait_until(
         "scale-in to 4 leaves the 4 local replicas",
         Duration::from_secs(60),
         || async {
-            let p = placed(&pods, "web").await?;
+            let p = placed(pods, "web").await?;
             Ok(p.len() == 4 && p.iter().all(|p| local_before.contains(&p.uid)))
         },
     )
@@ -237,7 +281,7 @@ async fn burst_replicas_go_first_on_scale_in_also_when_an_hpa_scales() -> anyhow
     // The same when a HorizontalPodAutoscaler lowers the replicas: the test bed runs no
     // HPA controller (it would rewrite the HPA status other tests set by hand), so this
     // test runs one of its own. Above maxReplicas it scales down without any metrics.
-    scale(&deployments, "web", 8).await?;
+    scale(deployments, "web", 8).await?;
     wait_until(
         "4 local + 4 burst again",
         Duration::from_secs(60),
@@ -266,7 +310,7 @@ async fn burst_replicas_go_first_on_scale_in_also_when_an_hpa_scales() -> anyhow
         "the HPA scales web to 4 and the 4 local replicas remain",
         Duration::from_secs(90),
         || async {
-            let p = placed(&pods, "web").await?;
+            let p = placed(pods, "web").await?;
             Ok(p.len() == 4 && p.iter().all(|p| local_before.contains(&p.uid)))
         },
     )
@@ -315,18 +359,13 @@ impl Drop for HpaController {
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let client = client().await?;
-    regular_nodes_idle(&client).await?;
-    let ns = TestNamespace::create(&client, "e2e-rebalance").await?;
     let cooldown = 4;
     let config = format!(
         "rebalance:\n  cooldownSeconds: {cooldown}\n  belowUtilization: 0.6\n  maxEvictionsPerMinute: 60\n"
     );
-    let run = RunUnderTest::start(&ns.name, &ns.name, &config).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    fill(&client, &ns.name).await?;
+    let scenario = Scenario::start("e2e-rebalance", &config).await?;
+    let (client, ns, run, deployments, pods) = scenario.parts();
+    fill(client, &ns.name).await?;
 
     let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-burst": "4"});
     deployments
@@ -348,7 +387,7 @@ async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> 
         "under pressure: 4 burst, 2 local",
         Duration::from_secs(60),
         || async {
-            let p = placed(&pods, "web").await?;
+            let p = placed(pods, "web").await?;
             Ok(p.len() == 6
                 && count(&p, &run.node_name, "burst") == 4
                 && count(&p, "kwok-node-", "local") == 2)
@@ -444,17 +483,17 @@ async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> 
     });
 
     // Capacity returns.
-    scale(&deployments, "filler", 0).await?;
+    scale(deployments, "filler", 0).await?;
     wait_until(
         "every burst replica back on a regular node",
         Duration::from_secs(90),
         || async {
-            let p = placed(&pods, "web").await?;
+            let p = placed(pods, "web").await?;
             Ok(p.len() == 6 && count(&p, "kwok-node-", "local") == 6)
         },
     )
     .await?;
-    let converged = placed(&pods, "web").await?;
+    let converged = placed(pods, "web").await?;
     let evicted_at_convergence = sample(
         &run.metrics()?,
         "spillway_rebalance_evictions_total{result=\"evicted\"}",
@@ -474,7 +513,7 @@ async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> 
         evicted_at_convergence,
         "nothing evicted after convergence"
     );
-    let after: Vec<String> = placed(&pods, "web")
+    let after: Vec<String> = placed(pods, "web")
         .await?
         .into_iter()
         .map(|p| p.uid)
@@ -514,12 +553,9 @@ async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let client = client().await?;
-    regular_nodes_idle(&client).await?;
-    let ns = TestNamespace::create(&client, "e2e-spill").await?;
-    let run = RunUnderTest::start(&ns.name, &ns.name, "pendingSpill:\n  afterSeconds: 3\n").await?;
-    let regular = regular_node_count(&client).await?;
+    let scenario = Scenario::start("e2e-spill", "pendingSpill:\n  afterSeconds: 3\n").await?;
+    let (client, _, run, deployments, pods) = scenario.parts();
+    let regular = regular_node_count(client).await?;
     // One replica more than there are regular nodes, each on a node of its own: the
     // cluster is nearly idle, so the webhook keeps them all local and one cannot schedule.
     let mut web = deployment(
@@ -533,21 +569,19 @@ async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> 
         "requiredDuringSchedulingIgnoredDuringExecution": [{
             "labelSelector": {"matchLabels": {"app": "web"}},
             "topologyKey": "kubernetes.io/hostname"}]}}))?);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     deployments.create(&PostParams::default(), &web).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     wait_until(
         "the extra replica spills onto the virtual node and runs",
         Duration::from_secs(60),
         || async {
-            let p = placed(&pods, "web").await?;
+            let p = placed(pods, "web").await?;
             Ok(p.len() == regular as usize + 1
                 && p.iter().all(|p| p.running)
                 && p.iter().filter(|p| p.node == run.node_name).count() == 1)
         },
     )
     .await?;
-    let spilled = placed(&pods, "web")
+    let spilled = placed(pods, "web")
         .await?
         .into_iter()
         .find(|p| p.node == run.node_name)
@@ -557,7 +591,7 @@ async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> 
         "the spilled pod is marked burst",
         Duration::from_secs(15),
         || async {
-            let p = placed(&pods, "web").await?;
+            let p = placed(pods, "web").await?;
             let p = p
                 .iter()
                 .find(|p| p.uid == spilled.uid)
@@ -577,15 +611,10 @@ async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let client = client().await?;
-    regular_nodes_idle(&client).await?;
-    let ns = TestNamespace::create(&client, "e2e-overshoot").await?;
     // Rebalance off: only the overshoot correction may evict here.
-    let run = RunUnderTest::start(&ns.name, &ns.name, "rebalance:\n  enabled: false\n").await?;
-    fill(&client, &ns.name).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let scenario = Scenario::start("e2e-overshoot", "rebalance:\n  enabled: false\n").await?;
+    let (client, ns, run, deployments, pods) = scenario.parts();
+    fill(client, &ns.name).await?;
     let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-burst": "4"});
     deployments
         .create(
@@ -594,7 +623,7 @@ async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
         )
         .await?;
     wait_until("4 burst", Duration::from_secs(60), || async {
-        Ok(count(&placed(&pods, "web").await?, &run.node_name, "burst") == 4)
+        Ok(count(&placed(pods, "web").await?, &run.node_name, "burst") == 4)
     })
     .await?;
     // The cap drops under the running replicas, as a concurrent admission past the cap
@@ -610,7 +639,7 @@ async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
         "converged to max-burst 2 within a minute",
         Duration::from_secs(60),
         || async {
-            let p = placed(&pods, "web").await?;
+            let p = placed(pods, "web").await?;
             Ok(p.len() == 6
                 && count(&p, &run.node_name, "burst") == 2
                 && count(&p, "kwok-node-", "local") == 4)
@@ -626,7 +655,7 @@ async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
         sample(&m, "spillway_rebalance_evictions_total{result=\"evicted\"}"),
         Some(0.0)
     );
-    let local_reasons: Vec<_> = placed(&pods, "web")
+    let local_reasons: Vec<_> = placed(pods, "web")
         .await?
         .into_iter()
         .filter(|p| p.placement.as_deref() == Some("local"))
@@ -643,15 +672,10 @@ async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn the_cost_budget_holds_burst_replicas_local() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let client = client().await?;
-    regular_nodes_idle(&client).await?;
-    let ns = TestNamespace::create(&client, "e2e-budget").await?;
     // A 100m / 128Mi pod runs as a 0.25 vCPU / 0.5 GB task: 0.0123425 USD per hour.
-    let run = RunUnderTest::start(&ns.name, &ns.name, "budget:\n  maxUsdPerHour: 0.03\n").await?;
-    fill(&client, &ns.name).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let scenario = Scenario::start("e2e-budget", "budget:\n  maxUsdPerHour: 0.03\n").await?;
+    let (client, ns, run, deployments, pods) = scenario.parts();
+    fill(client, &ns.name).await?;
     deployments
         .create(
             &PostParams::default(),
@@ -662,12 +686,12 @@ async fn the_cost_budget_holds_burst_replicas_local() -> anyhow::Result<()> {
         "the cluster budget admits 2 burst pods",
         Duration::from_secs(60),
         || async {
-            let p = placed(&pods, "web").await?;
+            let p = placed(pods, "web").await?;
             Ok(p.len() == 5 && count(&p, &run.node_name, "burst") == 2)
         },
     )
     .await?;
-    let p = placed(&pods, "web").await?;
+    let p = placed(pods, "web").await?;
     let held: Vec<_> = p
         .iter()
         .filter(|p| p.placement.as_deref() == Some("local"))
@@ -706,7 +730,7 @@ async fn the_cost_budget_holds_burst_replicas_local() -> anyhow::Result<()> {
         "the workload budget admits 1 burst pod",
         Duration::from_secs(60),
         || async {
-            let p = placed(&pods, "api").await?;
+            let p = placed(pods, "api").await?;
             Ok(p.len() == 3
                 && count(&p, &run.node_name, "burst") == 1
                 && p.iter()
@@ -949,12 +973,25 @@ async fn concurrent_admissions_by_two_webhooks_converge_to_the_cap() -> anyhow::
     };
     for _attempt in 0..5 {
         scale(&deployments, "web", 12).await?;
-        wait_until(
+        if let Err(error) = wait_until(
             "converged to max-burst 2 within a minute",
             Duration::from_secs(60),
             converged,
         )
-        .await?;
+        .await
+        {
+            let state: Vec<String> = placed(&pods, "web")
+                .await?
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} {:?} {:?} running={}",
+                        p.name, p.node, p.placement, p.reason, p.running
+                    )
+                })
+                .collect();
+            anyhow::bail!("{error:#}; pods: {state:#?}");
+        }
         if peak.load(Ordering::SeqCst) > 2 {
             break;
         }

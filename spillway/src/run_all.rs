@@ -16,9 +16,9 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use prometheus::Registry;
 use serde_json::json;
-use spillway_common::admin::{self, AdminArgs, Readiness};
+use spillway_common::admin::{self, Readiness};
 use spillway_common::tls::TlsFiles;
-use spillway_controller::run::{LoopArgs, load_config, run_loops};
+use spillway_controller::run::{ControllerArgs, load_config, run_loops};
 use spillway_vk_node::run::EmbeddedNodesArgs;
 use spillway_webhook::run::ServeOptions;
 use tokio_util::sync::CancellationToken;
@@ -47,14 +47,8 @@ pub struct RunArgs {
     #[arg(long, env = "SPILLWAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     #[command(flatten)]
-    #[allow(missing_docs)] // flattened groups document their own flags
-    pub loops: LoopArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)] // flattened groups document their own flags
-    pub nodes: EmbeddedNodesArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)] // flattened groups document their own flags
-    pub admin: AdminArgs,
+    #[allow(missing_docs)] // the controller's flags, documented there
+    pub controller: ControllerArgs,
 }
 
 /// Where the admission server listens: `--listen`, else all interfaces on the port of
@@ -176,7 +170,7 @@ async fn default_kubelet_tls(nodes: &mut EmbeddedNodesArgs, dir: &Path) -> anyho
 /// Runs everything until `shutdown`.
 pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a directory for the self-made certificate")?;
-    default_kubelet_tls(&mut args.nodes, dir.path()).await?;
+    default_kubelet_tls(&mut args.controller.nodes, dir.path()).await?;
     let (tls, registration) = match (&args.tls_cert, &args.tls_key, &args.webhook_url) {
         (Some(cert), Some(key), _) => (
             TlsFiles {
@@ -210,20 +204,26 @@ pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
     let registry = Registry::new();
     let readiness = Readiness::default();
     let admin = tokio::spawn(admin::serve(
-        args.admin.admin_addr,
+        args.controller.admin.admin_addr,
         registry.clone(),
         readiness.clone(),
         shutdown.clone(),
     ));
-    let lease_namespace = args.nodes.node.leader_election_namespace.clone();
-    let config = load_config(&args.loops, &client, &lease_namespace, &registry, &shutdown)?;
+    let lease_namespace = args.controller.nodes.node.leader_election_namespace.clone();
+    let config = load_config(
+        &args.controller.loops,
+        &client,
+        &lease_namespace,
+        &registry,
+        &shutdown,
+    )?;
     // A mock node stands in for the provider burst pods ask for, or none would match it.
-    if args.nodes.node.advertise_provider.is_none()
-        && args.nodes.vk_provider == [spillway_vk_node::run::ProviderKind::Mock]
+    if args.controller.nodes.node.advertise_provider.is_none()
+        && args.controller.nodes.vk_provider == [spillway_vk_node::run::ProviderKind::Mock]
     {
         let provider = config.load().default_provider;
         tracing::info!(%provider, "the mock virtual node advertises the default provider");
-        args.nodes.node.advertise_provider = Some(provider.to_string());
+        args.controller.nodes.node.advertise_provider = Some(provider.to_string());
     }
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(configuration) = &registration {
@@ -245,7 +245,7 @@ pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
     let options = ServeOptions {
         listen: listen_address(args.listen, args.webhook_url.as_deref()),
         tls,
-        reload_interval: Duration::from_secs(args.loops.reload_interval_seconds.max(1)),
+        reload_interval: Duration::from_secs(args.controller.loops.reload_interval_seconds.max(1)),
     };
     let webhook = spillway_webhook::run::serve(
         options,
@@ -256,8 +256,8 @@ pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
     );
     let controller = run_loops(
         client,
-        args.loops,
-        args.nodes,
+        args.controller.loops,
+        args.controller.nodes,
         config,
         &registry,
         readiness,
