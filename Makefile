@@ -53,6 +53,7 @@ bench:
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench vk-node || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-loop || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-scale || status=$$?; \
+	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-scale --opted-in 1 || status=$$?; \
 	  fi; \
 	  e2e/testbed down; \
 	  exit $$status

@@ -373,7 +373,7 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
     drop(controller);
     let mib = |kib: u64| kib as f64 / 1024.0;
     let body = format!(
-        "## Controller at scale (test bed)\n\n\
+        "## Controller at scale (test bed{})\n\n\
          {}. {} nodes and {} pods (one in {} labelled as opted in, so in the controller's pod \
          store; every pod in the shared index), 20 opted-in Deployments; created in {:.0} s. \
          Binary: `{}`.\n\n\
@@ -382,6 +382,11 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
          | webhook RSS over the same cluster (baseline: the same index, no pod store) | {:.1} MiB |\n\
          | ratio controller / webhook | {:.2} |\n\
          | one full pass (index read lock, pod views, status, metrics, plan), mean | {:.2} ms |\n",
+        if opted_every == 1 {
+            ", every pod opted in"
+        } else {
+            ""
+        },
         report::machine(),
         args.nodes,
         args.pods,
@@ -398,7 +403,12 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
             0.0
         },
     );
-    report::write_section("controller-scale", &body)
+    let section = if opted_every == 1 {
+        "controller-scale-all-opted-in"
+    } else {
+        "controller-scale"
+    };
+    report::write_section(section, &body)
 }
 
 /// Removes the benchmark's pods and nodes on the way out: no kubelet confirms the
