@@ -8,6 +8,7 @@
 pub mod execute;
 pub mod metrics;
 pub mod plan;
+pub mod pod_store;
 pub mod run;
 pub mod snapshot;
 pub mod status;

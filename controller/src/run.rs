@@ -8,19 +8,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use clap::Args;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use prometheus::Registry;
 use spillway_cluster::index::ClusterIndex;
 use spillway_cluster::watch::{self, NoObserver, SharedIndex};
 use spillway_common::admin::{self, AdminArgs, Readiness};
 use spillway_common::config::{self, ConfigError, ConfigMetrics, OperatorConfig, SharedConfig};
-use spillway_common::keys;
 use spillway_common::leader::LeaderElection;
 use spillway_vk_node::run::EmbeddedNodesArgs;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::execute::{Executor, FIELD_MANAGER};
 use crate::metrics::ControllerMetrics;
 use crate::plan::{self, ControllerState, PlanInput};
-use crate::snapshot::{self, PodView};
+use crate::pod_store::{self, PodStore};
+use crate::snapshot::PodView;
 use crate::status;
 
 /// Name of the controller's leader-election Lease.
@@ -96,7 +92,8 @@ pub struct LoopSettings {
 pub struct Controller {
     client: Client,
     index: SharedIndex,
-    pods: Store<Pod>,
+    pods: PodStore,
+    pods_synced: tokio::sync::watch::Receiver<bool>,
     config: SharedConfig,
     metrics: ControllerMetrics,
     settings: LoopSettings,
@@ -185,32 +182,14 @@ impl Controller {
             readiness,
             shutdown.clone(),
         );
-        let (pods, writer) = reflector::store();
-        let opted_in = watcher::Config::default().labels(keys::PLACEMENT);
-        let stream = reflector::reflector(
-            writer,
-            watcher(Api::<Pod>::all(client.clone()), opted_in).modify(snapshot::trim_for_store),
-        )
-        .default_backoff()
-        .applied_objects();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    next = stream.next() => match next {
-                        Some(Ok(_)) => {}
-                        Some(Err(error)) => tracing::warn!(%error, "opted-in pod watch failed; retrying"),
-                        None => return,
-                    },
-                }
-            }
-        });
+        let pods = PodStore::default();
+        let (synced, pods_synced) = tokio::sync::watch::channel(false);
+        pod_store::spawn(client.clone(), pods.clone(), synced, shutdown.clone());
         Self {
             client,
             index,
             pods,
+            pods_synced,
             config,
             metrics,
             settings,
@@ -225,7 +204,8 @@ impl Controller {
             LEASE_NAME,
             &self.settings.identity,
         );
-        if self.pods.wait_until_ready().await.is_err() {
+        let mut synced = self.pods_synced.clone();
+        if synced.wait_for(|synced| *synced).await.is_err() {
             return;
         }
         let executor = Executor::new(
@@ -279,9 +259,10 @@ impl Controller {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let views: Vec<PodView> = self
             .pods
-            .state()
-            .iter()
-            .filter_map(|pod| PodView::from_pod(pod, &index, config.default_provider))
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|record| PodView::from_record(record, &index, config.default_provider))
             .collect();
         let status = status::compute(&index, &views, config, None);
         let costs: Vec<(String, String, String, f64)> = index

@@ -1,13 +1,13 @@
-//! The controller's view of one opted-in pod: the few fields its loops read, projected
-//! from the watched Pod and the shared index (which tells virtual nodes from regular ones
-//! and pods from their Deployment). Pure: no I/O.
+//! The controller's view of one opted-in pod: a compact record of the watched Pod (what
+//! the store keeps) and, per pass, the view the loops read, which adds what the shared
+//! index says (virtual node or regular, which Deployment, which provider). Pure: no I/O.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Toleration};
 use spillway_cluster::index::ClusterIndex;
 use spillway_common::config::Provider;
-use spillway_common::eligibility;
+use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
 use spillway_common::pod_resources::{self, PodResources};
 
@@ -56,106 +56,71 @@ pub struct PodView {
     pub unschedulable_since_ms: Option<i64>,
 }
 
-/// Drops what no controller loop reads from a watched pod before it is stored (managed
-/// fields, foreign annotations such as `last-applied-configuration`, container env,
-/// commands and probes, container statuses): the store holds every opted-in pod, so this
-/// is most of the controller's memory. [`PodView::from_pod`] sees the same either way.
-pub fn trim_for_store(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with("spillway.io/") || k == keys::POD_DELETION_COST);
-    }
-    if let Some(spec) = pod.spec.as_mut() {
-        for container in spec
-            .containers
-            .iter_mut()
-            .chain(spec.init_containers.iter_mut().flatten())
-        {
-            container.env = None;
-            container.env_from = None;
-            container.command = None;
-            container.args = None;
-            container.liveness_probe = None;
-            container.readiness_probe = None;
-            container.startup_probe = None;
-            container.lifecycle = None;
-            container.volume_mounts = None;
-        }
-    }
-    if let Some(status) = pod.status.as_mut() {
-        status.container_statuses = None;
-        status.init_container_statuses = None;
-        status.ephemeral_container_statuses = None;
-        if let Some(conditions) = status.conditions.as_mut() {
-            conditions.retain(|c| c.type_ == "PodScheduled" || c.type_ == "Ready");
-        }
-    }
+/// What the controller keeps of one watched opted-in pod: the fields its loops read and
+/// nothing else (a few hundred bytes, where the Pod object is several kilobytes), free of
+/// anything the index decides, so it stays valid as the index changes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodRecord {
+    namespace: Box<str>,
+    name: Box<str>,
+    uid: Box<str>,
+    owner_replicaset: Option<Box<str>>,
+    node: Option<Box<str>>,
+    placement_label: Option<Box<str>>,
+    reason_label: Option<Box<str>>,
+    deletion_cost: Option<Box<str>>,
+    spillway_annotations: BTreeMap<String, String>,
+    needs: PodResources,
+    tolerations: Vec<Toleration>,
+    /// Ineligible for a reason that holds for every provider (hostPath, GPU, …).
+    ineligible_anywhere: bool,
+    created_ms: i64,
+    ready: bool,
+    deleting: bool,
+    finished: bool,
+    unschedulable_since_ms: Option<i64>,
 }
 
-impl PodView {
-    /// Projects `pod`; its eligibility is checked for the provider its annotations or its
-    /// Deployment's name, else `default_provider`.
-    pub fn from_pod(pod: &Pod, index: &ClusterIndex, default_provider: Provider) -> Option<Self> {
+impl PodRecord {
+    /// Projects a watched Pod; `None` without namespace, name, UID or spec.
+    pub fn from_pod(pod: &Pod) -> Option<Self> {
         let meta = &pod.metadata;
-        let namespace = meta.namespace.clone()?;
-        let name = meta.name.clone()?;
-        let uid = meta.uid.clone()?;
         let spec = pod.spec.as_ref()?;
         let status = pod.status.as_ref();
         let labels = meta.labels.as_ref();
         let annotations = meta.annotations.as_ref();
         let node = spec.node_name.as_deref().filter(|n| !n.is_empty());
-        let virtual_node = node.filter(|n| index.is_virtual_node(n));
-        let workload = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))
-            .and_then(|o| index.deployment_of_replicaset(&o.uid))
-            .map(str::to_owned);
-        let provider = annotations
-            .and_then(|a| a.get(keys::PROVIDER))
-            .or_else(|| {
-                let (ns, name) = workload.as_deref()?.split_once('/')?;
-                index.workload(ns, name)?.annotations.get(keys::PROVIDER)
-            })
-            .and_then(|p| Provider::parse(p.trim()))
-            .unwrap_or(default_provider);
         let phase = status.and_then(|s| s.phase.as_deref());
         let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
         let condition = |type_: &str| conditions.iter().find(|c| c.type_ == type_);
-        let ready =
-            phase == Some("Running") && condition("Ready").is_some_and(|c| c.status == "True");
-        let unschedulable_since_ms = condition("PodScheduled")
-            .filter(|c| {
-                node.is_none()
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
-            })
-            .map(|c| {
-                c.last_transition_time
-                    .as_ref()
-                    .map(|t| t.0.as_millisecond())
-                    .unwrap_or(0)
-            });
         let needs = pod_resources::effective(spec);
+        let label = |key: &str| labels.and_then(|l| l.get(key)).map(|v| v.as_str().into());
         Some(Self {
-            workload,
-            provider: virtual_node.and_then(|n| index.node_provider(n)),
-            virtual_node: virtual_node.map(str::to_owned),
-            bound: node.is_some(),
-            placement_label: labels.and_then(|l| l.get(keys::PLACEMENT)).cloned(),
-            reason_label: labels.and_then(|l| l.get(keys::REASON)).cloned(),
+            namespace: meta.namespace.as_deref()?.into(),
+            name: meta.name.as_deref()?.into(),
+            uid: meta.uid.as_deref()?.into(),
+            owner_replicaset: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))
+                .map(|o| o.uid.as_str().into()),
+            node: node.map(Into::into),
+            placement_label: label(keys::PLACEMENT),
+            reason_label: label(keys::REASON),
             deletion_cost: annotations
                 .and_then(|a| a.get(keys::POD_DELETION_COST))
-                .cloned(),
+                .map(|v| v.as_str().into()),
             spillway_annotations: annotations
                 .iter()
                 .flat_map(|a| a.iter())
                 .filter(|(k, _)| k.starts_with("spillway.io/") && k.as_str() != keys::DECISION)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            eligible: eligibility::check(pod, &needs, provider).is_empty(),
+            // Checked against the largest provider; the size is checked per provider later.
+            ineligible_anywhere: eligibility::check(pod, &needs, Provider::Fargate)
+                .iter()
+                .any(|r| *r != Ineligible::TooLarge),
             needs,
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             created_ms: meta
@@ -163,14 +128,88 @@ impl PodView {
                 .as_ref()
                 .map(|t| t.0.as_millisecond())
                 .unwrap_or(0),
-            ready,
+            ready: phase == Some("Running")
+                && condition("Ready").is_some_and(|c| c.status == "True"),
             deleting: meta.deletion_timestamp.is_some(),
             finished: matches!(phase, Some("Succeeded") | Some("Failed")),
-            unschedulable_since_ms,
-            namespace,
-            name,
-            uid,
+            unschedulable_since_ms: condition("PodScheduled")
+                .filter(|c| {
+                    node.is_none()
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                })
+                .map(|c| {
+                    c.last_transition_time
+                        .as_ref()
+                        .map(|t| t.0.as_millisecond())
+                        .unwrap_or(0)
+                }),
         })
+    }
+
+    /// The pod's UID.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+}
+
+impl PodView {
+    /// Projects `pod` (see [`Self::from_record`]).
+    pub fn from_pod(pod: &Pod, index: &ClusterIndex, default_provider: Provider) -> Option<Self> {
+        Some(Self::from_record(
+            &PodRecord::from_pod(pod)?,
+            index,
+            default_provider,
+        ))
+    }
+
+    /// The view of a stored pod as the index sees it now: its workload, whether its node
+    /// is virtual, and its eligibility for the provider its annotations or its
+    /// Deployment's name (else `default_provider`).
+    pub fn from_record(
+        record: &PodRecord,
+        index: &ClusterIndex,
+        default_provider: Provider,
+    ) -> Self {
+        let node = record.node.as_deref();
+        let virtual_node = node.filter(|n| index.is_virtual_node(n));
+        let workload = record
+            .owner_replicaset
+            .as_deref()
+            .and_then(|uid| index.deployment_of_replicaset(uid))
+            .map(str::to_owned);
+        let provider = record
+            .spillway_annotations
+            .get(keys::PROVIDER)
+            .or_else(|| {
+                let (ns, name) = workload.as_deref()?.split_once('/')?;
+                index.workload(ns, name)?.annotations.get(keys::PROVIDER)
+            })
+            .and_then(|p| Provider::parse(p.trim()))
+            .unwrap_or(default_provider);
+        let (max_cpu, max_memory) = eligibility::provider_max(provider);
+        let fits = record.needs.cpu_millis <= max_cpu && record.needs.memory_bytes <= max_memory;
+        Self {
+            namespace: record.namespace.to_string(),
+            name: record.name.to_string(),
+            uid: record.uid.to_string(),
+            workload,
+            provider: virtual_node.and_then(|n| index.node_provider(n)),
+            virtual_node: virtual_node.map(str::to_owned),
+            bound: node.is_some(),
+            placement_label: record.placement_label.as_deref().map(str::to_owned),
+            reason_label: record.reason_label.as_deref().map(str::to_owned),
+            deletion_cost: record.deletion_cost.as_deref().map(str::to_owned),
+            spillway_annotations: record.spillway_annotations.clone(),
+            needs: record.needs,
+            tolerations: record.tolerations.clone(),
+            eligible: !record.ineligible_anywhere && fits,
+            created_ms: record.created_ms,
+            ready: record.ready,
+            deleting: record.deleting,
+            finished: record.finished,
+            unschedulable_since_ms: record.unschedulable_since_ms,
+        }
     }
 
     /// Counts towards its workload: not finished and not being deleted.
@@ -281,32 +320,37 @@ mod tests {
     }
 
     #[test]
-    fn trimming_keeps_what_the_view_reads() {
-        let full = pod(json!({
-            "metadata": {"annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
-                "spillway.io/max-burst": "2",
-                "controller.kubernetes.io/pod-deletion-cost": "-1000"}},
-            "spec": {"nodeName": "vk", "hostNetwork": true,
-                "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
-                "containers": [{"name": "c", "command": ["run"], "env": [{"name": "A", "value": "b"}],
-                    "ports": [{"containerPort": 80, "hostPort": 80}],
-                    "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}]},
-            "status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True"},
-                {"type": "Initialized", "status": "True"}],
-                "containerStatuses": [{"name": "c", "image": "x", "imageID": "", "ready": true, "restartCount": 0}]}
-        }));
-        let mut trimmed = full.clone();
-        trim_for_store(&mut trimmed);
-        let index = index();
-        assert_eq!(
-            PodView::from_pod(&trimmed, &index, Provider::Fargate),
-            PodView::from_pod(&full, &index, Provider::Fargate)
+    fn size_is_checked_for_the_workload_provider() {
+        // 8 vCPU: fits Fargate (16), not ACI (4).
+        let big = pod(json!({"spec": {"containers": [{"name": "c",
+            "resources": {"requests": {"cpu": "8", "memory": "1Gi"}}}]}}));
+        assert!(
+            PodView::from_pod(&big, &index(), Provider::Fargate)
+                .unwrap()
+                .eligible
         );
-        let annotations = trimmed.metadata.annotations.unwrap();
-        assert_eq!(annotations.len(), 2, "{annotations:?}");
-        assert!(trimmed.spec.unwrap().containers[0].env.is_none());
+        assert!(
+            !PodView::from_pod(&big, &index(), Provider::Aci)
+                .unwrap()
+                .eligible
+        );
+        let mut on_aci = big.clone();
+        on_aci
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(keys::PROVIDER.into(), "aci".into());
+        assert!(
+            !PodView::from_pod(&on_aci, &index(), Provider::Fargate)
+                .unwrap()
+                .eligible
+        );
+        let host = pod(json!({"spec": {"hostNetwork": true}}));
+        assert!(
+            !PodView::from_pod(&host, &index(), Provider::Fargate)
+                .unwrap()
+                .eligible
+        );
     }
 
     #[test]
