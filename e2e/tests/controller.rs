@@ -156,8 +156,10 @@ async fn regular_node_count(client: &Client) -> anyhow::Result<i32> {
         .len() as i32)
 }
 
-/// Fills each regular node to 90 % of its CPU with a workload that did not opt in.
-async fn fill(client: &Client, ns: &str) -> anyhow::Result<()> {
+/// Fills each regular node to 90 % of its CPU with a workload that did not opt in, and
+/// waits until the controller at `admin_port` sees it (the webhook's watch of the same
+/// objects is no slower; a loaded machine can delay both by seconds).
+async fn fill(client: &Client, ns: &str, admin_port: u16) -> anyhow::Result<()> {
     let regular = regular_node_count(client).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     deployments
@@ -172,8 +174,21 @@ async fn fill(client: &Client, ns: &str) -> anyhow::Result<()> {
         Ok(p.len() == regular as usize && p.iter().all(|p| p.running))
     })
     .await?;
-    // The index sees the filler through its watch.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until(
+        "Spillway sees the pressure",
+        Duration::from_secs(30),
+        || async {
+            let metrics = spillway_e2e::metrics_text(admin_port)?;
+            let cpu = sample(
+                &metrics,
+                "spillway_cluster_request_utilization{resource=\"cpu\"}",
+            );
+            Ok(cpu.is_some_and(|u| u >= 0.85))
+        },
+    )
+    .await?;
+    // The webhook's index follows the same watches.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
 }
 
@@ -365,7 +380,7 @@ async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> 
     );
     let scenario = Scenario::start("e2e-rebalance", &config).await?;
     let (client, ns, run, deployments, pods) = scenario.parts();
-    fill(client, &ns.name).await?;
+    fill(client, &ns.name, run.admin_port).await?;
 
     let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-burst": "4"});
     deployments
@@ -614,7 +629,7 @@ async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
     // Rebalance off: only the overshoot correction may evict here.
     let scenario = Scenario::start("e2e-overshoot", "rebalance:\n  enabled: false\n").await?;
     let (client, ns, run, deployments, pods) = scenario.parts();
-    fill(client, &ns.name).await?;
+    fill(client, &ns.name, run.admin_port).await?;
     let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-burst": "4"});
     deployments
         .create(
@@ -675,7 +690,7 @@ async fn the_cost_budget_holds_burst_replicas_local() -> anyhow::Result<()> {
     // A 100m / 128Mi pod runs as a 0.25 vCPU / 0.5 GB task: 0.0123425 USD per hour.
     let scenario = Scenario::start("e2e-budget", "budget:\n  maxUsdPerHour: 0.03\n").await?;
     let (client, ns, run, deployments, pods) = scenario.parts();
-    fill(client, &ns.name).await?;
+    fill(client, &ns.name, run.admin_port).await?;
     deployments
         .create(
             &PostParams::default(),
@@ -935,7 +950,7 @@ async fn concurrent_admissions_by_two_webhooks_converge_to_the_cap() -> anyhow::
             .is_some())
     })
     .await?;
-    fill(&client, &ns.name).await?;
+    fill(&client, &ns.name, admin).await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
