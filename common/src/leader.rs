@@ -201,6 +201,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_renewal_steps_down_before_the_lease_expires() {
+        crate::tls::install_crypto_provider();
         let (addr, _server) = stalled_apiserver().await;
         let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
         let client = Client::try_from(config).unwrap();

@@ -620,6 +620,97 @@ async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> 
         sample(&run.metrics()?, "spillway_pending_spills_total"),
         Some(1.0)
     );
+
+    // A clean shutdown removes the webhook registration `spillway run` made.
+    let mut scenario = scenario;
+    let status = scenario.run.terminate()?;
+    assert!(status.success(), "spillway run exited with {status:?}");
+    let registrations: Api<
+        k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    > = Api::all(scenario.client.clone());
+    assert!(
+        registrations
+            .get_opt(&scenario.run.webhook_name)
+            .await?
+            .is_none(),
+        "the webhook registration outlived spillway run"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_disruption_budget_holds_the_move_back_until_it_allows_it() -> anyhow::Result<()> {
+    let config = "rebalance:\n  cooldownSeconds: 2\n  maxEvictionsPerMinute: 60\n";
+    let scenario = Scenario::start("e2e-pdb", config).await?;
+    let (client, ns, run, deployments, pods) = scenario.parts();
+    fill(client, &ns.name, run.admin_port).await?;
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 3, "100m", json!({"spillway.io/burst": "true"}))?,
+        )
+        .await?;
+    wait_until("3 burst", Duration::from_secs(60), || async {
+        Ok(count(&placed(pods, "web").await?, &run.node_name, "burst") == 3)
+    })
+    .await?;
+    // No disruption allowed: every eviction is refused with a 429.
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "create",
+        "poddisruptionbudget",
+        "web",
+        "--selector=app=web",
+        "--min-available=3",
+    ])?;
+    scale(deployments, "filler", 0).await?;
+    wait_until(
+        "evictions refused by the PDB",
+        Duration::from_secs(60),
+        || async {
+            let blocked = sample(
+                &run.metrics()?,
+                "spillway_rebalance_evictions_total{result=\"blocked\"}",
+            );
+            Ok(blocked.is_some_and(|b| b >= 2.0))
+        },
+    )
+    .await?;
+    let p = placed(pods, "web").await?;
+    assert_eq!(
+        count(&p, &run.node_name, "burst"),
+        3,
+        "nothing forced: {p:?}"
+    );
+    assert_eq!(
+        sample(
+            &run.metrics()?,
+            "spillway_rebalance_evictions_total{result=\"evicted\"}"
+        ),
+        Some(0.0)
+    );
+    // The budget allows one at a time: the burst replicas come back.
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "patch",
+        "poddisruptionbudget",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":2}}"#,
+    ])?;
+    wait_until(
+        "all 3 back on regular nodes",
+        Duration::from_secs(90),
+        || async {
+            let p = placed(pods, "web").await?;
+            Ok(p.len() == 3 && count(&p, "kwok-node-", "local") == 3)
+        },
+    )
+    .await?;
     Ok(())
 }
 
