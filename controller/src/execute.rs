@@ -155,6 +155,7 @@ impl Executor {
                 let pod_key = format!("{}/{}", pod.namespace, pod.name);
                 match result? {
                     Evicted::Blocked => {
+                        state.eviction_refused(&pod.uid, now_ms);
                         tracing::info!(pod = %pod_key, ?cause, "eviction refused by a PodDisruptionBudget; retried later");
                     }
                     Evicted::Yes => {

@@ -25,6 +25,9 @@ use crate::snapshot::PodView;
 pub const OVERSHOOT_GRACE_MS: i64 = 10_000;
 /// The window of `rebalance.maxEvictionsPerMinute`.
 const MINUTE_MS: i64 = 60_000;
+/// How long a pod whose eviction a PodDisruptionBudget refused (429) is left alone before
+/// the next attempt.
+pub const REFUSED_BACKOFF_MS: i64 = 10_000;
 
 /// A pod an action is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +144,8 @@ pub struct ControllerState {
     seen: HashMap<String, Seen>,
     /// Whether a first pass set the baselines (no Events for what was already so).
     initialized: bool,
+    /// Pods whose eviction was refused, with when they may be tried again.
+    refused_until: HashMap<String, i64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,6 +166,13 @@ impl ControllerState {
         if cause == EvictionCause::Rebalance {
             self.recent_evictions.push_back(now_ms);
         }
+    }
+
+    /// Records that a PodDisruptionBudget refused evicting `uid`: it is left alone for
+    /// [`REFUSED_BACKOFF_MS`].
+    pub fn eviction_refused(&mut self, uid: &str, now_ms: i64) {
+        self.refused_until
+            .insert(uid.to_owned(), now_ms + REFUSED_BACKOFF_MS);
     }
 
     /// Whether utilization has stayed low for the whole cooldown (as of the last pass).
@@ -425,11 +437,14 @@ fn rebalance(
         return;
     }
     let cooldown_ms = config.cooldown_seconds as i64 * 1000;
+    state.refused_until.retain(|_, until| *until > input.now_ms);
+    let refused = &state.refused_until;
     let mut candidates: Vec<(f64, &Workload<'_>, &PodView)> = workloads
         .iter()
         .filter(|w| !state.settling.contains_key(w.key))
         .flat_map(|w| w.live().map(move |p| (w, *p)))
         .filter(|(_, p)| p.virtual_node.is_some() && input.now_ms - p.created_ms >= cooldown_ms)
+        .filter(|(_, p)| !refused.contains_key(&p.uid))
         .map(|(w, p)| {
             let provider = p.provider.unwrap_or(w.provider);
             let usd = cost::hourly_usd(&p.needs, provider, &input.config.pricing).unwrap_or(0.0);

@@ -261,6 +261,30 @@ fn one_workload_step_at_a_time_and_the_rate_limit() {
 }
 
 #[test]
+fn a_refused_eviction_leaves_the_pod_alone_for_a_while() {
+    let cluster = idle_with_burst();
+    let mut state = ControllerState::default();
+    let start = T0 + 10 * MIN;
+    cluster.plan(&mut state, start);
+    assert_eq!(
+        evictions(&cluster.plan(&mut state, start + MIN)),
+        vec![("b2", EvictionCause::Rebalance)]
+    );
+    state.eviction_refused("uid-b2", start + MIN);
+    // The next candidate is tried instead, and b2 again once the back-off ran out.
+    assert_eq!(
+        evictions(&cluster.plan(&mut state, start + MIN + 1000)),
+        vec![("b1", EvictionCause::Rebalance)]
+    );
+    state.eviction_refused("uid-b1", start + MIN + 1000);
+    assert!(evictions(&cluster.plan(&mut state, start + MIN + 2000)).is_empty());
+    assert_eq!(
+        evictions(&cluster.plan(&mut state, start + MIN + REFUSED_BACKOFF_MS)),
+        vec![("b2", EvictionCause::Rebalance)]
+    );
+}
+
+#[test]
 fn burst_pods_get_the_low_deletion_cost_and_local_pods_keep_theirs() {
     let mut cluster = Cluster::new("8", 3, json!({}));
     cluster.pod(
