@@ -15,6 +15,9 @@ use crate::plan::{Action, ControllerState, EventReason, EvictionCause, PodRef};
 
 /// Field manager of the controller's patches.
 pub const FIELD_MANAGER: &str = "spillway-controller";
+/// Deadline of one action: a pass never waits longer on the apiserver than this per
+/// action (the next pass sees what is still to do).
+pub const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What failed, named after the action; doubles as the `action` metric label.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,9 @@ pub enum ActionError {
     /// Writing an Event.
     #[error("publish event: {0}")]
     PublishEvent(kube::Error),
+    /// An action ran past [`ACTION_TIMEOUT`].
+    #[error("no answer within {ACTION_TIMEOUT:?}")]
+    Timeout,
 }
 
 impl ActionError {
@@ -40,6 +46,7 @@ impl ActionError {
             ActionError::Spill(_) => "spill",
             ActionError::Evict(_) => "evict",
             ActionError::PublishEvent(_) => "publish_event",
+            ActionError::Timeout => "timeout",
         }
     }
 }
@@ -47,8 +54,21 @@ impl ActionError {
 /// Executes actions.
 pub struct Executor {
     client: Client,
+    /// For evictions: without the client's own retries, which would wait out a
+    /// PodDisruptionBudget's 429 for minutes instead of letting a later pass try again.
+    evictions: Client,
     recorder: Recorder,
     metrics: ControllerMetrics,
+}
+
+/// A client for evictions: the inferred config without kube's default retry layer, so a
+/// 429 comes back at once (it is counted as `blocked` and retried by a later pass).
+pub async fn eviction_client() -> Result<Client, kube::Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    config.default_retry = false;
+    Client::try_from(config)
 }
 
 fn deployment_reference(workload: &str, uid: &str) -> ObjectReference {
@@ -69,8 +89,14 @@ enum Evicted {
 }
 
 impl Executor {
-    /// An executor reporting as `instance` (the leader identity).
-    pub fn new(client: Client, instance: &str, metrics: ControllerMetrics) -> Self {
+    /// An executor reporting as `instance` (the leader identity); `evictions` is a client
+    /// without retries (see [`eviction_client`]).
+    pub fn new(
+        client: Client,
+        evictions: Client,
+        instance: &str,
+        metrics: ControllerMetrics,
+    ) -> Self {
         let reporter = kube::runtime::events::Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some(instance.to_owned()),
@@ -78,6 +104,7 @@ impl Executor {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            evictions,
             metrics,
         }
     }
@@ -90,7 +117,10 @@ impl Executor {
     /// the others (the next pass sees what is still to do).
     pub async fn run(&self, actions: Vec<Action>, state: &mut ControllerState, now_ms: i64) {
         for action in actions {
-            if let Err(error) = self.one(action, state, now_ms).await {
+            let result = tokio::time::timeout(ACTION_TIMEOUT, self.one(action, state, now_ms))
+                .await
+                .unwrap_or(Err(ActionError::Timeout));
+            if let Err(error) = result {
                 self.metrics
                     .actions_failed
                     .with_label_values(&[error.label()])
@@ -231,7 +261,8 @@ impl Executor {
             }),
             ..EvictParams::default()
         };
-        match self.pods(pod).evict(&pod.name, &params).await {
+        let pods: Api<Pod> = Api::namespaced(self.evictions.clone(), &pod.namespace);
+        match pods.evict(&pod.name, &params).await {
             Ok(_) => Ok(Evicted::Yes),
             Err(kube::Error::Api(status)) if status.code == 429 => Ok(Evicted::Blocked),
             Err(error) => Err(ActionError::Evict(error)),

@@ -436,6 +436,10 @@ fn rebalance(
     if state.recent_evictions.len() >= config.max_evictions_per_minute as usize {
         return;
     }
+    tracing::debug!(
+        utilization = cpu.max(memory),
+        "cooled down: looking for burst pods to move back"
+    );
     let cooldown_ms = config.cooldown_seconds as i64 * 1000;
     state.refused_until.retain(|_, until| *until > input.now_ms);
     let refused = &state.refused_until;
@@ -457,6 +461,7 @@ fn rebalance(
     });
     for (_, workload, pod) in candidates {
         if !input.index.any_node_fits(&pod.needs, &pod.tolerations) {
+            tracing::debug!(pod = %pod.key(), "not moved back: no regular node has room for it");
             continue;
         }
         let counts = workload.view.counts;
@@ -465,6 +470,7 @@ fn rebalance(
             ..counts
         };
         let decision = decide_replacement(input, workload, pod, after);
+        tracing::debug!(pod = %pod.key(), ?decision, "replacement would be admitted so");
         if decision.placement == Placement::Local && decision.reason == Reason::NoPressure {
             actions.push(Action::Evict {
                 pod: PodRef::of(pod),

@@ -208,8 +208,16 @@ impl Controller {
         if synced.wait_for(|synced| *synced).await.is_err() {
             return;
         }
+        let evictions = match crate::execute::eviction_client().await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "no client for evictions; the controller does not act");
+                return;
+            }
+        };
         let executor = Executor::new(
             self.client.clone(),
+            evictions,
             &self.settings.identity,
             self.metrics.clone(),
         );

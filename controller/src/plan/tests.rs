@@ -474,3 +474,14 @@ fn events_follow_changes_not_pods() {
         vec![EventReason::BurstCapped]
     );
 }
+
+#[test]
+fn a_workload_entirely_on_the_virtual_node_comes_back_too() {
+    let mut cluster = Cluster::new("8", 3, json!({}));
+    for name in ["b1", "b2", "b3"] {
+        cluster.pod(name, Some("vk"), "100m", T0, json!({}));
+    }
+    let mut state = ControllerState::default();
+    cluster.plan(&mut state, T0 + MIN);
+    assert_eq!(evictions(&cluster.plan(&mut state, T0 + 3 * MIN)).len(), 1);
+}
