@@ -114,9 +114,19 @@ impl Executor {
     }
 
     /// Runs `actions` in order, recording evictions in `state`; one failure does not stop
-    /// the others (the next pass sees what is still to do).
-    pub async fn run(&self, actions: Vec<Action>, state: &mut ControllerState, now_ms: i64) {
+    /// the others (the next pass sees what is still to do). Stops as soon as `leading` is
+    /// cancelled: a replica that lost its Lease acts no more.
+    pub async fn run(
+        &self,
+        actions: Vec<Action>,
+        state: &mut ControllerState,
+        now_ms: i64,
+        leading: &tokio_util::sync::CancellationToken,
+    ) {
         for action in actions {
+            if leading.is_cancelled() {
+                return;
+            }
             let result = tokio::time::timeout(ACTION_TIMEOUT, self.one(action, state, now_ms))
                 .await
                 .unwrap_or(Err(ActionError::Timeout));

@@ -164,8 +164,8 @@ pub fn identity(explicit: Option<&str>) -> String {
 }
 
 impl Controller {
-    /// Starts the index watches and the opted-in pod reflector; `readiness` turns true
-    /// when the index has synced.
+    /// Starts the index watches and the opted-in pod store; `readiness` turns true when
+    /// the index has synced.
     pub fn start(
         client: Client,
         config: SharedConfig,
@@ -240,7 +240,7 @@ impl Controller {
                 if lost.is_cancelled() {
                     break;
                 }
-                executor.run(actions, &mut state, now_ms).await;
+                executor.run(actions, &mut state, now_ms, &lost).await;
                 self.metrics
                     .reconcile_duration
                     .observe(started.elapsed().as_secs_f64());
