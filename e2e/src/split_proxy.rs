@@ -1,15 +1,19 @@
 //! A TLS proxy of the tests' own that stands in for a Service in front of two webhook
 //! replicas: it serves HTTP/1.1 only, so the apiserver opens one connection per
 //! concurrent admission request, and it hands each new connection to the next backend in
-//! turn, re-encrypting the byte stream towards it. No HTTP is parsed.
+//! turn, re-encrypting the byte stream towards it. No HTTP is parsed. Answers can be held
+//! back a little, as a busy replica's would be, so that concurrent requests cannot share
+//! one connection and always spread over both backends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
@@ -39,13 +43,40 @@ impl Drop for SplitProxy {
     }
 }
 
+/// Copies bytes both ways until either side closes, holding back what the backend sends.
+async fn relay<A, B>(inbound: A, outbound: B, answer_delay: Duration) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut from_client, mut to_client) = tokio::io::split(inbound);
+    let (mut from_backend, mut to_backend) = tokio::io::split(outbound);
+    let requests = async {
+        tokio::io::copy(&mut from_client, &mut to_backend).await?;
+        to_backend.shutdown().await
+    };
+    let answers = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let n = from_backend.read(&mut buffer).await?;
+            if n == 0 {
+                return to_client.shutdown().await;
+            }
+            tokio::time::sleep(answer_delay).await;
+            to_client.write_all(&buffer[..n]).await?;
+        }
+    };
+    tokio::try_join!(requests, answers).map(|_| ())
+}
+
 fn certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>()?)
 }
 
 impl SplitProxy {
-    /// Starts a proxy on a free loopback port in front of `backends`.
-    pub async fn start(backends: Vec<Backend>) -> anyhow::Result<Self> {
+    /// Starts a proxy on a free loopback port in front of `backends`, holding back every
+    /// chunk of a backend's answer by `answer_delay`.
+    pub async fn start(backends: Vec<Backend>, answer_delay: Duration) -> anyhow::Result<Self> {
         spillway_common::tls::install_crypto_provider();
         let own = spillway_common::pki::issue(&["127.0.0.1"]);
         let key = PrivateKeyDer::from_pem_slice(own.key_pem.as_bytes()).context("proxy key")?;
@@ -85,17 +116,17 @@ impl SplitProxy {
                 let (backend, connector) = connectors[turn].clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(mut inbound) = acceptor.accept(inbound).await else {
+                    let Ok(inbound) = acceptor.accept(inbound).await else {
                         return;
                     };
                     let Ok(tcp) = TcpStream::connect(backend).await else {
                         return;
                     };
                     let name = ServerName::IpAddress(backend.ip().into());
-                    let Ok(mut outbound) = connector.connect(name, tcp).await else {
+                    let Ok(outbound) = connector.connect(name, tcp).await else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let _ = relay(inbound, outbound, answer_delay).await;
                 });
             }
         });

@@ -1021,7 +1021,13 @@ async fn concurrent_admissions_by_two_webhooks_converge_to_the_cap() -> anyhow::
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], w.port)),
         ca_pem: w.ca_pem.clone(),
     };
-    let proxy = SplitProxy::start(vec![backend(&first), backend(&second)]).await?;
+    // Answers held back 300 ms: the four creates of a ReplicaSet batch need four
+    // connections at once, so both replicas decide at the same time.
+    let proxy = SplitProxy::start(
+        vec![backend(&first), backend(&second)],
+        Duration::from_millis(300),
+    )
+    .await?;
     let url = format!("https://{}/mutate", proxy.addr);
     let _hook = spillway_e2e::register_webhook(
         &client,
