@@ -307,6 +307,8 @@ fn decide_replacement(
         ),
         cluster_limit: input.config.budget.max_usd_per_hour,
     };
+    // The decision only asks whether the pod may burst at all (an empty list); the view
+    // keeps a yes/no, so any reason stands for "no".
     let ineligible: &[Ineligible] = if pod.eligible {
         &[]
     } else {
