@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    RunUnderTest, SpillwayProcess, TestNamespace, WebhookUnderTest, client, deployment, free_port,
+    ControllerUnderTest, RunUnderTest, TestNamespace, WebhookUnderTest, client, deployment,
     metrics_text, sample, scale, wait_until,
 };
 
@@ -335,30 +335,11 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
     let webhook_rss = rss_kib(webhook.process.child.id()).unwrap_or(0);
     drop(webhook);
 
-    let admin = free_port()?;
-    let controller_args: Vec<String> = [
-        "controller",
-        "--leader-election-namespace",
-        &ns.name,
-        "--reconcile-interval-seconds",
-        "1",
-        "--admin-addr",
-        &format!("127.0.0.1:{admin}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let controller = SpillwayProcess::start(&controller_args, "bench-scale-controller", &[])?;
-    wait_until("the controller leads", Duration::from_secs(120), || async {
-        Ok(sample(
-            &metrics_text(admin).unwrap_or_default(),
-            "spillway_controller_leader",
-        ) == Some(1.0))
-    })
-    .await?;
+    let controller = ControllerUnderTest::start("bench-scale-controller", &ns.name, &[], &[])?;
+    controller.wait_leading(Duration::from_secs(120)).await?;
     // Ten passes or more after the first.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let metrics = metrics_text(admin)?;
+    let metrics = metrics_text(controller.admin_port)?;
     let passes = sample(
         &metrics,
         "spillway_controller_reconcile_duration_seconds_count",
@@ -369,7 +350,7 @@ pub async fn controller_scale(args: ScaleArgs) -> anyhow::Result<()> {
         "spillway_controller_reconcile_duration_seconds_sum",
     )
     .unwrap_or(0.0);
-    let controller_rss = rss_kib(controller.child.id()).unwrap_or(0);
+    let controller_rss = rss_kib(controller.process.child.id()).unwrap_or(0);
     drop(controller);
     let mib = |kib: u64| kib as f64 / 1024.0;
     let body = format!(

@@ -699,3 +699,55 @@ pub fn virtual_node(name: &str) -> anyhow::Result<k8s_openapi::api::core::v1::No
                    "capacity": {"cpu": "100", "memory": "400Gi", "pods": "500"}}
     }))?)
 }
+
+/// A `spillway controller` process (no embedded node) leading through a Lease in
+/// `lease_namespace`, passing every second, its admin port on loopback.
+pub struct ControllerUnderTest {
+    /// The process.
+    pub process: SpillwayProcess,
+    /// Admin port (`/metrics`).
+    pub admin_port: u16,
+}
+
+impl ControllerUnderTest {
+    /// Starts it with `extra` flags and environment, logging to `e2e/.run/logs/<log>.log`.
+    pub fn start(
+        log: &str,
+        lease_namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let admin_port = free_port()?;
+        let admin = format!("127.0.0.1:{admin_port}");
+        let base = [
+            "controller",
+            "--leader-election-namespace",
+            lease_namespace,
+            "--reconcile-interval-seconds",
+            "1",
+            "--admin-addr",
+            &admin,
+        ];
+        let args: Vec<String> = base.iter().chain(extra).map(|s| s.to_string()).collect();
+        Ok(Self {
+            process: SpillwayProcess::start(&args, log, env)?,
+            admin_port,
+        })
+    }
+
+    /// `spillway_controller_leader` as it reads now (`None` while the port is not up).
+    pub fn leader(&self) -> Option<f64> {
+        sample(
+            &metrics_text(self.admin_port).unwrap_or_default(),
+            "spillway_controller_leader",
+        )
+    }
+
+    /// Waits until it leads: its watches listed and it holds the Lease.
+    pub async fn wait_leading(&self, timeout: Duration) -> anyhow::Result<()> {
+        wait_until("the controller leads", timeout, || async {
+            Ok(self.leader() == Some(1.0))
+        })
+        .await
+    }
+}

@@ -860,31 +860,25 @@ async fn one_controller_acts_and_a_refused_config_changes_nothing() -> anyhow::R
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, "capacityThreshold: 0.8\n")?;
-    let start = |name: &str| -> anyhow::Result<(spillway_e2e::SpillwayProcess, u16)> {
-        let admin = spillway_e2e::free_port()?;
-        let args: Vec<String> = [
-            "controller",
-            "--config",
-            &config.display().to_string(),
-            "--reload-interval-seconds",
-            "1",
-            "--leader-election-namespace",
+    let config_path = config.display().to_string();
+    let start = |name: &str| {
+        spillway_e2e::ControllerUnderTest::start(
+            &format!("{}-{name}", ns.name),
             &ns.name,
-            "--identity",
-            name,
-            "--admin-addr",
-            &format!("127.0.0.1:{admin}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Ok((
-            spillway_e2e::SpillwayProcess::start(&args, &format!("{}-{name}", ns.name), &[])?,
-            admin,
-        ))
+            &[
+                "--config",
+                &config_path,
+                "--reload-interval-seconds",
+                "1",
+                "--identity",
+                name,
+            ],
+            &[],
+        )
     };
-    let (mut first, first_admin) = start("first")?;
-    let (_second, second_admin) = start("second")?;
+    let mut first = start("first")?;
+    let second = start("second")?;
+    let (first_admin, second_admin) = (first.admin_port, second.admin_port);
     let leader = |port: u16| {
         sample(
             &spillway_e2e::metrics_text(port).unwrap_or_default(),
@@ -958,13 +952,13 @@ async fn one_controller_acts_and_a_refused_config_changes_nothing() -> anyhow::R
 
     // The leader goes away: the standby takes over once the Lease expires.
     if acting == first_admin {
-        first.kill()?;
+        first.process.kill()?;
         wait_until("the second takes over", Duration::from_secs(40), || async {
             Ok(leader(second_admin) == Some(1.0))
         })
         .await?;
     } else {
-        drop(_second);
+        drop(second);
         wait_until("the first takes over", Duration::from_secs(40), || async {
             Ok(leader(first_admin) == Some(1.0))
         })

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    NodeCleanupGuard, NodeFixture, SpillwayProcess, TestNamespace, WebhookUnderTest, client,
-    free_port, kubeconfig_for_service_account, kubectl, metrics_text, phase, pod_on_node, sample,
+    ControllerUnderTest, NodeCleanupGuard, NodeFixture, SpillwayProcess, TestNamespace,
+    WebhookUnderTest, client, kubeconfig_for_service_account, kubectl, phase, pod_on_node,
     virtual_node, vk_node_args, wait_removed, wait_until,
 };
 
@@ -84,31 +84,15 @@ async fn the_controller_works_with_least_privilege() -> anyhow::Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "e2e-rbac-controller").await?;
     let kubeconfig = kubeconfig_for_service_account("spillway-controller")?;
-    let admin = free_port()?;
-    let args: Vec<String> = [
-        "controller",
-        "--leader-election-namespace",
-        "kube-system",
-        "--identity",
-        &ns.name,
-        "--reconcile-interval-seconds",
-        "1",
-        "--admin-addr",
-        &format!("127.0.0.1:{admin}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
     let env = [("KUBECONFIG", kubeconfig.to_str().unwrap_or_default())];
-    let _controller = SpillwayProcess::start(&args, &format!("controller-{}", ns.name), &env)?;
+    let controller = ControllerUnderTest::start(
+        &format!("controller-{}", ns.name),
+        "kube-system",
+        &["--identity", &ns.name],
+        &env,
+    )?;
     // Leading means its watches listed and it holds the Lease in kube-system.
-    wait_until("the controller leads", Duration::from_secs(30), || async {
-        Ok(sample(
-            &metrics_text(admin).unwrap_or_default(),
-            "spillway_controller_leader",
-        ) == Some(1.0))
-    })
-    .await?;
+    controller.wait_leading(Duration::from_secs(30)).await?;
     // A burst pod without its deletion cost, on a (kwok-kept) virtual node.
     let node_name = format!("spillway-fargate-{}", ns.name);
     Api::<Node>::all(client.clone())
