@@ -288,6 +288,9 @@ pub struct ConfigMetrics {
     pub generation: prometheus::IntGauge,
     /// `spillway_config_reload_failures_total`: files refused on reload.
     pub reload_failures: prometheus::IntCounter,
+    /// `spillway_config_last_reload_successful`: 0 while the file on disk is refused (the
+    /// last good config is in force), 1 otherwise; what the config alert fires on.
+    pub last_reload_successful: prometheus::IntGauge,
 }
 
 impl ConfigMetrics {
@@ -302,10 +305,16 @@ impl ConfigMetrics {
                 "spillway_config_reload_failures_total",
                 "Operator config files refused on reload",
             )?,
+            last_reload_successful: prometheus::IntGauge::new(
+                "spillway_config_last_reload_successful",
+                "0 while the operator config file is refused (the last good one is in force), else 1",
+            )?,
         };
         registry.register(Box::new(metrics.generation.clone()))?;
         registry.register(Box::new(metrics.reload_failures.clone()))?;
+        registry.register(Box::new(metrics.last_reload_successful.clone()))?;
         metrics.generation.set(1);
+        metrics.last_reload_successful.set(1);
         Ok(metrics)
     }
 }
@@ -324,6 +333,7 @@ pub async fn watch_and_reload(
     crate::file_watch::on_change(vec![path.clone()], interval, shutdown, move || {
         match OperatorConfig::load(&path) {
             Ok(config) => {
+                metrics.last_reload_successful.set(1);
                 if **shared.load() != config {
                     tracing::info!(path = %path.display(), "operator config reloaded");
                     shared.store(Arc::new(config));
@@ -333,6 +343,7 @@ pub async fn watch_and_reload(
             Err(error) => {
                 tracing::error!(%error, "operator config refused; the last good one stays in force");
                 metrics.reload_failures.inc();
+                metrics.last_reload_successful.set(0);
                 on_refused(&error);
             }
         }
@@ -441,6 +452,7 @@ mod tests {
         .unwrap();
         assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(shared.load().capacity_threshold, 0.5);
+        assert_eq!(metrics.last_reload_successful.get(), 0);
 
         tokio::time::sleep(Duration::from_millis(30)).await;
         std::fs::write(&path, "capacityThreshold: 0.7").unwrap();
@@ -451,6 +463,7 @@ mod tests {
         assert_eq!(shared.load().capacity_threshold, 0.7);
         assert_eq!(metrics.generation.get(), 2);
         assert_eq!(metrics.reload_failures.get(), 1);
+        assert_eq!(metrics.last_reload_successful.get(), 1);
         shutdown.cancel();
     }
 }
