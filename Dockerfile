@@ -10,20 +10,12 @@
 
 FROM rust:1.90-bookworm AS build
 WORKDIR /src
-# Dependencies first, so a source change does not refetch the crates.
-COPY Cargo.toml Cargo.lock ./
-COPY bench/Cargo.toml bench/
-COPY cluster/Cargo.toml cluster/
-COPY common/Cargo.toml common/
-COPY controller/Cargo.toml controller/
-COPY e2e/Cargo.toml e2e/
-COPY spillway/Cargo.toml spillway/
-COPY vk-node/Cargo.toml vk-node/
-COPY webhook/Cargo.toml webhook/
 COPY . .
 # The release profile keeps line tables (250 MB); the image gets the stripped binary
 # (about 37 MB).
-RUN cargo build --release --locked -p spillway \
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p spillway \
  && strip --strip-all target/release/spillway \
  && install -D -m 0755 target/release/spillway /out/spillway
 

@@ -376,7 +376,7 @@ impl Drop for HpaController {
 async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> {
     let cooldown = 4;
     let config = format!(
-        "rebalance:\n  cooldownSeconds: {cooldown}\n  belowUtilization: 0.6\n  maxEvictionsPerMinute: 60\n"
+        "rebalance:\n  cooldownSeconds: {cooldown}\n  belowUtilization: 0.6\n  maxEvictionsPerMinute: 60\nbudget:\n  maxUsdPerHour: 100\n"
     );
     let scenario = Scenario::start("e2e-rebalance", &config).await?;
     let (client, ns, run, deployments, pods) = scenario.parts();
@@ -429,6 +429,11 @@ async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> 
     })
     .await?;
     let m = run.metrics()?;
+    // Every metric the chart's alerts and Grafana dashboard query is in a real scrape
+    // (the apiserver's own fail-open counter aside).
+    let missing =
+        spillway_e2e::chart::missing_metrics(&m, &["apiserver_admission_webhook_fail_open_count"])?;
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
     let ratio = sample(
         &m,
         &format!(

@@ -2,6 +2,9 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
+/// The `kind` label values of `spillway_admission_errors_total`.
+pub const ERROR_KINDS: [&str; 2] = ["bad-request", "internal"];
+
 /// Admission metrics, registered once per process.
 #[derive(Clone, Debug)]
 pub struct WebhookMetrics {
@@ -62,6 +65,11 @@ impl WebhookMetrics {
         registry.register(Box::new(metrics.ineligible.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;
         registry.register(Box::new(metrics.index_pods.clone()))?;
+        // Zero series from the start, so the error alert's rate() has something to read
+        // before the first error.
+        for kind in ERROR_KINDS {
+            metrics.errors.with_label_values(&[kind]);
+        }
         Ok(metrics)
     }
 }

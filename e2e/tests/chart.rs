@@ -1,0 +1,721 @@
+//! The Helm chart: it lints and renders with the defaults and with every option on, its
+//! values schema refuses bad values with the key at fault, what it renders is safe (the
+//! webhook fails open fast and never sees kube-system or Spillway's own pods, no wildcard
+//! RBAC, restricted pods, no credential in values), its alerts pass their promtool unit
+//! tests, and it installs on the test bed's real apiserver, where each ServiceAccount may
+//! do what its component needs and nothing else.
+//!
+//! The processes themselves run outside the test bed's cluster (kwok nodes run no
+//! containers), so the installed Deployments are scaled to 0; the controller scenario
+//! checks the dashboard's and alerts' metric names against a real `/metrics` scrape.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use serde_json::Value;
+use spillway_common::config::OperatorConfig;
+use spillway_e2e::chart::{chart_dir, documents, find, helm, helm_output, render};
+use spillway_e2e::{kubectl, repo_root};
+
+fn all_options() -> PathBuf {
+    chart_dir().join("ci/all-options-values.yaml")
+}
+
+fn values_file(dir: &Path, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+/// Every container and pod security context of every Deployment meets Pod Security's
+/// `restricted` profile as the chart writes it.
+fn assert_restricted(docs: &[Value]) {
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    assert_eq!(deployments.len(), 2, "webhook and controller Deployments");
+    for d in deployments {
+        let name = &d["metadata"]["name"];
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}"
+        );
+        for c in pod["containers"].as_array().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["runAsNonRoot"], true, "{name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
+            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+            // The admin port is on the pod IP for probes and Prometheus, logs are JSON.
+            let env = c["env"].as_array().unwrap();
+            let var = |k: &str| {
+                env.iter()
+                    .find(|e| e["name"] == k)
+                    .map(|e| e["value"].clone())
+            };
+            assert_eq!(
+                var("SPILLWAY_ADMIN_ADDR"),
+                Some("0.0.0.0:9090".into()),
+                "{name}"
+            );
+            assert_eq!(var("SPILLWAY_LOG_FORMAT"), Some("json".into()), "{name}");
+            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+            assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez", "{name}");
+        }
+    }
+}
+
+/// No rule grants a wildcard, and Secrets are only ever read by name.
+fn assert_no_wildcard_rbac(docs: &[Value]) {
+    for role in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        let name = &role["metadata"]["name"];
+        for rule in role["rules"].as_array().unwrap() {
+            for field in ["apiGroups", "resources", "verbs"] {
+                let values = rule[field].as_array().unwrap();
+                assert!(
+                    values.iter().all(|v| v != "*"),
+                    "{name}: wildcard in {field}: {rule}"
+                );
+            }
+            let resources = rule["resources"].as_array().unwrap();
+            if resources.iter().any(|r| r == "secrets") {
+                assert_eq!(rule["verbs"], serde_json::json!(["get"]), "{name}: {rule}");
+            }
+        }
+    }
+}
+
+fn assert_safe_webhook(docs: &[Value], release: &str, namespace: &str) -> anyhow::Result<()> {
+    let config = find(docs, "MutatingWebhookConfiguration", release)?;
+    let hook = &config["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["timeoutSeconds"], 2);
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(
+        hook["rules"][0]["operations"],
+        serde_json::json!(["CREATE"])
+    );
+    assert_eq!(hook["rules"][0]["resources"], serde_json::json!(["pods"]));
+    let excluded = &hook["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(excluded["key"], "kubernetes.io/metadata.name");
+    assert_eq!(excluded["operator"], "NotIn");
+    let names = excluded["values"].as_array().unwrap();
+    for ns in ["kube-system", namespace] {
+        assert!(
+            names.iter().any(|n| n == ns),
+            "{ns} not excluded: {names:?}"
+        );
+    }
+    let own = hook["objectSelector"]["matchExpressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| {
+            e["key"] == "app.kubernetes.io/part-of"
+                && e["operator"] == "NotIn"
+                && e["values"] == serde_json::json!(["spillway"])
+        });
+    assert!(own, "Spillway's own pods are not excluded: {hook}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs helm from the test bed's tools (e2e/testbed up)"]
+fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
+    let chart = chart_dir().display().to_string();
+    helm(&["lint", "--strict", &chart])?;
+    helm(&[
+        "lint",
+        "--strict",
+        &chart,
+        "--values",
+        &all_options().display().to_string(),
+    ])?;
+
+    let docs = render("spillway", "spillway-system", &[])?;
+    assert_safe_webhook(&docs, "spillway", "spillway-system")?;
+    assert_restricted(&docs);
+    assert_no_wildcard_rbac(&docs);
+    // The default objectSelector lets only pods labelled for bursting through.
+    let hook = &find(&docs, "MutatingWebhookConfiguration", "spillway")?["webhooks"][0];
+    assert_eq!(
+        hook["objectSelector"]["matchLabels"]["spillway.io/burst"],
+        "true"
+    );
+    // Self-signed TLS: the caBundle is the CA in the Secret, which signed the serving
+    // certificate for the Service's name.
+    let secret = find(&docs, "Secret", "spillway-webhook-tls")?;
+    assert_eq!(hook["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
+    assert_eq!(hook["clientConfig"]["service"]["name"], "spillway-webhook");
+    // The operator config the processes read is exactly the defaults they would use.
+    let config_map = find(&docs, "ConfigMap", "spillway-config")?;
+    let config_text = config_map["data"]["config.yaml"].as_str().unwrap();
+    let config = OperatorConfig::from_yaml(config_text, Path::new("config.yaml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(config, OperatorConfig::default());
+    // Leader election in the release's namespace, never kube-system.
+    let controller = find(&docs, "Deployment", "spillway-controller")?;
+    let args = controller["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--leader-election-namespace=spillway-system"),
+        "{args}"
+    );
+    for kind in ["ServiceMonitor", "PrometheusRule", "Certificate", "Issuer"] {
+        assert!(
+            docs.iter().all(|d| d["kind"] != kind),
+            "{kind} rendered by default"
+        );
+    }
+
+    let docs = render("spillway", "spillway-system", &[&all_options()])?;
+    assert_safe_webhook(&docs, "spillway", "spillway-system")?;
+    assert_restricted(&docs);
+    assert_no_wildcard_rbac(&docs);
+    let hook = &find(&docs, "MutatingWebhookConfiguration", "spillway")?;
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "spillway-system/spillway-webhook"
+    );
+    assert!(hook["webhooks"][0]["clientConfig"]["caBundle"].is_null());
+    assert!(
+        docs.iter().all(|d| d["kind"] != "Secret"),
+        "cert-manager makes the Secrets"
+    );
+    let config_map = find(&docs, "ConfigMap", "spillway-config")?;
+    let config = OperatorConfig::from_yaml(
+        config_map["data"]["config.yaml"].as_str().unwrap(),
+        Path::new("config.yaml"),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(config.budget.max_usd_per_hour, Some(25.0));
+    // Credentials only as workload identities and Secret references.
+    let account = find(&docs, "ServiceAccount", "spillway-controller")?;
+    assert_eq!(
+        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/spillway-controller"
+    );
+    let pod = &find(&docs, "Deployment", "spillway-controller")?["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+    let env_from = pod["spec"]["containers"][0]["envFrom"].to_string();
+    assert!(
+        env_from.contains("spillway-aws") && env_from.contains("spillway-azure"),
+        "{env_from}"
+    );
+    // The dashboard ConfigMap carries the JSON the repository holds.
+    let dashboard = find(&docs, "ConfigMap", "spillway-dashboard")?;
+    let shipped: Value = serde_json::from_str(&std::fs::read_to_string(
+        chart_dir().join("files/dashboard.json"),
+    )?)?;
+    let rendered: Value =
+        serde_json::from_str(dashboard["data"]["spillway.json"].as_str().unwrap())?;
+    assert_eq!(rendered, shipped);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs helm from the test bed's tools (e2e/testbed up)"]
+fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let chart = chart_dir().display().to_string();
+    let cases = [
+        (
+            "config:\n  capacityThreshold: 1.5\n",
+            "/config/capacityThreshold",
+        ),
+        ("config:\n  hpaThreshold: 0\n", "/config/hpaThreshold"),
+        (
+            "config:\n  defaultProvider: gcp\n",
+            "/config/defaultProvider",
+        ),
+        (
+            "controller:\n  providers: [azure]\n",
+            "/controller/providers/0",
+        ),
+        ("config:\n  rebalance:\n    cooldown: 5\n", "cooldown"),
+        (
+            "credentials:\n  aws:\n    secretAccessKey: abc\n",
+            "secretAccessKey",
+        ),
+        (
+            "webhook:\n  timeoutSeconds: 30\n",
+            "/webhook/timeoutSeconds",
+        ),
+        (
+            "controller:\n  fargate:\n    subnets: [10.0.0.0/24]\n",
+            "/controller/fargate/subnets/0",
+        ),
+    ];
+    for (i, (yaml, key)) in cases.iter().enumerate() {
+        let file = values_file(dir.path(), &format!("bad-{i}.yaml"), yaml)?;
+        let output = helm_output(&[
+            "template",
+            "s",
+            &chart,
+            "--values",
+            &file.display().to_string(),
+        ])?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "accepted: {yaml}");
+        assert!(
+            stderr.contains(key),
+            "{yaml}: the message does not name {key}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs helm (e2e/testbed up) and promtool (make prerequisites)"]
+fn the_alerts_pass_their_promtool_unit_tests() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let chart = chart_dir().display().to_string();
+    let rendered = helm(&[
+        "template",
+        "s",
+        &chart,
+        "--set",
+        "prometheusRule.enabled=true",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ])?;
+    let rule = documents(&rendered)?.remove(0);
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        serde_yaml_ng::to_string(&rule["spec"])?,
+    )?;
+    std::fs::copy(
+        chart_dir().join("tests/alerts_test.yaml"),
+        dir.path().join("alerts_test.yaml"),
+    )?;
+    for args in [
+        &["check", "rules", "rules.yaml"][..],
+        &["test", "rules", "alerts_test.yaml"][..],
+    ] {
+        let output = Command::new("promtool")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .context("promtool is missing: `make prerequisites` installs it")?;
+        assert!(
+            output.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The Prometheus Operator's and cert-manager's CRDs, from their Go modules, so the
+/// optional objects dry-run against a real schema.
+fn install_crds() -> anyhow::Result<()> {
+    let modules = [
+        (
+            "github.com/prometheus-operator/prometheus-operator@v0.85.0",
+            &[
+                "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+                "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+            ][..],
+        ),
+        (
+            "github.com/cert-manager/cert-manager@v1.21.2",
+            &[
+                "deploy/crds/cert-manager.io_certificates.yaml",
+                "deploy/crds/cert-manager.io_issuers.yaml",
+            ][..],
+        ),
+    ];
+    for (module, files) in modules {
+        let output = Command::new("go")
+            .args(["mod", "download", "-json", module])
+            .current_dir(std::env::temp_dir())
+            .env("GOFLAGS", "-mod=mod")
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "go mod download {module}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let info: Value = serde_json::from_slice(&output.stdout)?;
+        let dir = PathBuf::from(info["Dir"].as_str().context("no Dir")?);
+        for file in files {
+            kubectl(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                &dir.join(file).display().to_string(),
+            ])?;
+        }
+    }
+    for crd in [
+        "servicemonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+        "certificates.cert-manager.io",
+        "issuers.cert-manager.io",
+    ] {
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{crd}"),
+        ])?;
+    }
+    Ok(())
+}
+
+/// `kubectl auth can-i` as a ServiceAccount: whether it may. `what` is a resource,
+/// `resource/name`, optionally followed by ` --subresource=…`.
+fn can_i(
+    account: &str,
+    namespace: &str,
+    verb: &str,
+    what: &str,
+    in_ns: Option<&str>,
+) -> anyhow::Result<bool> {
+    let user = format!("system:serviceaccount:{namespace}:{account}");
+    let mut args = vec!["auth", "can-i", verb];
+    args.extend(what.split_whitespace());
+    args.extend(["--as", &user]);
+    if let Some(ns) = in_ns {
+        args.extend(["-n", ns]);
+    }
+    let output = Command::new(repo_root().join("e2e/.build/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(spillway_e2e::run_dir().join("kubeconfig"))
+        .args(&args)
+        .output()?;
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    anyhow::ensure!(
+        answer == "yes" || answer == "no",
+        "kubectl {args:?}: {answer} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(answer == "yes")
+}
+
+/// Uninstalls the release and deletes its namespace, also when the test fails.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm_output(&[
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.namespace,
+            "--wait",
+        ]);
+        spillway_e2e::delete_with_kubectl(&["namespace", &self.namespace]);
+    }
+}
+
+#[test]
+#[ignore = "needs the test bed (e2e/testbed up)"]
+fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<()> {
+    install_crds()?;
+    let chart = chart_dir().display().to_string();
+    let all = all_options().display().to_string();
+    let namespace = "spillway-chart-e2e";
+    // A namespace left by an earlier run goes first (its deletion may still be running).
+    kubectl(&[
+        "delete",
+        "namespace",
+        namespace,
+        "--ignore-not-found",
+        "--wait",
+        "--timeout=90s",
+    ])?;
+    kubectl(&["create", "namespace", namespace])?;
+    let release = Release {
+        name: "spillway".into(),
+        namespace: namespace.into(),
+    };
+    // Pod Security "restricted", enforced: the chart's pods must pass it.
+    kubectl(&[
+        "label",
+        "--overwrite",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])?;
+    // Everything both renders contain is accepted by the real apiserver's validation.
+    let mut pods = Vec::new();
+    for values in [None, Some(all.as_str())] {
+        let mut args = vec!["template", "spillway", &chart, "--namespace", namespace];
+        if let Some(v) = values {
+            args.extend(["--values", v]);
+        }
+        let rendered = helm(&args)?;
+        let dir = tempfile::tempdir()?;
+        let path = values_file(dir.path(), "rendered.yaml", &rendered)?;
+        kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &path.display().to_string(),
+        ])
+        .with_context(|| format!("server-side dry run with values {values:?}"))?;
+        // Each Deployment's pod, as the ReplicaSet would create it, is checked against
+        // "restricted" once the install made the ServiceAccounts.
+        for deployment in documents(&rendered)?
+            .iter()
+            .filter(|d| d["kind"] == "Deployment")
+        {
+            pods.push(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": deployment["metadata"]["name"],
+                    "namespace": namespace,
+                    "labels": deployment["spec"]["template"]["metadata"]["labels"],
+                },
+                "spec": deployment["spec"]["template"]["spec"],
+            }));
+        }
+    }
+
+    // A real install (the processes run outside the test bed, so no replicas), then an
+    // upgrade that must keep the self-signed CA.
+    let scale_to_zero = [
+        "--set",
+        "webhook.replicas=0",
+        "--set",
+        "controller.replicas=0",
+    ];
+    let mut install = vec![
+        "install",
+        "spillway",
+        &chart,
+        "--namespace",
+        namespace,
+        "--wait",
+        "--timeout",
+        "60s",
+    ];
+    install.extend(scale_to_zero);
+    install.extend(["--set", "controller.providers={fargate,mock}"]);
+    helm(&install)?;
+    let ca = |_: ()| -> anyhow::Result<(String, String)> {
+        let secret = kubectl(&[
+            "-n",
+            namespace,
+            "get",
+            "secret",
+            "spillway-webhook-tls",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])?;
+        let bundle = kubectl(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            "spillway",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])?;
+        Ok((secret, bundle))
+    };
+    let (secret_ca, bundle) = ca(())?;
+    assert!(!secret_ca.is_empty());
+    assert_eq!(secret_ca, bundle, "the webhook trusts the CA in its Secret");
+    let dir = tempfile::tempdir()?;
+    for pod in &pods {
+        let path = values_file(dir.path(), "pod.json", &pod.to_string())?;
+        let created = kubectl(&[
+            "create",
+            "--dry-run=server",
+            "-f",
+            &path.display().to_string(),
+        ]);
+        assert!(created.is_ok(), "{}: {created:?}", pod["metadata"]["name"]);
+    }
+    let mut upgrade = vec![
+        "upgrade",
+        "spillway",
+        &chart,
+        "--namespace",
+        namespace,
+        "--wait",
+        "--timeout",
+        "60s",
+    ];
+    upgrade.extend(scale_to_zero);
+    upgrade.extend([
+        "--set",
+        "controller.providers={fargate,mock}",
+        "--set-json",
+        "config.capacityThreshold=0.9",
+    ]);
+    helm(&upgrade)?;
+    assert_eq!(
+        ca(())?,
+        (secret_ca.clone(), bundle),
+        "the upgrade kept the CA"
+    );
+    let config = kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "configmap",
+        "spillway-config",
+        "-o",
+        "jsonpath={.data.config\\.yaml}",
+    ])?;
+    assert!(config.contains("capacityThreshold: 0.9"), "{config}");
+
+    // Least privilege, as the apiserver's RBAC sees it.
+    let webhook = "spillway-webhook";
+    let controller = "spillway-controller";
+    let checks: &[(&str, &str, &str, Option<&str>, bool)] = &[
+        // The webhook only reads what its index needs.
+        (webhook, "watch", "pods", None, true),
+        (webhook, "list", "nodes", None, true),
+        (webhook, "watch", "deployments.apps", None, true),
+        (
+            webhook,
+            "list",
+            "horizontalpodautoscalers.autoscaling",
+            None,
+            true,
+        ),
+        (webhook, "patch", "pods", Some("default"), false),
+        (webhook, "get", "secrets", Some("default"), false),
+        (
+            webhook,
+            "create",
+            "pods --subresource=eviction",
+            Some("default"),
+            false,
+        ),
+        (
+            webhook,
+            "update",
+            "leases.coordination.k8s.io",
+            Some(namespace),
+            false,
+        ),
+        // The controller: patch pods, evict, Events; its own Leases, here only.
+        (controller, "patch", "pods", Some("default"), true),
+        (
+            controller,
+            "create",
+            "pods --subresource=eviction",
+            Some("default"),
+            true,
+        ),
+        (
+            controller,
+            "create",
+            "events.events.k8s.io",
+            Some("default"),
+            true,
+        ),
+        (
+            controller,
+            "delete",
+            "deployments.apps",
+            Some("default"),
+            false,
+        ),
+        (controller, "create", "pods", Some("default"), false),
+        (
+            controller,
+            "update",
+            "leases.coordination.k8s.io/spillway-controller",
+            Some(namespace),
+            true,
+        ),
+        (
+            controller,
+            "update",
+            "leases.coordination.k8s.io/someone-else",
+            Some(namespace),
+            false,
+        ),
+        (
+            controller,
+            "update",
+            "leases.coordination.k8s.io/spillway-controller",
+            Some("kube-system"),
+            false,
+        ),
+        // Its virtual nodes: their own Node objects and heartbeats, by name.
+        (controller, "patch", "nodes/spillway-fargate", None, true),
+        (
+            controller,
+            "patch",
+            "nodes/spillway-mock --subresource=status",
+            None,
+            true,
+        ),
+        (
+            controller,
+            "patch",
+            "nodes/kwok-node-0 --subresource=status",
+            None,
+            false,
+        ),
+        (controller, "patch", "nodes/kwok-node-0", None, false),
+        (controller, "delete", "nodes/spillway-fargate", None, false),
+        (
+            controller,
+            "patch",
+            "leases.coordination.k8s.io/spillway-fargate",
+            Some("kube-node-lease"),
+            true,
+        ),
+        (
+            controller,
+            "patch",
+            "leases.coordination.k8s.io/kwok-node-0",
+            Some("kube-node-lease"),
+            false,
+        ),
+        // Secrets by name only, never listed or watched; never written.
+        (controller, "get", "secrets", Some("default"), true),
+        (controller, "list", "secrets", Some("default"), false),
+        (controller, "watch", "secrets", None, false),
+        (controller, "create", "secrets", Some("default"), false),
+        (controller, "delete", "pods", Some("default"), true),
+        (
+            controller,
+            "patch",
+            "pods --subresource=status",
+            Some("default"),
+            true,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (account, verb, what, in_ns, expected) in checks {
+        let allowed = can_i(account, namespace, verb, what, *in_ns)?;
+        if allowed != *expected {
+            wrong.push(format!(
+                "{account} {verb} {what} in {in_ns:?}: allowed={allowed}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "RBAC differs from what is needed:\n{}",
+        wrong.join("\n")
+    );
+    drop(release);
+    Ok(())
+}
