@@ -2,6 +2,7 @@
 //! after themselves, wait for conditions with a deadline, register loopback webhooks.
 
 pub mod chart;
+pub mod doc_commands;
 pub mod split_proxy;
 
 use std::future::Future;

@@ -1,6 +1,7 @@
 //! The `spillway` command line: one binary for every component (DESIGN §1).
 
 mod admit;
+mod check_config;
 mod explain_pod;
 pub mod run_all;
 
@@ -50,6 +51,10 @@ pub enum Command {
     /// replicas, burst ratio, last reason, provider and estimated USD/hour, and a cluster
     /// line (request utilization, burst cost, budget). `-o json` for scripts.
     Status(spillway_controller::status_cli::StatusArgs),
+    /// Offline: check an operator config file as the webhook and controller would on
+    /// reload; prints the config in force (defaults filled in), or the key at fault
+    /// (exit 2).
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 /// `spillway status`: prints the table or JSON; exit 1 with the reason when the cluster
@@ -105,6 +110,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }),
         Command::ExplainPod(args) => explain_pod::run(&args),
         Command::Status(args) => status(&args),
+        Command::CheckConfig(args) => check_config::run(&args),
     }
 }
 
