@@ -284,15 +284,15 @@ impl ClusterIndex {
         );
         let t = &mut self.totals;
         if sign > 0 {
-            t.allocatable_cpu += cpu;
-            t.allocatable_memory += mem;
-            t.requested_cpu += rcpu;
-            t.requested_memory += rmem;
+            t.allocatable_cpu = t.allocatable_cpu.saturating_add(cpu);
+            t.allocatable_memory = t.allocatable_memory.saturating_add(mem);
+            t.requested_cpu = t.requested_cpu.saturating_add(rcpu);
+            t.requested_memory = t.requested_memory.saturating_add(rmem);
         } else {
-            t.allocatable_cpu -= cpu;
-            t.allocatable_memory -= mem;
-            t.requested_cpu -= rcpu;
-            t.requested_memory -= rmem;
+            t.allocatable_cpu = t.allocatable_cpu.saturating_sub(cpu);
+            t.allocatable_memory = t.allocatable_memory.saturating_sub(mem);
+            t.requested_cpu = t.requested_cpu.saturating_sub(rcpu);
+            t.requested_memory = t.requested_memory.saturating_sub(rmem);
         }
     }
 
@@ -353,8 +353,14 @@ impl ClusterIndex {
     }
 
     fn account_pod(&mut self, uid: u128, entry: PodEntry, sign: i8) {
+        // Saturating: a hostile request near u64::MAX must not wrap a node's sum round to
+        // something small.
         let delta = |value: &mut u64, by: u64| {
-            if sign > 0 { *value += by } else { *value -= by }
+            *value = if sign > 0 {
+                value.saturating_add(by)
+            } else {
+                value.saturating_sub(by)
+            }
         };
         let count = |value: &mut u32| {
             if sign > 0 { *value += 1 } else { *value -= 1 }
@@ -845,6 +851,35 @@ mod tests {
         assert_eq!(index.totals().requested_cpu, 500);
         index.delete_node("a");
         assert_eq!(index.totals(), CapacityTotals::default());
+    }
+
+    #[test]
+    fn hostile_requests_saturate_the_sums_instead_of_wrapping() {
+        let mut index = ClusterIndex::new();
+        index.apply_node(&node("a", "4", "16Gi"));
+        let huge = |uid: &str| {
+            let mut p = pod(uid, Some("a"), "rs1", "1");
+            let requests = p.spec.as_mut().unwrap().containers[0]
+                .resources
+                .as_mut()
+                .unwrap()
+                .requests
+                .as_mut()
+                .unwrap();
+            requests.insert(
+                "memory".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("10Ei".into()),
+            );
+            p
+        };
+        index.apply_pod(&huge("p1"));
+        index.apply_pod(&huge("p2"));
+        // 20 EiB does not fit in u64: the sum stays at the top, never wraps to little.
+        assert_eq!(index.totals().requested_memory, u64::MAX);
+        assert!(index.totals().utilization().1 >= 1.0);
+        index.delete_pod("p1");
+        index.delete_pod("p2");
+        assert_eq!(index.totals().requested_memory, 0);
     }
 
     #[test]

@@ -214,11 +214,33 @@ fn unit_interval(key: &'static str, value: f64) -> Result<(), (&'static str, Str
     }
 }
 
+/// The largest USD amount (per hour, or per unit-hour) a price or budget may name: far
+/// above any real one, and it keeps sums of many pods finite.
+pub const MAX_USD: f64 = 1_000_000.0;
+/// The longest wait a config may name: one day.
+pub const MAX_SECONDS: u64 = 86_400;
+/// The most evictions per minute a config may allow.
+pub const MAX_EVICTIONS_PER_MINUTE: u32 = 1_000;
+
 fn non_negative_price(key: &'static str, value: f64) -> Result<(), (&'static str, String)> {
-    if value.is_finite() && value >= 0.0 {
+    if value.is_finite() && (0.0..=MAX_USD).contains(&value) {
         Ok(())
     } else {
-        Err((key, format!("must be a price of 0 or more, got {value}")))
+        Err((
+            key,
+            format!("must be a price from 0 to {MAX_USD} USD, got {value}"),
+        ))
+    }
+}
+
+fn at_most_a_day(key: &'static str, value: u64) -> Result<(), (&'static str, String)> {
+    if value <= MAX_SECONDS {
+        Ok(())
+    } else {
+        Err((
+            key,
+            format!("must be at most {MAX_SECONDS} seconds (one day), got {value}"),
+        ))
     }
 }
 
@@ -233,6 +255,20 @@ impl OperatorConfig {
         )?;
         if let Some(budget) = self.budget.max_usd_per_hour {
             non_negative_price("budget.maxUsdPerHour", budget)?;
+        }
+        at_most_a_day("rebalance.cooldownSeconds", self.rebalance.cooldown_seconds)?;
+        at_most_a_day(
+            "pendingSpill.afterSeconds",
+            self.pending_spill.after_seconds,
+        )?;
+        if self.rebalance.max_evictions_per_minute > MAX_EVICTIONS_PER_MINUTE {
+            return Err((
+                "rebalance.maxEvictionsPerMinute",
+                format!(
+                    "must be at most {MAX_EVICTIONS_PER_MINUTE}, got {}",
+                    self.rebalance.max_evictions_per_minute
+                ),
+            ));
         }
         if self.rebalance.max_evictions_per_minute == 0 && self.rebalance.enabled {
             return Err((
@@ -359,6 +395,50 @@ mod tests {
 
     fn parse(text: &str) -> Result<OperatorConfig, ConfigError> {
         OperatorConfig::from_yaml(text, Path::new("config.yaml"))
+    }
+
+    #[test]
+    fn durations_rates_and_prices_have_upper_bounds() {
+        for (text, key, says) in [
+            (
+                "rebalance:\n  cooldownSeconds: 86401",
+                "rebalance.cooldownSeconds",
+                "at most 86400 seconds",
+            ),
+            (
+                "pendingSpill:\n  afterSeconds: 18446744073709551615",
+                "pendingSpill.afterSeconds",
+                "one day",
+            ),
+            (
+                "rebalance:\n  maxEvictionsPerMinute: 1001",
+                "rebalance.maxEvictionsPerMinute",
+                "at most 1000",
+            ),
+            (
+                "budget:\n  maxUsdPerHour: 1e12",
+                "budget.maxUsdPerHour",
+                "from 0 to 1000000",
+            ),
+            (
+                "pricing:\n  fargate: {vcpuHour: .inf, gbHour: 0.1}",
+                "pricing.fargate.vcpuHour",
+                "price",
+            ),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Invalid {
+                    key: k, message, ..
+                }) => {
+                    assert_eq!(k, key, "{text}");
+                    assert!(message.contains(says), "{text}: {message}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(
+            parse("rebalance:\n  cooldownSeconds: 86400\npendingSpill:\n  afterSeconds: 0").is_ok()
+        );
     }
 
     #[test]

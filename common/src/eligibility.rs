@@ -1,7 +1,7 @@
 //! Which pods may never burst (DESIGN §3 "Eligibility"), each refusal with a reason that
 //! doubles as a metric label.
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
 use crate::config::Provider;
 use crate::pod_resources::PodResources;
@@ -38,6 +38,8 @@ pub enum Ineligible {
     Gpu,
     /// Larger than the provider's largest size.
     TooLarge,
+    /// A volume the provider cannot mount (it would be silently missing).
+    UnsupportedVolume,
 }
 
 impl Ineligible {
@@ -54,6 +56,7 @@ impl Ineligible {
             Ineligible::PersistentVolumeClaim => "persistent-volume-claim",
             Ineligible::Gpu => "gpu",
             Ineligible::TooLarge => "too-large",
+            Ineligible::UnsupportedVolume => "unsupported-volume",
         }
     }
 }
@@ -84,6 +87,31 @@ fn asks_for_gpu(container: &Container) -> bool {
         .flatten()
         .flat_map(|m| m.keys())
         .any(|name| name.ends_with("/gpu") || name.contains("gpu"))
+}
+
+/// Whether `provider` runs pods with `volume`. hostPath and PersistentVolumeClaims have
+/// reasons of their own. The API-access volume the ServiceAccount admission plugin adds
+/// to every pod (projected, with a token source) is accepted and not mounted: a burst pod
+/// does not reach the apiserver.
+pub fn volume_supported(volume: &Volume, provider: Provider) -> bool {
+    let api_access = volume.projected.as_ref().is_some_and(|p| {
+        p.sources
+            .iter()
+            .flatten()
+            .any(|s| s.service_account_token.is_some())
+    });
+    let other_reason = volume.host_path.is_some()
+        || volume.persistent_volume_claim.is_some()
+        || volume.ephemeral.is_some();
+    if volume.empty_dir.is_some() || api_access || other_reason {
+        return true;
+    }
+    match provider {
+        // The task definition carries emptyDir (bind-mount) volumes only.
+        Provider::Fargate => false,
+        // ACI container groups mount secret volumes (ConfigMaps go the same way).
+        Provider::Aci => volume.secret.is_some() || volume.config_map.is_some(),
+    }
 }
 
 /// Every reason `pod` (needing `needs`) may not run on `provider`; empty when eligible.
@@ -122,6 +150,9 @@ pub fn check(pod: &Pod, needs: &PodResources, provider: Provider) -> Vec<Ineligi
             .any(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
         {
             reasons.push(Ineligible::PersistentVolumeClaim);
+        }
+        if volumes.clone().any(|v| !volume_supported(v, provider)) {
+            reasons.push(Ineligible::UnsupportedVolume);
         }
     }
     let owned_by_daemonset = pod
@@ -212,6 +243,51 @@ mod tests {
                 "{pod}"
             );
         }
+    }
+
+    #[test]
+    fn volumes_the_provider_cannot_mount_make_a_pod_ineligible() {
+        let with = |volume: serde_json::Value| json!({"spec": {"volumes": [volume], "containers": [{"name": "a"}]}});
+        let config_map = with(json!({"name": "v", "configMap": {"name": "c"}}));
+        assert_eq!(
+            reasons(config_map.clone(), Provider::Fargate),
+            vec![Ineligible::UnsupportedVolume]
+        );
+        assert!(reasons(config_map, Provider::Aci).is_empty());
+        for volume in [
+            json!({"name": "v", "secret": {"secretName": "s"}}),
+            json!({"name": "v", "downwardAPI": {"items": []}}),
+            json!({"name": "v", "nfs": {"server": "n", "path": "/"}}),
+            json!({"name": "v", "projected": {"sources": [{"configMap": {"name": "c"}}]}}),
+        ] {
+            assert_eq!(
+                reasons(with(volume.clone()), Provider::Fargate),
+                vec![Ineligible::UnsupportedVolume],
+                "{volume}"
+            );
+        }
+        // emptyDir and the API-access volume every pod gets are fine.
+        let api_access = json!({"name": "kube-api-access-x", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}
+        ]}});
+        assert!(reasons(with(api_access), Provider::Fargate).is_empty());
+        assert!(
+            reasons(
+                with(json!({"name": "v", "emptyDir": {}})),
+                Provider::Fargate
+            )
+            .is_empty()
+        );
+        // hostPath keeps its own reason, not a second one.
+        assert_eq!(
+            reasons(
+                with(json!({"name": "v", "hostPath": {"path": "/"}})),
+                Provider::Fargate
+            ),
+            vec![Ineligible::HostPath]
+        );
     }
 
     #[test]

@@ -34,11 +34,11 @@ fn container_needs(container: &Container) -> PodResources {
     let resources = container.resources.as_ref();
     let cpu = lookup(resources, "cpu");
     let memory = lookup(resources, "memory");
+    // The apiserver validated the quantities; one this parser cannot read counts as too
+    // large to place anywhere, never as nothing.
     PodResources {
-        cpu_millis: cpu
-            .and_then(|q| quantity::cpu_millis(&q.0).ok())
-            .unwrap_or(0),
-        memory_bytes: memory.and_then(|q| quantity::bytes(&q.0).ok()).unwrap_or(0),
+        cpu_millis: cpu.map_or(0, |q| quantity::cpu_millis(&q.0).unwrap_or(u64::MAX)),
+        memory_bytes: memory.map_or(0, |q| quantity::bytes(&q.0).unwrap_or(u64::MAX)),
         cpu_specified: cpu.is_some(),
         memory_specified: memory.is_some(),
     }
@@ -56,8 +56,8 @@ fn overhead<'a>(
 pub fn effective(spec: &PodSpec) -> PodResources {
     let mut sum = PodResources::default();
     for needs in spec.containers.iter().map(container_needs) {
-        sum.cpu_millis += needs.cpu_millis;
-        sum.memory_bytes += needs.memory_bytes;
+        sum.cpu_millis = sum.cpu_millis.saturating_add(needs.cpu_millis);
+        sum.memory_bytes = sum.memory_bytes.saturating_add(needs.memory_bytes);
         sum.cpu_specified |= needs.cpu_specified;
         sum.memory_specified |= needs.memory_specified;
     }
@@ -68,11 +68,13 @@ pub fn effective(spec: &PodSpec) -> PodResources {
         sum.memory_specified |= needs.memory_specified;
     }
     let extra = spec.overhead.as_ref();
-    if let Some(cpu) = overhead(extra, "cpu").and_then(|q| quantity::cpu_millis(&q.0).ok()) {
-        sum.cpu_millis += cpu;
+    if let Some(cpu) = overhead(extra, "cpu") {
+        let cpu = quantity::cpu_millis(&cpu.0).unwrap_or(u64::MAX);
+        sum.cpu_millis = sum.cpu_millis.saturating_add(cpu);
     }
-    if let Some(memory) = overhead(extra, "memory").and_then(|q| quantity::bytes(&q.0).ok()) {
-        sum.memory_bytes += memory;
+    if let Some(memory) = overhead(extra, "memory") {
+        let memory = quantity::bytes(&memory.0).unwrap_or(u64::MAX);
+        sum.memory_bytes = sum.memory_bytes.saturating_add(memory);
     }
     sum
 }
@@ -84,6 +86,17 @@ mod tests {
 
     fn spec(value: serde_json::Value) -> PodSpec {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn huge_requests_saturate_instead_of_wrapping_to_a_small_pod() {
+        // 2^64 - 1 bytes plus 2 bytes wraps to 1 byte without saturation.
+        let needs = effective(&spec(json!({"containers": [
+            {"name": "a", "resources": {"requests": {"memory": "18446744073709551615", "cpu": "9E"}}},
+            {"name": "b", "resources": {"requests": {"memory": "2", "cpu": "9E"}}}
+        ], "overhead": {"cpu": "1", "memory": "1"}})));
+        assert_eq!(needs.memory_bytes, u64::MAX);
+        assert_eq!(needs.cpu_millis, u64::MAX);
     }
 
     #[test]

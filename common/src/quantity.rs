@@ -74,18 +74,24 @@ fn ceil_div(numerator: u128, denominator: u128) -> u128 {
     numerator.div_ceil(denominator)
 }
 
-/// CPU in millicores, rounded up (`"100u"` is not a Kubernetes CPU form; `"1"` is 1000).
+/// CPU in millicores, rounded up (`"100u"` is not a Kubernetes CPU form; `"1"` is 1000);
+/// a value beyond `u64` saturates at `u64::MAX` rather than wrapping.
 pub fn cpu_millis(text: &str) -> Result<u64, InvalidQuantity> {
     let exact = parse_exact(text)?;
-    u64::try_from(ceil_div(exact.numerator * 1000, exact.denominator))
-        .map_err(|_| InvalidQuantity(text.to_owned()))
+    Ok(match exact.numerator.checked_mul(1000) {
+        Some(millis) => saturate(ceil_div(millis, exact.denominator)),
+        None => u64::MAX,
+    })
 }
 
-/// Memory (or any byte quantity) in bytes, rounded up.
+/// Memory (or any byte quantity) in bytes, rounded up; saturates at `u64::MAX`.
 pub fn bytes(text: &str) -> Result<u64, InvalidQuantity> {
     let exact = parse_exact(text)?;
-    u64::try_from(ceil_div(exact.numerator, exact.denominator))
-        .map_err(|_| InvalidQuantity(text.to_owned()))
+    Ok(saturate(ceil_div(exact.numerator, exact.denominator)))
+}
+
+fn saturate(value: u128) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
 }
 
 /// A plain count (pods, GPUs), rounded up.
@@ -96,6 +102,15 @@ pub fn count(text: &str) -> Result<u64, InvalidQuantity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_beyond_u64_saturate_instead_of_wrapping() {
+        assert_eq!(cpu_millis("1E"), Ok(u64::MAX));
+        assert_eq!(cpu_millis("999999999999999999999999999999"), Ok(u64::MAX));
+        assert_eq!(bytes("100E"), Ok(u64::MAX));
+        assert_eq!(bytes("16Ei"), Ok(u64::MAX));
+        assert_eq!(bytes("15Ei"), Ok(15 << 60));
+    }
 
     #[test]
     fn cpu_forms() {

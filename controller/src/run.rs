@@ -38,11 +38,13 @@ pub struct LoopArgs {
     #[arg(long, env = "SPILLWAY_CONFIG")]
     pub config: Option<PathBuf>,
     /// How often the config file is checked for changes, in seconds.
-    #[arg(long, default_value_t = 5, env = "SPILLWAY_RELOAD_INTERVAL_SECONDS")]
+    #[arg(long, default_value_t = 5, env = "SPILLWAY_RELOAD_INTERVAL_SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reload_interval_seconds: u64,
     /// Seconds between controller passes (deletion cost, rebalance, pending spill,
     /// overshoot, metrics).
-    #[arg(long, default_value_t = 2, env = "SPILLWAY_RECONCILE_INTERVAL_SECONDS")]
+    #[arg(long, default_value_t = 2, env = "SPILLWAY_RECONCILE_INTERVAL_SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_interval_seconds: u64,
 }
 

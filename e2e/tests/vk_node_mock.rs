@@ -344,6 +344,13 @@ async fn degraded_taint_goes_when_the_provider_recovers() -> anyhow::Result<()> 
         Ok(nodes.get_opt(node_name).await?.is_some())
     })
     .await?;
+    // Someone else's taint, which the degraded taint's add and remove must leave alone.
+    kubectl(&[
+        "taint",
+        "node",
+        node_name,
+        "example.com/maintenance=soon:PreferNoSchedule",
+    ])?;
     let pods = fixture.pods();
     for i in 0..5 {
         pods.create(
@@ -388,5 +395,143 @@ async fn degraded_taint_goes_when_the_provider_recovers() -> anyhow::Result<()> 
         !degraded(nodes.clone()).await?,
         "the taint is removed after the provider recovered"
     );
+    let taints: Vec<String> = nodes
+        .get(node_name)
+        .await?
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| format!("{}={}:{}", t.key, t.value.unwrap_or_default(), t.effect))
+        .collect();
+    assert!(
+        taints.contains(&"example.com/maintenance=soon:PreferNoSchedule".to_owned())
+            && taints.contains(&"virtual-kubelet.io/provider=mock:NoSchedule".to_owned()),
+        "the other taints survive the degraded taint's add and remove: {taints:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn pods_bound_by_hand_that_break_the_rules_are_refused_by_the_node() -> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-admit", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let other = spillway_e2e::TestNamespace::create(client, "e2e-admit-other").await?;
+    let mut args = vk_node_args(node_name, "mock")?;
+    let admin_port: u16 = args[args.iter().position(|a| a == "--admin-addr").unwrap() + 1]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()?;
+    args.extend([
+        "--mock-start-latency-ms".into(),
+        "200".into(),
+        "--allowed-namespaces".into(),
+        ns.name.clone(),
+    ]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_until("node registered", Duration::from_secs(30), || async {
+        Ok(nodes.get_opt(node_name).await?.is_some())
+    })
+    .await?;
+
+    // Bound by hand (no scheduler, no webhook): each breaks one rule, one breaks none.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let mut untolerated = pod_on_node("untolerated", node_name, json!({}))?;
+    untolerated.spec.as_mut().unwrap().tolerations = None;
+    let refused = [
+        (untolerated, "TaintNotTolerated"),
+        (
+            pod_on_node(
+                "configmap-volume",
+                node_name,
+                json!({"volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}),
+            )?,
+            "Ineligible",
+        ),
+        (
+            pod_on_node("host-network", node_name, json!({"hostNetwork": true}))?,
+            "Ineligible",
+        ),
+    ];
+    for (pod, _) in &refused {
+        pods.create(&PostParams::default(), pod).await?;
+    }
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("good", node_name, json!({}))?,
+    )
+    .await?;
+    let elsewhere: Api<Pod> = Api::namespaced(client.clone(), &other.name);
+    elsewhere
+        .create(
+            &PostParams::default(),
+            &pod_on_node("elsewhere", node_name, json!({}))?,
+        )
+        .await?;
+
+    wait_until("the good pod Running", Duration::from_secs(30), || async {
+        Ok(pods
+            .get("good")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running"))
+    })
+    .await?;
+    let failed_with = |api: Api<Pod>, name: String, reason: &'static str| async move {
+        wait_until(
+            &format!("{name} Failed ({reason})"),
+            Duration::from_secs(30),
+            || async {
+                let status = api.get(&name).await?.status.unwrap_or_default();
+                Ok(status.phase.as_deref() == Some("Failed")
+                    && status.reason.as_deref() == Some(reason))
+            },
+        )
+        .await
+    };
+    for (pod, reason) in &refused {
+        let name = pod.metadata.name.clone().unwrap();
+        failed_with(pods.clone(), name, reason).await?;
+    }
+    failed_with(elsewhere.clone(), "elsewhere".into(), "NamespaceNotAllowed").await?;
+    let message = pods
+        .get("configmap-volume")
+        .await?
+        .status
+        .and_then(|s| s.message)
+        .unwrap_or_default();
+    assert!(message.contains("unsupported-volume"), "{message}");
+
+    // Events say why, and only the good pod ever reached the provider.
+    let reasons = |namespace: &str| {
+        kubectl(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])
+    };
+    let here = reasons(&ns.name)?;
+    assert!(
+        here.contains("TaintNotTolerated") && here.contains("Ineligible"),
+        "{here}"
+    );
+    assert!(reasons(&other.name)?.contains("NamespaceNotAllowed"));
+    let metrics = spillway_e2e::metrics_text(admin_port)?;
+    let creates: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("spillway_provider_requests_total") && l.contains("op=\"create\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(creates, 1.0, "provider creates:\n{metrics}");
     Ok(())
 }

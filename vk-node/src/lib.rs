@@ -2,6 +2,7 @@
 //! Fargate through ECS, or the in-memory mock), syncs their status, and serves the kubelet
 //! API for logs. The pure parts (translation, sizing, status mapping) have no I/O.
 
+pub mod admission;
 pub mod explain;
 pub mod fargate;
 pub mod kubelet_api;

@@ -58,14 +58,19 @@ fn now() -> String {
     spillway_common::time::rfc3339(SystemTime::now())
 }
 
-fn taints(spec: &NodeSpec, degraded: bool) -> Value {
-    let mut taints = vec![
-        json!({"key": keys::VIRTUAL_NODE_TAINT, "value": spec.provider, "effect": "NoSchedule"}),
-    ];
-    if degraded {
-        taints.push(json!({"key": keys::PROVIDER_DEGRADED_TAINT, "value": spec.provider, "effect": "NoSchedule"}));
-    }
-    Value::Array(taints)
+fn taints(spec: &NodeSpec) -> Value {
+    json!([{"key": keys::VIRTUAL_NODE_TAINT, "value": spec.provider, "effect": "NoSchedule"}])
+}
+
+/// A strategic merge patch that adds or removes the degraded taint and nothing else:
+/// `spec.taints` merges by `key`, so taints others put on the node stay.
+fn degraded_taint_patch(spec: &NodeSpec, degraded: bool) -> Value {
+    let taint = if degraded {
+        json!({"key": keys::PROVIDER_DEGRADED_TAINT, "value": spec.provider, "effect": "NoSchedule"})
+    } else {
+        json!({"key": keys::PROVIDER_DEGRADED_TAINT, "$patch": "delete"})
+    };
+    json!({"spec": {"taints": [taint]}})
 }
 
 /// The Node object as first registered.
@@ -85,7 +90,7 @@ pub fn node_object(spec: &NodeSpec) -> Value {
                 "node.kubernetes.io/exclude-from-external-load-balancers": "true",
             },
         },
-        "spec": {"taints": taints(spec, false)},
+        "spec": {"taints": taints(spec)},
     })
 }
 
@@ -169,7 +174,7 @@ pub async fn set_degraded(
         .patch(
             &spec.name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"taints": taints(spec, degraded)}})),
+            &Patch::Strategic(degraded_taint_patch(spec, degraded)),
         )
         .await
         .map_err(NodeError::PatchTaints)?;
@@ -208,6 +213,27 @@ pub async fn renew_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_degraded_patch_names_only_its_own_taint() {
+        let spec = NodeSpec {
+            name: "n".into(),
+            provider: "fargate".into(),
+            max_vcpu: 1,
+            max_memory: "1Gi".into(),
+            max_pods: 1,
+            address: "127.0.0.1".into(),
+            kubelet_port: 10250,
+        };
+        assert_eq!(
+            degraded_taint_patch(&spec, true),
+            json!({"spec": {"taints": [{"key": "spillway.io/provider-degraded", "value": "fargate", "effect": "NoSchedule"}]}})
+        );
+        assert_eq!(
+            degraded_taint_patch(&spec, false),
+            json!({"spec": {"taints": [{"key": "spillway.io/provider-degraded", "$patch": "delete"}]}})
+        );
+    }
 
     #[test]
     fn node_object_has_virtual_labels_and_taint() {

@@ -17,6 +17,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::NodeAdmission;
 use crate::metrics::NodeMetrics;
 use crate::node::{self, NodeSpec};
 use crate::provider::{Provider, ProviderError, RemotePhase, RemoteStatus};
@@ -33,6 +34,8 @@ pub struct ControllerSettings {
     pub create_concurrency: usize,
     /// Consecutive provider failures after which the degraded taint goes on.
     pub degraded_after: u32,
+    /// Namespaces whose pods may run on the node (`--allowed-namespaces`); `None`: all.
+    pub allowed_namespaces: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for ControllerSettings {
@@ -42,6 +45,7 @@ impl Default for ControllerSettings {
             max_permanent_failures: 3,
             create_concurrency: 16,
             degraded_after: 5,
+            allowed_namespaces: None,
         }
     }
 }
@@ -73,6 +77,9 @@ struct Tracked {
     terminal: Option<TerminalPhase>,
     last_status: Option<Value>,
     deleting: bool,
+    /// Refused by node-side admission: never created; an object the provider runs for it
+    /// (from before the refusal existed) is an orphan.
+    refused: bool,
 }
 
 impl Tracked {
@@ -102,6 +109,7 @@ impl Tracked {
             terminal: None,
             last_status: None,
             deleting: false,
+            refused: false,
         }
     }
 }
@@ -134,6 +142,7 @@ pub struct PodController<P: Provider> {
     settings: ControllerSettings,
     metrics: NodeMetrics,
     recorder: Recorder,
+    admission: NodeAdmission,
     directory: PodDirectory,
     tracked: HashMap<String, Tracked>,
     synced: bool,
@@ -174,9 +183,14 @@ impl<P: Provider> PodController<P> {
         let create_slots = Arc::new(tokio::sync::Semaphore::new(
             settings.create_concurrency.max(1),
         ));
+        let admission = NodeAdmission {
+            advertised: node.provider.clone(),
+            allowed_namespaces: settings.allowed_namespaces.clone(),
+        };
         Self {
             client,
             provider,
+            admission,
             node,
             settings,
             metrics,
@@ -329,10 +343,16 @@ impl<P: Provider> PodController<P> {
         let Some(uid) = uid(&pod) else { return };
         self.directory_insert(&pod, &uid);
         let deleting = pod.metadata.deletion_timestamp.is_some();
-        let tracked = self
-            .tracked
-            .entry(uid.clone())
-            .or_insert_with(|| Tracked::new(pod.clone()));
+        if !self.tracked.contains_key(&uid) {
+            let mut tracked = Tracked::new(pod.clone());
+            if tracked.lifecycle == Lifecycle::NeedsCreate && !deleting {
+                self.admit(&mut tracked).await;
+            }
+            self.tracked.insert(uid.clone(), tracked);
+        }
+        let Some(tracked) = self.tracked.get_mut(&uid) else {
+            return;
+        };
         tracked.pod = pod;
         if deleting && !tracked.deleting {
             tracked.deleting = true;
@@ -340,6 +360,31 @@ impl<P: Provider> PodController<P> {
                 self.stop_and_remove(&uid).await;
             }
         }
+    }
+
+    /// Node-side admission of a newly seen pod: a refused one turns Failed with the
+    /// reason (pod status and Event) and is never created at the provider.
+    async fn admit(&self, tracked: &mut Tracked) {
+        let Err(refusal) = self.admission.admit(&tracked.pod) else {
+            return;
+        };
+        let message = refusal.message(&self.node.name);
+        tracing::warn!(pod = %key(&tracked.pod), reason = refusal.reason(), "{message}");
+        tracked.refused = true;
+        tracked.lifecycle = Lifecycle::Terminal;
+        tracked.terminal = Some(TerminalPhase::Failed);
+        self.event(
+            &tracked.pod,
+            EventType::Warning,
+            refusal.reason(),
+            message.clone(),
+        )
+        .await;
+        self.write_status(
+            &tracked.pod,
+            status::provider_failed_status(refusal.reason(), &message),
+        )
+        .await;
     }
 
     /// First full list: adopt provider objects of pods that exist, stop orphans.
@@ -358,7 +403,7 @@ impl<P: Provider> PodController<P> {
         let (mut adopted, mut orphans) = (0, 0);
         for (uid, remote_status) in &remote {
             match self.tracked.get_mut(uid) {
-                Some(tracked) if !tracked.deleting => {
+                Some(tracked) if !tracked.deleting && !tracked.refused => {
                     if tracked.lifecycle == Lifecycle::NeedsCreate {
                         tracked.lifecycle = Lifecycle::Launched;
                     }

@@ -44,13 +44,15 @@ impl ProviderKind {
 #[derive(Args, Clone, Debug)]
 pub struct MockArgs {
     /// Mock: milliseconds from create to Running.
-    #[arg(long, default_value_t = 500, env = "SPILLWAY_MOCK_START_LATENCY_MS")]
+    #[arg(long, default_value_t = 500, env = "SPILLWAY_MOCK_START_LATENCY_MS",
+        value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub mock_start_latency_ms: u64,
     /// Mock: probability (0 to 1) that a create fails transiently.
     #[arg(long, default_value_t = 0.0, env = "SPILLWAY_MOCK_FAILURE_RATE")]
     pub mock_failure_rate: f64,
     /// Mock: containers exit this many seconds after starting (default: never).
-    #[arg(long, env = "SPILLWAY_MOCK_RUN_SECONDS")]
+    #[arg(long, env = "SPILLWAY_MOCK_RUN_SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub mock_run_seconds: Option<u64>,
     /// Mock: the first this many creates fail transiently, as in an outage that ends.
     #[arg(long, default_value_t = 0, env = "SPILLWAY_MOCK_FAIL_FIRST_CREATES")]
@@ -136,8 +138,16 @@ pub struct NodeOptions {
     #[arg(long, env = "SPILLWAY_IDENTITY")]
     pub identity: Option<String>,
     /// Seconds between status pulls from the provider.
-    #[arg(long, default_value_t = 5, env = "SPILLWAY_SYNC_INTERVAL_SECONDS")]
+    #[arg(long, default_value_t = 5, env = "SPILLWAY_SYNC_INTERVAL_SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub sync_interval_seconds: u64,
+    /// Namespaces whose pods the node runs (comma-separated; default: every namespace).
+    /// A pod bound to the node from any other namespace is refused: marked Failed with
+    /// reason NamespaceNotAllowed and an Event, never started. Pods that do not tolerate
+    /// the node's taint, or that the webhook's eligibility rules refuse, are refused the
+    /// same way whatever this says.
+    #[arg(long, value_delimiter = ',', env = "SPILLWAY_ALLOWED_NAMESPACES")]
+    pub allowed_namespaces: Option<Vec<String>>,
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags
     pub mock: MockArgs,
@@ -335,6 +345,10 @@ async fn run_with<P: Provider>(
 
     let settings = ControllerSettings {
         sync_interval: Duration::from_secs(args.sync_interval_seconds.max(1)),
+        allowed_namespaces: args
+            .allowed_namespaces
+            .as_ref()
+            .map(|namespaces| namespaces.iter().map(|n| n.trim().to_owned()).collect()),
         ..ControllerSettings::default()
     };
     readiness.set(true);

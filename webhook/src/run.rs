@@ -37,7 +37,8 @@ pub struct WebhookArgs {
     #[arg(long, env = "SPILLWAY_CONFIG")]
     pub config: Option<PathBuf>,
     /// How often the certificate and config files are checked for changes, in seconds.
-    #[arg(long, default_value_t = 5, env = "SPILLWAY_RELOAD_INTERVAL_SECONDS")]
+    #[arg(long, default_value_t = 5, env = "SPILLWAY_RELOAD_INTERVAL_SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reload_interval_seconds: u64,
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags

@@ -1,0 +1,228 @@
+//! Node-side admission (DESIGN §5): a pod bound to the virtual node by hand skips the
+//! webhook, so the node applies the same rules itself before anything reaches the
+//! provider. A refused pod is marked Failed with a reason and an Event; nothing is created.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Pod, Toleration};
+use spillway_common::config::Provider;
+use spillway_common::eligibility::{self, Ineligible};
+use spillway_common::keys;
+use spillway_common::pod_resources;
+
+/// Why the node refuses a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// The pod does not tolerate the node's `virtual-kubelet.io/provider` taint.
+    UntoleratedTaint {
+        /// The taint, as `key=value:effect`.
+        taint: String,
+    },
+    /// The provider may not run it (the webhook's eligibility rules).
+    Ineligible(Vec<Ineligible>),
+    /// Its namespace is not in `--allowed-namespaces`.
+    NamespaceNotAllowed(String),
+}
+
+impl Refusal {
+    /// The pod status and Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::UntoleratedTaint { .. } => "TaintNotTolerated",
+            Refusal::Ineligible(_) => "Ineligible",
+            Refusal::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
+        }
+    }
+
+    /// What the pod status and the Event say.
+    pub fn message(&self, node: &str) -> String {
+        match self {
+            Refusal::UntoleratedTaint { taint } => format!(
+                "pod bound to virtual node {node} does not tolerate its taint {taint}; \
+                 it was not started"
+            ),
+            Refusal::Ineligible(reasons) => {
+                let reasons: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
+                format!(
+                    "pod may not run on virtual node {node} ({}); it was not started",
+                    reasons.join(", ")
+                )
+            }
+            Refusal::NamespaceNotAllowed(namespace) => format!(
+                "namespace {namespace} is not allowed on virtual node {node} \
+                 (--allowed-namespaces); the pod was not started"
+            ),
+        }
+    }
+}
+
+/// The rules one node applies.
+#[derive(Clone, Debug)]
+pub struct NodeAdmission {
+    /// The provider in the node's label and taint value.
+    pub advertised: String,
+    /// Namespaces whose pods may run here; `None`: all.
+    pub allowed_namespaces: Option<BTreeSet<String>>,
+}
+
+impl NodeAdmission {
+    /// Admits `pod`, or says why not (checks in order: namespace, taint, eligibility).
+    pub fn admit(&self, pod: &Pod) -> Result<(), Refusal> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        if let Some(allowed) = &self.allowed_namespaces
+            && !allowed.contains(&namespace)
+        {
+            return Err(Refusal::NamespaceNotAllowed(namespace));
+        }
+        let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref());
+        let tolerated = tolerations
+            .into_iter()
+            .flatten()
+            .any(|t| tolerates(t, keys::VIRTUAL_NODE_TAINT, &self.advertised, "NoSchedule"));
+        if !tolerated {
+            return Err(Refusal::UntoleratedTaint {
+                taint: format!(
+                    "{}={}:NoSchedule",
+                    keys::VIRTUAL_NODE_TAINT,
+                    self.advertised
+                ),
+            });
+        }
+        // The mock stands in for whatever it advertises; an unknown name gets Fargate's
+        // rules, the strictest.
+        let provider = Provider::parse(&self.advertised).unwrap_or(Provider::Fargate);
+        let needs = pod
+            .spec
+            .as_ref()
+            .map(pod_resources::effective)
+            .unwrap_or_default();
+        let reasons = eligibility::check(pod, &needs, provider);
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::Ineligible(reasons))
+        }
+    }
+}
+
+/// Kubernetes' toleration matching: an empty effect matches every effect; `Exists` with
+/// an empty key matches every taint; `Equal` (the default) needs key and value equal.
+fn tolerates(toleration: &Toleration, key: &str, value: &str, effect: &str) -> bool {
+    if toleration
+        .effect
+        .as_deref()
+        .is_some_and(|e| !e.is_empty() && e != effect)
+    {
+        return false;
+    }
+    let toleration_key = toleration.key.as_deref().unwrap_or("");
+    match toleration.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => toleration_key.is_empty() || toleration_key == key,
+        "Equal" => toleration_key == key && toleration.value.as_deref().unwrap_or("") == value,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn admission(allowed: Option<&[&str]>) -> NodeAdmission {
+        NodeAdmission {
+            advertised: "fargate".into(),
+            allowed_namespaces: allowed.map(|a| a.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn pod(namespace: &str, tolerations: serde_json::Value, extra: serde_json::Value) -> Pod {
+        let mut spec =
+            json!({"tolerations": tolerations, "containers": [{"name": "a", "image": "nginx"}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": namespace}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    const TOLERATES: &str =
+        r#"[{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}]"#;
+
+    #[test]
+    fn a_pod_the_webhook_would_send_is_admitted() {
+        let tolerations: serde_json::Value = serde_json::from_str(TOLERATES).unwrap();
+        assert_eq!(
+            admission(None).admit(&pod("shop", tolerations, json!({}))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn toleration_matching_follows_kubernetes() {
+        let cases = [
+            (
+                json!([{"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "fargate"}]),
+                true,
+            ),
+            (
+                json!([{"key": "virtual-kubelet.io/provider", "value": "fargate", "effect": "NoSchedule"}]),
+                true,
+            ),
+            (json!([{"operator": "Exists"}]), true),
+            (
+                json!([{"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "aci"}]),
+                false,
+            ),
+            (
+                json!([{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoExecute"}]),
+                false,
+            ),
+            (json!([{"key": "other", "operator": "Exists"}]), false),
+            (json!([]), false),
+        ];
+        for (tolerations, admitted) in cases {
+            let result = admission(None).admit(&pod("shop", tolerations.clone(), json!({})));
+            assert_eq!(result.is_ok(), admitted, "{tolerations}: {result:?}");
+            if !admitted {
+                assert_eq!(result.unwrap_err().reason(), "TaintNotTolerated");
+            }
+        }
+    }
+
+    #[test]
+    fn ineligible_pods_are_refused_with_every_reason() {
+        let tolerations: serde_json::Value = serde_json::from_str(TOLERATES).unwrap();
+        let refusal = admission(None)
+            .admit(&pod(
+                "shop",
+                tolerations,
+                json!({"hostNetwork": true, "volumes": [{"name": "c", "configMap": {"name": "c"}}]}),
+            ))
+            .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::Ineligible(vec![Ineligible::HostNetwork, Ineligible::UnsupportedVolume])
+        );
+        assert!(
+            refusal
+                .message("spillway-fargate")
+                .contains("host-network, unsupported-volume")
+        );
+    }
+
+    #[test]
+    fn namespaces_outside_the_allowed_list_are_refused() {
+        let tolerations: serde_json::Value = serde_json::from_str(TOLERATES).unwrap();
+        let only_shop = admission(Some(&["shop"]));
+        assert_eq!(
+            only_shop.admit(&pod("shop", tolerations.clone(), json!({}))),
+            Ok(())
+        );
+        assert_eq!(
+            only_shop.admit(&pod("kube-system", tolerations, json!({}))),
+            Err(Refusal::NamespaceNotAllowed("kube-system".into()))
+        );
+    }
+}
