@@ -22,7 +22,7 @@ test: prerequisites
 	@status=0; \
 	  e2e/testbed up || status=$$?; \
 	  if [[ $$status -eq 0 ]]; then \
-	    cargo test -p spillway-e2e $(CARGO_TEST_FLAGS) -- --include-ignored --test-threads=2 2>&1 | tee $(LOGS)/e2e.log || status=$$?; \
+	    cargo test -p spillway-e2e --no-fail-fast $(CARGO_TEST_FLAGS) -- --include-ignored --test-threads=2 2>&1 | tee $(LOGS)/e2e.log || status=$$?; \
 	  fi; \
 	  e2e/testbed down; \
 	  if [[ $$status -ne 0 ]]; then echo "make test: FAILED (exit $$status); test bed logs were in e2e/.run/logs" >&2; fi; \

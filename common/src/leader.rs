@@ -1,6 +1,7 @@
 //! Leader election through a `coordination.k8s.io` Lease, so two replicas never drive the
-//! same node or controller: acquire when the Lease is free or expired, renew while holding,
-//! and report loss so the caller stops at once.
+//! same node or controller: acquire when the Lease is free or expired (by the candidate's
+//! own observation, never by comparing clocks), renew while holding under a deadline,
+//! step down before the Lease could expire, and release it on shutdown.
 
 use std::time::{Duration, SystemTime};
 
@@ -19,12 +20,55 @@ pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
 /// caller to stop acting after `lost` is cancelled.
 pub const STEP_DOWN_MARGIN: Duration = Duration::from_secs(2);
 
+/// What a candidate saw of a Lease held by someone else: the holder's record, and when it
+/// last changed by the candidate's own monotonic clock (client-go's observed time). The
+/// Lease has expired once the record stayed the same for its duration: the `renewTime`
+/// written by another replica's clock is compared with nothing, so clock skew between
+/// replicas cannot make a standby take over from a leader that still renews.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    last: Option<(LeaseRecord, tokio::time::Instant)>,
+}
+
+/// The parts of a Lease that change when its holder renews it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// `holderIdentity`.
+    pub holder: Option<String>,
+    /// `renewTime`, as written (never compared with a clock).
+    pub renew_time: Option<String>,
+    /// `leaseDurationSeconds`.
+    pub duration_seconds: Option<i32>,
+}
+
+impl Observation {
+    /// Records `record` seen at `now`; true when the Lease is free to take: no holder,
+    /// no duration, or unchanged for its whole duration as this replica measured it.
+    pub fn expired(&mut self, record: LeaseRecord, now: tokio::time::Instant) -> bool {
+        if record.holder.as_deref().is_none_or(str::is_empty) {
+            return true;
+        }
+        let Some(seconds) = record.duration_seconds.filter(|s| *s > 0) else {
+            return true;
+        };
+        let since = match &self.last {
+            Some((seen, at)) if *seen == record => *at,
+            _ => {
+                self.last = Some((record, now));
+                now
+            }
+        };
+        now.duration_since(since) >= Duration::from_secs(u64::from(seconds.unsigned_abs()))
+    }
+}
+
 /// One election.
 #[derive(Clone)]
 pub struct LeaderElection {
     api: Api<Lease>,
     name: String,
     identity: String,
+    observation: std::sync::Arc<std::sync::Mutex<Observation>>,
 }
 
 impl LeaderElection {
@@ -34,6 +78,7 @@ impl LeaderElection {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
             identity: identity.to_owned(),
+            observation: Default::default(),
         }
     }
 
@@ -59,17 +104,17 @@ impl LeaderElection {
         };
         let current = lease.spec.clone().unwrap_or_default();
         let ours = current.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expired = match (&current.renew_time, current.lease_duration_seconds) {
-            (Some(renewed), Some(seconds)) => {
-                let renewed_ms = renewed.0.as_millisecond();
-                let now_ms = now
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
-                now_ms > renewed_ms + i64::from(seconds) * 1000
-            }
-            _ => true,
+        let record = LeaseRecord {
+            holder: current.holder_identity.clone(),
+            renew_time: current.renew_time.as_ref().map(|t| t.0.to_string()),
+            duration_seconds: current.lease_duration_seconds,
         };
+        let expired = !ours
+            && self
+                .observation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .expired(record, tokio::time::Instant::now());
         if !ours && !expired {
             return Ok(false);
         }
@@ -197,6 +242,60 @@ mod tests {
             }
         });
         (addr, task)
+    }
+
+    fn record(holder: &str, renew: &str) -> LeaseRecord {
+        LeaseRecord {
+            holder: Some(holder.into()),
+            renew_time: Some(renew.into()),
+            duration_seconds: Some(15),
+        }
+    }
+
+    #[test]
+    fn a_lease_expires_after_its_duration_unchanged_by_the_observers_clock() {
+        let t0 = tokio::time::Instant::now();
+        let mut seen = Observation::default();
+        // renewTime years in the future (a holder whose clock runs ahead) or in the past
+        // does not matter: only how long the record stayed the same here.
+        let stale = record("a", "1999-01-01T00:00:00Z");
+        assert!(!seen.expired(stale.clone(), t0));
+        assert!(!seen.expired(stale.clone(), t0 + Duration::from_secs(14)));
+        assert!(seen.expired(stale, t0 + Duration::from_secs(15)));
+
+        let mut seen = Observation::default();
+        let ahead = record("a", "2999-01-01T00:00:00Z");
+        assert!(!seen.expired(ahead.clone(), t0));
+        assert!(seen.expired(ahead, t0 + Duration::from_secs(16)));
+    }
+
+    #[test]
+    fn a_holder_that_keeps_renewing_never_expires_whatever_its_clock_says() {
+        let t0 = tokio::time::Instant::now();
+        let mut seen = Observation::default();
+        // Renewals written by a clock an hour behind: the record changes every 5 s.
+        for i in 0..20u64 {
+            let renew = format!("2026-01-01T00:00:{:02}Z", i * 5 % 60);
+            let at = t0 + Duration::from_secs(i * 5);
+            assert!(!seen.expired(record("a", &renew), at), "renewal {i}");
+        }
+    }
+
+    #[test]
+    fn a_released_or_durationless_lease_is_free_at_once() {
+        let now = tokio::time::Instant::now();
+        let mut seen = Observation::default();
+        let released = LeaseRecord {
+            holder: None,
+            renew_time: Some("2026-01-01T00:00:00Z".into()),
+            duration_seconds: Some(1),
+        };
+        assert!(seen.expired(released, now));
+        let no_duration = LeaseRecord {
+            duration_seconds: None,
+            ..record("a", "2026-01-01T00:00:00Z")
+        };
+        assert!(seen.expired(no_duration, now));
     }
 
     #[tokio::test(start_paused = true)]

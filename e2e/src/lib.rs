@@ -418,6 +418,20 @@ impl NodeFixture {
         })
     }
 
+    /// Creates the namespace `<prefix>-…` for a node with a fixed name (the name RBAC
+    /// grants name, `spillway-<provider>`): one test at a time may use it.
+    pub async fn named(prefix: &str, node_name: &str) -> anyhow::Result<Self> {
+        let client = client().await?;
+        let ns = TestNamespace::create(&client, prefix).await?;
+        remove_node_and_its_pods(node_name);
+        Ok(Self {
+            client,
+            _cleanup: NodeCleanupGuard(node_name.to_owned()),
+            node_name: node_name.to_owned(),
+            ns,
+        })
+    }
+
     /// The namespace's pods.
     pub fn pods(&self) -> Api<k8s_openapi::api::core::v1::Pod> {
         Api::namespaced(self.client.clone(), &self.ns.name)
@@ -502,11 +516,15 @@ impl WebhookUnderTest {
 /// account `spillway-system/<account>` (a short-lived token), so a component runs with
 /// exactly the permissions the manifests grant.
 pub fn kubeconfig_for_service_account(account: &str) -> anyhow::Result<PathBuf> {
-    kubectl(&[
-        "apply",
-        "-f",
-        &repo_root().join("deploy/rbac.yaml").display().to_string(),
-    ])?;
+    // Two tests applying at once both try to create the namespace, and one of them gets
+    // AlreadyExists: one apply at a time.
+    static APPLY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    {
+        let _one_at_a_time = APPLY.lock().unwrap_or_else(|p| p.into_inner());
+        for file in ["deploy/rbac.yaml", "deploy/virtual-node-policy.yaml"] {
+            kubectl(&["apply", "-f", &repo_root().join(file).display().to_string()])?;
+        }
+    }
     let token = kubectl(&[
         "create",
         "token",

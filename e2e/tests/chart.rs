@@ -171,6 +171,17 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         args.contains("--leader-election-namespace=spillway-system"),
         "{args}"
     );
+    // The virtual node's account may touch only pods bound to its own nodes.
+    let policy = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "spillway-virtual-node-pods",
+    )?;
+    let rule = policy["spec"]["validations"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(rule.contains("['spillway-fargate']"), "{rule}");
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
     for kind in ["ServiceMonitor", "PrometheusRule", "Certificate", "Issuer"] {
         assert!(
             docs.iter().all(|d| d["kind"] != kind),

@@ -1,7 +1,9 @@
 //! The components run under the least-privilege RBAC of `deploy/rbac.yaml`: the webhook
 //! syncs its index, the virtual node registers, heartbeats, runs a pod with Secret env,
 //! serves its logs and removes it when deleted; the controller leads and repairs a burst
-//! pod's deletion cost.
+//! pod's deletion cost. Every narrowing is proven by a denial: other nodes and Leases are
+//! out of reach, and `deploy/virtual-node-policy.yaml` stops the node's account from
+//! deleting or updating the status of pods on any other node.
 
 use std::time::Duration;
 
@@ -17,7 +19,8 @@ use spillway_e2e::{
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn components_work_with_least_privilege() -> anyhow::Result<()> {
-    let fixture = NodeFixture::new("e2e-rbac", "mock").await?;
+    // The node has the name the RBAC grants name.
+    let fixture = NodeFixture::named("e2e-rbac", "spillway-mock").await?;
     let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
 
     let webhook_kubeconfig = kubeconfig_for_service_account("spillway-webhook")?;
@@ -35,7 +38,7 @@ async fn components_work_with_least_privilege() -> anyhow::Result<()> {
         .iter()
         .position(|a| a == "--leader-election-namespace")
         .expect("flag present");
-    args[at + 1] = "kube-system".into();
+    args[at + 1] = "spillway-system".into();
     let node_env = [("KUBECONFIG", node_kubeconfig.to_str().unwrap_or_default())];
     let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &node_env)?;
 
@@ -74,7 +77,87 @@ async fn components_work_with_least_privilege() -> anyhow::Result<()> {
         let answer = can_i(account, verb, resource)?;
         assert_eq!(answer, allowed, "{account} {verb} {resource}");
     }
+    // Its own Node by name only (nodes are cluster-scoped: the namespace is ignored).
+    for (verb, node, allowed) in [
+        ("patch", "spillway-mock", true),
+        ("patch", "kwok-node-0", false),
+        ("delete", "spillway-mock", false),
+    ] {
+        let answer = can_i_in(
+            "spillway-vk-node",
+            "default",
+            verb,
+            &format!("nodes/{node}"),
+        )?;
+        assert_eq!(answer, allowed, "{verb} node {node}");
+    }
+    for (namespace, lease, allowed) in [
+        ("spillway-system", "spillway-vk-spillway-mock", true),
+        ("spillway-system", "someone-else", false),
+        ("kube-system", "spillway-vk-spillway-mock", false),
+    ] {
+        let answer = can_i_in(
+            "spillway-vk-node",
+            namespace,
+            "update",
+            &format!("leases.coordination.k8s.io/{lease}"),
+        )?;
+        assert_eq!(answer, allowed, "update lease {namespace}/{lease}");
+    }
     wait_removed(&pods, "web").await?;
+
+    // RBAC lets the node's account delete pods anywhere; the admission policy does not
+    // let it touch a pod bound to another node.
+    let mut elsewhere = pod_on_node("elsewhere", "kwok-node-0", json!({}))?;
+    elsewhere.spec.as_mut().unwrap().tolerations = None;
+    pods.create(&PostParams::default(), &elsewhere).await?;
+    let as_node = |args: &[&str]| {
+        std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(&node_kubeconfig)
+            .args(args)
+            .output()
+    };
+    // As the node's account: kubectl for the delete, the API for the status update
+    // (kubectl reads pods/status first, which RBAC does not grant).
+    let node_client = {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&node_kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        kube::Client::try_from(config)?
+    };
+    let node_pods: Api<Pod> = Api::namespaced(node_client, &ns.name);
+    let mut denials = Vec::new();
+    // The policy is enforced once the apiserver compiled it: allow it a few seconds.
+    let mut last = String::new();
+    for _ in 0..20 {
+        let output = as_node(&["delete", "pod", "elsewhere", "-n", &ns.name, "--wait=false"])?;
+        last = String::from_utf8_lossy(&output.stderr).into_owned();
+        if !output.status.success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    denials.push(last);
+    let status = kube::api::Patch::Merge(json!({"status": {"message": "taken over"}}));
+    match node_pods
+        .patch_status("elsewhere", &kube::api::PatchParams::default(), &status)
+        .await
+    {
+        Ok(_) => denials.push("the status update was allowed".into()),
+        Err(error) => denials.push(error.to_string()),
+    }
+    for denial in &denials {
+        assert!(
+            denial.contains("their own pods only") && denial.contains("kwok-node-0"),
+            "the policy refuses, naming the pod's node: {denial}"
+        );
+    }
+    assert!(
+        pods.get_opt("elsewhere").await?.is_some(),
+        "the other node's pod is still there"
+    );
+    pods.delete("elsewhere", &DeleteParams::default().grace_period(0))
+        .await?;
     Ok(())
 }
 
@@ -87,11 +170,11 @@ async fn the_controller_works_with_least_privilege() -> anyhow::Result<()> {
     let env = [("KUBECONFIG", kubeconfig.to_str().unwrap_or_default())];
     let controller = ControllerUnderTest::start(
         &format!("controller-{}", ns.name),
-        "kube-system",
+        "spillway-system",
         &["--identity", &ns.name],
         &env,
     )?;
-    // Leading means its watches listed and it holds the Lease in kube-system.
+    // Leading means its watches listed and it holds the Lease in spillway-system.
     controller.wait_leading(Duration::from_secs(30)).await?;
     // A burst pod without its deletion cost, on a (kwok-kept) virtual node.
     let node_name = format!("spillway-fargate-{}", ns.name);
@@ -137,6 +220,26 @@ async fn the_controller_works_with_least_privilege() -> anyhow::Result<()> {
     pods.delete("burst", &DeleteParams::default().grace_period(0))
         .await?;
     Ok(())
+}
+
+/// `kubectl auth can-i` as `account` in one namespace.
+fn can_i_in(account: &str, namespace: &str, verb: &str, resource: &str) -> anyhow::Result<bool> {
+    let output =
+        std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(spillway_e2e::run_dir().join("kubeconfig"))
+            .args([
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "-n",
+                namespace,
+                "--as",
+                &format!("system:serviceaccount:spillway-system:{account}"),
+            ])
+            .output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim() == "yes")
 }
 
 fn can_i(account: &str, verb: &str, resource: &str) -> anyhow::Result<bool> {

@@ -8,10 +8,36 @@ fn intervals_out_of_range_are_refused_naming_the_flag() {
     for args in [
         &["controller", "--reconcile-interval-seconds", "99999999999"][..],
         &["controller", "--reload-interval-seconds", "0"][..],
-        &["webhook", "--tls-cert", "c", "--tls-key", "k", "--reload-interval-seconds", "3601"][..],
-        &["vk-node", "--vk-provider", "mock", "--sync-interval-seconds", "0"][..],
-        &["vk-node", "--vk-provider", "mock", "--mock-start-latency-ms", "18446744073709551615"][..],
-        &["vk-node", "--vk-provider", "mock", "--mock-run-seconds", "90000"][..],
+        &[
+            "webhook",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--reload-interval-seconds",
+            "3601",
+        ][..],
+        &[
+            "vk-node",
+            "--vk-provider",
+            "mock",
+            "--sync-interval-seconds",
+            "0",
+        ][..],
+        &[
+            "vk-node",
+            "--vk-provider",
+            "mock",
+            "--mock-start-latency-ms",
+            "18446744073709551615",
+        ][..],
+        &[
+            "vk-node",
+            "--vk-provider",
+            "mock",
+            "--mock-run-seconds",
+            "90000",
+        ][..],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
             .args(args)

@@ -62,15 +62,18 @@ fn taints(spec: &NodeSpec) -> Value {
     json!([{"key": keys::VIRTUAL_NODE_TAINT, "value": spec.provider, "effect": "NoSchedule"}])
 }
 
-/// A strategic merge patch that adds or removes the degraded taint and nothing else:
-/// `spec.taints` merges by `key`, so taints others put on the node stay.
-fn degraded_taint_patch(spec: &NodeSpec, degraded: bool) -> Value {
-    let taint = if degraded {
-        json!({"key": keys::PROVIDER_DEGRADED_TAINT, "value": spec.provider, "effect": "NoSchedule"})
-    } else {
-        json!({"key": keys::PROVIDER_DEGRADED_TAINT, "$patch": "delete"})
-    };
-    json!({"spec": {"taints": [taint]}})
+/// The node's taints with the degraded taint added or removed and every other taint as
+/// it was (`spec.taints` is an atomic list: a patch naming it replaces all of it).
+fn with_degraded_taint(current: &[Value], spec: &NodeSpec, degraded: bool) -> Vec<Value> {
+    let mut taints: Vec<Value> = current
+        .iter()
+        .filter(|t| t["key"] != keys::PROVIDER_DEGRADED_TAINT)
+        .cloned()
+        .collect();
+    if degraded {
+        taints.push(json!({"key": keys::PROVIDER_DEGRADED_TAINT, "value": spec.provider, "effect": "NoSchedule"}));
+    }
+    taints
 }
 
 /// The Node object as first registered.
@@ -163,22 +166,49 @@ pub async fn write_status(client: &Client, spec: &NodeSpec) -> Result<(), NodeEr
     Ok(())
 }
 
-/// Adds or removes the `spillway.io/provider-degraded` taint.
+/// Adds or removes the `spillway.io/provider-degraded` taint and leaves every other taint
+/// alone: read the Node, write its taints back with ours changed, with the resourceVersion
+/// read as a precondition so a taint someone adds in between is never overwritten
+/// (re-read and retried on conflict).
 pub async fn set_degraded(
     client: &Client,
     spec: &NodeSpec,
     degraded: bool,
 ) -> Result<(), NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .patch(
-            &spec.name,
-            &PatchParams::default(),
-            &Patch::Strategic(degraded_taint_patch(spec, degraded)),
-        )
-        .await
-        .map_err(NodeError::PatchTaints)?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let node = nodes
+            .get(&spec.name)
+            .await
+            .map_err(NodeError::PatchTaints)?;
+        let current: Vec<Value> = node
+            .spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| serde_json::to_value(t).ok())
+            .collect();
+        let taints = with_degraded_taint(&current, spec, degraded);
+        if taints == current {
+            return Ok(());
+        }
+        // The resourceVersion in the patch is a precondition: 409 if the Node changed.
+        let patch = json!({
+            "metadata": {"resourceVersion": node.metadata.resource_version},
+            "spec": {"taints": taints},
+        });
+        match nodes
+            .patch(&spec.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // The Node changed since we read it: read it again.
+            Err(kube::Error::Api(status)) if attempt < 5 && status.code == 409 => {}
+            Err(error) => return Err(NodeError::PatchTaints(error)),
+        }
+    }
 }
 
 /// Creates or renews the node's Lease in `kube-node-lease`.
@@ -215,7 +245,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_degraded_patch_names_only_its_own_taint() {
+    fn the_degraded_taint_comes_and_goes_leaving_other_taints() {
         let spec = NodeSpec {
             name: "n".into(),
             provider: "fargate".into(),
@@ -225,14 +255,15 @@ mod tests {
             address: "127.0.0.1".into(),
             kubelet_port: 10250,
         };
-        assert_eq!(
-            degraded_taint_patch(&spec, true),
-            json!({"spec": {"taints": [{"key": "spillway.io/provider-degraded", "value": "fargate", "effect": "NoSchedule"}]}})
-        );
-        assert_eq!(
-            degraded_taint_patch(&spec, false),
-            json!({"spec": {"taints": [{"key": "spillway.io/provider-degraded", "$patch": "delete"}]}})
-        );
+        let other = json!({"key": "example.com/maintenance", "value": "soon", "effect": "PreferNoSchedule"});
+        let provider = json!({"key": "virtual-kubelet.io/provider", "value": "fargate", "effect": "NoSchedule"});
+        let degraded = json!({"key": "spillway.io/provider-degraded", "value": "fargate", "effect": "NoSchedule"});
+        let before = vec![provider.clone(), other.clone()];
+        let on = with_degraded_taint(&before, &spec, true);
+        assert_eq!(on, vec![provider.clone(), other.clone(), degraded.clone()]);
+        // Adding twice does not duplicate it.
+        assert_eq!(with_degraded_taint(&on, &spec, true), on);
+        assert_eq!(with_degraded_taint(&on, &spec, false), before);
     }
 
     #[test]

@@ -50,6 +50,10 @@ impl Default for ControllerSettings {
     }
 }
 
+/// Deadline of one apiserver write from the pod loop (status, Event): a stalled apiserver
+/// connection delays the loop by at most this much per write.
+const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `namespace/name` → pod UID of pods on this node, for the kubelet API.
 pub type PodDirectory = Arc<RwLock<HashMap<String, String>>>;
 
@@ -207,6 +211,8 @@ impl<P: Provider> PodController<P> {
         }
     }
 
+    /// Publishes an Event in the background: a slow or stalled apiserver must not hold up
+    /// the pod loop (and with it the provider work) while an Event is written.
     async fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
         let event = Event {
             type_,
@@ -215,9 +221,16 @@ impl<P: Provider> PodController<P> {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &pod.object_ref(&())).await {
-            tracing::debug!(%error, "event not recorded");
-        }
+        let (recorder, reference) = (self.recorder.clone(), pod.object_ref(&()));
+        tokio::spawn(async move {
+            let published =
+                tokio::time::timeout(API_CALL_TIMEOUT, recorder.publish(&event, &reference)).await;
+            match published {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "event not recorded"),
+                Err(_) => tracing::debug!("event not recorded: the apiserver did not answer"),
+            }
+        });
     }
 
     async fn provider_result<T>(
@@ -741,11 +754,13 @@ async fn write_pod_status(client: Client, pod: Pod, status: Value) {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let patch = Patch::Merge(serde_json::json!({"status": status}));
-    if let Err(error) = pods
-        .patch_status(name, &PatchParams::default(), &patch)
-        .await
-    {
-        tracing::warn!(%error, pod = %key(&pod), "cannot write pod status");
+    let params = PatchParams::default();
+    match tokio::time::timeout(API_CALL_TIMEOUT, pods.patch_status(name, &params, &patch)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, pod = %key(&pod), "cannot write pod status"),
+        Err(_) => {
+            tracing::warn!(pod = %key(&pod), "cannot write pod status: the apiserver did not answer")
+        }
     }
 }
 
