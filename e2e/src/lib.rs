@@ -4,6 +4,7 @@
 pub mod chart;
 pub mod doc_commands;
 pub mod split_proxy;
+pub mod stall_proxy;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

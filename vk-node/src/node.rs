@@ -169,12 +169,12 @@ pub async fn write_status(client: &Client, spec: &NodeSpec) -> Result<(), NodeEr
 /// Adds or removes the `spillway.io/provider-degraded` taint and leaves every other taint
 /// alone: read the Node, write its taints back with ours changed, with the resourceVersion
 /// read as a precondition so a taint someone adds in between is never overwritten
-/// (re-read and retried on conflict).
+/// (re-read and retried on conflict). Returns whether the taints changed.
 pub async fn set_degraded(
     client: &Client,
     spec: &NodeSpec,
     degraded: bool,
-) -> Result<(), NodeError> {
+) -> Result<bool, NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut attempt = 0;
     loop {
@@ -192,7 +192,7 @@ pub async fn set_degraded(
             .collect();
         let taints = with_degraded_taint(&current, spec, degraded);
         if taints == current {
-            return Ok(());
+            return Ok(false);
         }
         // The resourceVersion in the patch is a precondition: 409 if the Node changed.
         let patch = json!({
@@ -203,7 +203,7 @@ pub async fn set_degraded(
             .patch(&spec.name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             // The Node changed since we read it: read it again.
             Err(kube::Error::Api(status)) if attempt < 5 && status.code == 409 => {}
             Err(error) => return Err(NodeError::PatchTaints(error)),

@@ -266,10 +266,12 @@ impl<P: Provider> PodController<P> {
 
     async fn set_degraded(&mut self, degraded: bool) {
         match node::set_degraded(&self.client, &self.node, degraded).await {
-            Ok(()) => {
+            Ok(changed) => {
                 self.degraded = degraded;
                 self.metrics.degraded.set(i64::from(degraded));
-                tracing::warn!(degraded, node = %self.node.name, "provider-degraded taint changed");
+                if changed {
+                    tracing::warn!(degraded, node = %self.node.name, "provider-degraded taint changed");
+                }
             }
             Err(error) => tracing::warn!(%error, "cannot change the provider-degraded taint"),
         }
@@ -300,6 +302,9 @@ impl<P: Provider> PodController<P> {
         let mut last_fresh_sync = Instant::now();
         let (mut listed_once, mut last_adopt) = (false, Instant::now());
         let mut outcomes = self.created_rx.take().expect("run is called once");
+        // A replica taking over starts from its own view of the provider: a degraded
+        // taint the previous leader left is removed until this one sees failures itself.
+        self.set_degraded(false).await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
