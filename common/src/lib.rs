@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod conn_limits;
 pub mod cost;
 pub mod eligibility;
 pub mod fargate_sizing;

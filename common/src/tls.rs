@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -16,6 +16,9 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn_limits::{AcceptBackoff, ConnLimits, IdleTimeout};
 
 /// How often certificate files are checked for changes. Kubernetes updates mounted
 /// Secrets within about a minute, so a few seconds is plenty.
@@ -191,6 +194,7 @@ pub struct TlsServer {
     acceptor: TlsAcceptor,
     resolver: Arc<ReloadingCert>,
     files: TlsFiles,
+    limits: ConnLimits,
 }
 
 impl TlsServer {
@@ -205,7 +209,14 @@ impl TlsServer {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             resolver,
             files,
+            limits: ConnLimits::default(),
         })
+    }
+
+    /// Serves under `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: ConnLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The bound address (useful with port 0).
@@ -213,7 +224,9 @@ impl TlsServer {
         self.listener.local_addr()
     }
 
-    /// Serves `app` until `shutdown`, reloading certificates every `reload_interval`.
+    /// Serves `app` until `shutdown`, reloading certificates every `reload_interval`,
+    /// within the server's [`ConnLimits`]. At `shutdown` it stops accepting, lets the
+    /// requests in flight finish (up to the drain timeout) and returns.
     pub async fn serve(self, app: Router, reload_interval: Duration, shutdown: CancellationToken) {
         tokio::spawn(watch_and_reload(
             self.files.clone(),
@@ -222,43 +235,86 @@ impl TlsServer {
             shutdown.clone(),
         ));
         let service = TowerToHyperService::new(app);
+        let limits = Arc::new(self.limits.clone());
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        let connections = TaskTracker::new();
+        let mut backoff = AcceptBackoff::default();
         loop {
+            // At the connection cap, wait for a slot before accepting: further clients
+            // wait in the listen backlog instead of costing a task each.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
             let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
+                    Ok(pair) => {
+                        backoff.succeeded();
+                        pair
+                    }
                     Err(error) => {
-                        tracing::warn!(%error, "accept failed");
+                        let wait = backoff.failed();
+                        tracing::warn!(%error, ?wait, "accept failed; backing off");
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 },
             };
             // Small request/response exchanges must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
-            let acceptor = self.acceptor.clone();
-            let service = service.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let tls = match acceptor.accept(stream).await {
-                    Ok(tls) => tls,
-                    Err(error) => {
+            let (acceptor, service) = (self.acceptor.clone(), service.clone());
+            let (shutdown, limits) = (shutdown.clone(), limits.clone());
+            connections.spawn(async move {
+                let _permit = permit;
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
+                let tls = match handshake.await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
                         tracing::debug!(%error, %peer, "TLS handshake failed");
                         return;
                     }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
                 };
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                let io = TokioIo::new(IdleTimeout::new(tls, limits.idle_timeout));
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(limits.max_concurrent_streams)
+                    .max_pending_accept_reset_streams(limits.max_pending_reset_streams)
+                    .max_local_error_reset_streams(limits.max_pending_reset_streams);
+                let connection = builder.serve_connection_with_upgrades(io, service);
                 tokio::pin!(connection);
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(%error, %peer, "connection ended with an error");
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = shutdown.cancelled() => {
+                        // Finish what is in flight, take nothing new.
+                        connection.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(limits.drain_timeout, connection.as_mut()).await {
+                            Ok(result) => result,
+                            Err(_) => return,
                         }
                     }
-                    _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
                 }
             });
         }
+        connections.close();
+        let _ = tokio::time::timeout(self.limits.drain_timeout, connections.wait()).await;
     }
 }
 
@@ -388,5 +444,197 @@ mod tests {
             .unwrap();
         assert_eq!(body, "hello");
         shutdown.cancel();
+    }
+
+    /// A server on loopback with `limits`, serving `/` ("hello") and `/slow` (300 ms).
+    async fn limited_server(
+        limits: ConnLimits,
+    ) -> (
+        SocketAddr,
+        pki::SelfMadePki,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let issued = pki::issue(&["127.0.0.1"]);
+        std::fs::write(dir.path().join("tls.crt"), &issued.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &issued.key_pem).unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: None,
+        };
+        let server = TlsServer::bind("127.0.0.1:0".parse().unwrap(), files)
+            .await
+            .unwrap()
+            .with_limits(limits);
+        let addr = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = Router::new()
+            .route("/", axum::routing::get(|| async { "hello" }))
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "slow"
+                }),
+            );
+        let task = tokio::spawn(server.serve(app, Duration::from_secs(60), shutdown.clone()));
+        std::mem::forget(dir);
+        (addr, issued, shutdown, task)
+    }
+
+    /// A TLS connection to `addr`, handshake done, as HTTP/1.1.
+    async fn tls_connect(
+        addr: SocketAddr,
+        ca_pem: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        connector
+            .connect("127.0.0.1".try_into().unwrap(), tcp)
+            .await
+    }
+
+    /// Whether the server closed the connection (EOF or error) within `within`.
+    async fn closed_within<R: tokio::io::AsyncRead + Unpin>(
+        stream: &mut R,
+        within: Duration,
+    ) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    fn short_limits() -> ConnLimits {
+        ConnLimits {
+            handshake_timeout: Duration::from_millis(300),
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(600),
+            drain_timeout: Duration::from_secs(5),
+            ..ConnLimits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_handshake_is_dropped() {
+        let (addr, _pki, shutdown, _task) = limited_server(short_limits()).await;
+        // TCP only, and then silence.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut tcp, Duration::from_secs(3)).await);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn slow_headers_and_idle_connections_are_closed() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, pki, shutdown, _task) = limited_server(short_limits()).await;
+        // Slowloris: a header byte every 100 ms keeps the connection from being idle, but
+        // the headers never finish.
+        let slow = tls_connect(addr, &pki.ca_pem).await.unwrap();
+        let (mut slow_read, mut slow_write) = tokio::io::split(slow);
+        let trickle = tokio::spawn(async move {
+            slow_write.write_all(b"GET / HTTP/1.1\r\n").await?;
+            for byte in b"X-Slow: ".iter().cycle().take(60) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                slow_write.write_all(&[*byte]).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        assert!(
+            closed_within(&mut slow_read, Duration::from_secs(3)).await,
+            "slow headers kept"
+        );
+        trickle.abort();
+        // One request answered, then the connection sits idle.
+        let mut idle = tls_connect(addr, &pki.ca_pem).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 512];
+        let n = tokio::io::AsyncReadExt::read(&mut idle, &mut buffer)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buffer[..n]).contains("hello"));
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(3)).await,
+            "idle connection kept"
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+        let limits = ConnLimits {
+            max_connections: 2,
+            ..ConnLimits::default()
+        };
+        let (addr, pki, shutdown, _task) = limited_server(limits).await;
+        let first = tls_connect(addr, &pki.ca_pem).await.unwrap();
+        let _second = tls_connect(addr, &pki.ca_pem).await.unwrap();
+        let third = tokio::spawn({
+            let ca = pki.ca_pem.clone();
+            async move { tls_connect(addr, &ca).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !third.is_finished(),
+            "a third connection was served beyond the cap of 2"
+        );
+        drop(first);
+        let served = tokio::time::timeout(Duration::from_secs(5), third).await;
+        assert!(
+            matches!(served, Ok(Ok(true))),
+            "the third one is served once a slot frees"
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_requests_in_flight_finish() {
+        let (addr, pki, shutdown, task) = limited_server(ConnLimits::default()).await;
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        let request = tokio::spawn(async move {
+            client
+                .get(format!("https://{addr}/slow"))
+                .send()
+                .await?
+                .text()
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+        assert_eq!(request.await.unwrap().unwrap(), "slow");
+        // And the server is done once it drained.
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "still accepting"
+        );
     }
 }

@@ -465,6 +465,16 @@ impl WebhookUnderTest {
         config: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_with(log, config, &[], env).await
+    }
+
+    /// [`Self::start`] with extra flags and environment.
+    pub async fn start_with(
+        log: &str,
+        config: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let pki = spillway_common::pki::issue(&["127.0.0.1"]);
         let file = |name: &str| dir.path().join(name).display().to_string();
@@ -485,6 +495,10 @@ impl WebhookUnderTest {
             "--admin-addr".into(),
             format!("127.0.0.1:{admin_port}"),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra_args.iter().map(|a| a.to_string()))
+            .collect();
         let process = SpillwayProcess::start(&args, log, env)?;
         wait_until(
             "webhook ready (index synced)",

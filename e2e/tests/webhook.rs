@@ -186,10 +186,64 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `curl` to the webhook: the HTTP status it got, or None when the request failed
+/// (refused, or the TLS handshake was). The server's certificate is not checked here
+/// (curl's OpenSSL wants key usages the throw-away CA does not set); what these tests
+/// look at is whether the webhook answers, and whom.
+fn curl_status(url: &str, extra: &[&str]) -> anyhow::Result<Option<u16>> {
+    let output = std::process::Command::new("curl")
+        .args([
+            "-sSk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(extra)
+        .args(["-X", "POST", "-d", "{}", url])
+        .output()?;
+    let code: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    Ok((code != 0).then_some(code))
+}
+
+fn readyz(admin_port: u16) -> Option<u16> {
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "2",
+        ])
+        .arg(format!("http://127.0.0.1:{admin_port}/readyz"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .ok()
+        .filter(|c| *c != 0)
+}
+
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
-async fn sigterm_stops_the_webhook_cleanly() -> anyhow::Result<()> {
-    let mut webhook = WebhookUnderTest::start("webhook-sigterm", "").await?;
+async fn sigterm_turns_readiness_off_first_and_keeps_answering_while_it_drains()
+-> anyhow::Result<()> {
+    let mut webhook = WebhookUnderTest::start_with(
+        "webhook-sigterm",
+        "",
+        &["--shutdown-delay-seconds", "3"],
+        &[],
+    )
+    .await?;
+    assert_eq!(readyz(webhook.admin_port), Some(200));
     let pid = webhook.process.child.id().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -197,17 +251,153 @@ async fn sigterm_stops_the_webhook_cleanly() -> anyhow::Result<()> {
             .status()?
             .success()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Not ready at once, while reviews are still answered (400 for this empty one).
+    wait_until("/readyz says 503", Duration::from_secs(2), || async {
+        Ok(readyz(webhook.admin_port) == Some(503))
+    })
+    .await?;
+    assert_eq!(
+        curl_status(&webhook.url(), &[])?,
+        Some(400),
+        "the webhook still answers during the shutdown delay"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = webhook.process.child.try_wait()? {
             break status;
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
-            "still running 10 s after SIGTERM"
+            "still running 15 s after SIGTERM"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn with_a_client_ca_only_clients_it_signed_may_call() -> anyhow::Result<()> {
+    let pki = spillway_e2e::run_dir().join("pki");
+    let ca = pki.join("ca.crt").display().to_string();
+    let webhook =
+        WebhookUnderTest::start_with("webhook-client-ca", "", &["--client-ca", &ca], &[]).await?;
+    assert_eq!(
+        curl_status(&webhook.url(), &[])?,
+        None,
+        "a client without a certificate got an answer"
+    );
+    let (cert, key) = (
+        pki.join("admin.crt").display().to_string(),
+        pki.join("admin.key").display().to_string(),
+    );
+    assert_eq!(
+        curl_status(&webhook.url(), &["--cert", &cert, "--key", &key])?,
+        Some(400),
+        "a client the CA signed is answered"
+    );
+    Ok(())
+}
+
+/// A TLS connection to the webhook with its handshake done (then held, saying nothing).
+async fn tls_connection(
+    port: u16,
+    ca_pem: &str,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    Ok(connector.connect("127.0.0.1".try_into()?, tcp).await?)
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-hostile").await?;
+    let webhook = WebhookUnderTest::start(&format!("webhook-{}", ns.name), "").await?;
+    let _hook = register_webhook(
+        &client,
+        WebhookRegistration {
+            name: &ns.name,
+            url: &webhook.url(),
+            ca_pem: &webhook.ca_pem,
+            namespace: &ns.name,
+            failure_policy: "Ignore",
+        },
+    )
+    .await?;
+
+    // 1,000 connections that finish their handshake and then say nothing.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(tls_connection(webhook.port, &webhook.ca_pem).await?);
+    }
+    // 50 slowloris clients: a header byte every 500 ms, never the end of the headers.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let stream = tls_connection(webhook.port, &webhook.ca_pem).await?;
+        slow.push(tokio::spawn(async move {
+            let (mut read, mut write) = tokio::io::split(stream);
+            let started = std::time::Instant::now();
+            let trickle = async {
+                write.write_all(b"POST /mutate HTTP/1.1\r\n").await?;
+                for byte in b"X-Slow: ".iter().cycle().take(200) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    write.write_all(&[*byte]).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let mut buffer = [0u8; 256];
+            tokio::select! {
+                _ = trickle => {}
+                _ = read.read(&mut buffer) => {}
+            }
+            started.elapsed()
+        }));
+    }
+
+    // Meanwhile the apiserver's reviews: every pod of an opted-in Deployment is answered.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 20, "10m", json!({"spillway.io/burst": "true"}))?,
+        )
+        .await?;
+    wait_until("20 pods created", Duration::from_secs(60), || async {
+        Ok(placements(&pods, "web").await?.len() == 20)
+    })
+    .await?;
+    let unanswered: Vec<_> = placements(&pods, "web")
+        .await?
+        .into_iter()
+        .filter(|(_, placement, _)| placement.is_none())
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "pods admitted without the webhook's answer: {unanswered:?}"
+    );
+    // The slow clients were cut off by the header timeout (10 s), not served forever.
+    for client in slow {
+        let lasted = client.await?;
+        assert!(
+            lasted < Duration::from_secs(30),
+            "a slowloris client lasted {lasted:?}"
+        );
+    }
+    drop(idle);
     Ok(())
 }

@@ -23,6 +23,10 @@ use spillway_vk_node::run::EmbeddedNodesArgs;
 use spillway_webhook::run::ServeOptions;
 use tokio_util::sync::CancellationToken;
 
+/// On shutdown, how long `spillway run` keeps answering reviews after readiness went false:
+/// short, since it removes its own webhook registration as it stops.
+const SHUTDOWN_DELAY: Duration = Duration::from_secs(1);
+
 /// Flags of `spillway run`.
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
@@ -246,6 +250,8 @@ pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
         listen: listen_address(args.listen, args.webhook_url.as_deref()),
         tls,
         reload_interval: Duration::from_secs(args.controller.loops.reload_interval_seconds.max(1)),
+        limits: spillway_common::conn_limits::ConnLimits::default(),
+        shutdown_delay: SHUTDOWN_DELAY,
     };
     let webhook = spillway_webhook::run::serve(
         options,

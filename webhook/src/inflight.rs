@@ -10,6 +10,9 @@ use spillway_cluster::decision::PlacementCounts;
 /// How long an unresolved decision counts. A create that passed admission is persisted
 /// within the apiserver's request timeout (60 s by default) or never.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Decisions held at most: a flood of creates (or a hostile client) cannot grow the table
+/// without bound; past it the oldest are dropped early, as if they had expired.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 #[derive(Debug)]
 struct Pending {
@@ -21,16 +24,24 @@ struct Pending {
 #[derive(Debug)]
 pub struct InFlight {
     ttl: Duration,
+    max_entries: usize,
     pending: HashMap<String, Pending>,
     by_workload: HashMap<String, PlacementCounts>,
     expiry: VecDeque<(Instant, String)>,
 }
 
 impl InFlight {
-    /// An empty table whose entries expire after `ttl`.
+    /// An empty table whose entries expire after `ttl`, holding at most
+    /// [`DEFAULT_MAX_ENTRIES`].
     pub fn new(ttl: Duration) -> Self {
+        Self::with_limit(ttl, DEFAULT_MAX_ENTRIES)
+    }
+
+    /// An empty table holding at most `max_entries` decisions.
+    pub fn with_limit(ttl: Duration, max_entries: usize) -> Self {
         Self {
             ttl,
+            max_entries: max_entries.max(1),
             pending: HashMap::new(),
             by_workload: HashMap::new(),
             expiry: VecDeque::new(),
@@ -42,6 +53,14 @@ impl InFlight {
         self.expire(now);
         if self.pending.contains_key(uid) {
             return;
+        }
+        // Full: the oldest go first (the expiry queue is oldest first and holds every
+        // pending entry, so bounding it bounds both).
+        while self.expiry.len() >= self.max_entries {
+            let Some((_, oldest)) = self.expiry.pop_front() else {
+                break;
+            };
+            self.resolve(&oldest);
         }
         let counts = self.by_workload.entry(workload.to_owned()).or_default();
         if burst {
@@ -106,6 +125,21 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_keeps_the_table_bounded_dropping_the_oldest() {
+        let now = Instant::now();
+        let mut table = InFlight::with_limit(Duration::from_secs(60), 3);
+        for i in 0..5 {
+            table.record(&format!("uid-{i}"), "ns/web", i % 2 == 0, now);
+        }
+        assert_eq!(table.len(), 3);
+        // uid-2 (burst), uid-3 (local), uid-4 (burst) remain.
+        let counts = table.counts("ns/web");
+        assert_eq!((counts.local, counts.burst), (1, 2));
+        table.resolve("uid-4");
+        assert_eq!(table.counts("ns/web").burst, 1);
+    }
 
     #[test]
     fn record_resolve_expire() {

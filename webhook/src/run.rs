@@ -11,6 +11,7 @@ use clap::Args;
 use prometheus::Registry;
 use spillway_common::admin::{self, AdminArgs, Readiness};
 use spillway_common::config::{self, ConfigMetrics, OperatorConfig, SharedConfig};
+use spillway_common::conn_limits::ConnLimits;
 use spillway_common::tls::{TlsFiles, TlsServer};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,20 @@ pub struct WebhookArgs {
     #[arg(long, default_value_t = 5, env = "SPILLWAY_RELOAD_INTERVAL_SECONDS",
         value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reload_interval_seconds: u64,
+    /// CA whose client certificates may call the webhook (the apiserver's, from its
+    /// admission-control kubeconfig); without it any client that completes TLS may.
+    #[arg(long, env = "SPILLWAY_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Connections held at once; more clients wait in the listen backlog. Idle ones close
+    /// after 120 s, slow TLS handshakes and request headers after 10 s.
+    #[arg(long, default_value_t = 4096, env = "SPILLWAY_MAX_CONNECTIONS",
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// On SIGTERM, seconds the webhook keeps answering after /readyz turned false (so the
+    /// Service stops sending it reviews first); then in-flight reviews finish and it exits.
+    #[arg(long, default_value_t = 5, env = "SPILLWAY_SHUTDOWN_DELAY_SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_delay_seconds: u64,
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags
     pub admin: AdminArgs,
@@ -74,6 +89,10 @@ pub struct ServeOptions {
     pub tls: TlsFiles,
     /// How often the certificate files are checked.
     pub reload_interval: Duration,
+    /// What one client may hold.
+    pub limits: ConnLimits,
+    /// On shutdown, how long it keeps answering after readiness went false.
+    pub shutdown_delay: Duration,
 }
 
 /// Runs the webhook until `shutdown`.
@@ -97,22 +116,32 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> Result<(), S
         ));
     }
     let readiness = Readiness::default();
+    // The admin server outlives the shutdown delay, so /readyz answers "not ready" while
+    // the webhook still drains.
+    let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(
         args.admin.admin_addr,
         registry.clone(),
         readiness.clone(),
-        shutdown.clone(),
+        admin_stop.clone(),
     ));
     let options = ServeOptions {
         listen: args.listen,
         tls: TlsFiles {
             cert: args.tls_cert.clone(),
             key: args.tls_key.clone(),
-            client_ca: None,
+            client_ca: args.client_ca.clone(),
         },
         reload_interval: interval,
+        limits: ConnLimits {
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            ..ConnLimits::default()
+        },
+        shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
     };
-    serve(options, shared, &registry, readiness, shutdown).await?;
+    let served = serve(options, shared, &registry, readiness, shutdown).await;
+    admin_stop.cancel();
+    served?;
     match admin.await {
         Ok(result) => result.map_err(StartError::Admin),
         Err(_) => Ok(()),
@@ -148,9 +177,24 @@ pub async fn serve(
         readiness.clone(),
         shutdown.clone(),
     );
-    let tls = TlsServer::bind(options.listen, options.tls).await?;
+    let tls = TlsServer::bind(options.listen, options.tls)
+        .await?
+        .with_limits(options.limits);
     tracing::info!(addr = %tls.local_addr().map_err(StartError::Admin)?, "webhook listening");
-    tls.serve(server::router(state), options.reload_interval, shutdown)
+    // On shutdown: not ready first, keep answering while the Service catches up, then stop
+    // accepting and let the reviews in flight finish.
+    let stop_serving = CancellationToken::new();
+    tokio::spawn({
+        let (stop_serving, delay) = (stop_serving.clone(), options.shutdown_delay);
+        async move {
+            shutdown.cancelled().await;
+            readiness.set(false);
+            tracing::info!(?delay, "shutting down: not ready, still answering");
+            tokio::time::sleep(delay).await;
+            stop_serving.cancel();
+        }
+    });
+    tls.serve(server::router(state), options.reload_interval, stop_serving)
         .await;
     Ok(())
 }

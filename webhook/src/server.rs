@@ -33,10 +33,16 @@ pub struct WebhookState {
     pub metrics: WebhookMetrics,
 }
 
+/// The largest AdmissionReview body accepted (413 above it, and the apiserver admits the
+/// pod unchanged): above the apiserver's own 3 MiB request limit with room for the
+/// review's envelope, and far below what would hurt memory.
+pub const MAX_REVIEW_BYTES: usize = 6 << 20;
+
 /// The admission router: `POST /mutate`.
 pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(state)
 }
 

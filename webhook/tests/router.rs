@@ -257,3 +257,22 @@ async fn parallel_batch_cannot_overshoot_max_burst() {
         .get();
     assert_eq!(decisions, 3);
 }
+
+#[tokio::test]
+async fn bodies_above_the_limit_are_refused_and_large_reviews_below_it_are_answered() {
+    let state = state("cluster-full.json");
+    // A 3 MiB pod (an annotation full of text) is still answered.
+    let mut big = review("review-web.json");
+    big["request"]["object"]["metadata"]["annotations"] = json!({"filler": "x".repeat(3 << 20)});
+    let (status, body) = post(&state, serde_json::to_vec(&big).unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["response"]["allowed"], true);
+    // Above the explicit limit: 413, without reading it into an AdmissionReview.
+    let huge = vec![b' '; spillway_webhook::server::MAX_REVIEW_BYTES + 1];
+    let request = Request::post("/mutate")
+        .header("content-type", "application/json")
+        .body(Body::from(huge))
+        .expect("request builds");
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
