@@ -328,9 +328,7 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
                 !body.contains(&secret_value),
                 "secret value in an ECS request ({target}): {body}"
             );
-            if target.ends_with("RegisterTaskDefinition")
-                && body.contains(&format!("spillway/{uid}"))
-            {
+            if target.ends_with("RegisterTaskDefinition") && body.contains(&format!("/{uid}")) {
                 assert!(
                     body.contains("\"secrets\"") && body.contains("valueFrom"),
                     "{body}"

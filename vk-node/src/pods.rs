@@ -36,6 +36,11 @@ pub struct ControllerSettings {
     pub degraded_after: u32,
     /// Namespaces whose pods may run on the node (`--allowed-namespaces`); `None`: all.
     pub allowed_namespaces: Option<std::collections::BTreeSet<String>>,
+    /// How often objects of pods that are gone (tasks, secrets) are looked for and removed.
+    pub sweep_interval: Duration,
+    /// Status syncs a launched pod may be missing from the provider's answer before it
+    /// counts as lost.
+    pub lost_after_syncs: u32,
 }
 
 impl Default for ControllerSettings {
@@ -46,6 +51,8 @@ impl Default for ControllerSettings {
             create_concurrency: 16,
             degraded_after: 5,
             allowed_namespaces: None,
+            sweep_interval: Duration::from_secs(300),
+            lost_after_syncs: 3,
         }
     }
 }
@@ -81,6 +88,12 @@ struct Tracked {
     terminal: Option<TerminalPhase>,
     last_status: Option<Value>,
     deleting: bool,
+    /// When to (re)try stopping and removing a pod being deleted; `None` when no try is
+    /// pending. A failed stop or removal is retried with back-off until it succeeds.
+    delete_due: Option<Instant>,
+    delete_failures: u32,
+    /// Consecutive status syncs that did not find the pod's object at the provider.
+    missing_syncs: u32,
     /// Refused by node-side admission: never created; an object the provider runs for it
     /// (from before the refusal existed) is an orphan.
     refused: bool,
@@ -113,6 +126,9 @@ impl Tracked {
             terminal: None,
             last_status: None,
             deleting: false,
+            delete_due: None,
+            delete_failures: 0,
+            missing_syncs: 0,
             refused: false,
         }
     }
@@ -155,6 +171,9 @@ pub struct PodController<P: Provider> {
     /// Launched pods not seen running yet: polled every [`FRESH_SYNC_INTERVAL`] so a new
     /// pod turns Running without waiting for the full sync.
     fresh: HashSet<String>,
+    /// Provider objects of pods that are gone from the API whose stop failed: retried
+    /// (pod UID → attempts, next try) until the provider confirms.
+    stops_pending: HashMap<String, (u32, Instant)>,
     created_tx: tokio::sync::mpsc::UnboundedSender<CreateOutcome>,
     created_rx: Option<tokio::sync::mpsc::UnboundedReceiver<CreateOutcome>>,
     create_slots: Arc<tokio::sync::Semaphore>,
@@ -205,6 +224,7 @@ impl<P: Provider> PodController<P> {
             consecutive_provider_failures: 0,
             degraded: false,
             fresh: HashSet::new(),
+            stops_pending: HashMap::new(),
             created_tx,
             created_rx: Some(created_rx),
             create_slots,
@@ -301,6 +321,7 @@ impl<P: Provider> PodController<P> {
         let mut last_sync = Instant::now();
         let mut last_fresh_sync = Instant::now();
         let (mut listed_once, mut last_adopt) = (false, Instant::now());
+        let mut last_sweep = Instant::now();
         let mut outcomes = self.created_rx.take().expect("run is called once");
         // A replica taking over starts from its own view of the provider: a degraded
         // taint the previous leader left is removed until this one sees failures itself.
@@ -344,6 +365,11 @@ impl<P: Provider> PodController<P> {
                         continue;
                     }
                     self.launch_due().await;
+                    self.retry_deletions().await;
+                    if last_sweep.elapsed() >= self.settings.sweep_interval {
+                        last_sweep = Instant::now();
+                        self.sweep().await;
+                    }
                     if last_sync.elapsed() >= self.settings.sync_interval {
                         last_sync = Instant::now();
                         last_fresh_sync = last_sync;
@@ -374,6 +400,7 @@ impl<P: Provider> PodController<P> {
         tracked.pod = pod;
         if deleting && !tracked.deleting {
             tracked.deleting = true;
+            tracked.delete_due = Some(Instant::now());
             if self.synced {
                 self.stop_and_remove(&uid).await;
             }
@@ -608,19 +635,79 @@ impl<P: Provider> PodController<P> {
         let mut writes = Vec::new();
         for uid in launched {
             let Some(remote_status) = remote.get(&uid) else {
-                // Created but not visible yet, or gone; the next sync or relist decides.
+                // Created but not visible yet, or gone: after a few syncs it counts as lost.
+                self.missing_from_provider(&uid).await;
                 continue;
             };
-            if let Some(write) = self.apply_remote(&uid, remote_status, &now) {
-                writes.push(write);
+            if let Some(tracked) = self.tracked.get_mut(&uid) {
+                tracked.missing_syncs = 0;
+            }
+            if let Some((pod, status)) = self.apply_remote(&uid, remote_status, &now) {
+                writes.push((uid, pod, status));
             }
         }
         let client = self.client.clone();
-        futures::stream::iter(writes)
-            .map(|(pod, status)| write_pod_status(client.clone(), pod, status))
+        let failed: Vec<String> = futures::stream::iter(writes)
+            .map(|(uid, pod, status)| {
+                let client = client.clone();
+                async move { (!write_pod_status(client, pod, status).await).then_some(uid) }
+            })
             .buffer_unordered(STATUS_WRITE_CONCURRENCY)
-            .collect::<Vec<()>>()
+            .filter_map(|failed| async move { failed })
+            .collect()
             .await;
+        // Written again on the next sync: a status write is never given up.
+        for uid in failed {
+            if let Some(tracked) = self.tracked.get_mut(&uid) {
+                tracked.last_status = None;
+            }
+        }
+    }
+
+    /// A launched pod the provider no longer knows: after `lost_after_syncs` syncs it is
+    /// relaunched when its restart policy allows, else it fails with reason ProviderLost.
+    async fn missing_from_provider(&mut self, uid: &str) {
+        let lost_after = self.settings.lost_after_syncs;
+        let Some(tracked) = self.tracked.get_mut(uid) else {
+            return;
+        };
+        tracked.missing_syncs += 1;
+        if tracked.missing_syncs < lost_after {
+            return;
+        }
+        tracked.missing_syncs = 0;
+        self.fresh.remove(uid);
+        let never = tracked
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            == Some("Never");
+        let pod = tracked.pod.clone();
+        if never {
+            tracked.lifecycle = Lifecycle::Terminal;
+            tracked.terminal = Some(TerminalPhase::Failed);
+            let message =
+                format!("the provider no longer has this pod's object ({lost_after} status syncs)");
+            self.event(&pod, EventType::Warning, "ProviderLost", message.clone())
+                .await;
+            self.write_status(
+                &pod,
+                status::provider_failed_status("ProviderLost", &message),
+            )
+            .await;
+        } else {
+            tracked.lifecycle = Lifecycle::NeedsCreate;
+            tracked.restarts += 1;
+            tracked.next_attempt = Instant::now();
+            self.event(
+                &pod,
+                EventType::Warning,
+                "ProviderLost",
+                "the provider no longer has this pod's object; starting it again".into(),
+            )
+            .await;
+        }
     }
 
     /// Updates the pod's bookkeeping from its provider status; returns the status to write
@@ -671,8 +758,17 @@ impl<P: Provider> PodController<P> {
         Some((tracked.pod.clone(), new_status))
     }
 
+    /// Writes a one-off status (refusal, failure); a failed write is retried in the
+    /// background until it lands or the pod is gone.
     async fn write_status(&self, pod: &Pod, status: Value) {
-        write_pod_status(self.client.clone(), pod.clone(), status).await;
+        let (client, pod) = (self.client.clone(), pod.clone());
+        tokio::spawn(async move {
+            let mut attempt = 0;
+            while !write_pod_status(client.clone(), pod.clone(), status.clone()).await {
+                attempt += 1;
+                tokio::time::sleep(backoff_with_jitter(attempt)).await;
+            }
+        });
     }
 
     /// Stops the provider object (the provider honours the grace period), then removes
@@ -696,10 +792,9 @@ impl<P: Provider> PodController<P> {
         match result {
             Ok(()) | Err(ProviderError::NotFound(_)) => {}
             Err(error) => {
-                tracing::warn!(%error, pod = %key(&pod), "cannot stop provider object; retrying on the next event");
-                if let Some(t) = self.tracked.get_mut(uid) {
-                    t.deleting = false; // observe() will try again
-                }
+                // The Pod stays until its object is stopped: nothing is left running.
+                let wait = self.delete_failed(uid);
+                tracing::warn!(%error, pod = %key(&pod), ?wait, "cannot stop provider object; retrying");
                 return;
             }
         }
@@ -715,13 +810,90 @@ impl<P: Provider> PodController<P> {
             }),
             ..DeleteParams::default()
         };
-        match pods
-            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
-            Err(error) => tracing::warn!(%error, pod = %key(&pod), "cannot remove pod"),
+        let removal = tokio::time::timeout(
+            API_CALL_TIMEOUT,
+            pods.delete(pod.metadata.name.as_deref().unwrap_or_default(), &params),
+        )
+        .await;
+        match removal {
+            Ok(Ok(_)) => {}
+            Ok(Err(kube::Error::Api(status))) if status.code == 404 || status.code == 409 => {}
+            Ok(Err(error)) => {
+                let wait = self.delete_failed(uid);
+                tracing::warn!(%error, pod = %key(&pod), ?wait, "cannot remove pod; retrying");
+                return;
+            }
+            Err(_) => {
+                let wait = self.delete_failed(uid);
+                tracing::warn!(pod = %key(&pod), ?wait, "removing the pod timed out; retrying");
+                return;
+            }
+        }
+        if let Some(t) = self.tracked.get_mut(uid) {
+            t.delete_due = None;
+        }
+    }
+
+    /// Schedules another try of a deletion that failed; returns the wait.
+    fn delete_failed(&mut self, uid: &str) -> Duration {
+        let Some(tracked) = self.tracked.get_mut(uid) else {
+            return Duration::ZERO;
+        };
+        tracked.delete_failures += 1;
+        let wait = backoff_with_jitter(tracked.delete_failures);
+        tracked.delete_due = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// Retries deletions whose time came: pods being deleted whose stop or removal
+    /// failed, and objects of pods already gone from the API.
+    async fn retry_deletions(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.deleting && t.delete_due.is_some_and(|d| d <= now))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in due {
+            self.stop_and_remove(&uid).await;
+        }
+        let stops: Vec<String> = self
+            .stops_pending
+            .iter()
+            .filter(|(_, (_, next))| *next <= now)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stops {
+            let started = Instant::now();
+            let result = self.provider.delete(&uid, 0).await;
+            self.provider_result("delete", started, &result).await;
+            match result {
+                Ok(()) | Err(ProviderError::NotFound(_)) => {
+                    self.stops_pending.remove(&uid);
+                }
+                Err(error) => {
+                    if let Some((attempts, next)) = self.stops_pending.get_mut(&uid) {
+                        *attempts += 1;
+                        *next = Instant::now() + backoff_with_jitter(*attempts);
+                    }
+                    tracing::warn!(%error, pod_uid = %uid, "cannot stop the object of a deleted pod; retrying");
+                }
+            }
+        }
+    }
+
+    /// Removes provider objects of pods this node no longer has (also those left by a
+    /// crash at any point of a create, or by a stop that was lost).
+    async fn sweep(&mut self) {
+        let live: HashSet<String> = self.tracked.keys().cloned().collect();
+        let started = Instant::now();
+        let result = self.provider.sweep(&live).await;
+        self.provider_result("sweep", started, &result).await;
+        match result {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "orphaned provider objects removed"),
+            Err(error) => tracing::warn!(%error, "sweep failed; trying again later"),
         }
     }
 
@@ -735,10 +907,12 @@ impl<P: Provider> PodController<P> {
         let started = Instant::now();
         let result = self.provider.delete(uid, 0).await;
         self.provider_result("delete", started, &result).await;
-        if let Err(error) = result
+        if let Err(error) = &result
             && !matches!(error, ProviderError::NotFound(_))
         {
-            tracing::warn!(%error, pod_uid = %uid, "cannot stop provider object of a removed pod; it is stopped as an orphan on the next start");
+            self.stops_pending
+                .insert(uid.to_owned(), (1, Instant::now() + backoff_with_jitter(1)));
+            tracing::warn!(%error, pod_uid = %uid, "cannot stop provider object of a removed pod; retrying");
         }
     }
 }
@@ -752,19 +926,26 @@ pub const FRESH_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Status patches in flight at once during a sync.
 const STATUS_WRITE_CONCURRENCY: usize = 16;
 
-async fn write_pod_status(client: Client, pod: Pod, status: Value) {
+/// Writes a pod's status; false when it was not written.
+async fn write_pod_status(client: Client, pod: Pod, status: Value) -> bool {
     let Some(namespace) = pod.metadata.namespace.as_deref() else {
-        return;
+        return true;
     };
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let patch = Patch::Merge(serde_json::json!({"status": status}));
     let params = PatchParams::default();
     match tokio::time::timeout(API_CALL_TIMEOUT, pods.patch_status(name, &params, &patch)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => tracing::warn!(%error, pod = %key(&pod), "cannot write pod status"),
+        Ok(Ok(_)) => true,
+        // Gone: nothing left to write to.
+        Ok(Err(kube::Error::Api(status))) if status.code == 404 => true,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, pod = %key(&pod), "cannot write pod status; retrying");
+            false
+        }
         Err(_) => {
-            tracing::warn!(pod = %key(&pod), "cannot write pod status: the apiserver did not answer")
+            tracing::warn!(pod = %key(&pod), "cannot write pod status: the apiserver did not answer; retrying");
+            false
         }
     }
 }

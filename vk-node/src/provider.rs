@@ -170,4 +170,17 @@ pub trait Provider: Send + Sync + 'static {
         container: &str,
         options: &LogOptions,
     ) -> impl Future<Output = Result<Vec<LogLine>, ProviderError>> + Send;
+
+    /// Removes what this node owns at the provider for pods not in `live` (tasks, and
+    /// anything kept beside them such as per-pod secrets); returns for how many pods
+    /// something was removed.
+    /// Providers whose `list` covers everything they own need nothing more than the
+    /// start-up adoption, hence the default.
+    fn sweep(
+        &self,
+        live: &std::collections::HashSet<String>,
+    ) -> impl Future<Output = Result<usize, ProviderError>> + Send {
+        let _ = live;
+        async { Ok(0) }
+    }
 }

@@ -148,6 +148,11 @@ pub struct NodeOptions {
     /// same way whatever this says.
     #[arg(long, value_delimiter = ',', env = "SPILLWAY_ALLOWED_NAMESPACES")]
     pub allowed_namespaces: Option<Vec<String>>,
+    /// Seconds between sweeps for provider objects (tasks, per-pod secrets) of pods that
+    /// are gone, such as those a crash or a lost stop left behind.
+    #[arg(long, default_value_t = 300, env = "SPILLWAY_SWEEP_INTERVAL_SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub sweep_interval_seconds: u64,
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags
     pub mock: MockArgs,
@@ -349,6 +354,7 @@ async fn run_with<P: Provider>(
             .allowed_namespaces
             .as_ref()
             .map(|namespaces| namespaces.iter().map(|n| n.trim().to_owned()).collect()),
+        sweep_interval: Duration::from_secs(args.sweep_interval_seconds),
         ..ControllerSettings::default()
     };
     readiness.set(true);

@@ -86,12 +86,18 @@ pub trait EcsApi: Send + Sync + 'static {
         arn: &str,
         reason: &str,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
-    /// Creates (or overwrites) a JSON secret; returns its ARN.
+    /// Creates (or overwrites) a JSON secret carrying `tags`; returns its ARN.
     fn put_secret(
         &self,
         name: &str,
         json: &str,
+        tags: &[(&str, &str)],
     ) -> impl Future<Output = Result<String, ProviderError>> + Send;
+    /// Names of the secrets whose name starts with `prefix`.
+    fn list_secrets(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<String>, ProviderError>> + Send;
     /// Deletes a secret at once.
     fn delete_secret(&self, name: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
     /// `GetLogEvents`: from the head after `start_ms`, or the last `limit` when `from_tail`.
@@ -534,7 +540,21 @@ impl EcsApi for AwsApi {
         .await
     }
 
-    async fn put_secret(&self, name: &str, json: &str) -> Result<String, ProviderError> {
+    async fn put_secret(
+        &self,
+        name: &str,
+        json: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<String, ProviderError> {
+        let tags: Vec<aws_sdk_secretsmanager::types::Tag> = tags
+            .iter()
+            .map(|(key, value)| {
+                aws_sdk_secretsmanager::types::Tag::builder()
+                    .key(*key)
+                    .value(*value)
+                    .build()
+            })
+            .collect();
         self.call("PutSecret", &self.limits.secrets, async {
             let created = self
                 .secrets
@@ -542,6 +562,7 @@ impl EcsApi for AwsApi {
                 .name(name)
                 .secret_string(json)
                 .description("Secret-derived env of one Spillway burst pod; deleted with the pod")
+                .set_tags(Some(tags))
                 .send()
                 .await;
             let exists = |e: &SdkError<_, _>| {
@@ -567,6 +588,41 @@ impl EcsApi for AwsApi {
             arn.ok_or_else(|| ProviderError::Transient("Secrets Manager returned no ARN".into()))
         })
         .await
+    }
+
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<String>, ProviderError> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let filter = aws_sdk_secretsmanager::types::Filter::builder()
+                .key(aws_sdk_secretsmanager::types::FilterNameStringType::Name)
+                .values(prefix)
+                .build();
+            let send = self
+                .secrets
+                .list_secrets()
+                .filters(filter)
+                .set_next_token(token.clone())
+                .send();
+            let output = self
+                .call("ListSecrets", &self.limits.secrets, async {
+                    send.await.map_err(map_error)
+                })
+                .await?;
+            names.extend(
+                output
+                    .secret_list()
+                    .iter()
+                    .filter_map(|s| s.name())
+                    // The name filter matches prefixes of words; keep exact prefixes only.
+                    .filter(|n| n.starts_with(prefix))
+                    .map(str::to_owned),
+            );
+            token = output.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(names);
+            }
+        }
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {

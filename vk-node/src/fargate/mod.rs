@@ -12,3 +12,6 @@ pub const TAG_POD_UID: &str = "spillway.io/pod-uid";
 pub const TAG_POD: &str = "spillway.io/pod";
 /// Tag carrying the virtual node's name.
 pub const TAG_NODE: &str = "spillway.io/node";
+/// Tag carrying the cluster id (`--cluster-id`): two clusters sharing an ECS cluster and
+/// an account never touch each other's tasks or secrets.
+pub const TAG_CLUSTER: &str = "spillway.io/cluster-id";

@@ -13,9 +13,9 @@ use spillway_common::config::PricingConfig;
 use spillway_common::keys;
 use spillway_common::quantity;
 
-use super::TAG_POD_UID;
 use super::aws::{AwsApi, EcsApi, TaskInfo};
 use super::translate::{self, EnvLookup, FargateSettings};
+use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::metrics::NodeMetrics;
 use crate::provider::{
     LogLine, LogOptions, Provider, ProviderError, RemoteContainer, RemoteContainerState,
@@ -31,6 +31,12 @@ pub struct FargateArgs {
     /// ECS cluster to run tasks in.
     #[arg(long, default_value = "default", env = "SPILLWAY_ECS_CLUSTER")]
     pub ecs_cluster: String,
+    /// This Kubernetes cluster's id, in every task's `startedBy` and tags and in secret
+    /// names: give each cluster sharing an ECS cluster (or an account) its own, and they
+    /// never adopt or stop each other's tasks.
+    #[arg(long, default_value = "default", env = "SPILLWAY_CLUSTER_ID",
+        value_parser = cluster_id)]
+    pub cluster_id: String,
     /// Subnet ids for task ENIs (comma-separated).
     #[arg(long, value_delimiter = ',', env = "SPILLWAY_SUBNETS")]
     pub subnets: Vec<String>,
@@ -96,6 +102,21 @@ impl FargateProvider<AwsApi> {
     }
 }
 
+/// A cluster id: 1 to 40 letters, digits, `-` or `_` (it goes into names ECS and Secrets
+/// Manager restrict).
+fn cluster_id(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 40
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("{value:?}: 1 to 40 letters, digits, '-' or '_'"))
+    }
+}
+
 /// Validated settings from flags; errors name the flag.
 pub fn settings_from_args(args: &FargateArgs, node_name: &str) -> Result<FargateSettings, String> {
     if args.subnets.is_empty() {
@@ -118,6 +139,7 @@ pub fn settings_from_args(args: &FargateArgs, node_name: &str) -> Result<Fargate
         log_group: args.log_group.clone(),
         region: args.aws_region.clone(),
         node_name: node_name.to_owned(),
+        cluster_id: args.cluster_id.clone(),
         default_cpu_millis,
         default_memory_bytes,
         price: PricingConfig::default().fargate,
@@ -149,8 +171,14 @@ impl EnvLookup for Fetched {
     }
 }
 
-fn secret_name(pod_uid: &str) -> String {
-    format!("spillway/{pod_uid}")
+/// Where this node's pod secrets live: `spillway/<cluster id>/<node>/`.
+fn secret_prefix(settings: &FargateSettings) -> String {
+    format!("spillway/{}/{}/", settings.cluster_id, settings.node_name)
+}
+
+/// The secret of one pod (one per pod, so a retried create overwrites rather than adds).
+fn secret_name(settings: &FargateSettings, pod_uid: &str) -> String {
+    format!("{}{pod_uid}", secret_prefix(settings))
 }
 
 fn remote_status(pod_uid: &str, task: &TaskInfo) -> RemoteStatus {
@@ -303,7 +331,14 @@ impl<E: EcsApi> FargateProvider<E> {
             }
         }
         let json = serde_json::Value::Object(values).to_string();
-        self.api.put_secret(&secret_name(pod_uid), &json).await
+        let tags = [
+            (TAG_POD_UID, pod_uid),
+            (TAG_NODE, self.settings.node_name.as_str()),
+            (TAG_CLUSTER, self.settings.cluster_id.as_str()),
+        ];
+        self.api
+            .put_secret(&secret_name(&self.settings, pod_uid), &json, &tags)
+            .await
     }
 
     async fn ensure_task_definition(
@@ -404,22 +439,70 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(pod_uid);
-        let secret_result = self.api.delete_secret(&secret_name(pod_uid)).await;
-        if let Err(error) = secret_result
-            && !matches!(error, ProviderError::NotFound(_))
-        {
-            tracing::warn!(%error, pod_uid, "cannot delete the pod's secret");
+            .get(pod_uid)
+            .cloned();
+        // The task first: its record goes only once ECS took the StopTask, so a failed
+        // (throttled) stop is retried against the same task instead of being forgotten.
+        if let Some(record) = &record {
+            // The grace period travels as the container stopTimeout in the task
+            // definition; StopTask sends SIGTERM and ECS waits that long before SIGKILL.
+            let reason = format!("pod deleted (grace {grace_seconds}s)");
+            match self
+                .api
+                .stop_task(&self.settings.cluster, &record.arn, &reason)
+                .await
+            {
+                Ok(()) | Err(ProviderError::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
+            self.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(pod_uid);
         }
-        let Some(record) = record else {
-            return Err(ProviderError::NotFound(pod_uid.to_owned()));
-        };
-        // The grace period travels as the container stopTimeout in the task definition;
-        // StopTask sends SIGTERM and ECS waits that long before SIGKILL.
-        let reason = format!("pod deleted (grace {grace_seconds}s)");
-        self.api
-            .stop_task(&self.settings.cluster, &record.arn, &reason)
+        match self
+            .api
+            .delete_secret(&secret_name(&self.settings, pod_uid))
             .await
+        {
+            Ok(()) | Err(ProviderError::NotFound(_)) => {}
+            Err(error) => return Err(error),
+        }
+        match record {
+            Some(_) => Ok(()),
+            None => Err(ProviderError::NotFound(pod_uid.to_owned())),
+        }
+    }
+
+    async fn sweep(&self, live: &HashSet<String>) -> Result<usize, ProviderError> {
+        // Tasks of this cluster's node for pods that are gone (the node was down when
+        // they were deleted, or a stop was lost).
+        let mut removed = 0;
+        for (uid, _) in self.list().await? {
+            if !live.contains(&uid) {
+                tracing::warn!(pod_uid = %uid, "orphaned task; stopping it");
+                match self.delete(&uid, 0).await {
+                    Ok(()) | Err(ProviderError::NotFound(_)) => removed += 1,
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        // Secrets of pods that are gone: a crash between writing the secret and RunTask
+        // leaves one with no task to find it by.
+        let prefix = secret_prefix(&self.settings);
+        for name in self.api.list_secrets(&prefix).await? {
+            let Some(uid) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            if !live.contains(uid) {
+                tracing::warn!(pod_uid = %uid, "orphaned secret; deleting it");
+                match self.api.delete_secret(&name).await {
+                    Ok(()) | Err(ProviderError::NotFound(_)) => removed += 1,
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     async fn list(&self) -> Result<HashMap<String, RemoteStatus>, ProviderError> {
@@ -535,6 +618,9 @@ mod tests {
         run_calls: Mutex<Vec<RunTask>>,
         stopped: Mutex<Vec<String>>,
         next: AtomicUsize,
+        /// StopTask calls still to answer with throttling.
+        throttled_stops: AtomicUsize,
+        secrets: Mutex<Vec<String>>,
     }
 
     impl FakeEcs {
@@ -615,6 +701,13 @@ mod tests {
                 .collect())
         }
         async fn stop_task(&self, _: &str, arn: &str, _: &str) -> Result<(), ProviderError> {
+            let throttled = self
+                .throttled_stops
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if throttled {
+                return Err(ProviderError::Throttled("Rate exceeded".into()));
+            }
             self.stopped.lock().unwrap().push(arn.to_owned());
             for task in self
                 .tasks
@@ -627,12 +720,32 @@ mod tests {
             }
             Ok(())
         }
-        async fn put_secret(&self, name: &str, _: &str) -> Result<String, ProviderError> {
+        async fn put_secret(
+            &self,
+            name: &str,
+            _: &str,
+            _: &[(&str, &str)],
+        ) -> Result<String, ProviderError> {
+            let mut secrets = self.secrets.lock().unwrap();
+            if !secrets.iter().any(|s| s == name) {
+                secrets.push(name.to_owned());
+            }
             Ok(format!(
                 "arn:aws:secretsmanager:us-east-1:0:secret:{name}-AbCdEf"
             ))
         }
-        async fn delete_secret(&self, _: &str) -> Result<(), ProviderError> {
+        async fn list_secrets(&self, prefix: &str) -> Result<Vec<String>, ProviderError> {
+            Ok(self
+                .secrets
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+        async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
+            self.secrets.lock().unwrap().retain(|s| s != name);
             Ok(())
         }
         async fn log_events(
@@ -676,6 +789,51 @@ mod tests {
             3,
             "a live task is not started twice"
         );
+    }
+
+    #[tokio::test]
+    async fn a_throttled_stop_keeps_the_task_to_stop_it_on_the_retry() {
+        let provider = provider();
+        provider.create(&pod("a")).await.unwrap();
+        let arn = provider.tasks.lock().unwrap()["a"].arn.clone();
+        provider.api.throttled_stops.store(1, Ordering::SeqCst);
+        assert!(matches!(
+            provider.delete("a", 30).await,
+            Err(ProviderError::Throttled(_))
+        ));
+        // The retry stops the same task (not "not found", which would drop the pod with
+        // its task still running).
+        provider.delete("a", 30).await.unwrap();
+        assert_eq!(*provider.api.stopped.lock().unwrap(), vec![arn]);
+        assert!(matches!(
+            provider.delete("a", 30).await,
+            Err(ProviderError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_tasks_and_secrets_of_pods_that_are_gone() {
+        let provider = provider();
+        provider.api.add_task("gone", 1);
+        provider.api.add_task("live", 1);
+        let settings = &provider.settings;
+        for uid in ["gone", "crashed-before-run-task", "live"] {
+            provider
+                .api
+                .put_secret(&secret_name(settings, uid), "{}", &[])
+                .await
+                .unwrap();
+        }
+        // Another node's (or cluster's) secret is not ours to touch.
+        let foreign = "spillway/other-cluster/spillway-fargate/gone".to_owned();
+        provider.api.put_secret(&foreign, "{}", &[]).await.unwrap();
+        let live: HashSet<String> = ["live".to_owned()].into();
+        let removed = provider.sweep(&live).await.unwrap();
+        // `gone` (its task, with its secret) and the crash's lone secret.
+        assert_eq!(removed, 2);
+        let secrets = provider.api.secrets.lock().unwrap().clone();
+        assert_eq!(secrets, vec![secret_name(settings, "live"), foreign]);
+        assert_eq!(provider.api.stopped.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub struct FargateSettings {
     pub region: String,
     /// The virtual node's name (tags, `startedBy`).
     pub node_name: String,
+    /// The Kubernetes cluster's id (tags, `startedBy`, secret names).
+    pub cluster_id: String,
     /// CPU for pods that name none, millicores.
     pub default_cpu_millis: u64,
     /// Memory for pods that name none, bytes.
@@ -61,16 +63,18 @@ impl FargateSettings {
             log_group: "/spillway/pods".into(),
             region: "us-east-1".into(),
             node_name: "spillway-fargate".into(),
+            cluster_id: "default".into(),
             default_cpu_millis: 250,
             default_memory_bytes: 512 << 20,
             price,
         }
     }
 
-    /// `startedBy` of every task this node runs (ECS allows 128 characters).
+    /// `startedBy` of every task this node runs, `<cluster id>.<node>` with other
+    /// characters as `_` (ECS allows letters, digits, `-`, `_` and 128 characters): what
+    /// `ListTasks` filters on, so another cluster's node of the same name is never seen.
     pub fn started_by(&self) -> String {
-        let mut value: String = self
-            .node_name
+        let mut value: String = format!("{}_{}", self.cluster_id, self.node_name)
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -654,6 +658,10 @@ pub fn translate(
             Tag {
                 key: super::TAG_NODE.into(),
                 value: settings.node_name.clone(),
+            },
+            Tag {
+                key: super::TAG_CLUSTER.into(),
+                value: settings.cluster_id.clone(),
             },
         ],
     };
