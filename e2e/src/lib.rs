@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: reach the test bed, make namespaces that clean up
 //! after themselves, wait for conditions with a deadline, register loopback webhooks.
 
+pub mod aws_fault_proxy;
 pub mod chart;
 pub mod doc_commands;
 pub mod split_proxy;

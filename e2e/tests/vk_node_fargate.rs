@@ -498,3 +498,359 @@ async fn pod_the_provider_refuses_ends_failed_with_a_reason() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// The flags of `fx`'s node with `endpoint` as its AWS endpoint and `extra` added.
+fn node_args_via(fx: &FargateFixture, endpoint: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = fx.args.clone();
+    let at = args
+        .iter()
+        .position(|a| a == "--aws-endpoint")
+        .expect("the flag is there");
+    args[at + 1] = endpoint.to_owned();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+async fn secret_names(aws: &Aws, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&aws.endpoint)
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            "testing", "testing", None, None, "e2e",
+        ))
+        .load()
+        .await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&config);
+    let listed = secrets.list_secrets().max_results(100).send().await?;
+    Ok(listed
+        .secret_list()
+        .iter()
+        .filter_map(|s| s.name())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_crash_between_the_secret_and_run_task_leaks_nothing() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-crash-secret").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    // Every RunTask hangs: the node writes the pods' secrets and then waits forever.
+    proxy.fail_next("RunTask", 1000, spillway_e2e::aws_fault_proxy::Fault::Stall);
+    let args = node_args_via(&fx, &proxy.endpoint(), &["--sweep-interval-seconds", "2"]);
+    let log = format!("vk-{}", ns.name);
+    let mut node = SpillwayProcess::start(&args, &log, &AWS_ENV)?;
+
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "token"}, "stringData": {"value": "t0k3n"}}),
+    )?;
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let spec = json!({"containers": [{"name": "app", "image": "nginx:1.27",
+        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "token", "key": "value"}}}]}]});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["goes", "stays"] {
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(name, node_name, spec.clone())?,
+        )
+        .await?;
+    }
+    let prefix = format!("spillway/default/{node_name}/");
+    wait_until(
+        "both secrets written, RunTask hanging",
+        Duration::from_secs(60),
+        || async {
+            Ok(secret_names(&fx.aws, &prefix).await?.len() == 2
+                && proxy
+                    .counts()
+                    .get("RunTask")
+                    .is_some_and(|(_, faulted)| *faulted >= 2))
+        },
+    )
+    .await?;
+    // The crash: kill -9 with the secrets written and no task started.
+    node.kill()?;
+    let goes_uid = pods.get("goes").await?.metadata.uid.unwrap_or_default();
+    pods.delete("goes", &DeleteParams::default().grace_period(0))
+        .await?;
+    drop(proxy);
+
+    // Restarted (straight to moto): the pod still bound runs once, with its one secret;
+    // the deleted pod's secret is swept.
+    let _node = SpillwayProcess::start(
+        &node_args_via(&fx, &fx.aws.endpoint, &["--sweep-interval-seconds", "2"]),
+        &log,
+        &AWS_ENV,
+    )?;
+    wait_until(
+        "stays Running after the restart",
+        Duration::from_secs(60),
+        || async {
+            Ok(pods
+                .get("stays")
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .as_deref()
+                == Some("Running"))
+        },
+    )
+    .await?;
+    wait_until(
+        "the deleted pod's secret swept",
+        Duration::from_secs(30),
+        || async {
+            Ok(!secret_names(&fx.aws, &prefix)
+                .await?
+                .iter()
+                .any(|n| n.ends_with(&goes_uid)))
+        },
+    )
+    .await?;
+    let stays_uid = pods.get("stays").await?.metadata.uid.unwrap_or_default();
+    assert_eq!(
+        secret_names(&fx.aws, &prefix).await?,
+        vec![format!("{prefix}{stays_uid}")],
+        "exactly the live pod's secret is left"
+    );
+    let tasks = running_tasks(&fx.aws, &fx.cluster).await?;
+    assert_eq!(tasks.get(&stays_uid).map(Vec::len), Some(1), "{tasks:?}");
+    assert!(!tasks.contains_key(&goes_uid), "a task for the deleted pod");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_throttled_stop_keeps_the_pod_until_its_task_is_stopped() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-throttled-stop").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    let args = node_args_via(&fx, &proxy.endpoint(), &[]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", node_name, json!({}))?,
+    )
+    .await?;
+    wait_until("web Running", Duration::from_secs(60), || async {
+        Ok(pods
+            .get("web")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running"))
+    })
+    .await?;
+    let uid = pods.get("web").await?.metadata.uid.unwrap_or_default();
+    // More throttled StopTasks than the SDK retries on its own: the node must retry.
+    proxy.fail_next(
+        "StopTask",
+        8,
+        spillway_e2e::aws_fault_proxy::Fault::Throttle,
+    );
+    pods.delete("web", &DeleteParams::default()).await?;
+    // The Pod stays (Terminating) through the throttled stops and goes after its task.
+    wait_until("web removed", Duration::from_secs(120), || async {
+        Ok(pods.get_opt("web").await?.is_none())
+    })
+    .await?;
+    let (_, throttled) = proxy.counts().get("StopTask").copied().unwrap_or_default();
+    assert_eq!(
+        throttled,
+        8,
+        "every planned throttle was met: {:?}",
+        proxy.counts()
+    );
+    assert!(
+        !running_tasks(&fx.aws, &fx.cluster)
+            .await?
+            .contains_key(&uid),
+        "the pod is gone and its task still runs"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn two_clusters_sharing_an_ecs_cluster_never_stop_each_others_tasks() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-two-clusters").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let log = format!("vk-{}", ns.name);
+    let sweep = ["--sweep-interval-seconds", "2"];
+    let alpha_args = node_args_via(
+        &fx,
+        &fx.aws.endpoint,
+        &[&["--cluster-id", "alpha"][..], &sweep].concat(),
+    );
+    let mut alpha = SpillwayProcess::start(&alpha_args, &log, &AWS_ENV)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["a0", "a1"] {
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(name, node_name, json!({}))?,
+        )
+        .await?;
+    }
+    wait_until("alpha's two tasks", Duration::from_secs(60), || async {
+        Ok(running_tasks(&fx.aws, &fx.cluster).await?.len() == 2)
+    })
+    .await?;
+    // Cluster alpha goes out of sight: its node stops and its pods are none of beta's
+    // business (another cluster's API), while their tasks keep running in ECS.
+    alpha.kill()?;
+    for name in ["a0", "a1"] {
+        pods.delete(name, &DeleteParams::default().grace_period(0))
+            .await?;
+    }
+    wait_until(
+        "alpha's pods gone from this API",
+        Duration::from_secs(30),
+        || async { Ok(pods.list(&ListParams::default()).await?.items.is_empty()) },
+    )
+    .await?;
+    // Cluster beta's node, same node name, same ECS cluster: it adopts, sweeps (every
+    // 2 s) and must leave alpha's tasks alone.
+    let beta_args = node_args_via(
+        &fx,
+        &fx.aws.endpoint,
+        &[&["--cluster-id", "beta"][..], &sweep].concat(),
+    );
+    let _beta = SpillwayProcess::start(&beta_args, &log, &AWS_ENV)?;
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("b0", node_name, json!({}))?,
+    )
+    .await?;
+    wait_until("beta's pod Running", Duration::from_secs(60), || async {
+        Ok(pods
+            .get("b0")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running"))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let tasks = running_tasks(&fx.aws, &fx.cluster).await?;
+    assert_eq!(
+        tasks.len(),
+        3,
+        "alpha's two tasks survive beta's sweeps: {:?}",
+        tasks.keys()
+    );
+    // Clean up alpha's tasks, as alpha's own node would.
+    for task in tasks.values().flatten() {
+        let started_by = task.started_by().unwrap_or_default();
+        if started_by.starts_with("alpha_") {
+            fx.aws
+                .ecs
+                .stop_task()
+                .cluster(&fx.cluster)
+                .task(task.task_arn().unwrap_or_default())
+                .send()
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The node's own count of `op` calls at the provider (every attempt, any result).
+fn provider_calls(admin_port: u16, op: &str) -> anyhow::Result<f64> {
+    let metrics = spillway_e2e::metrics_text(admin_port)?;
+    Ok(metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("spillway_provider_requests_total") && l.contains(&format!("op=\"{op}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn two_hundred_pods_all_run_through_throttling_and_server_errors() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-throttling").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    // A fifth of all calls throttled, one in twenty a 5xx; and the first RunTasks
+    // throttled more times in a row than one call retries, so pods must wait and say so.
+    proxy.set_shares(0.2, 0.05);
+    proxy.fail_next(
+        "RunTask",
+        12,
+        spillway_e2e::aws_fault_proxy::Fault::Throttle,
+    );
+    let args = node_args_via(&fx, &proxy.endpoint(), &[]);
+    let admin_port: u16 = args[args.iter().position(|a| a == "--admin-addr").unwrap() + 1]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()?;
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for i in 0..200 {
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(&format!("p{i:03}"), node_name, json!({}))?,
+        )
+        .await?;
+    }
+    wait_until("200 pods Running", Duration::from_secs(300), || async {
+        let list = pods.list(&ListParams::default()).await?;
+        let failed: Vec<String> = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        anyhow::ensure!(
+            failed.is_empty(),
+            "pods Failed under throttling: {failed:?}"
+        );
+        Ok(list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count()
+            == 200)
+    })
+    .await?;
+    let tasks = running_tasks(&fx.aws, &fx.cluster).await?;
+    assert_eq!(tasks.len(), 200, "one task per pod");
+    assert!(tasks.values().all(|t| t.len() == 1), "a pod with two tasks");
+    let events = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    assert!(
+        events.contains("ProviderThrottled"),
+        "an Event says the pods wait on throttling: {events}"
+    );
+    // Every RunTask attempt that reached the wire went through the node's own accounting
+    // (and its token bucket): no retry happened behind its back. (RunTask, because it is
+    // done once all pods run; status reads go on.)
+    let counts = proxy.counts();
+    let (forwarded, faulted) = counts.get("RunTask").copied().unwrap_or_default();
+    let counted = provider_calls(admin_port, "RunTask")?;
+    assert!(
+        faulted > 12,
+        "RunTask was faulted beyond the planned 12: {counts:?}"
+    );
+    assert_eq!(
+        counted,
+        (forwarded + faulted) as f64,
+        "RunTask: {forwarded} forwarded + {faulted} faulted on the wire, {counted} counted by the node"
+    );
+    Ok(())
+}

@@ -176,7 +176,41 @@ pub struct PodController<P: Provider> {
     stops_pending: HashMap<String, (u32, Instant)>,
     created_tx: tokio::sync::mpsc::UnboundedSender<CreateOutcome>,
     created_rx: Option<tokio::sync::mpsc::UnboundedReceiver<CreateOutcome>>,
+    /// Provider calls run in tasks of their own and report here, so a slow or hung call
+    /// never holds up the pod watch.
+    stopped_tx: tokio::sync::mpsc::UnboundedSender<StopOutcome>,
+    stopped_rx: Option<tokio::sync::mpsc::UnboundedReceiver<StopOutcome>>,
+    synced_tx: tokio::sync::mpsc::UnboundedSender<SyncOutcome>,
+    synced_rx: Option<tokio::sync::mpsc::UnboundedReceiver<SyncOutcome>>,
+    /// Pod UIDs with a stop in flight.
+    stopping: HashSet<String>,
+    /// Whether a status pull is in flight.
+    syncing: bool,
     create_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Why a provider object is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopFor {
+    /// A pod being deleted: the Pod is removed once its object stopped.
+    DeletedPod,
+    /// A pod already gone from the API: only the object is left to stop.
+    GonePod,
+}
+
+/// The result of one provider stop, reported back to the controller loop.
+struct StopOutcome {
+    uid: String,
+    why: StopFor,
+    started: Instant,
+    result: Result<(), ProviderError>,
+}
+
+/// The result of one status pull, reported back to the controller loop.
+struct SyncOutcome {
+    launched: Vec<String>,
+    started: Instant,
+    result: Result<HashMap<String, RemoteStatus>, ProviderError>,
 }
 
 /// The result of one create, reported back to the controller loop.
@@ -203,6 +237,8 @@ impl<P: Provider> PodController<P> {
         };
         let recorder = Recorder::new(client.clone(), reporter);
         let (created_tx, created_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stopped_tx, stopped_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (synced_tx, synced_rx) = tokio::sync::mpsc::unbounded_channel();
         let create_slots = Arc::new(tokio::sync::Semaphore::new(
             settings.create_concurrency.max(1),
         ));
@@ -227,6 +263,12 @@ impl<P: Provider> PodController<P> {
             stops_pending: HashMap::new(),
             created_tx,
             created_rx: Some(created_rx),
+            stopped_tx,
+            stopped_rx: Some(stopped_rx),
+            synced_tx,
+            synced_rx: Some(synced_rx),
+            stopping: HashSet::new(),
+            syncing: false,
             create_slots,
         }
     }
@@ -323,6 +365,8 @@ impl<P: Provider> PodController<P> {
         let (mut listed_once, mut last_adopt) = (false, Instant::now());
         let mut last_sweep = Instant::now();
         let mut outcomes = self.created_rx.take().expect("run is called once");
+        let mut stops = self.stopped_rx.take().expect("run is called once");
+        let mut syncs = self.synced_rx.take().expect("run is called once");
         // A replica taking over starts from its own view of the provider: a degraded
         // taint the previous leader left is removed until this one sees failures itself.
         self.set_degraded(false).await;
@@ -330,6 +374,8 @@ impl<P: Provider> PodController<P> {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 Some(outcome) = outcomes.recv() => self.record_create(outcome).await,
+                Some(outcome) = stops.recv() => self.record_stop(outcome).await,
+                Some(outcome) = syncs.recv() => self.record_sync(outcome).await,
                 event = stream.next() => {
                     let Some(event) = event else { return };
                     match event {
@@ -373,10 +419,10 @@ impl<P: Provider> PodController<P> {
                     if last_sync.elapsed() >= self.settings.sync_interval {
                         last_sync = Instant::now();
                         last_fresh_sync = last_sync;
-                        self.sync_statuses(false).await;
+                        self.start_sync(false);
                     } else if !self.fresh.is_empty() && last_fresh_sync.elapsed() >= FRESH_SYNC_INTERVAL {
                         last_fresh_sync = Instant::now();
-                        self.sync_statuses(true).await;
+                        self.start_sync(true);
                     }
                 }
             }
@@ -482,7 +528,7 @@ impl<P: Provider> PodController<P> {
         for uid in deleting {
             self.stop_and_remove(&uid).await;
         }
-        self.sync_statuses(false).await;
+        self.start_sync(false);
     }
 
     /// Starts a create for every pod that is due, each in a task of its own (bounded by
@@ -538,7 +584,7 @@ impl<P: Provider> PodController<P> {
         let Some(tracked) = self.tracked.get_mut(&uid) else {
             // The pod went away while it was being created: stop what was started.
             if result.is_ok() {
-                let _ = self.provider.delete(&uid, 0).await;
+                self.start_stop(&uid, 0, StopFor::GonePod);
             }
             return;
         };
@@ -605,9 +651,12 @@ impl<P: Provider> PodController<P> {
         }
     }
 
-    /// Pulls the status of every launched pod (`only_fresh`: of those not seen running
-    /// yet) in one batched provider call and writes what changed.
-    async fn sync_statuses(&mut self, only_fresh: bool) {
+    /// Starts pulling the status of every launched pod (`only_fresh`: of those not seen
+    /// running yet) in one batched provider call, unless a pull is in flight.
+    fn start_sync(&mut self, only_fresh: bool) {
+        if self.syncing {
+            return;
+        }
         let launched: Vec<String> = self
             .tracked
             .iter()
@@ -621,9 +670,37 @@ impl<P: Provider> PodController<P> {
         if launched.is_empty() {
             return;
         }
-        let started = Instant::now();
-        let result = self.provider.statuses(&launched).await;
+        self.syncing = true;
+        let (provider, tx) = (self.provider.clone(), self.synced_tx.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = provider.statuses(&launched).await;
+            let _ = tx.send(SyncOutcome {
+                launched,
+                started,
+                result,
+            });
+        });
+    }
+
+    /// Applies a status pull: writes what changed, counts pods the provider lost.
+    async fn record_sync(&mut self, outcome: SyncOutcome) {
+        self.syncing = false;
+        let SyncOutcome {
+            launched,
+            started,
+            result,
+        } = outcome;
         self.provider_result("statuses", started, &result).await;
+        // Pods deleted or relaunched while the pull ran are no longer this pull's.
+        let launched: Vec<String> = launched
+            .into_iter()
+            .filter(|uid| {
+                self.tracked
+                    .get(uid)
+                    .is_some_and(|t| t.lifecycle == Lifecycle::Launched && !t.deleting)
+            })
+            .collect();
         let remote = match result {
             Ok(remote) => remote,
             Err(error) => {
@@ -771,13 +848,13 @@ impl<P: Provider> PodController<P> {
         });
     }
 
-    /// Stops the provider object (the provider honours the grace period), then removes
-    /// the Pod with grace 0 and a UID precondition.
+    /// Starts stopping a deleted pod's provider object (the provider honours the grace
+    /// period); the Pod is removed once that succeeded (see [`Self::record_stop`]).
     async fn stop_and_remove(&mut self, uid: &str) {
         let Some(tracked) = self.tracked.get(uid) else {
             return;
         };
-        let pod = tracked.pod.clone();
+        let pod = &tracked.pod;
         let grace = pod
             .metadata
             .deletion_grace_period_seconds
@@ -786,18 +863,74 @@ impl<P: Provider> PodController<P> {
                 .as_ref()
                 .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30);
-        let started = Instant::now();
-        let result = self.provider.delete(uid, grace).await;
+        self.start_stop(uid, grace, StopFor::DeletedPod);
+    }
+
+    /// Stops the provider object of `uid` in a task of its own, unless a stop is in
+    /// flight already.
+    fn start_stop(&mut self, uid: &str, grace: i64, why: StopFor) {
+        if !self.stopping.insert(uid.to_owned()) {
+            return;
+        }
+        let (provider, tx, uid) = (
+            self.provider.clone(),
+            self.stopped_tx.clone(),
+            uid.to_owned(),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = provider.delete(&uid, grace).await;
+            let _ = tx.send(StopOutcome {
+                uid,
+                why,
+                started,
+                result,
+            });
+        });
+    }
+
+    /// A stop finished: a deleted pod's Pod goes now; a failure is retried with back-off.
+    async fn record_stop(&mut self, outcome: StopOutcome) {
+        let StopOutcome {
+            uid,
+            why,
+            started,
+            result,
+        } = outcome;
+        self.stopping.remove(&uid);
         self.provider_result("delete", started, &result).await;
-        match result {
-            Ok(()) | Err(ProviderError::NotFound(_)) => {}
-            Err(error) => {
+        let stopped = matches!(result, Ok(()) | Err(ProviderError::NotFound(_)));
+        match why {
+            StopFor::GonePod if stopped => {
+                self.stops_pending.remove(&uid);
+            }
+            StopFor::GonePod => {
+                let attempts = self.stops_pending.get(&uid).map_or(1, |(a, _)| a + 1);
+                self.stops_pending.insert(
+                    uid.clone(),
+                    (attempts, Instant::now() + backoff_with_jitter(attempts)),
+                );
+                if let Err(error) = result {
+                    tracing::warn!(%error, pod_uid = %uid, "cannot stop the object of a deleted pod; retrying");
+                }
+            }
+            StopFor::DeletedPod if stopped => self.remove_pod(&uid).await,
+            StopFor::DeletedPod => {
                 // The Pod stays until its object is stopped: nothing is left running.
-                let wait = self.delete_failed(uid);
-                tracing::warn!(%error, pod = %key(&pod), ?wait, "cannot stop provider object; retrying");
-                return;
+                let wait = self.delete_failed(&uid);
+                if let Err(error) = result {
+                    tracing::warn!(%error, pod_uid = %uid, ?wait, "cannot stop provider object; retrying");
+                }
             }
         }
+    }
+
+    /// Removes a deleted pod's Pod (grace 0, UID precondition) once its object stopped.
+    async fn remove_pod(&mut self, uid: &str) {
+        let Some(tracked) = self.tracked.get(uid) else {
+            return;
+        };
+        let pod = tracked.pod.clone();
         let Some(namespace) = pod.metadata.namespace.as_deref() else {
             return;
         };
@@ -865,21 +998,7 @@ impl<P: Provider> PodController<P> {
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in stops {
-            let started = Instant::now();
-            let result = self.provider.delete(&uid, 0).await;
-            self.provider_result("delete", started, &result).await;
-            match result {
-                Ok(()) | Err(ProviderError::NotFound(_)) => {
-                    self.stops_pending.remove(&uid);
-                }
-                Err(error) => {
-                    if let Some((attempts, next)) = self.stops_pending.get_mut(&uid) {
-                        *attempts += 1;
-                        *next = Instant::now() + backoff_with_jitter(*attempts);
-                    }
-                    tracing::warn!(%error, pod_uid = %uid, "cannot stop the object of a deleted pod; retrying");
-                }
-            }
+            self.start_stop(&uid, 0, StopFor::GonePod);
         }
     }
 
@@ -904,16 +1023,7 @@ impl<P: Provider> PodController<P> {
             return;
         };
         self.directory_remove(&tracked.pod);
-        let started = Instant::now();
-        let result = self.provider.delete(uid, 0).await;
-        self.provider_result("delete", started, &result).await;
-        if let Err(error) = &result
-            && !matches!(error, ProviderError::NotFound(_))
-        {
-            self.stops_pending
-                .insert(uid.to_owned(), (1, Instant::now() + backoff_with_jitter(1)));
-            tracing::warn!(%error, pod_uid = %uid, "cannot stop provider object of a removed pod; retrying");
-        }
+        self.start_stop(uid, 0, StopFor::GonePod);
     }
 }
 

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types as ecs;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
 
 use super::ecs_json::{self, RegisterTaskDefinition, RunTask};
 use crate::metrics::NodeMetrics;
@@ -181,13 +182,26 @@ fn map_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     }
 }
 
+/// Attempts of one call (the first and the retries of throttling or transient errors).
+const MAX_ATTEMPTS: u32 = 5;
+/// The longest one attempt may take before it counts as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Wait before retry `attempt` (1-based): 100 ms doubling, up to 5 s, with full jitter.
+fn retry_backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(5));
+    cap.mul_f64(rand::rng().random_range(0.0..1.0))
+}
+
 impl AwsApi {
     /// Clients from the standard AWS config chain; `endpoint` overrides the endpoint
     /// (a local test endpoint).
     pub async fn new(region: &str, endpoint: Option<&str>, metrics: NodeMetrics) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_owned()))
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+            .retry_config(aws_config::retry::RetryConfig::disabled());
         if let Some(endpoint) = endpoint {
             loader = loader.endpoint_url(endpoint);
         }
@@ -201,23 +215,46 @@ impl AwsApi {
         }
     }
 
-    /// Waits for `limiter`, runs `call`, and records its duration and result as `op`.
-    async fn call<T>(
+    /// Runs one API call, retrying throttling and transient errors up to
+    /// [`MAX_ATTEMPTS`] with jittered back-off. Every attempt waits for `limiter` first and
+    /// is recorded as `op` (so a retry is counted and rate-limited like any call: the SDK's
+    /// own retries are off, they would bypass the buckets).
+    async fn call<T, F, Fut>(
         &self,
         op: &str,
         limiter: &DefaultDirectRateLimiter,
-        call: impl Future<Output = Result<T, ProviderError>>,
-    ) -> Result<T, ProviderError> {
-        limiter.until_ready().await;
-        let started = Instant::now();
-        let result = call.await;
-        self.metrics.observe(
-            "fargate",
-            op,
-            result.is_ok(),
-            started.elapsed().as_secs_f64(),
-        );
-        result
+        attempt: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            limiter.until_ready().await;
+            let started = Instant::now();
+            // A hung connection counts as a transient failure, retried like one.
+            let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt()).await {
+                Ok(result) => result,
+                Err(_) => Err(ProviderError::Transient(format!(
+                    "{op}: no answer within {ATTEMPT_TIMEOUT:?}"
+                ))),
+            };
+            self.metrics.observe(
+                "fargate",
+                op,
+                result.is_ok(),
+                started.elapsed().as_secs_f64(),
+            );
+            match result {
+                Err(error) if error.is_retryable() && attempts < MAX_ATTEMPTS => {
+                    tracing::debug!(%error, op, attempts, "retrying");
+                    tokio::time::sleep(retry_backoff(attempts)).await;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -361,7 +398,7 @@ impl EcsApi for AwsApi {
             .iter()
             .map(|v| ecs::Volume::builder().name(&v.name).build())
             .collect();
-        let send = self
+        let request = self
             .ecs
             .register_task_definition()
             .family(&request.family)
@@ -373,27 +410,26 @@ impl EcsApi for AwsApi {
             .set_task_role_arn(request.task_role_arn.clone())
             .set_container_definitions(Some(containers))
             .set_volumes(Some(volumes))
-            .set_tags(Some(tags(&request.tags)))
-            .send();
-        self.call("RegisterTaskDefinition", &self.limits.register, async {
-            send.await.map(|_| ()).map_err(map_error)
+            .set_tags(Some(tags(&request.tags)));
+        self.call("RegisterTaskDefinition", &self.limits.register, || {
+            let send = request.clone().send();
+            async move { send.await.map(|_| ()).map_err(map_error) }
         })
         .await
     }
 
     async fn task_definition_exists(&self, family: &str) -> Result<bool, ProviderError> {
-        let send = self
-            .ecs
-            .describe_task_definition()
-            .task_definition(family)
-            .send();
-        self.call("DescribeTaskDefinition", &self.limits.read, async {
-            match send.await {
-                Ok(output) => Ok(output.task_definition().is_some()),
-                Err(error) => match map_error(error) {
-                    ProviderError::Invalid(_) | ProviderError::NotFound(_) => Ok(false),
-                    other => Err(other),
-                },
+        let request = self.ecs.describe_task_definition().task_definition(family);
+        self.call("DescribeTaskDefinition", &self.limits.read, || {
+            let send = request.clone().send();
+            async move {
+                match send.await {
+                    Ok(output) => Ok(output.task_definition().is_some()),
+                    Err(error) => match map_error(error) {
+                        ProviderError::Invalid(_) | ProviderError::NotFound(_) => Ok(false),
+                        other => Err(other),
+                    },
+                }
             }
         })
         .await
@@ -442,7 +478,7 @@ impl EcsApi for AwsApi {
                     .map_err(build_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let send = self
+        let request = self
             .ecs
             .run_task()
             .cluster(&request.cluster)
@@ -454,23 +490,25 @@ impl EcsApi for AwsApi {
             .overrides(overrides)
             .started_by(&request.started_by)
             .client_token(&request.client_token)
-            .set_tags(Some(tags(&request.tags)))
-            .send();
-        self.call("RunTask", &self.limits.run_task, async {
-            let output = send.await.map_err(map_error)?;
-            if let Some(failure) = output.failures().first() {
-                let reason = format!(
-                    "{}: {}",
-                    failure.reason().unwrap_or(""),
-                    failure.detail().unwrap_or("")
-                );
-                return Err(ProviderError::Transient(reason));
+            .set_tags(Some(tags(&request.tags)));
+        self.call("RunTask", &self.limits.run_task, || {
+            let send = request.clone().send();
+            async move {
+                let output = send.await.map_err(map_error)?;
+                if let Some(failure) = output.failures().first() {
+                    let reason = format!(
+                        "{}: {}",
+                        failure.reason().unwrap_or(""),
+                        failure.detail().unwrap_or("")
+                    );
+                    return Err(ProviderError::Transient(reason));
+                }
+                output
+                    .tasks()
+                    .first()
+                    .map(task_info)
+                    .ok_or_else(|| ProviderError::Transient("RunTask returned no task".into()))
             }
-            output
-                .tasks()
-                .first()
-                .map(task_info)
-                .ok_or_else(|| ProviderError::Transient("RunTask returned no task".into()))
         })
         .await
     }
@@ -483,16 +521,16 @@ impl EcsApi for AwsApi {
         let mut arns = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let send = self
+            let request = self
                 .ecs
                 .list_tasks()
                 .cluster(cluster)
                 .started_by(started_by)
-                .set_next_token(token.clone())
-                .send();
+                .set_next_token(token.clone());
             let output = self
-                .call("ListTasks", &self.limits.read, async {
-                    send.await.map_err(map_error)
+                .call("ListTasks", &self.limits.read, || {
+                    let send = request.clone().send();
+                    async move { send.await.map_err(map_error) }
                 })
                 .await?;
             arns.extend(output.task_arns().iter().cloned());
@@ -511,31 +549,33 @@ impl EcsApi for AwsApi {
         if arns.is_empty() {
             return Ok(Vec::new());
         }
-        let send = self
+        let request = self
             .ecs
             .describe_tasks()
             .cluster(cluster)
             .set_tasks(Some(arns.to_vec()))
-            .include(ecs::TaskField::Tags)
-            .send();
-        self.call("DescribeTasks", &self.limits.read, async {
-            send.await
-                .map(|output| output.tasks().iter().map(task_info).collect())
-                .map_err(map_error)
+            .include(ecs::TaskField::Tags);
+        self.call("DescribeTasks", &self.limits.read, || {
+            let send = request.clone().send();
+            async move {
+                send.await
+                    .map(|output| output.tasks().iter().map(task_info).collect())
+                    .map_err(map_error)
+            }
         })
         .await
     }
 
     async fn stop_task(&self, cluster: &str, arn: &str, reason: &str) -> Result<(), ProviderError> {
-        let send = self
+        let request = self
             .ecs
             .stop_task()
             .cluster(cluster)
             .task(arn)
-            .reason(reason)
-            .send();
-        self.call("StopTask", &self.limits.stop_task, async {
-            send.await.map(|_| ()).map_err(map_error)
+            .reason(reason);
+        self.call("StopTask", &self.limits.stop_task, || {
+            let send = request.clone().send();
+            async move { send.await.map(|_| ()).map_err(map_error) }
         })
         .await
     }
@@ -555,14 +595,14 @@ impl EcsApi for AwsApi {
                     .build()
             })
             .collect();
-        self.call("PutSecret", &self.limits.secrets, async {
+        self.call("PutSecret", &self.limits.secrets, || async {
             let created = self
                 .secrets
                 .create_secret()
                 .name(name)
                 .secret_string(json)
                 .description("Secret-derived env of one Spillway burst pod; deleted with the pod")
-                .set_tags(Some(tags))
+                .set_tags(Some(tags.clone()))
                 .send()
                 .await;
             let exists = |e: &SdkError<_, _>| {
@@ -598,15 +638,15 @@ impl EcsApi for AwsApi {
                 .key(aws_sdk_secretsmanager::types::FilterNameStringType::Name)
                 .values(prefix)
                 .build();
-            let send = self
+            let request = self
                 .secrets
                 .list_secrets()
                 .filters(filter)
-                .set_next_token(token.clone())
-                .send();
+                .set_next_token(token.clone());
             let output = self
-                .call("ListSecrets", &self.limits.secrets, async {
-                    send.await.map_err(map_error)
+                .call("ListSecrets", &self.limits.secrets, || {
+                    let send = request.clone().send();
+                    async move { send.await.map_err(map_error) }
                 })
                 .await?;
             names.extend(
@@ -626,14 +666,14 @@ impl EcsApi for AwsApi {
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
-        let send = self
+        let request = self
             .secrets
             .delete_secret()
             .secret_id(name)
-            .force_delete_without_recovery(true)
-            .send();
-        self.call("DeleteSecret", &self.limits.secrets, async {
-            send.await.map(|_| ()).map_err(map_error)
+            .force_delete_without_recovery(true);
+        self.call("DeleteSecret", &self.limits.secrets, || {
+            let send = request.clone().send();
+            async move { send.await.map(|_| ()).map_err(map_error) }
         })
         .await
     }
@@ -646,25 +686,27 @@ impl EcsApi for AwsApi {
         limit: Option<usize>,
         from_tail: bool,
     ) -> Result<Vec<LogLine>, ProviderError> {
-        let send = self
+        let request = self
             .logs
             .get_log_events()
             .log_group_name(group)
             .log_stream_name(stream)
             .set_start_time(start_ms)
             .set_limit(limit.map(|l| l.min(10_000) as i32))
-            .start_from_head(!from_tail)
-            .send();
-        self.call("GetLogEvents", &self.limits.logs, async {
-            let output = send.await.map_err(map_error)?;
-            Ok(output
-                .events()
-                .iter()
-                .map(|e| LogLine {
-                    timestamp_ms: e.timestamp().unwrap_or(0),
-                    message: e.message().unwrap_or("").to_owned(),
-                })
-                .collect())
+            .start_from_head(!from_tail);
+        self.call("GetLogEvents", &self.limits.logs, || {
+            let send = request.clone().send();
+            async move {
+                let output = send.await.map_err(map_error)?;
+                Ok(output
+                    .events()
+                    .iter()
+                    .map(|e| LogLine {
+                        timestamp_ms: e.timestamp().unwrap_or(0),
+                        message: e.message().unwrap_or("").to_owned(),
+                    })
+                    .collect())
+            }
         })
         .await
     }

@@ -1,0 +1,191 @@
+//! A fault-injecting HTTP proxy of the tests' own in front of moto: it forwards AWS JSON
+//! API calls and, by operation (the `X-Amz-Target` header, e.g. `RunTask`), stalls them,
+//! answers `ThrottlingException`, or answers a 5xx, either for the next N calls of one
+//! operation or for a share of all calls. The wire stays the real AWS protocol; only the
+//! answers the provider would see from a struggling AWS are forced.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use rand::Rng;
+
+/// What the proxy does to one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Never answers (as a hung connection).
+    Stall,
+    /// `400 ThrottlingException`.
+    Throttle,
+    /// `500 ServerException`.
+    ServerError,
+}
+
+#[derive(Default)]
+struct Rules {
+    next: HashMap<String, VecDeque<Fault>>,
+    throttle_share: f64,
+    error_share: f64,
+    /// Operation → (forwarded, faulted).
+    counts: BTreeMap<String, (u64, u64)>,
+}
+
+/// The proxy; stops when dropped.
+pub struct AwsFaultProxy {
+    addr: SocketAddr,
+    rules: Arc<Mutex<Rules>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    client: reqwest::Client,
+    rules: Arc<Mutex<Rules>>,
+}
+
+impl AwsFaultProxy {
+    /// Listens on a free loopback port, forwarding to `upstream` (`http://host:port`).
+    pub async fn start(upstream: &str) -> anyhow::Result<Self> {
+        let rules = Arc::new(Mutex::new(Rules::default()));
+        let state = ProxyState {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: reqwest::Client::new(),
+            rules: rules.clone(),
+        };
+        let app = Router::new().fallback(forward).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, rules, task })
+    }
+
+    /// `http://127.0.0.1:<port>`, for `--aws-endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next `count` calls of `operation` (e.g. `StopTask`) get `fault`.
+    pub fn fail_next(&self, operation: &str, count: usize, fault: Fault) {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        rules
+            .next
+            .entry(operation.to_owned())
+            .or_default()
+            .extend(std::iter::repeat_n(fault, count));
+    }
+
+    /// From now on each call is throttled with probability `throttle` and answered with
+    /// a 5xx with probability `error`.
+    pub fn set_shares(&self, throttle: f64, error: f64) {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        rules.throttle_share = throttle;
+        rules.error_share = error;
+    }
+
+    /// Operation → (forwarded, faulted) so far.
+    pub fn counts(&self) -> BTreeMap<String, (u64, u64)> {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counts
+            .clone()
+    }
+}
+
+impl Drop for AwsFaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn operation(headers: &HeaderMap) -> String {
+    headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or("other")
+        .to_owned()
+}
+
+fn fault_response(fault: Fault) -> Response {
+    let (status, kind) = match fault {
+        Fault::Throttle => (StatusCode::BAD_REQUEST, "ThrottlingException"),
+        Fault::ServerError | Fault::Stall => (StatusCode::INTERNAL_SERVER_ERROR, "ServerException"),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amzn-errortype", kind)
+        .body(Body::from(format!(
+            r#"{{"__type":"{kind}","message":"injected by the test's fault proxy"}}"#
+        )))
+        .expect("a valid response")
+}
+
+async fn forward(
+    State(state): State<ProxyState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let op = operation(&headers);
+    let fault = {
+        let mut rules = state.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let planned = rules.next.get_mut(&op).and_then(VecDeque::pop_front);
+        let roll: f64 = rand::rng().random();
+        let fault = planned.or(if roll < rules.throttle_share {
+            Some(Fault::Throttle)
+        } else if roll < rules.throttle_share + rules.error_share {
+            Some(Fault::ServerError)
+        } else {
+            None
+        });
+        let entry = rules.counts.entry(op).or_default();
+        if fault.is_some() {
+            entry.1 += 1;
+        } else {
+            entry.0 += 1;
+        }
+        fault
+    };
+    match fault {
+        Some(Fault::Stall) => std::future::pending().await,
+        Some(fault) => return fault_response(fault),
+        None => {}
+    }
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut request = state
+        .client
+        .request(method, format!("{}{path}", state.upstream))
+        .body(body);
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let mut response = Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if name != "content-length" && name != "transfer-encoding" {
+                    response = response.header(name, value);
+                }
+            }
+            let bytes = answer.bytes().await.unwrap_or_default();
+            response.body(Body::from(bytes)).expect("a valid response")
+        }
+        Err(error) => Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Body::from(error.to_string()))
+            .expect("a valid response"),
+    }
+}
