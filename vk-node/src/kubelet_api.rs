@@ -37,9 +37,13 @@ pub struct LogQuery {
     pub follow: bool,
 }
 
+/// Log streams (`follow=true`) served at once; more are answered 429.
+pub const MAX_FOLLOWERS: usize = 64;
+
 struct ApiState<P> {
     provider: Arc<P>,
     directory: PodDirectory,
+    followers: Arc<tokio::sync::Semaphore>,
 }
 
 impl<P> Clone for ApiState<P> {
@@ -47,8 +51,54 @@ impl<P> Clone for ApiState<P> {
         Self {
             provider: self.provider.clone(),
             directory: self.directory.clone(),
+            followers: self.followers.clone(),
         }
     }
+}
+
+/// Where a follow stream is: the newest timestamp sent, and how many lines with exactly
+/// that timestamp were sent (more may arrive with the same one later).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FollowMark {
+    /// Newest timestamp sent (ms).
+    pub last_ms: i64,
+    /// Lines sent with that timestamp.
+    pub at_last: usize,
+}
+
+/// The lines of a fresh read not sent yet, and the mark after sending them; lines that
+/// share the last timestamp are never dropped (nor sent twice).
+pub fn unsent(lines: Vec<LogLine>, mark: FollowMark) -> (Vec<LogLine>, FollowMark) {
+    let mut seen_at_last = 0;
+    let mut new = Vec::new();
+    for line in lines {
+        if line.timestamp_ms < mark.last_ms {
+            continue;
+        }
+        if line.timestamp_ms == mark.last_ms && seen_at_last < mark.at_last {
+            seen_at_last += 1;
+            continue;
+        }
+        new.push(line);
+    }
+    let next = match new.last() {
+        None => mark,
+        Some(last) => {
+            let at_last = new
+                .iter()
+                .filter(|l| l.timestamp_ms == last.timestamp_ms)
+                .count();
+            FollowMark {
+                last_ms: last.timestamp_ms,
+                at_last: if last.timestamp_ms == mark.last_ms {
+                    mark.at_last + at_last
+                } else {
+                    at_last
+                },
+            }
+        }
+    };
+    (new, next)
 }
 
 /// The kubelet API router (serve it with client authentication).
@@ -62,6 +112,7 @@ pub fn router<P: Provider>(provider: Arc<P>, directory: PodDirectory) -> Router 
         .with_state(ApiState {
             provider,
             directory,
+            followers: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS)),
         })
 }
 
@@ -136,13 +187,22 @@ async fn container_logs<P: Provider>(
     if !query.follow {
         return (StatusCode::OK, [("content-type", "text/plain")], first).into_response();
     }
-    let last_ms = lines.last().map(|l| l.timestamp_ms).unwrap_or(0);
+    let Ok(permit) = state.followers.clone().try_acquire_owned() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("more than {MAX_FOLLOWERS} log streams are open on this node; try again later"),
+        )
+            .into_response();
+    };
+    let (_, mark) = unsent(lines, FollowMark::default());
     let initial = futures::stream::once(async move { Ok::<_, std::io::Error>(first) });
     let provider = state.provider.clone();
-    let follow = futures::stream::unfold(last_ms, move |last_ms| {
+    let follow = futures::stream::unfold(mark, move |mark| {
         let provider = provider.clone();
         let uid = uid.clone();
         let container = container.clone();
+        // Held for as long as the stream is open.
+        let _permit = &permit;
         async move {
             tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
             let options = LogOptions {
@@ -150,11 +210,7 @@ async fn container_logs<P: Provider>(
                 ..LogOptions::default()
             };
             let lines = provider.logs(&uid, &container, &options).await.ok()?;
-            let new: Vec<LogLine> = lines
-                .into_iter()
-                .filter(|l| l.timestamp_ms > last_ms)
-                .collect();
-            let next = new.last().map(|l| l.timestamp_ms).unwrap_or(last_ms);
+            let (new, next) = unsent(lines, mark);
             Some((Ok(render(&new, query.timestamps, None)), next))
         }
     });
@@ -164,6 +220,43 @@ async fn container_logs<P: Provider>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(ms: i64, message: &str) -> LogLine {
+        LogLine {
+            timestamp_ms: ms,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn following_never_drops_or_repeats_lines_that_share_a_timestamp() {
+        let (sent, mark) = unsent(
+            vec![at(1, "a"), at(2, "b"), at(2, "c")],
+            FollowMark::default(),
+        );
+        assert_eq!(sent.len(), 3);
+        assert_eq!(
+            mark,
+            FollowMark {
+                last_ms: 2,
+                at_last: 2
+            }
+        );
+        // A later read: one more line at the same millisecond, then a newer one.
+        let read = vec![at(1, "a"), at(2, "b"), at(2, "c"), at(2, "d"), at(3, "e")];
+        let (sent, mark) = unsent(read.clone(), mark);
+        assert_eq!(sent, vec![at(2, "d"), at(3, "e")]);
+        assert_eq!(
+            mark,
+            FollowMark {
+                last_ms: 3,
+                at_last: 1
+            }
+        );
+        let (sent, same) = unsent(read, mark);
+        assert!(sent.is_empty());
+        assert_eq!(same, mark);
+    }
 
     #[test]
     fn render_limits_and_timestamps() {

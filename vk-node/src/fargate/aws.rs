@@ -101,15 +101,40 @@ pub trait EcsApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<String>, ProviderError>> + Send;
     /// Deletes a secret at once.
     fn delete_secret(&self, name: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
-    /// `GetLogEvents`: from the head after `start_ms`, or the last `limit` when `from_tail`.
-    fn log_events(
+    /// One `GetLogEvents` page: from the head (after `start_ms`) or from the tail, or
+    /// where `token` points; at most `limit` events (10,000 at most).
+    fn log_page(
         &self,
-        group: &str,
-        stream: &str,
-        start_ms: Option<i64>,
-        limit: Option<usize>,
-        from_tail: bool,
-    ) -> impl Future<Output = Result<Vec<LogLine>, ProviderError>> + Send;
+        query: &LogPageQuery,
+    ) -> impl Future<Output = Result<LogPage, ProviderError>> + Send;
+}
+
+/// What one `GetLogEvents` call asks.
+#[derive(Clone, Debug, Default)]
+pub struct LogPageQuery {
+    /// Log group.
+    pub group: String,
+    /// Log stream.
+    pub stream: String,
+    /// Events at or after this time (ms since the epoch).
+    pub start_ms: Option<i64>,
+    /// Events per page.
+    pub limit: Option<usize>,
+    /// From the oldest events (else the newest).
+    pub from_head: bool,
+    /// A `nextForwardToken` or `nextBackwardToken` of an earlier page.
+    pub token: Option<String>,
+}
+
+/// One page of log events, oldest first, with the tokens to the pages around it.
+#[derive(Clone, Debug, Default)]
+pub struct LogPage {
+    /// The events.
+    pub lines: Vec<LogLine>,
+    /// Token of the next (newer) page; the same token again means the end.
+    pub forward_token: Option<String>,
+    /// Token of the previous (older) page.
+    pub backward_token: Option<String>,
 }
 
 /// Per-operation token buckets, set below the published ECS quotas (RunTask 20/s sustained,
@@ -678,34 +703,32 @@ impl EcsApi for AwsApi {
         .await
     }
 
-    async fn log_events(
-        &self,
-        group: &str,
-        stream: &str,
-        start_ms: Option<i64>,
-        limit: Option<usize>,
-        from_tail: bool,
-    ) -> Result<Vec<LogLine>, ProviderError> {
+    async fn log_page(&self, query: &LogPageQuery) -> Result<LogPage, ProviderError> {
         let request = self
             .logs
             .get_log_events()
-            .log_group_name(group)
-            .log_stream_name(stream)
-            .set_start_time(start_ms)
-            .set_limit(limit.map(|l| l.min(10_000) as i32))
-            .start_from_head(!from_tail);
+            .log_group_name(&query.group)
+            .log_stream_name(&query.stream)
+            .set_start_time(query.start_ms)
+            .set_limit(query.limit.map(|l| l.min(10_000) as i32))
+            .start_from_head(query.from_head)
+            .set_next_token(query.token.clone());
         self.call("GetLogEvents", &self.limits.logs, || {
             let send = request.clone().send();
             async move {
                 let output = send.await.map_err(map_error)?;
-                Ok(output
-                    .events()
-                    .iter()
-                    .map(|e| LogLine {
-                        timestamp_ms: e.timestamp().unwrap_or(0),
-                        message: e.message().unwrap_or("").to_owned(),
-                    })
-                    .collect())
+                Ok(LogPage {
+                    lines: output
+                        .events()
+                        .iter()
+                        .map(|e| LogLine {
+                            timestamp_ms: e.timestamp().unwrap_or(0),
+                            message: e.message().unwrap_or("").to_owned(),
+                        })
+                        .collect(),
+                    forward_token: output.next_forward_token().map(str::to_owned),
+                    backward_token: output.next_backward_token().map(str::to_owned),
+                })
             }
         })
         .await

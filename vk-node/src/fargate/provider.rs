@@ -13,7 +13,11 @@ use spillway_common::config::PricingConfig;
 use spillway_common::keys;
 use spillway_common::quantity;
 
-use super::aws::{AwsApi, EcsApi, TaskInfo};
+use super::aws::{AwsApi, EcsApi, LogPageQuery, TaskInfo};
+
+/// The most lines one log request returns (a 1,000,000-line pod is read in pages of
+/// 10,000; beyond that the caller should use `tailLines` or `sinceSeconds`).
+const MAX_LOG_LINES: usize = 1_000_000;
 use super::translate::{self, EnvLookup, FargateSettings};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::metrics::NodeMetrics;
@@ -357,6 +361,65 @@ impl<E: EcsApi> FargateProvider<E> {
         Ok(())
     }
 
+    /// Every line from the head, page after page (a page holds at most 10,000 events or
+    /// 1 MB), until the stream ends or `limit_bytes` is covered.
+    async fn log_head(
+        &self,
+        mut query: LogPageQuery,
+        limit_bytes: Option<usize>,
+    ) -> Result<Vec<LogLine>, ProviderError> {
+        query.from_head = true;
+        let mut lines = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let page = self.api.log_page(&query).await?;
+            bytes += page
+                .lines
+                .iter()
+                .map(|l| l.message.len() + 1)
+                .sum::<usize>();
+            let empty = page.lines.is_empty();
+            lines.extend(page.lines);
+            let end = empty
+                || page.forward_token.is_none()
+                || page.forward_token == query.token
+                || limit_bytes.is_some_and(|limit| bytes >= limit)
+                || lines.len() >= MAX_LOG_LINES;
+            if end {
+                return Ok(lines);
+            }
+            query.token = page.forward_token;
+        }
+    }
+
+    /// The last `tail` lines, reading older pages until there are enough.
+    async fn log_tail(
+        &self,
+        mut query: LogPageQuery,
+        tail: usize,
+    ) -> Result<Vec<LogLine>, ProviderError> {
+        let tail = tail.min(MAX_LOG_LINES);
+        query.from_head = false;
+        query.limit = Some(tail.min(10_000));
+        let mut lines: Vec<LogLine> = Vec::new();
+        loop {
+            let page = self.api.log_page(&query).await?;
+            let empty = page.lines.is_empty();
+            let mut older = page.lines;
+            older.append(&mut lines);
+            lines = older;
+            let end = empty
+                || lines.len() >= tail
+                || page.backward_token.is_none()
+                || page.backward_token == query.token;
+            if end {
+                let skip = lines.len().saturating_sub(tail);
+                return Ok(lines.split_off(skip));
+            }
+            query.token = page.backward_token;
+        }
+    }
+
     async fn describe(&self, arns: &[String]) -> Result<Vec<TaskInfo>, ProviderError> {
         let mut tasks = Vec::with_capacity(arns.len());
         for chunk in arns.chunks(DESCRIBE_BATCH) {
@@ -591,21 +654,23 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
                 .unwrap_or(0);
             now - s * 1000
         });
-        self.api
-            .log_events(
-                &self.settings.log_group,
-                &stream,
-                start_ms,
-                options.tail_lines,
-                options.tail_lines.is_some(),
-            )
-            .await
+        let query = LogPageQuery {
+            group: self.settings.log_group.clone(),
+            stream,
+            start_ms,
+            ..LogPageQuery::default()
+        };
+        match options.tail_lines {
+            Some(tail) => self.log_tail(query, tail).await,
+            None => self.log_head(query, options.limit_bytes).await,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fargate::aws::LogPage;
     use crate::fargate::ecs_json::{RegisterTaskDefinition, RunTask};
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -620,6 +685,7 @@ mod tests {
         next: AtomicUsize,
         /// StopTask calls still to answer with throttling.
         throttled_stops: AtomicUsize,
+        log_lines: Mutex<Vec<LogLine>>,
         secrets: Mutex<Vec<String>>,
     }
 
@@ -748,15 +814,28 @@ mod tests {
             self.secrets.lock().unwrap().retain(|s| s != name);
             Ok(())
         }
-        async fn log_events(
-            &self,
-            _: &str,
-            _: &str,
-            _: Option<i64>,
-            _: Option<usize>,
-            _: bool,
-        ) -> Result<Vec<LogLine>, ProviderError> {
-            Ok(vec![])
+        /// Pages of 3 over `log_lines`; tokens are indices as text.
+        async fn log_page(&self, query: &LogPageQuery) -> Result<LogPage, ProviderError> {
+            let all = self.log_lines.lock().unwrap().clone();
+            let size = query.limit.unwrap_or(3).min(3);
+            let (start, end) = match (&query.token, query.from_head) {
+                (Some(token), _) => {
+                    let (dir, at) = token.split_once(':').unwrap();
+                    let at: usize = at.parse().unwrap();
+                    if dir == "f" {
+                        (at, (at + size).min(all.len()))
+                    } else {
+                        (at.saturating_sub(size), at)
+                    }
+                }
+                (None, true) => (0, size.min(all.len())),
+                (None, false) => (all.len().saturating_sub(size), all.len()),
+            };
+            Ok(LogPage {
+                lines: all[start..end].to_vec(),
+                forward_token: Some(format!("f:{end}")),
+                backward_token: Some(format!("b:{start}")),
+            })
         }
     }
 
@@ -834,6 +913,36 @@ mod tests {
         let secrets = provider.api.secrets.lock().unwrap().clone();
         assert_eq!(secrets, vec![secret_name(settings, "live"), foreign]);
         assert_eq!(provider.api.stopped.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn logs_longer_than_a_page_are_read_whole_and_tails_are_exact() {
+        let provider = provider();
+        provider.create(&pod("a")).await.unwrap();
+        // Many lines share a timestamp: paging by token drops none of them.
+        let lines: Vec<LogLine> = (0..10)
+            .map(|i| LogLine {
+                timestamp_ms: 1000 + i / 4,
+                message: format!("line {i}"),
+            })
+            .collect();
+        *provider.api.log_lines.lock().unwrap() = lines.clone();
+        let read = |tail: Option<usize>, limit_bytes: Option<usize>| {
+            let provider = &provider;
+            async move {
+                let options = LogOptions {
+                    tail_lines: tail,
+                    limit_bytes,
+                    ..LogOptions::default()
+                };
+                provider.logs("a", "app", &options).await.unwrap()
+            }
+        };
+        assert_eq!(read(None, None).await, lines, "all four pages, in order");
+        assert_eq!(read(Some(5), None).await, lines[5..].to_vec());
+        assert_eq!(read(Some(50), None).await, lines);
+        // limitBytes stops the paging once covered (the renderer cuts the rest).
+        assert_eq!(read(None, Some(14)).await.len(), 3);
     }
 
     #[tokio::test]
