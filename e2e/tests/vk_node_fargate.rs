@@ -779,12 +779,12 @@ async fn two_hundred_pods_all_run_through_throttling_and_server_errors() -> anyh
     let fx = FargateFixture::new("e2e-throttling").await?;
     let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
     let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
-    // A fifth of all calls throttled, one in twenty a 5xx; and the first RunTasks
-    // throttled more times in a row than one call retries, so pods must wait and say so.
+    // A fifth of all calls throttled, one in twenty a 5xx; and the first 100 RunTasks
+    // throttled, more than the creates in flight retry, so pods must wait and say so.
     proxy.set_shares(0.2, 0.05);
     proxy.fail_next(
         "RunTask",
-        12,
+        100,
         spillway_e2e::aws_fault_proxy::Fault::Throttle,
     );
     let args = node_args_via(&fx, &proxy.endpoint(), &[]);
@@ -844,8 +844,8 @@ async fn two_hundred_pods_all_run_through_throttling_and_server_errors() -> anyh
     let (forwarded, faulted) = counts.get("RunTask").copied().unwrap_or_default();
     let counted = provider_calls(admin_port, "RunTask")?;
     assert!(
-        faulted > 12,
-        "RunTask was faulted beyond the planned 12: {counts:?}"
+        faulted > 100,
+        "RunTask was faulted beyond the planned 100: {counts:?}"
     );
     assert_eq!(
         counted,
