@@ -188,6 +188,35 @@ pub async fn watch_and_reload(
     .await
 }
 
+/// Who a client certificate says the caller is (the subject's common name and
+/// organizations, as Kubernetes reads them: user name and groups). Handlers of a server
+/// that requires client certificates find it in the request's extensions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// Subject CN.
+    pub name: String,
+    /// Subject O values.
+    pub groups: Vec<String>,
+}
+
+impl ClientIdentity {
+    /// Reads the identity from a DER certificate; `None` when it does not parse.
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = cert.subject();
+        let name = subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())?
+            .to_owned();
+        let groups = subject
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok().map(str::to_owned))
+            .collect();
+        Some(Self { name, groups })
+    }
+}
+
 /// A TLS listener bound and ready to serve.
 pub struct TlsServer {
     listener: TcpListener,
@@ -234,7 +263,6 @@ impl TlsServer {
             reload_interval,
             shutdown.clone(),
         ));
-        let service = TowerToHyperService::new(app);
         let limits = Arc::new(self.limits.clone());
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
         let connections = TaskTracker::new();
@@ -266,7 +294,7 @@ impl TlsServer {
             };
             // Small request/response exchanges must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
-            let (acceptor, service) = (self.acceptor.clone(), service.clone());
+            let (acceptor, app) = (self.acceptor.clone(), app.clone());
             let (shutdown, limits) = (shutdown.clone(), limits.clone());
             connections.spawn(async move {
                 let _permit = permit;
@@ -283,6 +311,17 @@ impl TlsServer {
                         return;
                     }
                 };
+                // A verified client certificate's identity travels with each request.
+                let identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| ClientIdentity::from_der(leaf));
+                let service = TowerToHyperService::new(match identity {
+                    Some(identity) => app.layer(axum::Extension(identity)),
+                    None => app,
+                });
                 let io = TokioIo::new(IdleTimeout::new(tls, limits.idle_timeout));
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder
@@ -636,5 +675,27 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "still accepting"
         );
+    }
+
+    #[test]
+    fn the_client_identity_is_the_subjects_cn_and_organizations() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kube-apiserver-kubelet-client");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:masters");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            ClientIdentity::from_der(cert.der()),
+            Some(ClientIdentity {
+                name: "kube-apiserver-kubelet-client".into(),
+                groups: vec!["system:masters".into()],
+            })
+        );
+        assert_eq!(ClientIdentity::from_der(b"not a certificate"), None);
     }
 }

@@ -456,7 +456,7 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
     ])?;
     kubectl(&["create", "namespace", namespace])?;
     let release = Release {
-        name: "spillway".into(),
+        name: "spillway-e2e".into(),
         namespace: namespace.into(),
     };
     // Pod Security "restricted", enforced: the chart's pods must pass it.
@@ -470,7 +470,7 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
     // Everything both renders contain is accepted by the real apiserver's validation.
     let mut pods = Vec::new();
     for values in [None, Some(all.as_str())] {
-        let mut args = vec!["template", "spillway", &chart, "--namespace", namespace];
+        let mut args = vec!["template", "spillway-e2e", &chart, "--namespace", namespace];
         if let Some(v) = values {
             args.extend(["--values", v]);
         }
@@ -513,7 +513,7 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
     ];
     let mut install = vec![
         "install",
-        "spillway",
+        "spillway-e2e",
         &chart,
         "--namespace",
         namespace,
@@ -530,14 +530,14 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
             namespace,
             "get",
             "secret",
-            "spillway-webhook-tls",
+            "spillway-e2e-webhook-tls",
             "-o",
             "jsonpath={.data.ca\\.crt}",
         ])?;
         let bundle = kubectl(&[
             "get",
             "mutatingwebhookconfiguration",
-            "spillway",
+            "spillway-e2e",
             "-o",
             "jsonpath={.webhooks[0].clientConfig.caBundle}",
         ])?;
@@ -559,7 +559,7 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
     }
     let mut upgrade = vec![
         "upgrade",
-        "spillway",
+        "spillway-e2e",
         &chart,
         "--namespace",
         namespace,
@@ -585,15 +585,15 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
         namespace,
         "get",
         "configmap",
-        "spillway-config",
+        "spillway-e2e-config",
         "-o",
         "jsonpath={.data.config\\.yaml}",
     ])?;
     assert!(config.contains("capacityThreshold: 0.9"), "{config}");
 
     // Least privilege, as the apiserver's RBAC sees it.
-    let webhook = "spillway-webhook";
-    let controller = "spillway-controller";
+    let webhook = "spillway-e2e-webhook";
+    let controller = "spillway-e2e-controller";
     let checks: &[(&str, &str, &str, Option<&str>, bool)] = &[
         // The webhook only reads what its index needs.
         (webhook, "watch", "pods", None, true),
@@ -711,6 +711,21 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
             "pods --subresource=status",
             Some("default"),
             true,
+        ),
+        // It authorizes kubelet API callers with SubjectAccessReviews.
+        (
+            controller,
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            None,
+            true,
+        ),
+        (
+            webhook,
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            None,
+            false,
         ),
     ];
     let mut wrong = Vec::new();

@@ -854,3 +854,89 @@ async fn two_hundred_pods_all_run_through_throttling_and_server_errors() -> anyh
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_log_of_twenty_thousand_lines_is_served_whole_and_tails_exactly() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-long-log").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let _node = fx.start_node()?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("chatty", node_name, json!({}))?,
+    )
+    .await?;
+    wait_until("chatty Running", Duration::from_secs(60), || async {
+        Ok(pods
+            .get("chatty")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running"))
+    })
+    .await?;
+    let uid = pods.get("chatty").await?.metadata.uid.unwrap_or_default();
+    let task = running_tasks(&fx.aws, &fx.cluster).await?[&uid][0].clone();
+    let task_id = task
+        .task_arn()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let (group, stream) = (
+        format!("/spillway/{}", fx.cluster),
+        format!("spillway/app/{task_id}"),
+    );
+    fx.aws
+        .logs
+        .create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .send()
+        .await?;
+    // 20,000 lines, ten to a millisecond (so pages end amid equal timestamps), in two
+    // batches of 10,000 (CloudWatch's limit per call and per page).
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64
+        - 60_000;
+    for batch in 0..2 {
+        let events = (0..10_000).map(|i| {
+            let n = batch * 10_000 + i;
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(start + n as i64 / 10)
+                .message(format!("line {n:05}"))
+                .build()
+        });
+        fx.aws
+            .logs
+            .put_log_events()
+            .log_group_name(&group)
+            .log_stream_name(&stream)
+            .set_log_events(Some(events.collect::<Result<Vec<_>, _>>()?))
+            .send()
+            .await?;
+    }
+    let whole = kubectl(&["logs", "-n", &ns.name, "chatty"])?;
+    let lines: Vec<&str> = whole.lines().collect();
+    assert_eq!(lines.len(), 20_000, "every line, across pages");
+    assert!(
+        lines
+            .iter()
+            .enumerate()
+            .all(|(n, l)| *l == format!("line {n:05}")),
+        "in order, none twice"
+    );
+    let tail = kubectl(&["logs", "-n", &ns.name, "chatty", "--tail=5"])?;
+    assert_eq!(
+        tail,
+        "line 19995\nline 19996\nline 19997\nline 19998\nline 19999\n"
+    );
+    let tail = kubectl(&["logs", "-n", &ns.name, "chatty", "--tail=12000"])?;
+    assert_eq!(tail.lines().count(), 12_000, "a tail longer than one page");
+    assert!(tail.starts_with("line 08000\n"), "{}", &tail[..20]);
+    Ok(())
+}

@@ -535,3 +535,106 @@ async fn pods_bound_by_hand_that_break_the_rules_are_refused_by_the_node() -> an
     assert_eq!(creates, 1.0, "provider creates:\n{metrics}");
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn kubelet_api_callers_are_authorized_not_only_authenticated() -> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-kubelet-authz", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let args = vk_node_args(node_name, "mock")?;
+    let kubelet = args[args.iter().position(|a| a == "--kubelet-listen").unwrap() + 1].clone();
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", node_name, json!({}))?,
+    )
+    .await?;
+    wait_until("web Running", Duration::from_secs(30), || async {
+        Ok(pods
+            .get("web")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running"))
+    })
+    .await?;
+    // A certificate from the right CA, for a name RBAC grants nothing.
+    let pki = spillway_e2e::run_dir().join("pki");
+    let dir = tempfile::tempdir()?;
+    let (key, csr, crt) = (
+        dir.path().join("i.key"),
+        dir.path().join("i.csr"),
+        dir.path().join("i.crt"),
+    );
+    let ok = |status: std::process::ExitStatus| -> anyhow::Result<()> {
+        anyhow::ensure!(status.success(), "openssl failed");
+        Ok(())
+    };
+    ok(std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=intruder",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .stderr(std::process::Stdio::null())
+        .status()?)?;
+    // A v3 client certificate (webpki accepts no other kind).
+    let ext = dir.path().join("client.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )?;
+    ok(std::process::Command::new("openssl")
+        .args(["x509", "-req", "-days", "1"])
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(pki.join("ca.crt"))
+        .arg("-CAkey")
+        .arg(pki.join("ca.key"))
+        .arg("-CAcreateserial")
+        .arg("-CAserial")
+        .arg(dir.path().join("ca.srl"))
+        .arg("-out")
+        .arg(&crt)
+        .stderr(std::process::Stdio::null())
+        .status()?)?;
+    let url = format!("https://{kubelet}/containerLogs/{}/web/app", ns.name);
+    let call =
+        |cert: &std::path::Path, key: &std::path::Path| -> anyhow::Result<(String, String)> {
+            let output = std::process::Command::new("curl")
+                .args(["-sk", "-w", "\n%{http_code}", "--max-time", "10"])
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key)
+                .arg(&url)
+                .output()?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+            Ok((code.to_owned(), body.to_owned()))
+        };
+    let (code, body) = call(&crt, &key)?;
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("user=intruder"), "{body}");
+    // The apiserver's kubelet client (system:masters) is let through.
+    let (code, body) = call(
+        &pki.join("apiserver-kubelet-client.crt"),
+        &pki.join("apiserver-kubelet-client.key"),
+    )?;
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("mock app line 0"), "{body}");
+    Ok(())
+}

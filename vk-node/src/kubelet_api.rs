@@ -5,14 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use serde::Deserialize;
 
+use spillway_common::tls::ClientIdentity;
+
+use crate::kubelet_authz::Authorizer;
 use crate::pods::PodDirectory;
 use crate::provider::{LogLine, LogOptions, Provider, ProviderError};
 
@@ -44,6 +47,7 @@ struct ApiState<P> {
     provider: Arc<P>,
     directory: PodDirectory,
     followers: Arc<tokio::sync::Semaphore>,
+    authorizer: Arc<Authorizer>,
 }
 
 impl<P> Clone for ApiState<P> {
@@ -52,6 +56,7 @@ impl<P> Clone for ApiState<P> {
             provider: self.provider.clone(),
             directory: self.directory.clone(),
             followers: self.followers.clone(),
+            authorizer: self.authorizer.clone(),
         }
     }
 }
@@ -101,8 +106,13 @@ pub fn unsent(lines: Vec<LogLine>, mark: FollowMark) -> (Vec<LogLine>, FollowMar
     (new, next)
 }
 
-/// The kubelet API router (serve it with client authentication).
-pub fn router<P: Provider>(provider: Arc<P>, directory: PodDirectory) -> Router {
+/// The kubelet API router (serve it with client authentication): callers are
+/// authorized by `authorizer` as a kubelet authorizes them.
+pub fn router<P: Provider>(
+    provider: Arc<P>,
+    directory: PodDirectory,
+    authorizer: Arc<Authorizer>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -113,6 +123,7 @@ pub fn router<P: Provider>(provider: Arc<P>, directory: PodDirectory) -> Router 
             provider,
             directory,
             followers: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS)),
+            authorizer,
         })
 }
 
@@ -155,11 +166,51 @@ fn error_response(error: ProviderError) -> Response {
     (status, error.to_string()).into_response()
 }
 
+/// Refuses callers the apiserver does not let `get nodes/<subresource>` of this node.
+async fn authorize(
+    authorizer: &Authorizer,
+    who: Option<Extension<ClientIdentity>>,
+    subresource: &'static str,
+) -> Option<Response> {
+    let Some(Extension(who)) = who else {
+        return Some(
+            (StatusCode::UNAUTHORIZED, "a client certificate is required").into_response(),
+        );
+    };
+    match authorizer.allowed(&who, subresource).await {
+        Ok(true) => None,
+        Ok(false) => Some(
+            (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden (user={}, verb=get, resource=nodes, subresource={subresource})",
+                    who.name
+                ),
+            )
+                .into_response(),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, caller = %who.name, "cannot authorize a kubelet API caller");
+            Some(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "authorization unavailable; try again",
+                )
+                    .into_response(),
+            )
+        }
+    }
+}
+
 async fn container_logs<P: Provider>(
     State(state): State<ApiState<P>>,
+    who: Option<Extension<ClientIdentity>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(query): Query<LogQuery>,
 ) -> Response {
+    if let Some(refused) = authorize(&state.authorizer, who, "proxy").await {
+        return refused;
+    }
     let uid = state
         .directory
         .read()

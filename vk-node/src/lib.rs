@@ -6,6 +6,7 @@ pub mod admission;
 pub mod explain;
 pub mod fargate;
 pub mod kubelet_api;
+pub mod kubelet_authz;
 pub mod metrics;
 pub mod mock;
 pub mod node;

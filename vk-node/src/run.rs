@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fargate::provider::{FargateArgs, FargateProvider};
 use crate::kubelet_api;
+use crate::kubelet_authz::Authorizer;
 use crate::metrics::NodeMetrics;
 use crate::mock::{MockBehaviour, MockProvider};
 use crate::node::{self, NodeSpec};
@@ -343,7 +344,11 @@ async fn run_with<P: Provider>(
     let kubelet = TlsServer::bind(args.kubelet_listen, files).await?;
     tracing::info!(addr = ?kubelet.local_addr().ok(), node = %spec.name, "kubelet API listening");
     tokio::spawn(kubelet.serve(
-        kubelet_api::router(provider.clone(), directory.clone()),
+        kubelet_api::router(
+            provider.clone(),
+            directory.clone(),
+            Arc::new(Authorizer::new(client.clone(), &spec.name)),
+        ),
         DEFAULT_RELOAD_INTERVAL,
         lost.clone(),
     ));
