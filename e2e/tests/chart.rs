@@ -221,6 +221,13 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         pod["metadata"]["labels"]["azure.workload.identity/use"],
         "true"
     );
+    let args = pod["spec"]["containers"][0]["args"].to_string();
+    for flag in [
+        "--cluster-id=prod-eu-1",
+        "--allowed-namespaces=shop,checkout",
+    ] {
+        assert!(args.contains(flag), "{flag} missing: {args}");
+    }
     let env_from = pod["spec"]["containers"][0]["envFrom"].to_string();
     assert!(
         env_from.contains("spillway-aws") && env_from.contains("spillway-azure"),

@@ -48,6 +48,18 @@ fn clean_slate() {
             "--ignore-not-found",
         ])
         .output();
+    // The RBAC tests' deploy/ objects carry the names the chart's release "spillway"
+    // makes, and Helm will not adopt them.
+    let _ = Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("delete")
+        .arg("-f")
+        .arg(repo_root().join("deploy/virtual-node-policy.yaml"))
+        .arg("-f")
+        .arg(repo_root().join("deploy/rbac.yaml"))
+        .args(["--ignore-not-found", "--wait", "--timeout=90s"])
+        .output();
     for node in ["spillway-mock", "spillway-fargate"] {
         remove_node_and_its_pods(node);
     }
