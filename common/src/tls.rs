@@ -519,7 +519,8 @@ mod tests {
                 }),
             );
         let task = tokio::spawn(server.serve(app, Duration::from_secs(60), shutdown.clone()));
-        std::mem::forget(dir);
+        // The files were read at bind; the directory may go with this function.
+        drop(dir);
         (addr, issued, shutdown, task)
     }
 

@@ -746,7 +746,7 @@ async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
             &Patch::Merge(json!({"metadata": {"annotations": {"spillway.io/max-burst": "2"}}})),
         )
         .await?;
-    wait_until(
+    let converged = wait_until(
         "converged to max-burst 2 within a minute",
         Duration::from_secs(60),
         || async {
@@ -756,7 +756,11 @@ async fn a_workload_above_its_cap_converges() -> anyhow::Result<()> {
                 && count(&p, "kwok-node-", "local") == 4)
         },
     )
-    .await?;
+    .await;
+    if let Err(error) = converged {
+        // Say where each pod is (this scenario failed once in CI and never locally).
+        anyhow::bail!("{error}; pods: {:#?}", placed(pods, "web").await?);
+    }
     let m = run.metrics()?;
     assert_eq!(
         sample(&m, "spillway_overshoot_evictions_total{result=\"evicted\"}"),

@@ -940,3 +940,44 @@ async fn a_log_of_twenty_thousand_lines_is_served_whole_and_tails_exactly() -> a
     assert!(tail.starts_with("line 08000\n"), "{}", &tail[..20]);
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_hung_status_call_does_not_hold_up_new_pods() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-hung-describe").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    // Every status read hangs (each attempt until its deadline, then again).
+    proxy.fail_next(
+        "DescribeTasks",
+        1000,
+        spillway_e2e::aws_fault_proxy::Fault::Stall,
+    );
+    let args = node_args_via(&fx, &proxy.endpoint(), &[]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("first", node_name, json!({}))?,
+    )
+    .await?;
+    let hanging = || proxy.counts().get("DescribeTasks").map_or(0, |(_, f)| *f);
+    wait_until("a status read hangs", Duration::from_secs(30), || async {
+        Ok(hanging() >= 1)
+    })
+    .await?;
+    // While it hangs, a new pod is seen and started at once.
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("second", node_name, json!({}))?,
+    )
+    .await?;
+    let started = || proxy.counts().get("RunTask").map_or(0, |(f, _)| *f);
+    wait_until(
+        "the second pod's RunTask",
+        Duration::from_secs(10),
+        || async { Ok(started() >= 2) },
+    )
+    .await?;
+    Ok(())
+}

@@ -638,3 +638,71 @@ async fn kubelet_api_callers_are_authorized_not_only_authenticated() -> anyhow::
     assert!(body.contains("mock app line 0"), "{body}");
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn log_followers_beyond_the_cap_are_told_to_come_back() -> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-followers", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let args = vk_node_args(node_name, "mock")?;
+    let kubelet = args[args.iter().position(|a| a == "--kubelet-listen").unwrap() + 1].clone();
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", node_name, json!({}))?,
+    )
+    .await?;
+    wait_until("web Running", Duration::from_secs(30), || async {
+        Ok(pods
+            .get("web")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running"))
+    })
+    .await?;
+    let pki = spillway_e2e::run_dir().join("pki");
+    let url = format!(
+        "https://{kubelet}/containerLogs/{}/web/app?follow=true",
+        ns.name
+    );
+    let follow = |max_time: &str| {
+        std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                max_time,
+            ])
+            .arg("--cert")
+            .arg(pki.join("apiserver-kubelet-client.crt"))
+            .arg("--key")
+            .arg(pki.join("apiserver-kubelet-client.key"))
+            .arg(&url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+    };
+    // The cap's worth of open streams …
+    let mut open = Vec::new();
+    for _ in 0..spillway_vk_node::kubelet_api::MAX_FOLLOWERS {
+        open.push(follow("60")?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // … and one more is refused.
+    let extra = follow("10")?.wait_with_output()?;
+    assert_eq!(String::from_utf8_lossy(&extra.stdout), "429");
+    for mut child in open {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Closed streams give their places back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = follow("3")?.wait_with_output()?;
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "200");
+    Ok(())
+}
