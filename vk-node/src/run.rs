@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use prometheus::Registry;
 use spillway_common::admin::{self, AdminArgs, Readiness};
+use spillway_common::conn_limits::ConnLimits;
 use spillway_common::leader::LeaderElection;
 use spillway_common::tls::{DEFAULT_RELOAD_INTERVAL, TlsFiles, TlsServer};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,10 @@ use crate::mock::{MockBehaviour, MockProvider};
 use crate::node::{self, NodeSpec};
 use crate::pods::{ControllerSettings, PodController, PodDirectory};
 use crate::provider::Provider;
+
+/// How long a kubelet API connection may stay silent: a follow stream of a quiet pod is
+/// silent between its lines, so an hour rather than the admission server's two minutes.
+const KUBELET_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Which backend runs the node's pods.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -341,7 +346,14 @@ async fn run_with<P: Provider>(
     ));
 
     let directory: PodDirectory = Arc::new(RwLock::new(HashMap::new()));
-    let kubelet = TlsServer::bind(args.kubelet_listen, files).await?;
+    // `kubectl logs -f` of a quiet pod sends nothing for long stretches: the idle limit
+    // that suits admission traffic would cut it after two minutes.
+    let kubelet = TlsServer::bind(args.kubelet_listen, files)
+        .await?
+        .with_limits(ConnLimits {
+            idle_timeout: KUBELET_IDLE_TIMEOUT,
+            ..ConnLimits::default()
+        });
     tracing::info!(addr = ?kubelet.local_addr().ok(), node = %spec.name, "kubelet API listening");
     tokio::spawn(kubelet.serve(
         kubelet_api::router(
