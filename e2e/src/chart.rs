@@ -204,9 +204,8 @@ fn strip_innermost(text: &str, open: char, close: char) -> String {
     out
 }
 
-/// Every PromQL expression the chart ships: the alert rules' `expr` as the
-/// PrometheusRule renders them with the default values, and the dashboard's queries.
-pub fn shipped_queries() -> anyhow::Result<Vec<String>> {
+/// The PrometheusRule as `helm template` renders it with the default values.
+pub fn rendered_prometheus_rule() -> anyhow::Result<Value> {
     let chart = chart_dir().display().to_string();
     let rendered = helm(&[
         "template",
@@ -217,9 +216,15 @@ pub fn shipped_queries() -> anyhow::Result<Vec<String>> {
         "--show-only",
         "templates/prometheusrule.yaml",
     ])?;
-    let rule = documents(&rendered)?
+    documents(&rendered)?
         .pop()
-        .context("no PrometheusRule rendered")?;
+        .context("no PrometheusRule rendered")
+}
+
+/// Every PromQL expression the chart ships: the alert rules' `expr` as the
+/// PrometheusRule renders them with the default values, and the dashboard's queries.
+pub fn shipped_queries() -> anyhow::Result<Vec<String>> {
+    let rule = rendered_prometheus_rule()?;
     let mut queries = Vec::new();
     for group in rule["spec"]["groups"]
         .as_array()

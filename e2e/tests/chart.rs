@@ -300,17 +300,7 @@ fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
 #[ignore = "needs helm (e2e/testbed up) and promtool (make prerequisites)"]
 fn the_alerts_pass_their_promtool_unit_tests() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let chart = chart_dir().display().to_string();
-    let rendered = helm(&[
-        "template",
-        "s",
-        &chart,
-        "--set",
-        "prometheusRule.enabled=true",
-        "--show-only",
-        "templates/prometheusrule.yaml",
-    ])?;
-    let rule = documents(&rendered)?.remove(0);
+    let rule = spillway_e2e::chart::rendered_prometheus_rule()?;
     std::fs::write(
         dir.path().join("rules.yaml"),
         serde_yaml_ng::to_string(&rule["spec"])?,
