@@ -128,11 +128,23 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// Builds a rustls server config serving `resolver`, requiring client certificates signed
-/// by `client_ca` when one is given.
+/// Whether a server with a client CA refuses clients that present no certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// A certificate the client CA signed is required to connect.
+    #[default]
+    Required,
+    /// A client may connect without one (and authenticate another way, such as a bearer
+    /// token); one it does present must verify against the client CA.
+    Optional,
+}
+
+/// Builds a rustls server config serving `resolver`, verifying client certificates against
+/// `client_ca` when one is given (and requiring them when `client_certs` says so).
 pub fn server_config(
     resolver: Arc<ReloadingCert>,
     client_ca: Option<&Path>,
+    client_certs: ClientCerts,
 ) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -151,9 +163,13 @@ pub fn server_config(
                     .add(cert)
                     .map_err(|e| TlsError::Configure(e.to_string()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Configure(e.to_string()))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match client_certs {
+                ClientCerts::Required => verifier,
+                ClientCerts::Optional => verifier.allow_unauthenticated(),
+            }
+            .build()
+            .map_err(|e| TlsError::Configure(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -227,11 +243,21 @@ pub struct TlsServer {
 }
 
 impl TlsServer {
-    /// Loads the files and binds `addr`.
+    /// Loads the files and binds `addr`; with a client CA, clients must present a
+    /// certificate it signed.
     pub async fn bind(addr: SocketAddr, files: TlsFiles) -> Result<Self, TlsBindError> {
+        Self::bind_with(addr, files, ClientCerts::Required).await
+    }
+
+    /// Loads the files and binds `addr`, requiring client certificates or not.
+    pub async fn bind_with(
+        addr: SocketAddr,
+        files: TlsFiles,
+        client_certs: ClientCerts,
+    ) -> Result<Self, TlsBindError> {
         let key = load_certified_key(&files.cert, &files.key)?;
         let resolver = Arc::new(ReloadingCert::new(key));
-        let config = server_config(resolver.clone(), files.client_ca.as_deref())?;
+        let config = server_config(resolver.clone(), files.client_ca.as_deref(), client_certs)?;
         let listener = TcpListener::bind(addr).await.map_err(TlsBindError::Bind)?;
         Ok(Self {
             listener,
@@ -482,6 +508,65 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(body, "hello");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn optional_client_certificates_admit_anonymous_callers_without_an_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let server_pki = pki::issue(&["127.0.0.1"]);
+        let client_pki = pki::issue(&["client"]);
+        let stranger_pki = pki::issue(&["stranger"]);
+        std::fs::write(dir.path().join("tls.crt"), &server_pki.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &server_pki.key_pem).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &client_pki.ca_pem).unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: Some(dir.path().join("ca.crt")),
+        };
+        let server =
+            TlsServer::bind_with("127.0.0.1:0".parse().unwrap(), files, ClientCerts::Optional)
+                .await
+                .unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = Router::new().route(
+            "/",
+            axum::routing::get(|who: Option<axum::Extension<ClientIdentity>>| async move {
+                who.map_or_else(|| "anonymous".to_owned(), |w| w.0.name)
+            }),
+        );
+        tokio::spawn(server.serve(app, Duration::from_secs(60), shutdown.clone()));
+        let call = |identity: Option<&pki::SelfMadePki>| {
+            let mut builder = reqwest::Client::builder().add_root_certificate(
+                reqwest::Certificate::from_pem(server_pki.ca_pem.as_bytes()).unwrap(),
+            );
+            if let Some(issued) = identity {
+                builder = builder.identity(
+                    reqwest::Identity::from_pem(
+                        format!("{}{}", issued.cert_pem, issued.key_pem).as_bytes(),
+                    )
+                    .unwrap(),
+                );
+            }
+            let client = builder.build().unwrap();
+            async move {
+                client
+                    .get(format!("https://{addr}/"))
+                    .send()
+                    .await?
+                    .text()
+                    .await
+            }
+        };
+        assert_eq!(call(None).await.unwrap(), "anonymous");
+        // The self-made leaf's subject is rcgen's default; what matters is that it is read.
+        assert_ne!(call(Some(&client_pki)).await.unwrap(), "anonymous");
+        assert!(
+            call(Some(&stranger_pki)).await.is_err(),
+            "a certificate the client CA did not sign was accepted"
+        );
         shutdown.cancel();
     }
 

@@ -1,6 +1,8 @@
 //! The in-memory provider (`--vk-provider mock`): pods "run" after a configurable start
-//! latency, creates fail at a configurable rate, and containers may exit after a while.
-//! For the demo and for tests of the node itself.
+//! latency, creates fail at a configurable rate, and containers may exit after a while;
+//! running pods report a synthetic resource usage (a default, or the pod's
+//! `spillway.io/mock-cpu-usage` / `spillway.io/mock-memory-usage` annotations, read at each
+//! sample so a test can raise and drop the load). For the demo and for tests of the node.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,8 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use rand::Rng;
 
 use crate::provider::{
-    LogLine, LogOptions, Provider, ProviderError, RemoteContainer, RemoteContainerState,
-    RemotePhase, RemoteStatus,
+    ContainerUsage, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
+    RemoteContainerState, RemotePhase, RemoteStatus,
 };
 
 /// How the mock behaves.
@@ -27,7 +29,16 @@ pub struct MockBehaviour {
     pub exit_code: i32,
     /// The first this many creates fail transiently (an outage that ends).
     pub fail_first_creates: u32,
+    /// CPU (millicores) a running pod uses when its annotation does not say.
+    pub cpu_usage_millis: Option<u64>,
+    /// Memory (bytes) a running pod uses when its annotation does not say.
+    pub memory_usage_bytes: Option<u64>,
 }
+
+/// Pod annotation: the CPU a running mock pod uses (a quantity such as `250m`).
+pub const CPU_USAGE_ANNOTATION: &str = "spillway.io/mock-cpu-usage";
+/// Pod annotation: the memory a running mock pod uses (a quantity such as `64Mi`).
+pub const MEMORY_USAGE_ANNOTATION: &str = "spillway.io/mock-memory-usage";
 
 impl Default for MockBehaviour {
     fn default() -> Self {
@@ -37,6 +48,8 @@ impl Default for MockBehaviour {
             run_for: None,
             exit_code: 0,
             fail_first_creates: 0,
+            cpu_usage_millis: None,
+            memory_usage_bytes: None,
         }
     }
 }
@@ -49,6 +62,44 @@ struct MockObject {
     stopped: Option<Instant>,
     ip: String,
     launches: u32,
+    cpu: CpuMeter,
+}
+
+/// Integrates a CPU rate that may change between samples into cumulative CPU time.
+#[derive(Debug, Default, Clone, Copy)]
+struct CpuMeter {
+    /// Core-nanoseconds used up to `at_ms`.
+    used: u64,
+    /// Rate since `at_ms`, in nanocores.
+    nano_cores: u64,
+    /// Last sample (ms since the epoch); `None` before the first.
+    at_ms: Option<i64>,
+}
+
+impl CpuMeter {
+    /// Advances to `now_ms` (starting at `started_ms` on the first sample) and sets the
+    /// rate from now on; returns the cumulative use at `now_ms`.
+    fn sample(&mut self, started_ms: i64, now_ms: i64, nano_cores: u64) -> u64 {
+        let (from, rate) = match self.at_ms {
+            Some(at) => (at, self.nano_cores),
+            None => (started_ms, nano_cores),
+        };
+        let elapsed_ms = u64::try_from(now_ms.saturating_sub(from)).unwrap_or(0);
+        // nanocores × ms / 1000 = core-nanoseconds.
+        let used = u128::from(rate) * u128::from(elapsed_ms) / 1000;
+        self.used = self
+            .used
+            .saturating_add(u64::try_from(used).unwrap_or(u64::MAX));
+        self.nano_cores = nano_cores;
+        self.at_ms = Some(now_ms);
+        self.used
+    }
+}
+
+fn millis_since_epoch(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// The mock provider.
@@ -147,6 +198,30 @@ impl MockProvider {
     }
 }
 
+impl MockProvider {
+    /// The pod's synthetic CPU (millicores) and memory (bytes): its annotations, else the
+    /// defaults; `None` when neither says anything (the pod then has no data).
+    fn synthetic_usage(&self, pod: &Pod) -> Option<(u64, u64)> {
+        let annotation = |key: &str| {
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .map(String::as_str)
+        };
+        let cpu = annotation(CPU_USAGE_ANNOTATION)
+            .and_then(|v| spillway_common::quantity::cpu_millis(v).ok())
+            .or(self.behaviour.cpu_usage_millis);
+        let memory = annotation(MEMORY_USAGE_ANNOTATION)
+            .and_then(|v| spillway_common::quantity::bytes(v).ok())
+            .or(self.behaviour.memory_usage_bytes);
+        match (cpu, memory) {
+            (None, None) => None,
+            (cpu, memory) => Some((cpu.unwrap_or(0), memory.unwrap_or(0))),
+        }
+    }
+}
+
 impl Provider for MockProvider {
     fn name(&self) -> &'static str {
         "mock"
@@ -195,6 +270,7 @@ impl Provider for MockProvider {
                 stopped: None,
                 ip,
                 launches: launches + 1,
+                cpu: CpuMeter::default(),
             },
         );
         Ok(())
@@ -233,6 +309,52 @@ impl Provider for MockProvider {
             .collect())
     }
 
+    async fn usage(&self, pods: &[Pod]) -> Result<HashMap<String, PodUsage>, ProviderError> {
+        let (now, now_wall) = (Instant::now(), SystemTime::now());
+        let now_ms = millis_since_epoch(now_wall);
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let mut usage = HashMap::new();
+        for pod in pods {
+            let Some(uid) = pod.metadata.uid.as_deref() else {
+                continue;
+            };
+            let Some(object) = objects.get_mut(uid) else {
+                continue;
+            };
+            if self.status_of(uid, object, now).phase != RemotePhase::Running {
+                continue;
+            }
+            let Some((cpu_millis, memory_bytes)) = self.synthetic_usage(pod) else {
+                continue;
+            };
+            let started_ms = millis_since_epoch(object.created_wall + self.behaviour.start_latency);
+            let nano_cores = cpu_millis.saturating_mul(1_000_000);
+            let used = object.cpu.sample(started_ms, now_ms, nano_cores);
+            let share = object.containers.len().max(1) as u64;
+            let containers = object
+                .containers
+                .iter()
+                .map(|name| ContainerUsage {
+                    name: name.clone(),
+                    started_at_ms: Some(started_ms),
+                    cpu_nano_cores: nano_cores / share,
+                    cpu_core_nano_seconds: used / share,
+                    memory_working_set_bytes: memory_bytes / share,
+                })
+                .collect::<Vec<_>>();
+            if !containers.is_empty() {
+                usage.insert(
+                    uid.to_owned(),
+                    PodUsage {
+                        sampled_at_ms: now_ms,
+                        containers,
+                    },
+                );
+            }
+        }
+        Ok(usage)
+    }
+
     async fn logs(
         &self,
         pod_uid: &str,
@@ -259,5 +381,97 @@ impl Provider for MockProvider {
             .collect();
         let tail = options.tail_lines.unwrap_or(lines.len()).min(lines.len());
         Ok(lines[lines.len() - tail..].to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use kube::api::ObjectMeta;
+
+    fn pod(uid: &str, annotations: &[(&str, &str)]) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(uid.into()),
+                namespace: Some("shop".into()),
+                uid: Some(uid.into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![
+                    Container {
+                        name: "app".into(),
+                        ..Container::default()
+                    },
+                    Container {
+                        name: "sidecar".into(),
+                        ..Container::default()
+                    },
+                ],
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn the_cpu_meter_integrates_each_rate_over_the_time_it_held() {
+        let mut meter = CpuMeter::default();
+        // Started at 0 and first sampled at 2 s with 0.5 cores: 1 core-second.
+        assert_eq!(meter.sample(0, 2_000, 500_000_000), 1_000_000_000);
+        // The rate drops to 0.1 cores; the 0.5 held until now, so 1 s more adds 0.5.
+        assert_eq!(meter.sample(0, 3_000, 100_000_000), 1_500_000_000);
+        assert_eq!(meter.sample(0, 4_000, 100_000_000), 1_600_000_000);
+    }
+
+    #[tokio::test]
+    async fn running_pods_report_their_annotated_usage_and_pods_without_any_report_nothing() {
+        let mock = MockProvider::new(MockBehaviour {
+            start_latency: Duration::ZERO,
+            ..MockBehaviour::default()
+        });
+        let loaded = pod(
+            "loaded",
+            &[
+                (CPU_USAGE_ANNOTATION, "500m"),
+                (MEMORY_USAGE_ANNOTATION, "64Mi"),
+            ],
+        );
+        let silent = pod("silent", &[]);
+        mock.create(&loaded).await.unwrap();
+        mock.create(&silent).await.unwrap();
+        let usage = mock.usage(&[loaded, silent]).await.unwrap();
+        assert!(
+            !usage.contains_key("silent"),
+            "no data must not read as zero"
+        );
+        let loaded = &usage["loaded"];
+        assert_eq!(loaded.containers.len(), 2);
+        assert!(
+            loaded
+                .containers
+                .iter()
+                .all(|c| c.cpu_nano_cores == 250_000_000
+                    && c.memory_working_set_bytes == 32 * 1024 * 1024)
+        );
+
+        // A default from the flags covers pods without annotations; unknown pods are left out.
+        let mock = MockProvider::new(MockBehaviour {
+            start_latency: Duration::ZERO,
+            cpu_usage_millis: Some(100),
+            ..MockBehaviour::default()
+        });
+        let plain = pod("plain", &[]);
+        mock.create(&plain).await.unwrap();
+        let usage = mock.usage(&[plain, pod("elsewhere", &[])]).await.unwrap();
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage["plain"].containers[0].cpu_nano_cores, 50_000_000);
     }
 }

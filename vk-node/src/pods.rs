@@ -61,8 +61,9 @@ impl Default for ControllerSettings {
 /// connection delays the loop by at most this much per write.
 const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `namespace/name` → pod UID of pods on this node, for the kubelet API.
-pub type PodDirectory = Arc<RwLock<HashMap<String, String>>>;
+/// `namespace/name` → the pod as last seen, for each pod bound to this node, for the
+/// kubelet API.
+pub type PodDirectory = Arc<RwLock<HashMap<String, Pod>>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lifecycle {
@@ -339,9 +340,9 @@ impl<P: Provider> PodController<P> {
         }
     }
 
-    fn directory_insert(&self, pod: &Pod, uid: &str) {
+    fn directory_insert(&self, pod: &Pod) {
         let mut directory = self.directory.write().unwrap_or_else(|p| p.into_inner());
-        directory.insert(key(pod), uid.to_owned());
+        directory.insert(key(pod), pod.clone());
         self.metrics.pods.set(directory.len() as i64);
     }
 
@@ -431,7 +432,7 @@ impl<P: Provider> PodController<P> {
 
     async fn observe(&mut self, pod: Pod) {
         let Some(uid) = uid(&pod) else { return };
-        self.directory_insert(&pod, &uid);
+        self.directory_insert(&pod);
         let deleting = pod.metadata.deletion_timestamp.is_some();
         if !self.tracked.contains_key(&uid) {
             let mut tracked = Tracked::new(pod.clone());

@@ -137,6 +137,30 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// What one container used, as the provider measured it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// Container name (as in the pod).
+    pub name: String,
+    /// When the container started (ms since the epoch), if known.
+    pub started_at_ms: Option<i64>,
+    /// CPU in use now, in billionths of a core.
+    pub cpu_nano_cores: u64,
+    /// CPU used since the container started, in core-nanoseconds.
+    pub cpu_core_nano_seconds: u64,
+    /// Memory working set, in bytes.
+    pub memory_working_set_bytes: u64,
+}
+
+/// What one pod's containers used at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodUsage {
+    /// When the sample was taken (ms since the epoch).
+    pub sampled_at_ms: i64,
+    /// Per container; never empty.
+    pub containers: Vec<ContainerUsage>,
+}
+
 /// A backend that runs pods.
 pub trait Provider: Send + Sync + 'static {
     /// Provider name for metrics (`fargate`, `aci`, `mock`).
@@ -170,6 +194,17 @@ pub trait Provider: Send + Sync + 'static {
         container: &str,
         options: &LogOptions,
     ) -> impl Future<Output = Result<Vec<LogLine>, ProviderError>> + Send;
+
+    /// Resource usage of the given pods (keyed by pod UID). A pod the provider has no data
+    /// for yet is absent from the map, never reported as zero. Providers that measure
+    /// nothing report nothing, hence the default.
+    fn usage(
+        &self,
+        pods: &[Pod],
+    ) -> impl Future<Output = Result<HashMap<String, PodUsage>, ProviderError>> + Send {
+        let _ = pods;
+        async { Ok(HashMap::new()) }
+    }
 
     /// Removes what this node owns at the provider for pods not in `live` (tasks, and
     /// anything kept beside them such as per-pod secrets); returns for how many pods

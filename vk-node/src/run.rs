@@ -12,11 +12,12 @@ use prometheus::Registry;
 use spillway_common::admin::{self, AdminArgs, Readiness};
 use spillway_common::conn_limits::ConnLimits;
 use spillway_common::leader::LeaderElection;
-use spillway_common::tls::{DEFAULT_RELOAD_INTERVAL, TlsFiles, TlsServer};
+use spillway_common::tls::{ClientCerts, DEFAULT_RELOAD_INTERVAL, TlsFiles, TlsServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::fargate::provider::{FargateArgs, FargateProvider};
-use crate::kubelet_api;
+use crate::kubelet_api::{self, CallerChecks};
+use crate::kubelet_authn::Authenticator;
 use crate::kubelet_authz::Authorizer;
 use crate::metrics::NodeMetrics;
 use crate::mock::{MockBehaviour, MockProvider};
@@ -66,6 +67,23 @@ pub struct MockArgs {
     /// Mock: exit code when they do.
     #[arg(long, default_value_t = 0, env = "SPILLWAY_MOCK_EXIT_CODE")]
     pub mock_exit_code: i32,
+    /// Mock: CPU a running pod reports using (a quantity such as 250m) unless its
+    /// `spillway.io/mock-cpu-usage` annotation says otherwise; without either, a pod
+    /// reports no usage at all.
+    #[arg(long, env = "SPILLWAY_MOCK_CPU_USAGE", value_parser = parse_cpu_millis)]
+    pub mock_cpu_usage: Option<u64>,
+    /// Mock: memory a running pod reports using (a quantity such as 64Mi) unless its
+    /// `spillway.io/mock-memory-usage` annotation says otherwise.
+    #[arg(long, env = "SPILLWAY_MOCK_MEMORY_USAGE", value_parser = parse_bytes)]
+    pub mock_memory_usage: Option<u64>,
+}
+
+fn parse_cpu_millis(text: &str) -> Result<u64, String> {
+    spillway_common::quantity::cpu_millis(text).map_err(|e| e.to_string())
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    spillway_common::quantity::bytes(text).map_err(|e| e.to_string())
 }
 
 /// Flags of `spillway vk-node`.
@@ -117,7 +135,10 @@ pub struct NodeOptions {
     /// Address the apiserver reaches the kubelet API on (the pod IP in a cluster).
     #[arg(long, default_value = "127.0.0.1", env = "SPILLWAY_NODE_ADDRESS")]
     pub node_address: String,
-    /// Kubelet API listen address (HTTPS, client certificates required).
+    /// Kubelet API listen address (HTTPS). It serves /containerLogs, /pods, /runningpods/,
+    /// /stats/summary, /metrics/resource and /healthz; callers authenticate with a client
+    /// certificate or a bearer token (TokenReview) and are authorized with a
+    /// SubjectAccessReview for `get nodes/<proxy|stats|metrics>` of the node.
     #[arg(long, default_value = "0.0.0.0:10250", env = "SPILLWAY_KUBELET_LISTEN")]
     pub kubelet_listen: SocketAddr,
     /// Kubelet API serving certificate (PEM); required for a virtual node (`spillway run`
@@ -128,9 +149,9 @@ pub struct NodeOptions {
     /// Kubelet API serving key (PEM); required for a virtual node.
     #[arg(long, env = "SPILLWAY_KUBELET_TLS_KEY")]
     pub kubelet_tls_key: Option<PathBuf>,
-    /// CA that signed the apiserver's kubelet client certificate; clients without a
-    /// certificate it signed are refused. Required for a virtual node (`spillway run`
-    /// trusts the kubeconfig's cluster CA when it is missing).
+    /// CA that signed the apiserver's kubelet client certificate; a client certificate it
+    /// did not sign is refused (clients without one must send a bearer token). Required for
+    /// a virtual node (`spillway run` trusts the kubeconfig's cluster CA when it is missing).
     #[arg(long, env = "SPILLWAY_KUBELET_CLIENT_CA")]
     pub kubelet_client_ca: Option<PathBuf>,
     /// Namespace of the leader-election Lease.
@@ -143,6 +164,11 @@ pub struct NodeOptions {
     /// Identity in leader election (default: host name and pid).
     #[arg(long, env = "SPILLWAY_IDENTITY")]
     pub identity: Option<String>,
+    /// Seconds a sample of the pods' resource usage is reused by /stats/summary and
+    /// /metrics/resource (one provider call per interval, whatever the number of scrapers).
+    #[arg(long, default_value_t = 10, env = "SPILLWAY_USAGE_CACHE_SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub usage_cache_seconds: u64,
     /// Seconds between status pulls from the provider.
     #[arg(long, default_value_t = 5, env = "SPILLWAY_SYNC_INTERVAL_SECONDS",
         value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -267,6 +293,8 @@ async fn run_node(
                 run_for: options.mock.mock_run_seconds.map(Duration::from_secs),
                 exit_code: options.mock.mock_exit_code,
                 fail_first_creates: options.mock.mock_fail_first_creates,
+                cpu_usage_millis: options.mock.mock_cpu_usage,
+                memory_usage_bytes: options.mock.mock_memory_usage,
             };
             run_with(
                 Arc::new(MockProvider::new(behaviour)),
@@ -348,7 +376,8 @@ async fn run_with<P: Provider>(
     let directory: PodDirectory = Arc::new(RwLock::new(HashMap::new()));
     // `kubectl logs -f` of a quiet pod sends nothing for long stretches: the idle limit
     // that suits admission traffic would cut it after two minutes.
-    let kubelet = TlsServer::bind(args.kubelet_listen, files)
+    // Client certificates are optional: metrics-server calls kubelets with a bearer token.
+    let kubelet = TlsServer::bind_with(args.kubelet_listen, files, ClientCerts::Optional)
         .await?
         .with_limits(ConnLimits {
             idle_timeout: KUBELET_IDLE_TIMEOUT,
@@ -359,7 +388,12 @@ async fn run_with<P: Provider>(
         kubelet_api::router(
             provider.clone(),
             directory.clone(),
-            Arc::new(Authorizer::new(client.clone(), &spec.name)),
+            Arc::new(CallerChecks {
+                authenticator: Authenticator::new(client.clone()),
+                authorizer: Authorizer::new(client.clone(), &spec.name),
+            }),
+            &spec.name,
+            Duration::from_secs(args.usage_cache_seconds),
         ),
         DEFAULT_RELOAD_INTERVAL,
         lost.clone(),

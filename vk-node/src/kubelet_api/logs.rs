@@ -1,23 +1,18 @@
-//! The kubelet API the apiserver calls for `kubectl logs`: HTTPS with client certificates
-//! required, `GET /containerLogs/{namespace}/{pod}/{container}` with `tailLines`,
-//! `sinceSeconds`, `limitBytes`, `timestamps` and `follow` (polling), and `/healthz`.
+//! `GET /containerLogs/{namespace}/{pod}/{container}` with `tailLines`, `sinceSeconds`,
+//! `limitBytes`, `timestamps` and `follow` (polling the provider).
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Router};
 use serde::Deserialize;
-
 use spillway_common::tls::ClientIdentity;
 
-use crate::kubelet_authz::Authorizer;
-use crate::pods::PodDirectory;
-use crate::provider::{LogLine, LogOptions, Provider, ProviderError};
+use super::{ApiState, error_response};
+use crate::provider::{LogLine, LogOptions, Provider};
 
 /// How often `follow=true` polls the provider for new lines.
 pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -42,24 +37,6 @@ pub struct LogQuery {
 
 /// Log streams (`follow=true`) served at once; more are answered 429.
 pub const MAX_FOLLOWERS: usize = 64;
-
-struct ApiState<P> {
-    provider: Arc<P>,
-    directory: PodDirectory,
-    followers: Arc<tokio::sync::Semaphore>,
-    authorizer: Arc<Authorizer>,
-}
-
-impl<P> Clone for ApiState<P> {
-    fn clone(&self) -> Self {
-        Self {
-            provider: self.provider.clone(),
-            directory: self.directory.clone(),
-            followers: self.followers.clone(),
-            authorizer: self.authorizer.clone(),
-        }
-    }
-}
 
 /// Where a follow stream is: the newest timestamp sent, and how many lines with exactly
 /// that timestamp were sent (more may arrive with the same one later).
@@ -106,27 +83,6 @@ pub fn unsent(lines: Vec<LogLine>, mark: FollowMark) -> (Vec<LogLine>, FollowMar
     (new, next)
 }
 
-/// The kubelet API router (serve it with client authentication): callers are
-/// authorized by `authorizer` as a kubelet authorizes them.
-pub fn router<P: Provider>(
-    provider: Arc<P>,
-    directory: PodDirectory,
-    authorizer: Arc<Authorizer>,
-) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/containerLogs/{namespace}/{pod}/{container}",
-            get(container_logs::<P>),
-        )
-        .with_state(ApiState {
-            provider,
-            directory,
-            followers: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS)),
-            authorizer,
-        })
-}
-
 fn format_line(line: &LogLine, timestamps: bool) -> String {
     if timestamps {
         let ts = k8s_openapi::jiff::Timestamp::from_millisecond(line.timestamp_ms)
@@ -156,59 +112,14 @@ pub fn render(lines: &[LogLine], timestamps: bool, limit_bytes: Option<usize>) -
     out
 }
 
-fn error_response(error: ProviderError) -> Response {
-    let status = match error {
-        ProviderError::NotFound(_) => StatusCode::NOT_FOUND,
-        ProviderError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ProviderError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-        ProviderError::Transient(_) => StatusCode::BAD_GATEWAY,
-    };
-    (status, error.to_string()).into_response()
-}
-
-/// Refuses callers the apiserver does not let `get nodes/<subresource>` of this node.
-async fn authorize(
-    authorizer: &Authorizer,
-    who: Option<Extension<ClientIdentity>>,
-    subresource: &'static str,
-) -> Option<Response> {
-    let Some(Extension(who)) = who else {
-        return Some(
-            (StatusCode::UNAUTHORIZED, "a client certificate is required").into_response(),
-        );
-    };
-    match authorizer.allowed(&who, subresource).await {
-        Ok(true) => None,
-        Ok(false) => Some(
-            (
-                StatusCode::FORBIDDEN,
-                format!(
-                    "Forbidden (user={}, verb=get, resource=nodes, subresource={subresource})",
-                    who.name
-                ),
-            )
-                .into_response(),
-        ),
-        Err(error) => {
-            tracing::warn!(%error, caller = %who.name, "cannot authorize a kubelet API caller");
-            Some(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "authorization unavailable; try again",
-                )
-                    .into_response(),
-            )
-        }
-    }
-}
-
-async fn container_logs<P: Provider>(
+pub(super) async fn container_logs<P: Provider>(
     State(state): State<ApiState<P>>,
     who: Option<Extension<ClientIdentity>>,
+    headers: HeaderMap,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(query): Query<LogQuery>,
 ) -> Response {
-    if let Some(refused) = authorize(&state.authorizer, who, "proxy").await {
+    if let Some(refused) = state.guard(who, &headers, "proxy").await {
         return refused;
     }
     let uid = state
@@ -216,7 +127,7 @@ async fn container_logs<P: Provider>(
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(&format!("{namespace}/{pod}"))
-        .cloned();
+        .and_then(|pod| pod.metadata.uid.clone());
     let Some(uid) = uid else {
         return (
             StatusCode::NOT_FOUND,

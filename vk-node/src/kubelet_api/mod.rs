@@ -1,0 +1,183 @@
+//! The kubelet API of the virtual node, over HTTPS, for the apiserver (`kubectl logs`),
+//! metrics-server (`kubectl top`, the HPA) and other kubelet clients:
+//!
+//! | path | subresource checked | what |
+//! |---|---|---|
+//! | `/containerLogs/{ns}/{pod}/{container}` | `proxy` | logs, with follow |
+//! | `/pods` | `proxy` | `PodList` of the pods bound to the node, as it sees them |
+//! | `/runningpods/` | `proxy` | `PodList` of what the provider actually runs |
+//! | `/stats/summary` | `stats` | kubelet Summary API |
+//! | `/metrics/resource` | `metrics` | resource metrics (Prometheus text) |
+//! | `/healthz` | none | liveness |
+//!
+//! Callers authenticate with a client certificate or a bearer token (TokenReview), and are
+//! authorized with a SubjectAccessReview for `get nodes/<subresource>` of this node.
+
+mod listing;
+mod logs;
+mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Extension;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use spillway_common::tls::ClientIdentity;
+
+pub use logs::{FOLLOW_POLL_INTERVAL, FollowMark, LogQuery, MAX_FOLLOWERS, render, unsent};
+pub use stats::UsageSampler;
+
+use crate::kubelet_authn::{Authenticator, bearer_token};
+use crate::kubelet_authz::Authorizer;
+use crate::pods::PodDirectory;
+use crate::provider::{Provider, ProviderError};
+
+/// How the API checks its callers.
+pub struct CallerChecks {
+    /// Bearer tokens (client certificates need no lookup).
+    pub authenticator: Authenticator,
+    /// Whether an identity may use a subresource of this node.
+    pub authorizer: Authorizer,
+}
+
+/// What the handlers share.
+pub(crate) struct ApiState<P> {
+    provider: Arc<P>,
+    directory: PodDirectory,
+    followers: Arc<tokio::sync::Semaphore>,
+    checks: Arc<CallerChecks>,
+    usage: Arc<UsageSampler<P>>,
+}
+
+impl<P> Clone for ApiState<P> {
+    fn clone(&self) -> Self {
+        Self {
+            provider: self.provider.clone(),
+            directory: self.directory.clone(),
+            followers: self.followers.clone(),
+            checks: self.checks.clone(),
+            usage: self.usage.clone(),
+        }
+    }
+}
+
+/// The kubelet API router; serve it with optional client certificates (bearer tokens are
+/// the other way in). Usage samples are reused for `usage_ttl`.
+pub fn router<P: Provider>(
+    provider: Arc<P>,
+    directory: PodDirectory,
+    checks: Arc<CallerChecks>,
+    node_name: &str,
+    usage_ttl: Duration,
+) -> Router {
+    let usage = Arc::new(UsageSampler::new(
+        provider.clone(),
+        directory.clone(),
+        node_name,
+        usage_ttl,
+    ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(logs::container_logs::<P>),
+        )
+        .route("/pods", get(listing::pods::<P>))
+        .route("/pods/", get(listing::pods::<P>))
+        .route("/runningpods", get(listing::running_pods::<P>))
+        .route("/runningpods/", get(listing::running_pods::<P>))
+        .route("/stats/summary", get(stats::summary::<P>))
+        .route("/metrics/resource", get(stats::resource_metrics::<P>))
+        .with_state(ApiState {
+            provider,
+            directory,
+            followers: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS)),
+            checks,
+            usage,
+        })
+}
+
+fn error_response(error: ProviderError) -> Response {
+    let status = match error {
+        ProviderError::NotFound(_) => StatusCode::NOT_FOUND,
+        ProviderError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ProviderError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+        ProviderError::Transient(_) => StatusCode::BAD_GATEWAY,
+    };
+    (status, error.to_string()).into_response()
+}
+
+fn unavailable(what: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{what} unavailable; try again"),
+    )
+        .into_response()
+}
+
+impl<P> ApiState<P> {
+    /// Who the caller is: its verified client certificate, else its bearer token; `Err`
+    /// with the answer to send when neither says.
+    async fn authenticate(
+        &self,
+        certificate: Option<Extension<ClientIdentity>>,
+        headers: &HeaderMap,
+    ) -> Result<ClientIdentity, Response> {
+        if let Some(Extension(who)) = certificate {
+            return Ok(who);
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token);
+        let Some(token) = token else {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: a client certificate or a bearer token is required",
+            )
+                .into_response());
+        };
+        match self.checks.authenticator.authenticate(token).await {
+            Ok(Some(who)) => Ok(who),
+            Ok(None) => Err((StatusCode::UNAUTHORIZED, "Unauthorized").into_response()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot review a kubelet API caller's token");
+                Err(unavailable("authentication"))
+            }
+        }
+    }
+
+    /// Refuses callers who are not authenticated, or whom the apiserver does not let
+    /// `get nodes/<subresource>` of this node; `None` lets the request through.
+    async fn guard(
+        &self,
+        certificate: Option<Extension<ClientIdentity>>,
+        headers: &HeaderMap,
+        subresource: &'static str,
+    ) -> Option<Response> {
+        let who = match self.authenticate(certificate, headers).await {
+            Ok(who) => who,
+            Err(refused) => return Some(refused),
+        };
+        match self.checks.authorizer.allowed(&who, subresource).await {
+            Ok(true) => None,
+            Ok(false) => Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "Forbidden (user={}, verb=get, resource=nodes, subresource={subresource})",
+                        who.name
+                    ),
+                )
+                    .into_response(),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, caller = %who.name, "cannot authorize a kubelet API caller");
+                Some(unavailable("authorization"))
+            }
+        }
+    }
+}
