@@ -709,7 +709,7 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
             Some("default"),
             true,
         ),
-        // It authorizes kubelet API callers with SubjectAccessReviews.
+        // It authorizes kubelet API callers with SubjectAccessReviews ...
         (
             controller,
             "create",
@@ -721,6 +721,21 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
             webhook,
             "create",
             "subjectaccessreviews.authorization.k8s.io",
+            None,
+            false,
+        ),
+        // ... and authenticates bearer tokens with TokenReviews.
+        (
+            controller,
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            None,
+            true,
+        ),
+        (
+            webhook,
+            "create",
+            "tokenreviews.authentication.k8s.io",
             None,
             false,
         ),

@@ -1,6 +1,6 @@
-//! The Node object of a virtual node: registration with the labels and taint of DESIGN §5,
-//! the Lease heartbeat (40 s, renewed every 10 s), node status every minute, and the
-//! provider-degraded taint.
+//! The Node object of a virtual node: registration with the labels and taint of DESIGN §5
+//! (again whenever someone deletes it), the Lease heartbeat (40 s, renewed every 10 s),
+//! node status every minute, and the provider-degraded taint.
 
 use std::time::{Duration, SystemTime};
 
@@ -132,24 +132,33 @@ pub fn node_status(spec: &NodeSpec) -> Value {
 
 /// Creates the Node if it is missing, then writes its status.
 pub async fn register(client: &Client, spec: &NodeSpec) -> Result<Node, NodeError> {
+    let (node, _) = get_or_create(client, spec).await?;
+    write_status(client, spec).await?;
+    Ok(node)
+}
+
+/// The Node, created (with its status written) when it is missing, as after someone
+/// deleted it; the flag says whether it was.
+pub async fn get_or_create(client: &Client, spec: &NodeSpec) -> Result<(Node, bool), NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = match nodes
+    if let Some(node) = nodes
         .get_opt(&spec.name)
         .await
         .map_err(NodeError::Register)?
     {
-        Some(node) => node,
-        None => {
-            let object: Node =
-                serde_json::from_value(node_object(spec)).expect("node object is valid");
-            nodes
-                .create(&PostParams::default(), &object)
-                .await
-                .map_err(NodeError::Register)?
+        return Ok((node, false));
+    }
+    let object: Node = serde_json::from_value(node_object(spec)).expect("node object is valid");
+    let node = match nodes.create(&PostParams::default(), &object).await {
+        Ok(node) => node,
+        // Created in between (by a previous attempt whose answer was lost).
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            nodes.get(&spec.name).await.map_err(NodeError::Register)?
         }
+        Err(error) => return Err(NodeError::Register(error)),
     };
     write_status(client, spec).await?;
-    Ok(node)
+    Ok((node, true))
 }
 
 /// Writes the node status (heartbeat times included).

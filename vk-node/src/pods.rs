@@ -18,9 +18,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::NodeAdmission;
+use crate::env_refs::{self, ObjectRef};
 use crate::metrics::NodeMetrics;
 use crate::node::{self, NodeSpec};
-use crate::provider::{Provider, ProviderError, RemotePhase, RemoteStatus};
+use crate::provider::{Provider, ProviderError, RemoteContainerState, RemotePhase, RemoteStatus};
 use crate::status::{self, AfterStop, StatusContext, TerminalPhase};
 
 /// Timing and limits of the pod controller.
@@ -98,6 +99,12 @@ struct Tracked {
     /// Refused by node-side admission: never created; an object the provider runs for it
     /// (from before the refusal existed) is an orphan.
     refused: bool,
+    /// Create attempts held back because a required ConfigMap or Secret is missing.
+    held: u32,
+    /// Missing optional ConfigMaps and Secrets were reported (once per pod).
+    optional_reported: bool,
+    /// Containers whose start was reported since the last launch.
+    started_reported: HashSet<String>,
 }
 
 impl Tracked {
@@ -131,6 +138,9 @@ impl Tracked {
             delete_failures: 0,
             missing_syncs: 0,
             refused: false,
+            held: 0,
+            optional_reported: false,
+            started_reported: HashSet::new(),
         }
     }
 }
@@ -219,8 +229,24 @@ struct CreateOutcome {
     uid: String,
     pod: Pod,
     elapsed: Duration,
-    result: Result<(), ProviderError>,
+    attempt: CreateAttempt,
 }
+
+/// What became of one create.
+enum CreateAttempt {
+    /// The provider was asked (optional ConfigMaps and Secrets may be missing).
+    Asked {
+        optional_missing: Vec<ObjectRef>,
+        result: Result<(), ProviderError>,
+    },
+    /// Required ConfigMaps or Secrets are missing: the provider was not asked.
+    Held(Vec<ObjectRef>),
+    /// The apiserver could not say what exists: the provider was not asked.
+    Unchecked(String),
+}
+
+/// Longest wait between two looks for a pod's missing ConfigMaps and Secrets.
+const HELD_RETRY_MAX: Duration = Duration::from_secs(15);
 
 impl<P: Provider> PodController<P> {
     /// A controller for `node` backed by `provider`.
@@ -551,22 +577,45 @@ impl<P: Provider> PodController<P> {
             tracked.lifecycle = Lifecycle::Creating;
             tracing::debug!(pod_uid = %uid, "create started");
             let pod = tracked.pod.clone();
-            let (provider, slots, tx) = (
+            let (provider, slots, tx, client) = (
                 self.provider.clone(),
                 self.create_slots.clone(),
                 self.created_tx.clone(),
+                self.client.clone(),
             );
             tokio::spawn(async move {
                 let Ok(_permit) = slots.acquire_owned().await else {
                     return;
                 };
                 let started = Instant::now();
-                let result = provider.create(&pod).await;
+                let checked =
+                    tokio::time::timeout(API_CALL_TIMEOUT, env_refs::check(&client, &pod)).await;
+                let attempt = match checked {
+                    Err(_) => CreateAttempt::Unchecked("the apiserver did not answer".into()),
+                    Ok(Err(error)) => CreateAttempt::Unchecked(error.to_string()),
+                    Ok(Ok(missing)) if missing.iter().any(|r| !r.optional) => {
+                        CreateAttempt::Held(missing)
+                    }
+                    Ok(Ok(optional_missing)) => {
+                        let started = Instant::now();
+                        let result = provider.create(&pod).await;
+                        let _ = tx.send(CreateOutcome {
+                            uid,
+                            pod,
+                            elapsed: started.elapsed(),
+                            attempt: CreateAttempt::Asked {
+                                optional_missing,
+                                result,
+                            },
+                        });
+                        return;
+                    }
+                };
                 let _ = tx.send(CreateOutcome {
                     uid,
                     pod,
                     elapsed: started.elapsed(),
-                    result,
+                    attempt,
                 });
             });
         }
@@ -577,8 +626,19 @@ impl<P: Provider> PodController<P> {
             uid,
             pod,
             elapsed,
-            result,
+            attempt,
         } = outcome;
+        let (optional_missing, result) = match attempt {
+            CreateAttempt::Asked {
+                optional_missing,
+                result,
+            } => (optional_missing, result),
+            CreateAttempt::Held(missing) => return self.hold(&uid, &pod, missing).await,
+            CreateAttempt::Unchecked(error) => {
+                tracing::warn!(%error, pod = %key(&pod), "cannot look up the pod's ConfigMaps and Secrets; retrying");
+                return self.hold(&uid, &pod, Vec::new()).await;
+            }
+        };
         tracing::debug!(pod_uid = %uid, ok = result.is_ok(), "create finished");
         self.provider_result("create", Instant::now() - elapsed, &result)
             .await;
@@ -594,12 +654,36 @@ impl<P: Provider> PodController<P> {
             self.stop_and_remove(&uid).await;
             return;
         }
+        tracked.held = 0;
+        let report_optional = !optional_missing.is_empty() && !tracked.optional_reported;
+        tracked.optional_reported |= report_optional;
+        if report_optional {
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            for missing in &optional_missing {
+                self.event(
+                    &pod,
+                    EventType::Warning,
+                    missing.reason(),
+                    missing.message(&namespace),
+                )
+                .await;
+            }
+        }
+        let Some(tracked) = self.tracked.get_mut(&uid) else {
+            return;
+        };
         match result {
             Ok(()) => {
                 tracked.lifecycle = Lifecycle::Launched;
                 tracked.retryable_failures = 0;
                 tracked.crash_loop = false;
+                tracked.started_reported.clear();
                 self.fresh.insert(uid);
+                for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                    let image = container.image.as_deref().unwrap_or_default();
+                    let note = format!("Pulling image {image:?} ({})", self.provider.name());
+                    self.event(&pod, EventType::Normal, "Pulling", note).await;
+                }
             }
             Err(error) if error.is_retryable() => {
                 tracked.lifecycle = Lifecycle::NeedsCreate;
@@ -648,6 +732,38 @@ impl<P: Provider> PodController<P> {
                     )
                     .await;
                 }
+            }
+        }
+    }
+
+    /// A create held back: required ConfigMaps or Secrets are missing (an Event names
+    /// each, on the first hold and every tenth after) or could not be looked up. The pod
+    /// stays Pending and is looked at again soon.
+    async fn hold(&mut self, uid: &str, pod: &Pod, missing: Vec<ObjectRef>) {
+        let Some(tracked) = self.tracked.get_mut(uid) else {
+            return;
+        };
+        tracked.lifecycle = Lifecycle::NeedsCreate;
+        tracked.held += 1;
+        tracked.next_attempt =
+            Instant::now() + backoff_with_jitter(tracked.held).min(HELD_RETRY_MAX);
+        if tracked.deleting {
+            tracked.lifecycle = Lifecycle::Launched;
+            self.stop_and_remove(uid).await;
+            return;
+        }
+        let held = tracked.held;
+        if held == 1 || held % 10 == 0 {
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            for missing in missing.iter().filter(|r| !r.optional) {
+                tracing::info!(pod = %key(pod), reason = missing.reason(), "pod held back");
+                self.event(
+                    pod,
+                    EventType::Warning,
+                    missing.reason(),
+                    missing.message(&namespace),
+                )
+                .await;
             }
         }
     }
@@ -711,6 +827,7 @@ impl<P: Provider> PodController<P> {
         };
         let now = spillway_common::time::rfc3339(SystemTime::now());
         let mut writes = Vec::new();
+        let mut events = Vec::new();
         for uid in launched {
             let Some(remote_status) = remote.get(&uid) else {
                 // Created but not visible yet, or gone: after a few syncs it counts as lost.
@@ -720,9 +837,12 @@ impl<P: Provider> PodController<P> {
             if let Some(tracked) = self.tracked.get_mut(&uid) {
                 tracked.missing_syncs = 0;
             }
-            if let Some((pod, status)) = self.apply_remote(&uid, remote_status, &now) {
+            if let Some((pod, status)) = self.apply_remote(&uid, remote_status, &now, &mut events) {
                 writes.push((uid, pod, status));
             }
+        }
+        for (pod, type_, reason, note) in events {
+            self.event(&pod, type_, reason, note).await;
         }
         let client = self.client.clone();
         let failed: Vec<String> = futures::stream::iter(writes)
@@ -789,12 +909,15 @@ impl<P: Provider> PodController<P> {
     }
 
     /// Updates the pod's bookkeeping from its provider status; returns the status to write
-    /// when it changed.
+    /// when it changed, and adds the lifecycle Events a kubelet would write to `events`
+    /// (`Created` and `Started` when a container is first seen running, `BackOff` when a
+    /// stopped pod waits to be launched again).
     fn apply_remote(
         &mut self,
         uid: &str,
         remote: &RemoteStatus,
         now: &str,
+        events: &mut Vec<LifecycleEvent>,
     ) -> Option<(Pod, Value)> {
         let host_ip = self.node.address.clone();
         if remote.phase != RemotePhase::Pending {
@@ -802,14 +925,44 @@ impl<P: Provider> PodController<P> {
         }
         let tracked = self.tracked.get_mut(uid)?;
         tracing::debug!(pod_uid = %uid, phase = ?remote.phase, restarts = tracked.restarts, "provider status");
+        for container in &remote.containers {
+            if matches!(container.state, RemoteContainerState::Running { .. })
+                && tracked.started_reported.insert(container.name.clone())
+            {
+                for (reason, verb) in [("Created", "Created"), ("Started", "Started")] {
+                    events.push((
+                        tracked.pod.clone(),
+                        EventType::Normal,
+                        reason,
+                        format!("{verb} container {}", container.name),
+                    ));
+                }
+            }
+        }
         if remote.phase == RemotePhase::Stopped {
             match status::after_stop(&tracked.pod, remote) {
                 AfterStop::Restart => {
+                    let wait = status::restart_backoff(tracked.restarts.max(0) as u32);
                     tracked.lifecycle = Lifecycle::NeedsCreate;
-                    tracked.next_attempt =
-                        Instant::now() + status::restart_backoff(tracked.restarts.max(0) as u32);
+                    tracked.next_attempt = Instant::now() + wait;
                     tracked.restarts += 1;
                     tracked.crash_loop = true;
+                    events.push((
+                        tracked.pod.clone(),
+                        EventType::Warning,
+                        "BackOff",
+                        format!(
+                            "Back-off {}s restarting failed container(s) {} in pod {}",
+                            wait.as_secs(),
+                            remote
+                                .containers
+                                .iter()
+                                .map(|c| c.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            key(&tracked.pod)
+                        ),
+                    ));
                 }
                 AfterStop::Finish(phase) => {
                     tracked.lifecycle = Lifecycle::Terminal;
@@ -850,8 +1003,22 @@ impl<P: Provider> PodController<P> {
     }
 
     /// Starts stopping a deleted pod's provider object (the provider honours the grace
-    /// period); the Pod is removed once that succeeded (see [`Self::record_stop`]).
+    /// period; a `Killing` Event per container the first time); the Pod is removed once
+    /// that succeeded (see [`Self::record_stop`]).
     async fn stop_and_remove(&mut self, uid: &str) {
+        let Some(tracked) = self.tracked.get(uid) else {
+            return;
+        };
+        if tracked.delete_failures == 0
+            && tracked.lifecycle == Lifecycle::Launched
+            && !self.stopping.contains(uid)
+        {
+            let pod = tracked.pod.clone();
+            for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                let note = format!("Stopping container {}", container.name);
+                self.event(&pod, EventType::Normal, "Killing", note).await;
+            }
+        }
         let Some(tracked) = self.tracked.get(uid) else {
             return;
         };
@@ -1027,6 +1194,9 @@ impl<P: Provider> PodController<P> {
         self.start_stop(uid, 0, StopFor::GonePod);
     }
 }
+
+/// An Event to publish about a pod: type, reason, note.
+type LifecycleEvent = (Pod, EventType, &'static str, String);
 
 /// How often a failed first list of provider objects is retried.
 pub const ADOPT_RETRY_INTERVAL: Duration = Duration::from_secs(5);

@@ -8,6 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use prometheus::Registry;
 use spillway_common::admin::{self, AdminArgs, Readiness};
 use spillway_common::conn_limits::ConnLimits;
@@ -444,18 +446,46 @@ fn kubelet_tls_files(args: &NodeOptions) -> Result<TlsFiles, RunError> {
     })
 }
 
+/// Renews the node's Lease and writes its status; a Node someone deleted is registered
+/// again at the next renewal (its pods keep running: they are still bound to its name).
 async fn heartbeat(
     client: kube::Client,
     spec: NodeSpec,
-    node_uid: String,
+    mut node_uid: String,
     stop: CancellationToken,
 ) {
     let mut lease_tick = tokio::time::interval(node::LEASE_RENEW_INTERVAL);
     let mut status_tick = tokio::time::interval(node::STATUS_INTERVAL);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "spillway-vk-node".into(),
+            instance: Some(spec.name.clone()),
+        },
+    );
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = lease_tick.tick() => {
+                match node::get_or_create(&client, &spec).await {
+                    Ok((node, recreated)) => {
+                        node_uid = node.metadata.uid.clone().unwrap_or_default();
+                        if recreated {
+                            tracing::warn!(node = %spec.name, "the Node was deleted; registered it again");
+                            let event = Event {
+                                type_: EventType::Warning,
+                                reason: "RegisteredNode".into(),
+                                note: Some(format!("Node {} was deleted; the virtual node registered it again and keeps running its pods", spec.name)),
+                                action: "Register".into(),
+                                secondary: None,
+                            };
+                            if let Err(error) = recorder.publish(&event, &node.object_ref(&())).await {
+                                tracing::debug!(%error, "event not recorded");
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot read the Node"),
+                }
                 if let Err(error) = node::renew_lease(&client, &spec, &node_uid).await {
                     tracing::warn!(%error, "node lease renewal failed");
                 }
