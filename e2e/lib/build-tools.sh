@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test bed's tools from the Go module proxy into e2e/.build/bin: the control
-# plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) and kwok.
+# plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl), kwok and
+# metrics-server.
 # Skips every binary that is already newer than the module files that pin it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,3 +32,4 @@ build k8s kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 build k8s kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build k8s kubectl k8s.io/kubernetes/cmd/kubectl
 build kwok kwok sigs.k8s.io/kwok/cmd/kwok
+build metrics-server metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server
