@@ -628,12 +628,21 @@ impl ClusterIndex {
             counts.local += rs.local;
             counts.burst += rs.burst;
         }
+        // The HPA controller scales the Deployment first and writes its own status
+        // after: the replicas it just set are its newest decision, so the pods they
+        // create already see the pressure that created them.
+        let hpa = entry.hpa.map(|hpa| HpaFacts {
+            desired_replicas: hpa
+                .desired_replicas
+                .max(entry.replicas.min(hpa.max_replicas)),
+            ..hpa
+        });
         Some(WorkloadView {
             key: &entry.key,
             uid: &entry.uid,
             annotations: &entry.annotations,
             replicas: entry.replicas,
-            hpa: entry.hpa,
+            hpa,
             counts,
         })
     }
@@ -880,6 +889,55 @@ mod tests {
         index.delete_pod("p1");
         index.delete_pod("p2");
         assert_eq!(index.totals().requested_memory, 0);
+    }
+
+    #[test]
+    fn hpa_pressure_counts_the_replicas_the_hpa_set_before_its_status_says_so() {
+        let mut index = ClusterIndex::new();
+        let (d, _) = deployment();
+        index.apply_deployment(&d);
+        let hpa = |desired: i32| -> HorizontalPodAutoscaler {
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "ns"},
+                "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 2, "maxReplicas": 5},
+                "status": {"desiredReplicas": desired, "currentReplicas": desired}
+            }))
+            .unwrap()
+        };
+        // The Deployment already has the 4 replicas the HPA set; its status still says 3.
+        index.apply_hpa(&hpa(3));
+        assert_eq!(
+            index
+                .workload("ns", "web")
+                .unwrap()
+                .hpa
+                .unwrap()
+                .desired_replicas,
+            4
+        );
+        // A newer status wins when it is higher; never more than maxReplicas.
+        index.apply_hpa(&hpa(5));
+        assert_eq!(
+            index
+                .workload("ns", "web")
+                .unwrap()
+                .hpa
+                .unwrap()
+                .desired_replicas,
+            5
+        );
+        let mut big = d.clone();
+        big.spec.replicas = Some(9);
+        index.apply_deployment(&big);
+        assert_eq!(
+            index
+                .workload("ns", "web")
+                .unwrap()
+                .hpa
+                .unwrap()
+                .desired_replicas,
+            5
+        );
     }
 
     #[test]
