@@ -151,14 +151,34 @@ pub fn references(pod: &Pod) -> Vec<ObjectRef> {
 /// The keys each object has (`None`: the object does not exist).
 pub type Found = BTreeMap<(RefKind, String), Option<BTreeSet<String>>>;
 
-/// The references of `refs` that `found` does not satisfy.
+/// The references of `refs` that `found` does not satisfy: a missing object once (without
+/// a key, however many of its keys are named), else each missing key.
 pub fn missing(refs: &[ObjectRef], found: &Found) -> Vec<ObjectRef> {
-    refs.iter()
-        .filter(|r| match found.get(&(r.kind, r.name.clone())) {
-            Some(Some(keys)) => r.key.as_ref().is_some_and(|k| !keys.contains(k)),
-            _ => true,
-        })
-        .cloned()
+    let mut missing = BTreeSet::new();
+    for r in refs {
+        match found.get(&(r.kind, r.name.clone())) {
+            Some(Some(keys)) => {
+                if r.key.as_ref().is_some_and(|k| !keys.contains(k)) {
+                    missing.insert(r.clone());
+                }
+            }
+            _ => {
+                missing.insert(ObjectRef {
+                    key: None,
+                    ..r.clone()
+                });
+            }
+        }
+    }
+    // The object is required if any reference to it is.
+    let required: BTreeSet<(RefKind, String, Option<String>)> = missing
+        .iter()
+        .filter(|r| !r.optional)
+        .map(|r| (r.kind, r.name.clone(), r.key.clone()))
+        .collect();
+    missing
+        .into_iter()
+        .filter(|r| !r.optional || !required.contains(&(r.kind, r.name.clone(), r.key.clone())))
         .collect()
 }
 
@@ -284,5 +304,12 @@ mod tests {
             missing[0].message("shop"),
             "key \"b\" of ConfigMap shop/settings not found; the pod will start once it exists"
         );
+        assert_eq!(missing[0].reason(), "MandatoryConfigMapKeyNotFound");
+        // An object that does not exist is reported once, as the object.
+        found.insert((RefKind::ConfigMap, "settings".into()), None);
+        let gone = super::missing(&refs, &found);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(gone[0].reason(), "MandatoryConfigMapNotFound");
+        assert_eq!(gone[1].reason(), "OptionalSecretNotFound");
     }
 }

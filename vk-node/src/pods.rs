@@ -101,6 +101,8 @@ struct Tracked {
     refused: bool,
     /// Create attempts held back because a required ConfigMap or Secret is missing.
     held: u32,
+    /// What was missing at the last hold (reported again when it changes).
+    held_for: Vec<ObjectRef>,
     /// Missing optional ConfigMaps and Secrets were reported (once per pod).
     optional_reported: bool,
     /// Containers whose start was reported since the last launch.
@@ -139,6 +141,7 @@ impl Tracked {
             missing_syncs: 0,
             refused: false,
             held: 0,
+            held_for: Vec::new(),
             optional_reported: false,
             started_reported: HashSet::new(),
         }
@@ -655,6 +658,7 @@ impl<P: Provider> PodController<P> {
             return;
         }
         tracked.held = 0;
+        tracked.held_for.clear();
         let report_optional = !optional_missing.is_empty() && !tracked.optional_reported;
         tracked.optional_reported |= report_optional;
         if report_optional {
@@ -737,8 +741,8 @@ impl<P: Provider> PodController<P> {
     }
 
     /// A create held back: required ConfigMaps or Secrets are missing (an Event names
-    /// each, on the first hold and every tenth after) or could not be looked up. The pod
-    /// stays Pending and is looked at again soon.
+    /// each, when what is missing changes and every tenth hold) or could not be looked
+    /// up. The pod stays Pending and is looked at again soon.
     async fn hold(&mut self, uid: &str, pod: &Pod, missing: Vec<ObjectRef>) {
         let Some(tracked) = self.tracked.get_mut(uid) else {
             return;
@@ -752,10 +756,15 @@ impl<P: Provider> PodController<P> {
             self.stop_and_remove(uid).await;
             return;
         }
-        let held = tracked.held;
-        if held == 1 || held % 10 == 0 {
+        let required: Vec<ObjectRef> = missing.into_iter().filter(|r| !r.optional).collect();
+        if required.is_empty() {
+            return; // not looked up: nothing new to say
+        }
+        let changed = tracked.held_for != required;
+        tracked.held_for = required.clone();
+        if changed || tracked.held % 10 == 0 {
             let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-            for missing in missing.iter().filter(|r| !r.optional) {
+            for missing in &required {
                 tracing::info!(pod = %key(pod), reason = missing.reason(), "pod held back");
                 self.event(
                     pod,
