@@ -113,6 +113,29 @@ async fn placed(pods: &Api<Pod>, app: &str) -> anyhow::Result<Vec<Placed>> {
         .collect())
 }
 
+/// `waited` as it is, or its error with where each pod of `app` is now (a timeout then
+/// says what the cluster looked like).
+async fn with_placements(
+    waited: anyhow::Result<()>,
+    pods: &Api<Pod>,
+    app: &str,
+) -> anyhow::Result<()> {
+    let Err(error) = waited else {
+        return Ok(());
+    };
+    let state: Vec<String> = placed(pods, app)
+        .await?
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} {:?} {:?} running={}",
+                p.name, p.node, p.placement, p.reason, p.running
+            )
+        })
+        .collect();
+    anyhow::bail!("{error:#}; pods: {state:#?}")
+}
+
 fn count(pods: &[Placed], node_prefix: &str, placement: &str) -> usize {
     pods.iter()
         .filter(|p| {
@@ -340,6 +363,11 @@ struct HpaController(std::process::Child);
 
 impl HpaController {
     fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// With `extra` flags of kube-controller-manager.
+    fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let run = run_dir();
         let log = std::fs::File::create(run.join("logs/hpa-controller.log"))?;
         let child =
@@ -357,6 +385,7 @@ impl HpaController {
                     "--bind-address",
                     "127.0.0.1",
                 ])
+                .args(extra)
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
                 .spawn()?;
@@ -1088,25 +1117,13 @@ async fn concurrent_admissions_by_two_webhooks_converge_to_the_cap() -> anyhow::
     };
     for _attempt in 0..5 {
         scale(&deployments, "web", 12).await?;
-        if let Err(error) = wait_until(
+        let waited = wait_until(
             "converged to max-burst 2 within a minute",
             Duration::from_secs(60),
             converged,
         )
-        .await
-        {
-            let state: Vec<String> = placed(&pods, "web")
-                .await?
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{} {} {:?} {:?} running={}",
-                        p.name, p.node, p.placement, p.reason, p.running
-                    )
-                })
-                .collect();
-            anyhow::bail!("{error:#}; pods: {state:#?}");
-        }
+        .await;
+        with_placements(waited, &pods, "web").await?;
         if peak.load(Ordering::SeqCst) > 2 {
             break;
         }
@@ -1137,5 +1154,132 @@ async fn concurrent_admissions_by_two_webhooks_converge_to_the_cap() -> anyhow::
         "spillway_overshoot_evictions_total{result=\"evicted\"}",
     );
     assert!(evicted.is_some_and(|e| e >= 1.0), "{evicted:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn an_hpa_reading_burst_pods_usage_bursts_on_pressure_and_scales_them_in_first()
+-> anyhow::Result<()> {
+    let scenario = Scenario::start("e2e-hpa", "rebalance:\n  enabled: false\n").await?;
+    let (client, ns, run, deployments, pods) = scenario.parts();
+    // The HPA controller reads the metrics.k8s.io API that the test bed's metrics-server
+    // serves from its scrapes of every node: kwok's for the local replicas, the virtual
+    // node's /metrics/resource for the burst ones. Short windows keep the test quick.
+    let _hpa_controller = HpaController::start_with(&[
+        "--horizontal-pod-autoscaler-cpu-initialization-period",
+        "10s",
+        "--horizontal-pod-autoscaler-initial-readiness-delay",
+        "5s",
+    ])?;
+    // Each replica requests 200m and uses 150m (75%) wherever it runs: kwok reads its
+    // annotation on local pods, the mock provider its own on burst pods.
+    let mut web = deployment("web", 2, "200m", json!({"spillway.io/burst": "true"}))?;
+    web.spec.template.metadata.as_mut().unwrap().annotations = Some(
+        [
+            ("kwok.x-k8s.io/usage-cpu", "150m"),
+            ("spillway.io/mock-cpu-usage", "150m"),
+            ("kwok.x-k8s.io/usage-memory", "64Mi"),
+            ("spillway.io/mock-memory-usage", "64Mi"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+    );
+    deployments.create(&PostParams::default(), &web).await?;
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 2,
+                "maxReplicas": 5,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 50}}}],
+                "behavior": {
+                    "scaleUp": {"stabilizationWindowSeconds": 0},
+                    "scaleDown": {"stabilizationWindowSeconds": 0}
+                }
+            }
+        }))?;
+    Api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>::namespaced(
+        client.clone(),
+        &ns.name,
+    )
+    .create(&PostParams::default(), &hpa)
+    .await?;
+
+    // 75% against a 50% target: 2 → 3 (3/5 of maxReplicas, under the 0.8 threshold: local)
+    // → 5 (at the ceiling: the replicas past minReplicas burst, reason hpa).
+    let waited = wait_until(
+        "the HPA scales web to 5 and the 2 newest replicas burst for hpa",
+        Duration::from_secs(180),
+        || async {
+            let p = placed(pods, "web").await?;
+            let ok = p.len() == 5
+                && count(&p, "kwok-node-", "local") == 3
+                && count(&p, &run.node_name, "burst") == 2
+                && p.iter()
+                    .filter(|p| p.placement.as_deref() == Some("burst"))
+                    .all(|p| p.reason.as_deref() == Some("hpa"));
+            Ok(ok)
+        },
+    )
+    .await;
+    with_placements(waited, pods, "web").await?;
+    let burst: Vec<String> = placed(pods, "web")
+        .await?
+        .into_iter()
+        .filter(|p| p.placement.as_deref() == Some("burst"))
+        .map(|p| p.uid)
+        .collect();
+    // The burst replicas' usage reaches metrics.k8s.io (what the HPA reads) too.
+    let burst_names: Vec<String> = placed(pods, "web")
+        .await?
+        .into_iter()
+        .filter(|p| p.placement.as_deref() == Some("burst"))
+        .map(|p| p.name)
+        .collect();
+    let top = || kubectl(&["top", "pod", "-n", &ns.name, "--no-headers"]).unwrap_or_default();
+    let waited = wait_until(
+        "kubectl top lists the burst replicas at 150m",
+        Duration::from_secs(60),
+        || async {
+            let top = top();
+            Ok(burst_names.iter().all(|name| {
+                top.lines()
+                    .any(|l| l.starts_with(name.as_str()) && l.contains(" 150m "))
+            }))
+        },
+    )
+    .await;
+    waited.map_err(|e| anyhow::anyhow!("{e:#}: {}", top()))?;
+
+    // The load drops everywhere: the HPA goes back to minReplicas, and the burst
+    // replicas are the ones removed.
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "pods",
+        "-l",
+        "app=web",
+        "--overwrite",
+        "kwok.x-k8s.io/usage-cpu=10m",
+        "spillway.io/mock-cpu-usage=10m",
+    ])?;
+    let waited = wait_until(
+        "the HPA scales web to 2 and only local replicas remain",
+        Duration::from_secs(180),
+        || async {
+            let p = placed(pods, "web").await?;
+            let ok = p.len() == 2
+                && count(&p, "kwok-node-", "local") == 2
+                && p.iter().all(|p| !burst.contains(&p.uid));
+            Ok(ok)
+        },
+    )
+    .await;
+    with_placements(waited, pods, "web").await?;
+    assert_eq!(deployments.get("web").await?.spec.replicas, Some(2));
     Ok(())
 }
