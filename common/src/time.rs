@@ -1,5 +1,6 @@
 //! Timestamps in the forms the Kubernetes API writes: RFC 3339 in UTC, to the second
-//! (`Time`) or to the microsecond (`MicroTime`).
+//! (`Time`) or to the microsecond (`MicroTime`); and milliseconds since the epoch, as
+//! Prometheus samples and provider APIs carry them.
 
 use std::time::SystemTime;
 
@@ -19,6 +20,18 @@ pub fn rfc3339_micros(time: SystemTime) -> String {
     timestamp(time)
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
+}
+
+/// Milliseconds since the epoch (0 before it, saturating far after it).
+pub fn millis(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_millis() -> i64 {
+    millis(SystemTime::now())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use spillway_e2e::{
 struct Aws {
     ecs: aws_sdk_ecs::Client,
     logs: aws_sdk_cloudwatchlogs::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
     endpoint: String,
     subnet: String,
     security_group: String,
@@ -37,6 +38,7 @@ async fn aws() -> anyhow::Result<Aws> {
     Ok(Aws {
         ecs: aws_sdk_ecs::Client::new(&config),
         logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+        cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
         endpoint,
         subnet: env["SPILLWAY_TESTBED_SUBNET"].clone(),
         security_group: env["SPILLWAY_TESTBED_SECURITY_GROUP"].clone(),
@@ -156,6 +158,149 @@ fn moto_recording(endpoint: &str) -> anyhow::Result<String> {
         .output()?;
     anyhow::ensure!(output.status.success(), "cannot download moto's recording");
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Publishes a Container Insights datapoint for one container of `task`, as ECS would.
+async fn put_container_insight(
+    aws: &Aws,
+    cluster: &str,
+    task: &aws_sdk_ecs::types::Task,
+    container: &str,
+    metric: &str,
+    value: f64,
+) -> anyhow::Result<()> {
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
+    let family = task
+        .task_definition_arn()
+        .and_then(|arn| arn.rsplit_once("task-definition/"))
+        .and_then(|(_, tail)| tail.rsplit_once(':'))
+        .map(|(family, _)| family.to_owned())
+        .unwrap_or_default();
+    let task_id = task
+        .task_arn()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    let dimension = |name: &str, value: &str| Dimension::builder().name(name).value(value).build();
+    aws.cloudwatch
+        .put_metric_data()
+        .namespace("ECS/ContainerInsights")
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name(metric)
+                .dimensions(dimension("ClusterName", cluster))
+                .dimensions(dimension("TaskDefinitionFamily", &family))
+                .dimensions(dimension("TaskId", task_id))
+                .dimensions(dimension("ContainerName", container))
+                .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(
+                    std::time::SystemTime::now(),
+                ))
+                .value(value)
+                .build(),
+        )
+        .send()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn fargate_pods_report_container_insights_usage_on_the_kubelet_api() -> anyhow::Result<()> {
+    let mut fx = FargateFixture::new("e2e-insights").await?;
+    fx.args
+        .extend(["--usage-cache-seconds", "0"].map(String::from));
+    let kubelet = fx.args[fx
+        .args
+        .iter()
+        .position(|a| a == "--kubelet-listen")
+        .unwrap()
+        + 1]
+    .clone();
+    let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
+    let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
+    let _node = fx.start_node()?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["measured", "fresh"] {
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(name, node_name, json!({}))?,
+        )
+        .await?;
+    }
+    wait_until("both Running", Duration::from_secs(60), || async {
+        let mut running = 0;
+        for name in ["measured", "fresh"] {
+            if pods
+                .get(name)
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .as_deref()
+                == Some("Running")
+            {
+                running += 1;
+            }
+        }
+        Ok(running == 2)
+    })
+    .await?;
+    let uid = pods.get("measured").await?.metadata.uid.unwrap_or_default();
+    let tasks = running_tasks(aws, cluster).await?;
+    let task = &tasks[&uid][0];
+    // A quarter vCPU (256 CPU units) and 128 MiB; "fresh" has no datapoints yet.
+    put_container_insight(aws, cluster, task, "app", "CpuUtilized", 256.0).await?;
+    put_container_insight(aws, cluster, task, "app", "MemoryUtilized", 128.0).await?;
+
+    let pki = spillway_e2e::run_dir().join("pki");
+    let mut identity = std::fs::read(pki.join("apiserver-kubelet-client.crt"))?;
+    identity.extend(std::fs::read(pki.join("apiserver-kubelet-client.key"))?);
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(
+            pki.join("ca.crt"),
+        )?)?)
+        .identity(reqwest::Identity::from_pem(&identity)?)
+        .build()?;
+    let summary: serde_json::Value = http
+        .get(format!("https://{kubelet}/stats/summary"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let stats = summary["pods"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        stats.len(),
+        1,
+        "a pod without datapoints is left out: {summary}"
+    );
+    assert_eq!(stats[0]["podRef"]["uid"], uid.as_str());
+    assert_eq!(stats[0]["cpu"]["usageNanoCores"], 250_000_000u64);
+    assert_eq!(stats[0]["memory"]["workingSetBytes"], 128u64 << 20);
+    let text = http
+        .get(format!("https://{kubelet}/metrics/resource"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let line = format!(
+        "container_memory_working_set_bytes{{container=\"app\",namespace=\"{}\",pod=\"measured\"}} 134217728 ",
+        ns.name
+    );
+    assert!(text.contains(&line), "{text}");
+
+    // The same numbers reach kubectl top through metrics-server.
+    wait_until(
+        "kubectl top lists measured at 250m",
+        Duration::from_secs(90),
+        || async {
+            let top = kubectl(&["top", "pod", "-n", &ns.name, "--no-headers"]).unwrap_or_default();
+            Ok(top
+                .lines()
+                .any(|l| l.starts_with("measured") && l.contains(" 250m ") && l.contains("128Mi")))
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 #[tokio::test]

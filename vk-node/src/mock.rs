@@ -15,6 +15,7 @@ use crate::provider::{
     ContainerUsage, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
     RemoteContainerState, RemotePhase, RemoteStatus,
 };
+use crate::resource_usage::CpuMeter;
 
 /// How the mock behaves.
 #[derive(Clone, Debug)]
@@ -63,43 +64,6 @@ struct MockObject {
     ip: String,
     launches: u32,
     cpu: CpuMeter,
-}
-
-/// Integrates a CPU rate that may change between samples into cumulative CPU time.
-#[derive(Debug, Default, Clone, Copy)]
-struct CpuMeter {
-    /// Core-nanoseconds used up to `at_ms`.
-    used: u64,
-    /// Rate since `at_ms`, in nanocores.
-    nano_cores: u64,
-    /// Last sample (ms since the epoch); `None` before the first.
-    at_ms: Option<i64>,
-}
-
-impl CpuMeter {
-    /// Advances to `now_ms` (starting at `started_ms` on the first sample) and sets the
-    /// rate from now on; returns the cumulative use at `now_ms`.
-    fn sample(&mut self, started_ms: i64, now_ms: i64, nano_cores: u64) -> u64 {
-        let (from, rate) = match self.at_ms {
-            Some(at) => (at, self.nano_cores),
-            None => (started_ms, nano_cores),
-        };
-        let elapsed_ms = u64::try_from(now_ms.saturating_sub(from)).unwrap_or(0);
-        // nanocores × ms / 1000 = core-nanoseconds.
-        let used = u128::from(rate) * u128::from(elapsed_ms) / 1000;
-        self.used = self
-            .used
-            .saturating_add(u64::try_from(used).unwrap_or(u64::MAX));
-        self.nano_cores = nano_cores;
-        self.at_ms = Some(now_ms);
-        self.used
-    }
-}
-
-fn millis_since_epoch(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The mock provider.
@@ -311,7 +275,7 @@ impl Provider for MockProvider {
 
     async fn usage(&self, pods: &[Pod]) -> Result<HashMap<String, PodUsage>, ProviderError> {
         let (now, now_wall) = (Instant::now(), SystemTime::now());
-        let now_ms = millis_since_epoch(now_wall);
+        let now_ms = spillway_common::time::millis(now_wall);
         let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         let mut usage = HashMap::new();
         for pod in pods {
@@ -327,7 +291,8 @@ impl Provider for MockProvider {
             let Some((cpu_millis, memory_bytes)) = self.synthetic_usage(pod) else {
                 continue;
             };
-            let started_ms = millis_since_epoch(object.created_wall + self.behaviour.start_latency);
+            let started_ms =
+                spillway_common::time::millis(object.created_wall + self.behaviour.start_latency);
             let nano_cores = cpu_millis.saturating_mul(1_000_000);
             let used = object.cpu.sample(started_ms, now_ms, nano_cores);
             let share = object.containers.len().max(1) as u64;
@@ -419,16 +384,6 @@ mod tests {
             }),
             ..Pod::default()
         }
-    }
-
-    #[test]
-    fn the_cpu_meter_integrates_each_rate_over_the_time_it_held() {
-        let mut meter = CpuMeter::default();
-        // Started at 0 and first sampled at 2 s with 0.5 cores: 1 core-second.
-        assert_eq!(meter.sample(0, 2_000, 500_000_000), 1_000_000_000);
-        // The rate drops to 0.1 cores; the 0.5 held until now, so 1 s more adds 0.5.
-        assert_eq!(meter.sample(0, 3_000, 100_000_000), 1_500_000_000);
-        assert_eq!(meter.sample(0, 4_000, 100_000_000), 1_600_000_000);
     }
 
     #[tokio::test]

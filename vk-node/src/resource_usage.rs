@@ -33,6 +33,37 @@ pub struct NodeTotals {
     pub memory_working_set_bytes: u64,
 }
 
+/// Integrates a CPU rate that may change between samples into cumulative CPU time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuMeter {
+    /// Core-nanoseconds used up to `at_ms`.
+    used: u64,
+    /// Rate since `at_ms`, in nanocores.
+    nano_cores: u64,
+    /// Last sample (ms since the epoch); `None` before the first.
+    at_ms: Option<i64>,
+}
+
+impl CpuMeter {
+    /// Advances to `now_ms` (starting at `started_ms` on the first sample) and sets the
+    /// rate from now on; returns the cumulative use at `now_ms`.
+    pub fn sample(&mut self, started_ms: i64, now_ms: i64, nano_cores: u64) -> u64 {
+        let (from, rate) = match self.at_ms {
+            Some(at) => (at, self.nano_cores),
+            None => (started_ms, nano_cores),
+        };
+        let elapsed_ms = u64::try_from(now_ms.saturating_sub(from)).unwrap_or(0);
+        // nanocores × ms / 1000 = core-nanoseconds.
+        let used = u128::from(rate) * u128::from(elapsed_ms) / 1000;
+        self.used = self
+            .used
+            .saturating_add(u64::try_from(used).unwrap_or(u64::MAX));
+        self.nano_cores = nano_cores;
+        self.at_ms = Some(now_ms);
+        self.used
+    }
+}
+
 /// Keeps the node's cumulative CPU monotonic as pods come and go: each sample adds what
 /// every pod used since its previous sample (a pod seen for the first time, or whose
 /// counter went back because it restarted, adds its whole counter).
@@ -297,6 +328,16 @@ mod tests {
                 }],
             },
         }
+    }
+
+    #[test]
+    fn the_cpu_meter_integrates_each_rate_over_the_time_it_held() {
+        let mut meter = CpuMeter::default();
+        // Started at 0 and first sampled at 2 s with 0.5 cores: 1 core-second.
+        assert_eq!(meter.sample(0, 2_000, 500_000_000), 1_000_000_000);
+        // The rate drops to 0.1 cores; the 0.5 held until now, so 1 s more adds 0.5.
+        assert_eq!(meter.sample(0, 3_000, 100_000_000), 1_500_000_000);
+        assert_eq!(meter.sample(0, 4_000, 100_000_000), 1_600_000_000);
     }
 
     #[test]

@@ -36,7 +36,48 @@ pub struct TaskInfo {
     pub created_ms: i64,
     /// Why it stopped.
     pub stopped_reason: Option<String>,
+    /// Family of the task's definition (Container Insights metrics carry it).
+    pub family: Option<String>,
 }
+
+/// The family in a task definition ARN (`…:task-definition/<family>:<revision>`).
+pub fn family_of(task_definition_arn: &str) -> Option<String> {
+    let (_, tail) = task_definition_arn.rsplit_once("task-definition/")?;
+    let family = tail.rsplit_once(':').map_or(tail, |(family, _)| family);
+    (!family.is_empty()).then(|| family.to_owned())
+}
+
+/// The task ID in a task ARN (its last path segment), as Container Insights names tasks.
+pub fn task_id_of(task_arn: &str) -> &str {
+    task_arn.rsplit('/').next().unwrap_or(task_arn)
+}
+
+/// One container whose Container Insights metrics are wanted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ContainerMetricKey {
+    /// Task ID (not the ARN).
+    pub task_id: String,
+    /// Task definition family.
+    pub family: String,
+    /// Container name.
+    pub container: String,
+}
+
+/// The newest Container Insights datapoints of one container.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerMetrics {
+    /// Which container.
+    pub key: ContainerMetricKey,
+    /// `CpuUtilized`: CPU units in use (1024 per vCPU).
+    pub cpu_units: f64,
+    /// `MemoryUtilized`: MiB in use.
+    pub memory_mib: f64,
+    /// When the newer of the two datapoints was taken (ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// The Container Insights namespace ECS publishes task and container metrics to.
+pub const CONTAINER_INSIGHTS_NAMESPACE: &str = "ECS/ContainerInsights";
 
 /// One container of a task.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +148,14 @@ pub trait EcsApi: Send + Sync + 'static {
         &self,
         query: &LogPageQuery,
     ) -> impl Future<Output = Result<LogPage, ProviderError>> + Send;
+    /// The newest Container Insights CPU and memory of each of `containers` in `cluster`
+    /// (`GetMetricData`, batched); a container CloudWatch has no datapoints for yet is left
+    /// out.
+    fn container_metrics(
+        &self,
+        cluster: &str,
+        containers: &[ContainerMetricKey],
+    ) -> impl Future<Output = Result<Vec<ContainerMetrics>, ProviderError>> + Send;
 }
 
 /// What one `GetLogEvents` call asks.
@@ -147,6 +196,7 @@ struct Limits {
     register: DefaultDirectRateLimiter,
     secrets: DefaultDirectRateLimiter,
     logs: DefaultDirectRateLimiter,
+    metrics: DefaultDirectRateLimiter,
 }
 
 fn per_second(n: u32) -> DefaultDirectRateLimiter {
@@ -164,6 +214,8 @@ impl Limits {
             register: per_second(1),
             secrets: per_second(10),
             logs: per_second(5),
+            // GetMetricData allows 50/s; a scrape needs one call per 250 containers.
+            metrics: per_second(5),
         }
     }
 }
@@ -174,6 +226,7 @@ pub struct AwsApi {
     ecs: aws_sdk_ecs::Client,
     secrets: aws_sdk_secretsmanager::Client,
     logs: aws_sdk_cloudwatchlogs::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
     limits: Arc<Limits>,
     metrics: NodeMetrics,
 }
@@ -235,6 +288,7 @@ impl AwsApi {
             ecs: aws_sdk_ecs::Client::new(&config),
             secrets: aws_sdk_secretsmanager::Client::new(&config),
             logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
             limits: Arc::new(Limits::new()),
             metrics,
         }
@@ -400,6 +454,7 @@ fn task_info(task: &ecs::Task) -> TaskInfo {
             .map(|t| t.to_millis().unwrap_or(0))
             .unwrap_or(0),
         stopped_reason: task.stopped_reason().map(str::to_owned),
+        family: task.task_definition_arn().and_then(family_of),
     }
 }
 
@@ -732,5 +787,147 @@ impl EcsApi for AwsApi {
             }
         })
         .await
+    }
+
+    async fn container_metrics(
+        &self,
+        cluster: &str,
+        containers: &[ContainerMetricKey],
+    ) -> Result<Vec<ContainerMetrics>, ProviderError> {
+        let mut found = Vec::new();
+        for batch in containers.chunks(METRIC_QUERIES_PER_CALL / 2) {
+            let queries = batch
+                .iter()
+                .enumerate()
+                .flat_map(|(i, key)| {
+                    [("c", "CpuUtilized"), ("m", "MemoryUtilized")].map(|(prefix, metric)| {
+                        metric_query(&format!("{prefix}{i}"), metric, cluster, key)
+                    })
+                })
+                .collect::<Vec<_>>();
+            // Whole periods (as CloudWatch recommends), up to the end of the current one.
+            let (start, end) = metric_window(spillway_common::time::now_millis() / 1000);
+            let (start, end) = (
+                aws_sdk_cloudwatch::primitives::DateTime::from_secs(start),
+                aws_sdk_cloudwatch::primitives::DateTime::from_secs(end),
+            );
+            let mut newest: HashMap<String, (f64, i64)> = HashMap::new();
+            let mut token: Option<String> = None;
+            loop {
+                let request = self
+                    .cloudwatch
+                    .get_metric_data()
+                    .set_metric_data_queries(Some(queries.clone()))
+                    .start_time(start)
+                    .end_time(end)
+                    .scan_by(aws_sdk_cloudwatch::types::ScanBy::TimestampDescending)
+                    .set_next_token(token.clone());
+                let page = self
+                    .call("GetMetricData", &self.limits.metrics, || {
+                        let send = request.clone().send();
+                        async move { send.await.map_err(map_error) }
+                    })
+                    .await?;
+                for result in page.metric_data_results() {
+                    let (Some(id), Some(value), Some(at)) = (
+                        result.id(),
+                        result.values().first(),
+                        result.timestamps().first(),
+                    ) else {
+                        continue;
+                    };
+                    newest
+                        .entry(id.to_owned())
+                        .or_insert((*value, at.to_millis().unwrap_or(0)));
+                }
+                token = page.next_token().map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+            for (i, key) in batch.iter().enumerate() {
+                if let (Some(cpu), Some(memory)) =
+                    (newest.get(&format!("c{i}")), newest.get(&format!("m{i}")))
+                {
+                    found.push(ContainerMetrics {
+                        key: key.clone(),
+                        cpu_units: cpu.0,
+                        memory_mib: memory.0,
+                        at_ms: cpu.1.max(memory.1),
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Queries per `GetMetricData` call (the API's limit).
+const METRIC_QUERIES_PER_CALL: usize = 500;
+/// How far back a datapoint may be and still count as current.
+const METRIC_LOOKBACK: Duration = Duration::from_secs(300);
+
+/// The query window for `now` (seconds since the epoch): [`METRIC_LOOKBACK`] of whole
+/// one-minute periods, ending where the current minute ends.
+fn metric_window(now: i64) -> (i64, i64) {
+    let end = (now / 60 + 1) * 60;
+    (end - METRIC_LOOKBACK.as_secs() as i64, end)
+}
+
+/// One metric query: the one-minute average of `metric` for one container.
+fn metric_query(
+    id: &str,
+    metric: &str,
+    cluster: &str,
+    key: &ContainerMetricKey,
+) -> aws_sdk_cloudwatch::types::MetricDataQuery {
+    use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+    let dimension = |name: &str, value: &str| Dimension::builder().name(name).value(value).build();
+    let metric = Metric::builder()
+        .namespace(CONTAINER_INSIGHTS_NAMESPACE)
+        .metric_name(metric)
+        .dimensions(dimension("ClusterName", cluster))
+        .dimensions(dimension("TaskDefinitionFamily", &key.family))
+        .dimensions(dimension("TaskId", &key.task_id))
+        .dimensions(dimension("ContainerName", &key.container))
+        .build();
+    MetricDataQuery::builder()
+        .id(id)
+        .metric_stat(
+            MetricStat::builder()
+                .metric(metric)
+                .period(60)
+                .stat("Average")
+                .build(),
+        )
+        .return_data(true)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metric_window_is_whole_minutes_and_covers_now() {
+        let now = 1_795_949_519; // 10:51:59
+        let (start, end) = metric_window(now);
+        assert_eq!((start % 60, end % 60), (0, 0));
+        assert!(start < now && now < end);
+        assert_eq!(end - start, 300);
+    }
+
+    #[test]
+    fn families_and_task_ids_come_from_their_arns() {
+        assert_eq!(
+            family_of("arn:aws:ecs:us-east-1:123456789012:task-definition/spillway-ab12:3")
+                .as_deref(),
+            Some("spillway-ab12")
+        );
+        assert_eq!(family_of("spillway-ab12"), None);
+        assert_eq!(
+            task_id_of("arn:aws:ecs:us-east-1:123456789012:task/my-cluster/0f1e2d3c4b5a"),
+            "0f1e2d3c4b5a"
+        );
     }
 }

@@ -13,18 +13,97 @@ use spillway_common::config::PricingConfig;
 use spillway_common::keys;
 use spillway_common::quantity;
 
-use super::aws::{AwsApi, EcsApi, LogPageQuery, TaskInfo};
-
-/// The most lines one log request returns (a 1,000,000-line pod is read in pages of
-/// 10,000; beyond that the caller should use `tailLines` or `sinceSeconds`).
-const MAX_LOG_LINES: usize = 1_000_000;
+use super::aws::{
+    AwsApi, ContainerMetricKey, ContainerMetrics, EcsApi, LogPageQuery, TaskInfo, task_id_of,
+};
 use super::translate::{self, EnvLookup, FargateSettings};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::metrics::NodeMetrics;
 use crate::provider::{
-    LogLine, LogOptions, Provider, ProviderError, RemoteContainer, RemoteContainerState,
-    RemotePhase, RemoteStatus,
+    ContainerUsage, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
+    RemoteContainerState, RemotePhase, RemoteStatus,
 };
+use crate::resource_usage::CpuMeter;
+
+/// The most lines one log request returns (a 1,000,000-line pod is read in pages of
+/// 10,000; beyond that the caller should use `tailLines` or `sinceSeconds`).
+const MAX_LOG_LINES: usize = 1_000_000;
+
+/// The cluster's name in a cluster name or ARN (Container Insights' `ClusterName`).
+fn cluster_name(cluster: &str) -> &str {
+    cluster
+        .rsplit_once(":cluster/")
+        .map_or(cluster, |(_, name)| name)
+}
+
+/// When each container of `pod` started (ms since the epoch), from its status.
+fn container_starts(pod: &Pod) -> HashMap<String, i64> {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| {
+            let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref()?;
+            Some((c.name.clone(), started.0.as_millisecond()))
+        })
+        .collect()
+}
+
+/// Pod usage from Container Insights datapoints: CPU units (1024 per vCPU) become
+/// nanocores, MiB become bytes, and each container's cumulative CPU is integrated from
+/// the rates by `meters` (keyed `uid/container`; meters of pods not in `pods` are
+/// dropped). Pods without any datapoint are left out.
+fn usage_from_insights(
+    pods: &[Pod],
+    task_owners: &HashMap<String, String>,
+    metrics: &[ContainerMetrics],
+    meters: &mut HashMap<String, CpuMeter>,
+    now_ms: i64,
+) -> HashMap<String, PodUsage> {
+    let mut by_pod: HashMap<&str, Vec<&ContainerMetrics>> = HashMap::new();
+    for m in metrics {
+        if let Some(uid) = task_owners.get(&m.key.task_id) {
+            by_pod.entry(uid.as_str()).or_default().push(m);
+        }
+    }
+    let mut usage = HashMap::new();
+    let mut live_meters = HashMap::new();
+    for pod in pods {
+        let Some(uid) = pod.metadata.uid.as_deref() else {
+            continue;
+        };
+        let Some(found) = by_pod.get(uid) else {
+            continue;
+        };
+        let starts = container_starts(pod);
+        let containers: Vec<ContainerUsage> = found
+            .iter()
+            .map(|m| {
+                let nano_cores = (m.cpu_units.max(0.0) / 1024.0 * 1e9) as u64;
+                let started = starts.get(&m.key.container).copied();
+                let meter_key = format!("{uid}/{}", m.key.container);
+                let mut meter = meters.remove(&meter_key).unwrap_or_default();
+                let used = meter.sample(started.unwrap_or(now_ms), now_ms, nano_cores);
+                live_meters.insert(meter_key, meter);
+                ContainerUsage {
+                    name: m.key.container.clone(),
+                    started_at_ms: started,
+                    cpu_nano_cores: nano_cores,
+                    cpu_core_nano_seconds: used,
+                    memory_working_set_bytes: (m.memory_mib.max(0.0) * 1_048_576.0) as u64,
+                }
+            })
+            .collect();
+        usage.insert(
+            uid.to_owned(),
+            PodUsage {
+                sampled_at_ms: now_ms,
+                containers,
+            },
+        );
+    }
+    *meters = live_meters;
+    usage
+}
 
 /// DescribeTasks accepts at most this many tasks per call (ECS API reference).
 pub const DESCRIBE_BATCH: usize = 100;
@@ -82,12 +161,16 @@ pub struct FargateProvider<E: EcsApi> {
     /// so concurrent creates of identical pods register one definition, not one each.
     known_families: tokio::sync::Mutex<HashSet<String>>,
     tasks: Mutex<HashMap<String, TaskRecord>>,
+    /// Cumulative CPU of each pod, integrated from the Container Insights rates.
+    cpu_meters: Mutex<HashMap<String, CpuMeter>>,
 }
 
 #[derive(Clone, Debug)]
 struct TaskRecord {
     arn: String,
     launches: u32,
+    /// Task definition family (Container Insights metrics are keyed by it).
+    family: Option<String>,
 }
 
 impl FargateProvider<AwsApi> {
@@ -237,6 +320,7 @@ impl<E: EcsApi> FargateProvider<E> {
             client,
             known_families: tokio::sync::Mutex::new(HashSet::new()),
             tasks: Mutex::new(HashMap::new()),
+            cpu_meters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -492,6 +576,7 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
             TaskRecord {
                 arn: task.arn,
                 launches,
+                family: Some(request.run.task_definition.clone()),
             },
         );
         Ok(())
@@ -602,6 +687,7 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
                 .or_insert(TaskRecord {
                     arn: keep.arn.clone(),
                     launches: 1,
+                    family: keep.family.clone(),
                 })
                 .arn = keep.arn.clone();
             out.insert(uid.clone(), remote_status(&uid, keep));
@@ -629,6 +715,45 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
                     .map(|uid| (uid.clone(), remote_status(uid, task)))
             })
             .collect())
+    }
+
+    async fn usage(&self, pods: &[Pod]) -> Result<HashMap<String, PodUsage>, ProviderError> {
+        let records = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut keys = Vec::new();
+        for pod in pods {
+            let Some(record) = pod.metadata.uid.as_ref().and_then(|uid| records.get(uid)) else {
+                continue;
+            };
+            let Some(family) = &record.family else {
+                continue;
+            };
+            for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                keys.push(ContainerMetricKey {
+                    task_id: task_id_of(&record.arn).to_owned(),
+                    family: family.clone(),
+                    container: container.name.clone(),
+                });
+            }
+        }
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let metrics = self
+            .api
+            .container_metrics(cluster_name(&self.settings.cluster), &keys)
+            .await?;
+        let tasks: HashMap<String, String> = records
+            .iter()
+            .map(|(uid, r)| (task_id_of(&r.arn).to_owned(), uid.clone()))
+            .collect();
+        let mut meters = self.cpu_meters.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(usage_from_insights(
+            pods,
+            &tasks,
+            &metrics,
+            &mut meters,
+            spillway_common::time::now_millis(),
+        ))
     }
 
     async fn logs(
@@ -687,6 +812,9 @@ mod tests {
         throttled_stops: AtomicUsize,
         log_lines: Mutex<Vec<LogLine>>,
         secrets: Mutex<Vec<String>>,
+        /// Container Insights datapoints by container, and the keys asked for.
+        insights: Mutex<Vec<ContainerMetrics>>,
+        insights_asked: Mutex<Vec<ContainerMetricKey>>,
     }
 
     impl FakeEcs {
@@ -704,6 +832,7 @@ mod tests {
                 started_at: None,
                 created_ms,
                 stopped_reason: None,
+                family: None,
             });
             arn
         }
@@ -815,6 +944,13 @@ mod tests {
             Ok(())
         }
         /// Pages of 3 over `log_lines`; tokens are indices as text.
+        async fn container_metrics(
+            &self,
+            _: &str,
+            containers: &[ContainerMetricKey],
+        ) -> Result<Vec<ContainerMetrics>, ProviderError> {
+            self.insights(containers).await
+        }
         async fn log_page(&self, query: &LogPageQuery) -> Result<LogPage, ProviderError> {
             let all = self.log_lines.lock().unwrap().clone();
             let size = query.limit.unwrap_or(3).min(3);
@@ -839,6 +975,26 @@ mod tests {
         }
     }
 
+    impl FakeEcs {
+        async fn insights(
+            &self,
+            containers: &[ContainerMetricKey],
+        ) -> Result<Vec<ContainerMetrics>, ProviderError> {
+            self.insights_asked
+                .lock()
+                .unwrap()
+                .extend(containers.iter().cloned());
+            Ok(self
+                .insights
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| containers.contains(&m.key))
+                .cloned()
+                .collect())
+        }
+    }
+
     fn provider() -> FargateProvider<FakeEcs> {
         FargateProvider::new(
             FakeEcs::default(),
@@ -853,6 +1009,66 @@ mod tests {
             "spec": {"containers": [{"name": "app", "image": "nginx"}]}
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn usage_comes_from_container_insights_for_the_pods_tasks_only() {
+        let provider = provider();
+        let (mut a, b) = (pod("a"), pod("b"));
+        provider.create(&a).await.unwrap();
+        provider.create(&b).await.unwrap();
+        a.status = Some(
+            serde_json::from_value(
+                json!({"containerStatuses": [{"name": "app", "image": "nginx",
+                "imageID": "", "ready": true, "restartCount": 0,
+                "state": {"running": {"startedAt": "2026-11-29T10:00:00Z"}}}]}),
+            )
+            .unwrap(),
+        );
+        let record = provider.tasks.lock().unwrap()["a"].clone();
+        let key = ContainerMetricKey {
+            task_id: task_id_of(&record.arn).to_owned(),
+            family: record.family.clone().unwrap(),
+            container: "app".into(),
+        };
+        // 512 CPU units (half a vCPU) and 96 MiB for a's container; nothing for b yet.
+        provider
+            .api
+            .insights
+            .lock()
+            .unwrap()
+            .push(ContainerMetrics {
+                key: key.clone(),
+                cpu_units: 512.0,
+                memory_mib: 96.0,
+                at_ms: 1,
+            });
+        let usage = provider.usage(&[a, b]).await.unwrap();
+        assert!(
+            !usage.contains_key("b"),
+            "no datapoints must not read as zero"
+        );
+        let app = &usage["a"].containers[0];
+        assert_eq!(app.cpu_nano_cores, 500_000_000);
+        assert_eq!(app.memory_working_set_bytes, 96 << 20);
+        assert_eq!(app.started_at_ms, Some(1_795_946_400_000));
+        assert!(
+            app.cpu_core_nano_seconds > 0,
+            "integrated since the container started"
+        );
+        // Asked by task id, family and container name, as Container Insights keys them.
+        let asked = provider.api.insights_asked.lock().unwrap().clone();
+        assert!(asked.contains(&key), "{asked:?}");
+        assert_eq!(asked.len(), 2);
+    }
+
+    #[test]
+    fn the_cluster_name_dimension_comes_from_a_name_or_an_arn() {
+        assert_eq!(cluster_name("spillway"), "spillway");
+        assert_eq!(
+            cluster_name("arn:aws:ecs:us-east-1:123456789012:cluster/spillway"),
+            "spillway"
+        );
     }
 
     #[tokio::test]

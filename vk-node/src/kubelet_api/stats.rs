@@ -3,7 +3,7 @@
 //! CloudWatch is paid and rate-limited per call).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::Json;
@@ -41,13 +41,6 @@ pub struct UsageSampler<P> {
     state: tokio::sync::Mutex<(Option<Cached>, NodeCpuCounter)>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl<P: Provider> UsageSampler<P> {
     /// A sampler for the pods in `directory`.
     pub fn new(provider: Arc<P>, directory: PodDirectory, node_name: &str, ttl: Duration) -> Self {
@@ -55,7 +48,7 @@ impl<P: Provider> UsageSampler<P> {
             provider,
             directory,
             node_name: node_name.to_owned(),
-            node_started_ms: now_ms(),
+            node_started_ms: spillway_common::time::now_millis(),
             ttl,
             state: tokio::sync::Mutex::new((None, NodeCpuCounter::default())),
         }
@@ -86,7 +79,9 @@ impl<P: Provider> UsageSampler<P> {
             (&a.pod.metadata.namespace, &a.pod.metadata.name)
                 .cmp(&(&b.pod.metadata.namespace, &b.pod.metadata.name))
         });
-        let node = state.1.advance(&samples, now_ms());
+        let node = state
+            .1
+            .advance(&samples, spillway_common::time::now_millis());
         let sample = Arc::new(UsageSample {
             node,
             pods: samples,
