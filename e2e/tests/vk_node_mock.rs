@@ -172,6 +172,21 @@ async fn exited_containers_follow_restart_policy() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // The wait before the relaunch was announced as a kubelet announces it.
+    let events = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "involvedObject.name=always,reason=BackOff",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ])?;
+    assert!(
+        events.contains("Back-off") && events.contains("restarting failed container"),
+        "BackOff Event: {events:?}"
+    );
     Ok(())
 }
 
