@@ -3,6 +3,7 @@
 //! API (logs, pod listings, stats and resource metrics). The pure parts (translation, sizing, status mapping) have no I/O.
 
 pub mod admission;
+pub mod env;
 pub mod env_refs;
 pub mod explain;
 pub mod fargate;

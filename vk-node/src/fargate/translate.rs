@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use sha2::{Digest, Sha256};
 use spillway_common::config::Price;
 use spillway_common::pod_resources::{self, PodResources};
 use spillway_common::quantity;
 
 use super::ecs_json::*;
+use crate::env::{self, EnvContext, EnvError, EnvValue};
 use spillway_common::fargate_sizing::{self as sizing, TaskSize};
 
 /// Fargate's upper bound on `stopTimeout`, seconds (ECS ContainerDefinition docs).
@@ -89,31 +90,7 @@ impl FargateSettings {
     }
 }
 
-/// ConfigMap and Secret contents the env of a pod refers to.
-pub trait EnvLookup {
-    /// A ConfigMap key's value.
-    fn config_map_value(&self, name: &str, key: &str) -> Option<String>;
-    /// All entries of a ConfigMap (for `envFrom`).
-    fn config_map_entries(&self, name: &str) -> Option<Vec<(String, String)>>;
-    /// The keys of a Secret (for `envFrom`); values are never needed here.
-    fn secret_keys(&self, name: &str) -> Option<Vec<String>>;
-}
-
-/// A lookup that knows nothing: ConfigMap values become visible placeholders (for
-/// `explain-pod`, which sees only the pod).
-pub struct Placeholders;
-
-impl EnvLookup for Placeholders {
-    fn config_map_value(&self, name: &str, key: &str) -> Option<String> {
-        Some(format!("<configmap {name} key {key}>"))
-    }
-    fn config_map_entries(&self, _: &str) -> Option<Vec<(String, String)>> {
-        None
-    }
-    fn secret_keys(&self, _: &str) -> Option<Vec<String>> {
-        None
-    }
-}
+pub use crate::env::{EnvLookup, Placeholders};
 
 /// One Secret value a container's env needs; the node copies it into the pod's
 /// Secrets Manager secret under `json_key`.
@@ -159,6 +136,14 @@ pub enum TranslateError {
     /// The pod has no spec or no containers.
     #[error("pod has no containers")]
     NoContainers,
+}
+
+impl From<EnvError> for TranslateError {
+    fn from(error: EnvError) -> Self {
+        match error {
+            EnvError::MissingConfigMap { name, key } => Self::MissingConfigMap { name, key },
+        }
+    }
 }
 
 /// The translation of one pod.
@@ -218,65 +203,6 @@ fn container_memory_mib(container: &Container) -> (Option<i64>, Option<i64>) {
     )
 }
 
-fn field_ref_value(pod: &Pod, path: &str, settings: &FargateSettings) -> Option<String> {
-    let meta = &pod.metadata;
-    let bracketed = |prefix: &str| path.strip_prefix(prefix).and_then(|r| r.strip_suffix("']"));
-    match path {
-        "metadata.name" => meta.name.clone(),
-        "metadata.namespace" => meta.namespace.clone(),
-        "metadata.uid" => meta.uid.clone(),
-        "spec.nodeName" => Some(settings.node_name.clone()),
-        "spec.serviceAccountName" => pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone()),
-        _ => {
-            if let Some(key) = bracketed("metadata.labels['") {
-                return meta.labels.as_ref()?.get(key).cloned();
-            }
-            if let Some(key) = bracketed("metadata.annotations['") {
-                return meta.annotations.as_ref()?.get(key).cloned();
-            }
-            None
-        }
-    }
-}
-
-fn resource_field_value(
-    container: &Container,
-    resource: &str,
-    divisor: Option<&str>,
-    size: TaskSize,
-) -> Option<String> {
-    let (kind, name) = resource.split_once('.')?;
-    let value = quantity_of(container, kind, name);
-    if name == "cpu" {
-        let millis = match value {
-            Some(q) => quantity::cpu_millis(&q).ok()?,
-            None => u64::from(size.cpu_units) * 1000 / 1024,
-        };
-        let divisor = divisor
-            .map(quantity::cpu_millis)
-            .transpose()
-            .ok()?
-            .unwrap_or(1000)
-            .max(1);
-        Some(millis.div_ceil(divisor).to_string())
-    } else {
-        let bytes = match value {
-            Some(q) => quantity::bytes(&q).ok()?,
-            None => u64::from(size.memory_mib) << 20,
-        };
-        let divisor = divisor
-            .map(quantity::bytes)
-            .transpose()
-            .ok()?
-            .unwrap_or(1)
-            .max(1);
-        Some(bytes.div_ceil(divisor).to_string())
-    }
-}
-
 /// Env of one container, split into static (task definition), per-pod (overrides) and
 /// secret parts.
 struct ContainerEnv {
@@ -296,118 +222,41 @@ fn translate_env(
     secret_refs: &mut Vec<SecretRef>,
     notes: &mut Vec<String>,
 ) -> Result<ContainerEnv, TranslateError> {
+    let context = EnvContext {
+        node_name: &settings.node_name,
+        default_cpu_millis: u64::from(size.cpu_units) * 1000 / 1024,
+        default_memory_bytes: u64::from(size.memory_mib) << 20,
+    };
     let mut env = ContainerEnv {
         fixed: Vec::new(),
         per_pod: Vec::new(),
         secrets: Vec::new(),
     };
-    let mut add_secret =
-        |var: &str, secret: &str, key: &str, optional: bool, env: &mut ContainerEnv| {
-            let json_key = format!("{}.{}", container.name, var);
-            env.secrets.push(Secret {
-                name: var.to_owned(),
-                value_from: format!("{secret_arn}:{json_key}::"),
-            });
-            secret_refs.push(SecretRef {
-                json_key,
-                secret: secret.to_owned(),
-                key: key.to_owned(),
+    for var in env::resolve(pod, container, &context, lookup, notes)? {
+        match var.value {
+            EnvValue::Fixed(value) => env.fixed.push(KeyValuePair {
+                name: var.name,
+                value,
+            }),
+            EnvValue::PerPod(value) => env.per_pod.push(KeyValuePair {
+                name: var.name,
+                value,
+            }),
+            EnvValue::Secret {
+                secret,
+                key,
                 optional,
-            });
-        };
-    for from in container.env_from.iter().flatten() {
-        let prefix = from.prefix.as_deref().unwrap_or("");
-        if let Some(cm) = &from.config_map_ref {
-            match lookup.config_map_entries(&cm.name) {
-                Some(entries) => env
-                    .fixed
-                    .extend(entries.into_iter().map(|(k, v)| KeyValuePair {
-                        name: format!("{prefix}{k}"),
-                        value: v,
-                    })),
-                None if cm.optional == Some(true) => {}
-                None => notes.push(format!("envFrom configmap {} not expanded here", cm.name)),
-            }
-        }
-        if let Some(secret) = &from.secret_ref {
-            match lookup.secret_keys(&secret.name) {
-                Some(keys) => {
-                    for key in keys {
-                        add_secret(
-                            &format!("{prefix}{key}"),
-                            &secret.name,
-                            &key,
-                            secret.optional == Some(true),
-                            &mut env,
-                        );
-                    }
-                }
-                None if secret.optional == Some(true) => {}
-                None => notes.push(format!("envFrom secret {} not expanded here", secret.name)),
-            }
-        }
-    }
-    for var in container.env.iter().flatten() {
-        let EnvVar {
-            name,
-            value,
-            value_from,
-        } = var;
-        let Some(source) = value_from else {
-            env.fixed.push(KeyValuePair {
-                name: name.clone(),
-                value: value.clone().unwrap_or_default(),
-            });
-            continue;
-        };
-        if let Some(cm) = &source.config_map_key_ref {
-            match lookup.config_map_value(&cm.name, &cm.key) {
-                Some(value) => env.fixed.push(KeyValuePair {
-                    name: name.clone(),
-                    value,
-                }),
-                None if cm.optional == Some(true) => {}
-                None => {
-                    return Err(TranslateError::MissingConfigMap {
-                        name: cm.name.clone(),
-                        key: cm.key.clone(),
-                    });
-                }
-            }
-        } else if let Some(secret) = &source.secret_key_ref {
-            add_secret(
-                name,
-                &secret.name,
-                &secret.key,
-                secret.optional == Some(true),
-                &mut env,
-            );
-        } else if let Some(field) = &source.field_ref {
-            match field_ref_value(pod, &field.field_path, settings) {
-                Some(value) => env.per_pod.push(KeyValuePair {
-                    name: name.clone(),
-                    value,
-                }),
-                None => notes.push(format!(
-                    "env {name} ({}) is not known when the task starts and is left unset",
-                    field.field_path
-                )),
-            }
-        } else if let Some(resource) = &source.resource_field_ref {
-            let target = resource
-                .container_name
-                .as_deref()
-                .and_then(|n| pod.spec.as_ref()?.containers.iter().find(|c| c.name == n))
-                .unwrap_or(container);
-            if let Some(value) = resource_field_value(
-                target,
-                &resource.resource,
-                resource.divisor.as_ref().map(|d| d.0.as_str()),
-                size,
-            ) {
-                env.fixed.push(KeyValuePair {
-                    name: name.clone(),
-                    value,
+            } => {
+                let json_key = format!("{}.{}", container.name, var.name);
+                env.secrets.push(Secret {
+                    name: var.name,
+                    value_from: format!("{secret_arn}:{json_key}::"),
+                });
+                secret_refs.push(SecretRef {
+                    json_key,
+                    secret,
+                    key,
+                    optional,
                 });
             }
         }
