@@ -105,6 +105,19 @@ fn aci_gives_eligibility_size_and_cost() {
     );
     let cost = out["hourlyCostUsd"].as_f64().unwrap();
     assert!((cost - (0.0486 + 3.0 * 0.0054)).abs() < 1e-6, "{cost}");
+    // The exact PUT body and the group's name.
+    let name = out["request"]["containerGroupName"].as_str().unwrap();
+    assert!(name.starts_with("shop-web-") && name.len() <= 63, "{name}");
+    let group = &out["request"]["containerGroup"];
+    assert_eq!(group["properties"]["osType"], "Linux");
+    assert_eq!(
+        group["properties"]["containers"][0]["properties"]["resources"]["requests"],
+        serde_json::json!({"cpu": 1.0, "memoryInGB": 3.0})
+    );
+    assert_eq!(
+        group["tags"]["spillway.io-pod-uid"],
+        "7d0c1a52-3b8e-4f7a-9e61-0c2d4b6a8f10"
+    );
     let big = WEB.replace("cpu: \"1\"", "cpu: \"8\"");
     let out = json(&["--provider", "aci", "-o", "json"], &big);
     assert_eq!(out["reasons"], serde_json::json!(["too-large"]));

@@ -9,7 +9,9 @@ use spillway_common::cost;
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::pod_resources;
 
-use crate::fargate::translate::{self, FargateSettings, Placeholders, TranslateError};
+use crate::aci::{self, translate::AciSettings};
+use crate::env::Placeholders;
+use crate::fargate::translate::{self, FargateSettings, TranslateError};
 
 /// The answer, as printed with `-o json`.
 #[derive(Debug, Serialize)]
@@ -21,9 +23,11 @@ pub struct Explanation {
     pub reasons: Vec<String>,
     /// List price per hour of the chosen size; null when no size fits.
     pub hourly_cost_usd: Option<f64>,
-    /// The size chosen: `{"cpu": "1024", "memory": "3072"}` for Fargate.
+    /// The size chosen: `{"cpu": "1024", "memory": "3072"}` for Fargate,
+    /// `{"cpu": 1.5, "memoryInGB": 2.1}` for ACI.
     pub size: Option<Value>,
-    /// Provider requests: for Fargate `registerTaskDefinition` and `runTask`.
+    /// Provider requests: for Fargate `registerTaskDefinition` and `runTask`; for ACI
+    /// `containerGroupName` and `containerGroup` (the exact PUT body).
     pub request: Option<Value>,
     /// What could not be carried over to the provider.
     pub notes: Vec<String>,
@@ -125,21 +129,36 @@ pub fn explain(
             Ok(explanation)
         }
         Provider::Aci => {
-            let (cpu_millis, memory) = cost::with_defaults(&needs);
-            let size = cost::aci_size(cpu_millis, memory);
-            let (cores, gb) = (size.vcpu, size.gb);
-            let price = &pricing.aci;
-            Ok(Explanation {
+            let settings = AciSettings::offline(pricing.aci.clone());
+            let mut explanation = Explanation {
                 eligible: reasons.is_empty(),
                 reasons: reasons.iter().map(|r| r.as_str().to_owned()).collect(),
-                hourly_cost_usd: reasons
-                    .iter()
-                    .all(|r| *r != Ineligible::TooLarge)
-                    .then(|| cost::round_usd(cores * price.vcpu_hour + gb * price.gb_hour)),
-                size: Some(serde_json::json!({"cpu": cores, "memoryInGB": gb})),
+                hourly_cost_usd: None,
+                size: None,
                 request: None,
-                notes: vec!["the ACI container-group request is not built yet; it comes with the ACI provider".into()],
-            })
+                notes: Vec::new(),
+            };
+            match aci::translate::translate(pod, &settings, &Placeholders) {
+                Ok(request) => {
+                    let too_large = reasons.contains(&Ineligible::TooLarge);
+                    explanation.hourly_cost_usd =
+                        (!too_large).then(|| cost::round_usd(request.hourly_cost(&settings.price)));
+                    explanation.size = Some(serde_json::json!({
+                        "cpu": request.size.vcpu,
+                        "memoryInGB": request.size.gb,
+                    }));
+                    explanation.request = Some(serde_json::json!({
+                        "containerGroupName": request.name,
+                        "containerGroup": request.group,
+                    }));
+                    explanation.notes = request.notes;
+                }
+                Err(error) => {
+                    explanation.notes.push(error.to_string());
+                    explanation.eligible = false;
+                }
+            }
+            Ok(explanation)
         }
     }
 }
@@ -178,12 +197,18 @@ pub fn summary(explanation: &Explanation, provider: Provider) -> String {
         ));
     }
     if let Some(request) = &explanation.request {
-        out.push_str(&format!(
-            "task definition family: {}\n",
-            request["registerTaskDefinition"]["family"]
-                .as_str()
-                .unwrap_or("")
-        ));
+        match provider {
+            Provider::Fargate => out.push_str(&format!(
+                "task definition family: {}\n",
+                request["registerTaskDefinition"]["family"]
+                    .as_str()
+                    .unwrap_or("")
+            )),
+            Provider::Aci => out.push_str(&format!(
+                "container group: {}\n",
+                request["containerGroupName"].as_str().unwrap_or("")
+            )),
+        }
     }
     for note in &explanation.notes {
         out.push_str(&format!("note: {note}\n"));

@@ -2,6 +2,7 @@
 //! Fargate through ECS, or the in-memory mock), syncs their status, and serves the kubelet
 //! API (logs, pod listings, stats and resource metrics). The pure parts (translation, sizing, status mapping) have no I/O.
 
+pub mod aci;
 pub mod admission;
 pub mod env;
 pub mod env_refs;

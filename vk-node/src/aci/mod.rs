@@ -1,0 +1,22 @@
+//! Azure Container Instances: one container group per pod through the ARM REST API
+//! (api-version 2023-05-01; `../shared/reference/aci/` holds the official spec). This
+//! much is pure and offline: the API's types and the pod → container-group translation
+//! that `spillway explain-pod --provider aci` prints.
+
+pub mod arm_types;
+pub mod translate;
+
+/// The ARM API version every request names.
+pub const API_VERSION: &str = "2023-05-01";
+
+/// Tag keys on every container group the node creates (its adoption and sweeps read
+/// them, as the Fargate node reads its task tags).
+pub const TAG_POD_UID: &str = "spillway.io-pod-uid";
+/// Namespace of the pod.
+pub const TAG_NAMESPACE: &str = "spillway.io-namespace";
+/// Name of the pod.
+pub const TAG_POD_NAME: &str = "spillway.io-pod-name";
+/// The virtual node.
+pub const TAG_NODE: &str = "spillway.io-node";
+/// The Kubernetes cluster's id.
+pub const TAG_CLUSTER: &str = "spillway.io-cluster";
