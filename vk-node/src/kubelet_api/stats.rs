@@ -3,7 +3,9 @@
 //! CloudWatch is paid and rate-limited per call).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::Extension;
 use axum::Json;
@@ -16,6 +18,10 @@ use super::{ApiState, error_response};
 use crate::pods::PodDirectory;
 use crate::provider::{Provider, ProviderError};
 use crate::resource_usage::{self, NodeCpuCounter, NodeTotals, PodSample};
+
+/// The longest one usage sample may take (metrics-server gives up on a kubelet after
+/// 10 s by default; an answer after that helps nobody).
+pub const USAGE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One sample of every pod's usage.
 #[derive(Clone, Debug)]
@@ -67,7 +73,14 @@ impl<P: Provider> UsageSampler<P> {
             let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
             directory.values().cloned().collect()
         };
-        let mut usage = self.provider.usage(&pods).await?;
+        // A hung provider must not hold every scraper: they wait on this sample.
+        let mut usage = tokio::time::timeout(USAGE_DEADLINE, self.provider.usage(&pods))
+            .await
+            .map_err(|_| {
+                ProviderError::Transient(format!(
+                    "no usage from the provider within {USAGE_DEADLINE:?}"
+                ))
+            })??;
         let mut samples: Vec<PodSample> = pods
             .into_iter()
             .filter_map(|pod| {
@@ -132,5 +145,116 @@ pub(super) async fn resource_metrics<P: Provider>(
         )
             .into_response(),
         Err(error) => error_response(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use k8s_openapi::api::core::v1::Pod;
+
+    use crate::provider::{ContainerUsage, LogLine, LogOptions, PodUsage, RemoteStatus};
+
+    /// A provider that only measures: one container at 0.5 cores, or never answers.
+    #[derive(Default)]
+    struct Measuring {
+        calls: AtomicUsize,
+        hang: bool,
+    }
+
+    impl Provider for Measuring {
+        fn name(&self) -> &'static str {
+            "measuring"
+        }
+        async fn create(&self, _: &Pod) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str, _: i64) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn list(&self) -> Result<HashMap<String, RemoteStatus>, ProviderError> {
+            Ok(HashMap::new())
+        }
+        async fn statuses(
+            &self,
+            _: &[String],
+        ) -> Result<HashMap<String, RemoteStatus>, ProviderError> {
+            Ok(HashMap::new())
+        }
+        async fn logs(
+            &self,
+            _: &str,
+            _: &str,
+            _: &LogOptions,
+        ) -> Result<Vec<LogLine>, ProviderError> {
+            Ok(Vec::new())
+        }
+        async fn usage(&self, pods: &[Pod]) -> Result<HashMap<String, PodUsage>, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(pods
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .map(|uid| {
+                    let usage = PodUsage {
+                        sampled_at_ms: 1,
+                        containers: vec![ContainerUsage {
+                            name: "app".into(),
+                            started_at_ms: None,
+                            cpu_nano_cores: 500_000_000,
+                            cpu_core_nano_seconds: 7,
+                            memory_working_set_bytes: 1,
+                        }],
+                    };
+                    (uid, usage)
+                })
+                .collect())
+        }
+    }
+
+    fn directory() -> PodDirectory {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1"}
+        }))
+        .unwrap();
+        Arc::new(std::sync::RwLock::new(HashMap::from([(
+            "shop/web".to_owned(),
+            pod,
+        )])))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sample_is_reused_within_its_ttl_and_taken_again_after() {
+        let provider = Arc::new(Measuring::default());
+        let sampler =
+            UsageSampler::new(provider.clone(), directory(), "n", Duration::from_secs(10));
+        let first = sampler.sample().await.unwrap();
+        assert_eq!(first.pods.len(), 1);
+        assert_eq!(first.node.cpu_nano_cores, 500_000_000);
+        sampler.sample().await.unwrap();
+        assert_eq!(
+            provider.calls.load(Ordering::SeqCst),
+            1,
+            "one provider call per TTL"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        sampler.sample().await.unwrap();
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_never_answers_fails_the_sample_at_the_deadline() {
+        let provider = Arc::new(Measuring {
+            hang: true,
+            ..Measuring::default()
+        });
+        let sampler = UsageSampler::new(provider, directory(), "n", Duration::from_secs(10));
+        let error = sampler.sample().await.unwrap_err();
+        assert!(matches!(error, ProviderError::Transient(_)), "{error}");
     }
 }
