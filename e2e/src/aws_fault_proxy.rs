@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP proxy of the tests' own in front of moto: it forwards AWS JSON
 //! API calls and, by operation (the `X-Amz-Target` header, e.g. `RunTask`), stalls them,
-//! answers `ThrottlingException`, or answers a 5xx, either for the next N calls of one
+//! answers `ThrottlingException`, refuses them as invalid (`ClientException`), or answers
+//! a 5xx, either for the next N calls of one
 //! operation or for a share of all calls. The wire stays the real AWS protocol; only the
 //! answers the provider would see from a struggling AWS are forced.
 
@@ -24,6 +25,9 @@ pub enum Fault {
     Throttle,
     /// `500 ServerException`.
     ServerError,
+    /// `400 ClientException`: the request itself is refused, as ECS refuses an image or
+    /// a task definition it cannot run.
+    Refuse,
 }
 
 #[derive(Default)]
@@ -119,6 +123,7 @@ fn fault_response(fault: Fault) -> Response {
     let (status, kind) = match fault {
         Fault::Throttle => (StatusCode::BAD_REQUEST, "ThrottlingException"),
         Fault::ServerError | Fault::Stall => (StatusCode::INTERNAL_SERVER_ERROR, "ServerException"),
+        Fault::Refuse => (StatusCode::BAD_REQUEST, "ClientException"),
     };
     Response::builder()
         .status(status)

@@ -610,14 +610,19 @@ async fn pod_the_provider_refuses_ends_failed_with_a_reason() -> anyhow::Result<
     let fx = FargateFixture::new("e2e-refused").await?;
     let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
     let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
-    let _node = fx.start_node()?;
-    // The ConfigMap does not exist: a request that can never succeed.
-    let spec = json!({"containers": [{"name": "app", "image": "nginx:1.27",
-        "env": [{"name": "CONF", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "conf"}}}]}]});
+    // ECS refuses every RunTask as invalid: a request that can never succeed.
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    proxy.fail_next(
+        "RunTask",
+        1000,
+        spillway_e2e::aws_fault_proxy::Fault::Refuse,
+    );
+    let args = node_args_via(&fx, &proxy.endpoint(), &[]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(
         &PostParams::default(),
-        &pod_on_node("broken", node_name, spec)?,
+        &pod_on_node("broken", node_name, json!({}))?,
     )
     .await?;
     wait_until(
@@ -636,10 +641,85 @@ async fn pod_the_provider_refuses_ends_failed_with_a_reason() -> anyhow::Result<
         .status
         .and_then(|s| s.message)
         .unwrap_or_default();
-    assert!(message.contains("configmap missing"), "{message}");
+    assert!(message.contains("ClientException"), "{message}");
     assert!(
         running_tasks(aws, cluster).await?.is_empty(),
         "no task was started"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_pod_whose_configmap_is_missing_waits_for_it_without_a_task() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-waits").await?;
+    let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
+    let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
+    let _node = fx.start_node()?;
+    let spec = json!({"containers": [{"name": "app", "image": "nginx:1.27",
+        "env": [{"name": "CONF", "valueFrom": {"configMapKeyRef": {"name": "later", "key": "conf"}}}]}]});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("waits", node_name, spec)?,
+    )
+    .await?;
+    wait_until(
+        "MandatoryConfigMapNotFound",
+        Duration::from_secs(30),
+        || async {
+            let reasons = kubectl(&[
+                "get",
+                "events",
+                "-n",
+                &ns.name,
+                "--field-selector",
+                "involvedObject.name=waits",
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ])?;
+            Ok(reasons.contains("MandatoryConfigMapNotFound"))
+        },
+    )
+    .await?;
+    assert_eq!(
+        pods.get("waits")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref(),
+        Some("Pending")
+    );
+    assert!(
+        running_tasks(aws, cluster).await?.is_empty(),
+        "no task before the ConfigMap exists"
+    );
+    kubectl(&[
+        "create",
+        "configmap",
+        "later",
+        "-n",
+        &ns.name,
+        "--from-literal=conf=on",
+    ])?;
+    wait_until(
+        "waits Running once the ConfigMap exists",
+        Duration::from_secs(60),
+        || async {
+            Ok(pods
+                .get("waits")
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .as_deref()
+                == Some("Running"))
+        },
+    )
+    .await?;
+    let uid = pods.get("waits").await?.metadata.uid.unwrap_or_default();
+    assert_eq!(
+        running_tasks(aws, cluster).await?.get(&uid).map(Vec::len),
+        Some(1)
     );
     Ok(())
 }
