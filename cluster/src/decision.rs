@@ -4,8 +4,9 @@
 //! index implements it.
 
 use k8s_openapi::api::core::v1::Toleration;
-use spillway_common::config::{OperatorConfig, Provider};
-use spillway_common::eligibility::Ineligible;
+use spillway_common::config::{OperatorConfig, PricingConfig, Provider, ProviderChoice};
+use spillway_common::cost;
+use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::pod_resources::PodResources;
 
 use crate::policy::WorkloadPolicy;
@@ -163,6 +164,48 @@ pub trait CapacityView {
     fn totals(&self) -> CapacityTotals;
     /// Whether one such node, with taints the pod tolerates, has room for `needs`.
     fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool;
+    /// Whether a Ready virtual node of `provider` without the degraded taint exists
+    /// (what `auto` chooses among).
+    fn provider_usable(&self, provider: Provider) -> bool {
+        let _ = provider;
+        true
+    }
+}
+
+/// The provider a pod of `needs` bursts to for `choice`: the named one, or for `auto` the
+/// one whose size for the pod costs less at `pricing`, among the providers with a usable
+/// virtual node (all of them when none is usable) and whose largest size holds the pod;
+/// Fargate on a tie or when none does.
+pub fn choose_provider(
+    choice: ProviderChoice,
+    needs: &PodResources,
+    pricing: &PricingConfig,
+    capacity: &impl CapacityView,
+) -> Provider {
+    if let Some(provider) = choice.fixed() {
+        return provider;
+    }
+    let all = [Provider::Fargate, Provider::Aci];
+    let usable: Vec<Provider> = all
+        .into_iter()
+        .filter(|p| capacity.provider_usable(*p))
+        .collect();
+    let candidates = if usable.is_empty() {
+        all.to_vec()
+    } else {
+        usable
+    };
+    let fits = |p: Provider| {
+        let (max_cpu, max_memory) = eligibility::provider_max(p);
+        needs.cpu_millis <= max_cpu && needs.memory_bytes <= max_memory
+    };
+    candidates
+        .into_iter()
+        .filter(|p| fits(*p))
+        .filter_map(|p| cost::hourly_usd(needs, p, pricing).map(|usd| (p, usd)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(p, _)| p)
+        .unwrap_or(Provider::Fargate)
 }
 
 /// Everything about one pod and its workload the decision reads.
@@ -273,7 +316,12 @@ pub fn decide(
         return local(Reason::Budget);
     }
     Decision {
-        placement: Placement::Burst(policy.provider.unwrap_or(config.default_provider)),
+        placement: Placement::Burst(choose_provider(
+            policy.provider.unwrap_or(config.default_provider),
+            &facts.needs,
+            &config.pricing,
+            capacity,
+        )),
         reason,
     }
 }
@@ -511,7 +559,7 @@ mod tests {
                 name: "provider annotation",
                 facts: facts(0, 0),
                 policy: WorkloadPolicy {
-                    provider: Some(Provider::Aci),
+                    provider: Some(ProviderChoice::Aci),
                     ..opted_in()
                 },
                 capacity: cluster(9_000, true),
@@ -611,10 +659,83 @@ mod tests {
         }
     }
 
+    /// Virtual nodes of these providers are usable.
+    struct VirtualNodes(Vec<Provider>);
+
+    impl CapacityView for VirtualNodes {
+        fn totals(&self) -> CapacityTotals {
+            CapacityTotals::default()
+        }
+        fn any_node_fits(&self, _: &PodResources, _: &[Toleration]) -> bool {
+            false
+        }
+        fn provider_usable(&self, provider: Provider) -> bool {
+            self.0.contains(&provider)
+        }
+    }
+
+    fn sized(cpu_millis: u64, memory_bytes: u64) -> PodResources {
+        PodResources {
+            cpu_millis,
+            memory_bytes,
+            cpu_specified: true,
+            memory_specified: true,
+        }
+    }
+
+    #[test]
+    fn auto_picks_the_provider_that_runs_the_pod_cheaper_among_usable_ones() {
+        let pricing = PricingConfig::default();
+        let both = VirtualNodes(vec![Provider::Fargate, Provider::Aci]);
+        // 1 vCPU / 2 GiB: Fargate's list price is lower.
+        let even = sized(1000, 2 << 30);
+        assert_eq!(
+            choose_provider(ProviderChoice::Auto, &even, &pricing, &both),
+            Provider::Fargate
+        );
+        // 0.25 vCPU / 3 GiB: Fargate must round up to 0.5 vCPU, ACI bills what is asked.
+        let lopsided = sized(250, 3 << 30);
+        let fargate = cost::hourly_usd(&lopsided, Provider::Fargate, &pricing).unwrap();
+        let aci = cost::hourly_usd(&lopsided, Provider::Aci, &pricing).unwrap();
+        assert!(aci < fargate, "{aci} < {fargate}");
+        assert_eq!(
+            choose_provider(ProviderChoice::Auto, &lopsided, &pricing, &both),
+            Provider::Aci
+        );
+        // A degraded or missing Fargate node is skipped even where Fargate is cheaper.
+        let aci_only = VirtualNodes(vec![Provider::Aci]);
+        assert_eq!(
+            choose_provider(ProviderChoice::Auto, &even, &pricing, &aci_only),
+            Provider::Aci
+        );
+        // No usable node at all: the cheaper one still (the pod waits for it).
+        let none = VirtualNodes(vec![]);
+        assert_eq!(
+            choose_provider(ProviderChoice::Auto, &lopsided, &pricing, &none),
+            Provider::Aci
+        );
+        // Too big for Fargate's largest task (16 vCPU): ACI is never that big either (4);
+        // nothing fits, Fargate by default.
+        assert_eq!(
+            choose_provider(
+                ProviderChoice::Auto,
+                &sized(32_000, 1 << 30),
+                &pricing,
+                &both
+            ),
+            Provider::Fargate
+        );
+        // A named provider is taken as it is.
+        assert_eq!(
+            choose_provider(ProviderChoice::Aci, &even, &pricing, &none),
+            Provider::Aci
+        );
+    }
+
     #[test]
     fn default_provider_comes_from_config() {
         let config = OperatorConfig {
-            default_provider: Provider::Aci,
+            default_provider: ProviderChoice::Aci,
             ..OperatorConfig::default()
         };
         let decision = decide(&facts(0, 0), &opted_in(), &config, &cluster(9_500, true));

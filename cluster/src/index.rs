@@ -785,6 +785,18 @@ impl CapacityView for ClusterIndex {
     fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool {
         ClusterIndex::any_node_fits(self, needs, tolerations)
     }
+    fn provider_usable(&self, provider: Provider) -> bool {
+        self.nodes.iter().any(|n| {
+            n.known
+                && n.ready
+                && n.is_virtual
+                && n.provider == Some(provider)
+                && !n
+                    .taints
+                    .iter()
+                    .any(|t| &*t.key == keys::PROVIDER_DEGRADED_TAINT)
+        })
+    }
 }
 
 fn tolerated(taint: &CompactTaint, tolerations: &[Toleration]) -> bool {
@@ -970,6 +982,37 @@ mod tests {
             index.workload("ns", "web").unwrap().counts,
             PlacementCounts { local: 0, burst: 1 }
         );
+    }
+
+    #[test]
+    fn a_provider_is_usable_with_a_ready_virtual_node_that_is_not_degraded() {
+        let mut index = ClusterIndex::new();
+        let virtual_node = |name: &str, provider: &str, degraded: bool| {
+            let mut vnode = node(name, "100", "1Ti");
+            vnode.metadata.labels = Some(
+                [
+                    ("type", "virtual-kubelet"),
+                    ("spillway.io/provider", provider),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+            );
+            if degraded {
+                vnode.spec = Some(serde_json::from_value(json!({"taints": [
+                    {"key": "spillway.io/provider-degraded", "value": provider, "effect": "NoSchedule"}
+                ]})).unwrap());
+            }
+            vnode
+        };
+        assert!(!index.provider_usable(Provider::Aci));
+        index.apply_node(&virtual_node("spillway-aci", "aci", false));
+        index.apply_node(&virtual_node("spillway-fargate", "fargate", true));
+        assert!(index.provider_usable(Provider::Aci));
+        assert!(!index.provider_usable(Provider::Fargate), "degraded");
+        index.apply_node(&virtual_node("spillway-fargate", "fargate", false));
+        assert!(index.provider_usable(Provider::Fargate), "recovered");
+        index.delete_node("spillway-aci");
+        assert!(!index.provider_usable(Provider::Aci), "gone");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use spillway_common::config::Provider;
+use spillway_common::config::ProviderChoice;
 use spillway_common::keys;
 
 /// A cap on burst replicas.
@@ -30,8 +30,8 @@ impl MaxBurst {
 pub struct WorkloadPolicy {
     /// `spillway.io/burst: "true"`.
     pub opted_in: bool,
-    /// `spillway.io/provider`.
-    pub provider: Option<Provider>,
+    /// `spillway.io/provider` (`fargate`, `aci` or `auto`).
+    pub provider: Option<ProviderChoice>,
     /// `spillway.io/max-local`.
     pub max_local: Option<u32>,
     /// `spillway.io/max-burst`.
@@ -137,10 +137,10 @@ pub fn read(
         return (policy, warnings);
     }
     if let Some(value) = get(keys::PROVIDER) {
-        policy.provider = Provider::parse(value.trim());
+        policy.provider = ProviderChoice::parse(value.trim());
         if policy.provider.is_none() {
             warnings.push(format!(
-                "spillway: annotation {}={value:?} ignored: expected \"fargate\" or \"aci\"",
+                "spillway: annotation {}={value:?} ignored: expected \"fargate\", \"aci\" or \"auto\"",
                 keys::PROVIDER
             ));
         }
@@ -180,7 +180,7 @@ mod tests {
         assert!(warnings.is_empty());
         assert!(policy.opted_in);
         assert_eq!(policy.max_local, Some(5));
-        assert_eq!(policy.provider, Some(Provider::Aci));
+        assert_eq!(policy.provider, Some(ProviderChoice::Aci));
     }
 
     #[test]

@@ -46,6 +46,62 @@ impl std::fmt::Display for Provider {
     }
 }
 
+/// Where a workload's burst pods go: one provider, or `auto`, whichever configured
+/// virtual node runs the pod's size cheaper.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    /// AWS Fargate.
+    #[default]
+    Fargate,
+    /// Azure Container Instances.
+    Aci,
+    /// The cheaper of the providers whose virtual node is Ready and not degraded.
+    Auto,
+}
+
+impl ProviderChoice {
+    /// Parses an annotation value (`fargate`, `aci` or `auto`).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "auto" => Some(ProviderChoice::Auto),
+            other => Provider::parse(other).map(Self::from),
+        }
+    }
+
+    /// The provider itself, unless the choice is `auto`.
+    pub fn fixed(self) -> Option<Provider> {
+        match self {
+            ProviderChoice::Fargate => Some(Provider::Fargate),
+            ProviderChoice::Aci => Some(Provider::Aci),
+            ProviderChoice::Auto => None,
+        }
+    }
+
+    /// The provider to price a pod at before it is placed: the fixed one, else Fargate.
+    pub fn for_pricing(self) -> Provider {
+        self.fixed().unwrap_or(Provider::Fargate)
+    }
+}
+
+impl From<Provider> for ProviderChoice {
+    fn from(provider: Provider) -> Self {
+        match provider {
+            Provider::Fargate => ProviderChoice::Fargate,
+            Provider::Aci => ProviderChoice::Aci,
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.fixed() {
+            Some(provider) => provider.fmt(f),
+            None => f.write_str("auto"),
+        }
+    }
+}
+
 /// Rebalance-back settings (DESIGN §4).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -146,8 +202,8 @@ pub struct OperatorConfig {
     pub capacity_threshold: f64,
     /// HPA `desiredReplicas / maxReplicas` at which replicas beyond the baseline burst.
     pub hpa_threshold: f64,
-    /// Provider for workloads that name none.
-    pub default_provider: Provider,
+    /// Provider for workloads that name none (`auto`: the cheaper one).
+    pub default_provider: ProviderChoice,
     /// Rebalance-back settings.
     pub rebalance: RebalanceConfig,
     /// Pending-spill settings.
@@ -163,7 +219,7 @@ impl Default for OperatorConfig {
         Self {
             capacity_threshold: 0.85,
             hpa_threshold: 0.8,
-            default_provider: Provider::Fargate,
+            default_provider: ProviderChoice::Fargate,
             rebalance: RebalanceConfig::default(),
             pending_spill: PendingSpillConfig::default(),
             budget: BudgetConfig::default(),
@@ -446,7 +502,7 @@ mod tests {
         let config = parse("").unwrap();
         assert_eq!(config.capacity_threshold, 0.85);
         assert_eq!(config.hpa_threshold, 0.8);
-        assert_eq!(config.default_provider, Provider::Fargate);
+        assert_eq!(config.default_provider, ProviderChoice::Fargate);
     }
 
     #[test]
@@ -456,7 +512,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.capacity_threshold, 0.5);
-        assert_eq!(config.default_provider, Provider::Aci);
+        assert_eq!(config.default_provider, ProviderChoice::Aci);
+        let auto = parse("defaultProvider: auto\n").unwrap();
+        assert_eq!(auto.default_provider, ProviderChoice::Auto);
+        assert_eq!(auto.default_provider.for_pricing(), Provider::Fargate);
         assert_eq!(config.rebalance.cooldown_seconds, 10);
         assert!(config.rebalance.enabled);
         assert_eq!(config.hpa_threshold, 0.8);

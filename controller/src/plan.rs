@@ -8,14 +8,15 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use spillway_cluster::decision::{
-    self, BudgetFacts, Decision, Placement, PlacementCounts, PodFacts, Reason,
+    self, BudgetFacts, Decision, Placement, PlacementCounts, PodFacts, Reason, choose_provider,
 };
 use spillway_cluster::index::{ClusterIndex, WorkloadView};
 use spillway_cluster::policy::{self, WorkloadPolicy};
-use spillway_common::config::{OperatorConfig, Provider};
+use spillway_common::config::{OperatorConfig, Provider, ProviderChoice};
 use spillway_common::cost;
 use spillway_common::eligibility::Ineligible;
 use spillway_common::keys;
+use spillway_common::pod_resources::PodResources;
 
 use crate::snapshot::PodView;
 
@@ -200,8 +201,16 @@ struct Workload<'a> {
     key: &'a str,
     view: WorkloadView<'a>,
     policy: WorkloadPolicy,
-    provider: Provider,
+    /// Where its burst pods go (`auto` is settled per pod, by its size).
+    provider: ProviderChoice,
     pods: Vec<&'a PodView>,
+}
+
+impl Workload<'_> {
+    /// The provider a pod of `needs` of this workload would burst to now.
+    fn provider_for(&self, input: &PlanInput<'_>, needs: &PodResources) -> Provider {
+        choose_provider(self.provider, needs, &input.config.pricing, input.index)
+    }
 }
 
 impl Workload<'_> {
@@ -296,14 +305,20 @@ fn decide_replacement(
 ) -> Decision {
     let pricing = &input.config.pricing;
     let budget = BudgetFacts {
-        pod_usd_per_hour: cost::hourly_usd(&pod.needs, workload.provider, pricing),
-        cluster_spent: input
-            .index
-            .burst_usd_per_hour(None, pricing, input.config.default_provider),
+        pod_usd_per_hour: cost::hourly_usd(
+            &pod.needs,
+            workload.provider_for(input, &pod.needs),
+            pricing,
+        ),
+        cluster_spent: input.index.burst_usd_per_hour(
+            None,
+            pricing,
+            input.config.default_provider.for_pricing(),
+        ),
         workload_spent: input.index.burst_usd_per_hour(
             Some(workload.key),
             pricing,
-            input.config.default_provider,
+            input.config.default_provider.for_pricing(),
         ),
         cluster_limit: input.config.budget.max_usd_per_hour,
     };
@@ -452,7 +467,9 @@ fn rebalance(
         .filter(|(_, p)| p.virtual_node.is_some() && input.now_ms - p.created_ms >= cooldown_ms)
         .filter(|(_, p)| !refused.contains_key(&p.uid))
         .map(|(w, p)| {
-            let provider = p.provider.unwrap_or(w.provider);
+            let provider = p
+                .provider
+                .unwrap_or_else(|| w.provider_for(input, &p.needs));
             let usd = cost::hourly_usd(&p.needs, provider, &input.config.pricing).unwrap_or(0.0);
             (usd, w, p)
         })
@@ -500,12 +517,12 @@ fn spill_pending(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mu
         let mut spent = input.index.burst_usd_per_hour(
             Some(workload.key),
             &input.config.pricing,
-            input.config.default_provider,
+            input.config.default_provider.for_pricing(),
         );
         let mut cluster_spent = input.index.burst_usd_per_hour(
             None,
             &input.config.pricing,
-            input.config.default_provider,
+            input.config.default_provider.for_pricing(),
         );
         let mut waiting: Vec<&&PodView> = workload
             .live()
@@ -521,7 +538,8 @@ fn spill_pending(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mu
             if cap.is_some_and(|cap| burst >= cap) {
                 break;
             }
-            let usd = cost::hourly_usd(&pod.needs, workload.provider, &input.config.pricing);
+            let provider = workload.provider_for(input, &pod.needs);
+            let usd = cost::hourly_usd(&pod.needs, provider, &input.config.pricing);
             let budget = BudgetFacts {
                 pod_usd_per_hour: usd,
                 cluster_spent,

@@ -276,7 +276,7 @@ impl Controller {
             .collect();
         let status = status::compute(&index, &views, config, None);
         let costs: Vec<(String, String, String, f64)> = index
-            .burst_usd_by_workload(&config.pricing, config.default_provider)
+            .burst_usd_by_workload(&config.pricing, config.default_provider.for_pricing())
             .into_iter()
             .filter_map(|((key, provider), usd)| {
                 let (ns, name) = key.split_once('/')?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Toleration};
 use spillway_cluster::index::ClusterIndex;
-use spillway_common::config::Provider;
+use spillway_common::config::{Provider, ProviderChoice};
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
 use spillway_common::pod_resources::{self, PodResources};
@@ -155,7 +155,11 @@ impl PodRecord {
 
 impl PodView {
     /// Projects `pod` (see [`Self::from_record`]).
-    pub fn from_pod(pod: &Pod, index: &ClusterIndex, default_provider: Provider) -> Option<Self> {
+    pub fn from_pod(
+        pod: &Pod,
+        index: &ClusterIndex,
+        default_provider: ProviderChoice,
+    ) -> Option<Self> {
         Some(Self::from_record(
             &PodRecord::from_pod(pod)?,
             index,
@@ -165,11 +169,11 @@ impl PodView {
 
     /// The view of a stored pod as the index sees it now: its workload, whether its node
     /// is virtual, and its eligibility for the provider its annotations or its
-    /// Deployment's name (else `default_provider`).
+    /// Deployment's name (else `default_provider`; for `auto`, either provider will do).
     pub fn from_record(
         record: &PodRecord,
         index: &ClusterIndex,
-        default_provider: Provider,
+        default_provider: ProviderChoice,
     ) -> Self {
         let node = record.node.as_deref();
         let virtual_node = node.filter(|n| index.is_virtual_node(n));
@@ -185,10 +189,16 @@ impl PodView {
                 let (ns, name) = workload.as_deref()?.split_once('/')?;
                 index.workload(ns, name)?.annotations.get(keys::PROVIDER)
             })
-            .and_then(|p| Provider::parse(p.trim()))
+            .and_then(|p| ProviderChoice::parse(p.trim()))
             .unwrap_or(default_provider);
-        let (max_cpu, max_memory) = eligibility::provider_max(provider);
-        let fits = record.needs.cpu_millis <= max_cpu && record.needs.memory_bytes <= max_memory;
+        let fits_in = |provider: Provider| {
+            let (max_cpu, max_memory) = eligibility::provider_max(provider);
+            record.needs.cpu_millis <= max_cpu && record.needs.memory_bytes <= max_memory
+        };
+        let fits = match provider.fixed() {
+            Some(provider) => fits_in(provider),
+            None => fits_in(Provider::Fargate) || fits_in(Provider::Aci),
+        };
         Self {
             namespace: record.namespace.to_string(),
             name: record.name.to_string(),
@@ -294,7 +304,7 @@ mod tests {
                 "conditions": [{"type": "Ready", "status": "True"}]}}),
             ),
             &index(),
-            Provider::Fargate,
+            ProviderChoice::Fargate,
         )
         .unwrap();
         assert_eq!(view.workload.as_deref(), Some("ns/web"));
@@ -312,7 +322,7 @@ mod tests {
                 "reason": "Unschedulable", "lastTransitionTime": "2026-01-01T00:01:00Z"}]}}),
             ),
             &index(),
-            Provider::Fargate,
+            ProviderChoice::Fargate,
         )
         .unwrap();
         assert_eq!(view.unschedulable_since_ms, Some(1_767_225_660_000));
@@ -325,12 +335,12 @@ mod tests {
         let big = pod(json!({"spec": {"containers": [{"name": "c",
             "resources": {"requests": {"cpu": "8", "memory": "1Gi"}}}]}}));
         assert!(
-            PodView::from_pod(&big, &index(), Provider::Fargate)
+            PodView::from_pod(&big, &index(), ProviderChoice::Fargate)
                 .unwrap()
                 .eligible
         );
         assert!(
-            !PodView::from_pod(&big, &index(), Provider::Aci)
+            !PodView::from_pod(&big, &index(), ProviderChoice::Aci)
                 .unwrap()
                 .eligible
         );
@@ -341,13 +351,13 @@ mod tests {
             .get_or_insert_default()
             .insert(keys::PROVIDER.into(), "aci".into());
         assert!(
-            !PodView::from_pod(&on_aci, &index(), Provider::Fargate)
+            !PodView::from_pod(&on_aci, &index(), ProviderChoice::Fargate)
                 .unwrap()
                 .eligible
         );
         let host = pod(json!({"spec": {"hostNetwork": true}}));
         assert!(
-            !PodView::from_pod(&host, &index(), Provider::Fargate)
+            !PodView::from_pod(&host, &index(), ProviderChoice::Fargate)
                 .unwrap()
                 .eligible
         );
@@ -359,7 +369,7 @@ mod tests {
             PodView::from_pod(
                 &pod(json!({"spec": {"tolerations": [t]}})),
                 &index(),
-                Provider::Fargate,
+                ProviderChoice::Fargate,
             )
             .unwrap()
             .tolerates_virtual_node()

@@ -68,7 +68,7 @@ pub fn compute(
     namespace: Option<&str>,
 ) -> Status {
     let pricing = &config.pricing;
-    let costs = index.burst_usd_by_workload(pricing, config.default_provider);
+    let costs = index.burst_usd_by_workload(pricing, config.default_provider.for_pricing());
     let mut newest: HashMap<&str, &PodView> = HashMap::new();
     for pod in pods {
         if let Some(key) = pod.workload.as_deref() {
@@ -130,7 +130,7 @@ pub fn compute(
             burst_usd_per_hour: cost::round_usd(index.burst_usd_per_hour(
                 None,
                 pricing,
-                config.default_provider,
+                config.default_provider.for_pricing(),
             )),
             budget_usd_per_hour: config.budget.max_usd_per_hour,
         },
@@ -198,6 +198,7 @@ pub fn table(status: &Status) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+    use spillway_common::config::ProviderChoice;
 
     #[test]
     fn rows_for_opted_in_workloads_only() {
@@ -252,7 +253,7 @@ mod tests {
         }
         let views: Vec<PodView> = pods
             .iter()
-            .filter_map(|p| PodView::from_pod(p, &index, Provider::Fargate))
+            .filter_map(|p| PodView::from_pod(p, &index, ProviderChoice::Fargate))
             .collect();
         let config = OperatorConfig::default();
         let status = compute(&index, &views, &config, None);

@@ -401,3 +401,174 @@ async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> an
     drop(idle);
     Ok(())
 }
+
+/// The `spillway.io/provider` a burst pod's required node affinity names.
+fn affinity_provider(pod: &Pod) -> Option<String> {
+    let terms = pod
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms
+        .clone();
+    terms
+        .iter()
+        .flat_map(|t| t.match_expressions.iter().flatten())
+        .find(|e| e.key == "spillway.io/provider")
+        .and_then(|e| e.values.as_ref()?.first().cloned())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn provider_auto_sends_each_pod_to_the_cheaper_usable_node() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-auto").await?;
+    let mut webhook = WebhookUnderTest::start(
+        &format!("webhook-{}", ns.name),
+        "defaultProvider: fargate\n",
+    )
+    .await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    // One virtual node per provider (kwok keeps them Ready).
+    let (fargate_node, aci_node) = (
+        format!("spillway-fargate-{}", ns.name),
+        format!("spillway-aci-{}", ns.name),
+    );
+    nodes
+        .create(&PostParams::default(), &virtual_node(&fargate_node)?)
+        .await?;
+    let _fargate_cleanup = NodeCleanupGuard(fargate_node.clone());
+    let mut aci = virtual_node(&aci_node)?;
+    aci.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("spillway.io/provider".into(), "aci".into());
+    aci.spec.as_mut().unwrap().taints.as_mut().unwrap()[0].value = Some("aci".into());
+    nodes.create(&PostParams::default(), &aci).await?;
+    let _aci_cleanup = NodeCleanupGuard(aci_node.clone());
+    wait_until(
+        "both virtual nodes Ready",
+        Duration::from_secs(30),
+        || async {
+            let mut ready = 0;
+            for name in [&fargate_node, &aci_node] {
+                let node = nodes.get(name).await?;
+                let conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
+                if conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                {
+                    ready += 1;
+                }
+            }
+            Ok(ready == 2)
+        },
+    )
+    .await?;
+    let _hook = register_webhook(
+        &client,
+        WebhookRegistration {
+            name: &ns.name,
+            url: &webhook.url(),
+            ca_pem: &webhook.ca_pem,
+            namespace: &ns.name,
+            failure_policy: "Ignore",
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // Every replica bursts (max-local 0); where to is the webhook's call.
+    let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-local": "0", "spillway.io/provider": "auto"});
+    let sized = |name: &str, cpu: &str, memory: &str| -> anyhow::Result<Deployment> {
+        let mut d = deployment(name, 1, cpu, annotations.clone())?;
+        let container = &mut d.spec.template.spec.as_mut().unwrap().containers[0];
+        container
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert(
+                "memory".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(memory.into()),
+            );
+        Ok(d)
+    };
+    let provider_of = |app: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app={app}")))
+                .await?;
+            anyhow::Ok(
+                list.items
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .find_map(affinity_provider),
+            )
+        }
+    };
+    // A quarter vCPU with 3 GiB: Fargate would round up to half a vCPU, ACI bills what is asked.
+    deployments
+        .create(&PostParams::default(), &sized("lopsided", "250m", "3Gi")?)
+        .await?;
+    // A whole vCPU with 2 GiB: Fargate's list price is lower.
+    deployments
+        .create(&PostParams::default(), &sized("even", "1", "2Gi")?)
+        .await?;
+    wait_until("both placed", Duration::from_secs(60), || async {
+        Ok(provider_of("lopsided").await?.is_some() && provider_of("even").await?.is_some())
+    })
+    .await?;
+    assert_eq!(provider_of("lopsided").await?.as_deref(), Some("aci"));
+    assert_eq!(provider_of("even").await?.as_deref(), Some("fargate"));
+    wait_until(
+        "the lopsided pod runs on the ACI node",
+        Duration::from_secs(60),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=lopsided"))
+                .await?;
+            Ok(list.items.iter().any(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(aci_node.as_str())
+            }))
+        },
+    )
+    .await?;
+
+    // The ACI node turns degraded: the next such pod goes to Fargate after all.
+    spillway_e2e::kubectl(&[
+        "taint",
+        "node",
+        &aci_node,
+        "spillway.io/provider-degraded=aci:NoSchedule",
+    ])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    deployments
+        .create(
+            &PostParams::default(),
+            &sized("lopsided-later", "250m", "3Gi")?,
+        )
+        .await?;
+    wait_until(
+        "placed while ACI is degraded",
+        Duration::from_secs(60),
+        || async { Ok(provider_of("lopsided-later").await?.is_some()) },
+    )
+    .await?;
+    assert_eq!(
+        provider_of("lopsided-later").await?.as_deref(),
+        Some("fargate")
+    );
+    webhook.process.kill()?;
+    Ok(())
+}

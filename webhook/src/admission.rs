@@ -12,7 +12,9 @@ use spillway_common::{cost, pod_resources};
 use crate::patch::{self, Mutation};
 use crate::review::{AdmissionRequest, AdmissionResponse};
 use spillway_cluster::decision::PlacementCounts;
-use spillway_cluster::decision::{self, BudgetFacts, Decision, Placement, PodFacts, Reason};
+use spillway_cluster::decision::{
+    self, BudgetFacts, Decision, Placement, PodFacts, Reason, choose_provider,
+};
 use spillway_cluster::index::ClusterIndex;
 use spillway_cluster::policy;
 
@@ -57,12 +59,33 @@ fn workload_key(pod: &Pod, namespace: &str, index: &ClusterIndex) -> Option<Stri
     Some(format!("{namespace}/{name}"))
 }
 
-/// A decision already written on the pod by an earlier pass (reinvocation).
+/// The provider an earlier pass wrote into the pod's required node affinity.
+fn affinity_provider(pod: &Pod) -> Option<spillway_common::config::Provider> {
+    let required = pod
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?;
+    required
+        .node_selector_terms
+        .iter()
+        .flat_map(|t| t.match_expressions.iter().flatten())
+        .filter(|e| e.key == keys::NODE_PROVIDER_LABEL && e.operator == "In")
+        .find_map(|e| spillway_common::config::Provider::parse(e.values.as_ref()?.first()?))
+}
+
+/// A decision already written on the pod by an earlier pass (reinvocation). A burst
+/// keeps the provider that pass chose (with `auto`, the usable nodes may have changed
+/// since; a second provider would leave the pod matching no node).
 fn previous_decision(pod: &Pod, provider: spillway_common::config::Provider) -> Option<Decision> {
     pod.metadata.annotations.as_ref()?.get(keys::DECISION)?;
     let labels = pod.metadata.labels.as_ref()?;
     let placement = match labels.get(keys::PLACEMENT)?.as_str() {
-        "burst" => Placement::Burst(provider),
+        "burst" => Placement::Burst(affinity_provider(pod).unwrap_or(provider)),
         "local" => Placement::Local,
         _ => return None,
     };
@@ -91,8 +114,13 @@ pub fn budget_facts(
     }
     let pod_usd_per_hour = cost::hourly_usd(needs, provider, &config.pricing);
     let in_flight = f64::from(burst_in_flight) * pod_usd_per_hour.unwrap_or(0.0);
-    let spent =
-        |workload| index.burst_usd_per_hour(workload, &config.pricing, config.default_provider);
+    let spent = |workload| {
+        index.burst_usd_per_hour(
+            workload,
+            &config.pricing,
+            config.default_provider.for_pricing(),
+        )
+    };
     BudgetFacts {
         pod_usd_per_hour,
         cluster_spent: if cluster_limit.is_some() {
@@ -162,12 +190,22 @@ pub fn evaluate(
             ..Evaluation::plain(response)
         };
     }
-    let provider = policy.provider.unwrap_or(config.default_provider);
     let needs = pod
         .spec
         .as_ref()
         .map(pod_resources::effective)
         .unwrap_or_default();
+    // `auto` is settled here, once, so eligibility, budget and placement agree.
+    let provider = choose_provider(
+        policy.provider.unwrap_or(config.default_provider),
+        &needs,
+        &config.pricing,
+        index,
+    );
+    let policy = policy::WorkloadPolicy {
+        provider: Some(provider.into()),
+        ..policy
+    };
     let ineligible = eligibility::check(&pod, &needs, provider);
     let previous = previous_decision(&pod, provider);
     let decision = previous.unwrap_or_else(|| {

@@ -276,3 +276,29 @@ async fn bodies_above_the_limit_are_refused_and_large_reviews_below_it_are_answe
     let response = router(state.clone()).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn reinvocation_keeps_the_provider_the_first_pass_chose() {
+    // With `auto` the usable nodes (so the choice) may change between the two passes; a
+    // config reload does the same here: the first pass picked ACI, the second would
+    // pick Fargate, and must add nothing (two providers would match no node).
+    let state = state("cluster-full.json");
+    state.config.store(Arc::new(OperatorConfig {
+        default_provider: spillway_common::config::ProviderChoice::Aci,
+        ..OperatorConfig::default()
+    }));
+    let original = review("review-web.json");
+    let (pod, _) = admit(&state, &original).await;
+    let expressions = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"][0]["matchExpressions"];
+    assert_eq!(expressions[1]["values"], json!(["aci"]));
+    state.config.store(Arc::new(OperatorConfig::default()));
+    let mut again = original.clone();
+    again["request"]["object"] = pod.clone();
+    let (pod_again, answer_again) = admit(&state, &again).await;
+    assert!(
+        answer_again.response.patch.is_none(),
+        "second pass must add nothing"
+    );
+    assert_eq!(pod_again, pod);
+}

@@ -102,7 +102,7 @@ impl Cluster {
         let views: Vec<PodView> = self
             .pods
             .iter()
-            .filter_map(|p| PodView::from_pod(p, &self.index, Provider::Fargate))
+            .filter_map(|p| PodView::from_pod(p, &self.index, ProviderChoice::Fargate))
             .collect();
         plan(
             &PlanInput {
