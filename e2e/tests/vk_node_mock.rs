@@ -65,7 +65,13 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
         "32",
         "allocatable comes from the budget"
     );
+    // The heartbeat writes the Lease once it has looked at the Node (a kubelet too
+    // reports Ready before its first Lease): wait for it rather than race it.
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    wait_until("the node's Lease", Duration::from_secs(20), || async {
+        Ok(leases.get_opt(node_name).await?.is_some())
+    })
+    .await?;
     let lease = leases.get(node_name).await?;
     assert_eq!(lease.spec.and_then(|s| s.lease_duration_seconds), Some(40));
 
