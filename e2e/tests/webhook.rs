@@ -15,6 +15,11 @@ use spillway_e2e::{
     register_webhook, scale, virtual_node, wait_until,
 };
 
+/// Tests that put a fargate virtual node in the cluster, or burst pods onto one, run one
+/// at a time: a burst pod may land on any virtual node of its provider, so another test's
+/// node would take pods the test counts on its own.
+static VIRTUAL_NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn placements(
     pods: &Api<Pod>,
     app: &str,
@@ -40,6 +45,7 @@ async fn placements(
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
+    let _alone = VIRTUAL_NODES.lock().await;
     let client = client().await?;
     let ns = TestNamespace::create(&client, "e2e-burst").await?;
     let mut webhook = WebhookUnderTest::start(
@@ -324,6 +330,8 @@ async fn tls_connection(
 #[ignore = "needs the test bed: run `make test`"]
 async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Its burst pods would land on another test's virtual node.
+    let _alone = VIRTUAL_NODES.lock().await;
     let client = client().await?;
     let ns = TestNamespace::create(&client, "e2e-hostile").await?;
     let webhook = WebhookUnderTest::start(&format!("webhook-{}", ns.name), "").await?;
@@ -425,6 +433,7 @@ fn affinity_provider(pod: &Pod) -> Option<String> {
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn provider_auto_sends_each_pod_to_the_cheaper_usable_node() -> anyhow::Result<()> {
+    let _alone = VIRTUAL_NODES.lock().await;
     let client = client().await?;
     let ns = TestNamespace::create(&client, "e2e-auto").await?;
     let mut webhook = WebhookUnderTest::start(
