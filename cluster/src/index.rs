@@ -916,40 +916,24 @@ mod tests {
             }))
             .unwrap()
         };
+        let desired = |index: &ClusterIndex| {
+            index
+                .workload("ns", "web")
+                .unwrap()
+                .hpa
+                .unwrap()
+                .desired_replicas
+        };
         // The Deployment already has the 4 replicas the HPA set; its status still says 3.
         index.apply_hpa(&hpa(3));
-        assert_eq!(
-            index
-                .workload("ns", "web")
-                .unwrap()
-                .hpa
-                .unwrap()
-                .desired_replicas,
-            4
-        );
+        assert_eq!(desired(&index), 4);
         // A newer status wins when it is higher; never more than maxReplicas.
         index.apply_hpa(&hpa(5));
-        assert_eq!(
-            index
-                .workload("ns", "web")
-                .unwrap()
-                .hpa
-                .unwrap()
-                .desired_replicas,
-            5
-        );
+        assert_eq!(desired(&index), 5);
         let mut big = d.clone();
         big.spec.replicas = Some(9);
         index.apply_deployment(&big);
-        assert_eq!(
-            index
-                .workload("ns", "web")
-                .unwrap()
-                .hpa
-                .unwrap()
-                .desired_replicas,
-            5
-        );
+        assert_eq!(desired(&index), 5);
     }
 
     #[test]

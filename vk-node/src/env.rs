@@ -85,7 +85,9 @@ pub enum EnvError {
     },
 }
 
-fn quantity_of(container: &Container, kind: &str, resource: &str) -> Option<String> {
+/// A container's `requests` or `limits` quantity of `resource` (`cpu`, `memory`), as
+/// written.
+pub(crate) fn quantity_of(container: &Container, kind: &str, resource: &str) -> Option<String> {
     let requirements = container.resources.as_ref()?;
     let map = match kind {
         "requests" => requirements.requests.as_ref()?,

@@ -18,7 +18,7 @@ use spillway_common::quantity;
 
 use super::arm_types::*;
 use super::{TAG_CLUSTER, TAG_NAMESPACE, TAG_NODE, TAG_POD_NAME, TAG_POD_UID};
-use crate::env::{self, EnvContext, EnvError, EnvLookup, EnvValue, Placeholders};
+use crate::env::{self, EnvContext, EnvError, EnvLookup, EnvValue, Placeholders, quantity_of};
 
 /// Where groups are created and how they are sized.
 #[derive(Clone, Debug)]
@@ -211,15 +211,6 @@ pub fn cores(millis: u64) -> f64 {
 pub fn gigabytes(bytes: u64) -> f64 {
     let tenths = (bytes as f64 / (1u64 << 30) as f64 * 10.0).ceil().max(1.0);
     tenths / 10.0
-}
-
-fn quantity_of(container: &PodContainer, kind: &str, resource: &str) -> Option<String> {
-    let requirements = container.resources.as_ref()?;
-    let map = match kind {
-        "requests" => requirements.requests.as_ref()?,
-        _ => requirements.limits.as_ref()?,
-    };
-    map.get(resource).map(|q| q.0.clone())
 }
 
 fn cpu_of(container: &PodContainer, kind: &str) -> Option<u64> {

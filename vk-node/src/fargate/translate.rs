@@ -12,7 +12,7 @@ use spillway_common::pod_resources::{self, PodResources};
 use spillway_common::quantity;
 
 use super::ecs_json::*;
-use crate::env::{self, EnvContext, EnvError, EnvValue};
+use crate::env::{self, EnvContext, EnvError, EnvValue, quantity_of};
 use spillway_common::fargate_sizing::{self as sizing, TaskSize};
 
 /// Fargate's upper bound on `stopTimeout`, seconds (ECS ContainerDefinition docs).
@@ -180,16 +180,6 @@ pub fn size_for(
         cpu_millis: cpu,
         memory_mib: sizing::mebibytes(memory),
     })
-}
-
-fn quantity_of(container: &Container, kind: &str, resource: &str) -> Option<String> {
-    let resources = container.resources.as_ref()?;
-    let map = if kind == "limits" {
-        resources.limits.as_ref()
-    } else {
-        resources.requests.as_ref()
-    };
-    map?.get(resource).map(|q| q.0.clone())
 }
 
 fn container_memory_mib(container: &Container) -> (Option<i64>, Option<i64>) {
