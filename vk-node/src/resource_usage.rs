@@ -74,8 +74,15 @@ pub struct NodeCpuCounter {
 }
 
 impl NodeCpuCounter {
-    /// Advances the counter with `samples` and returns the node's totals.
-    pub fn advance(&mut self, samples: &[PodSample], sampled_at_ms: i64) -> NodeTotals {
+    /// Advances the counter with `samples` and returns the node's totals, stamped with
+    /// the newest pod sample's time (the instant its counters were read, so a scraper's
+    /// rate from two node samples matches the pods'), or `now_ms` with no pods.
+    pub fn advance(&mut self, samples: &[PodSample], now_ms: i64) -> NodeTotals {
+        let sampled_at_ms = samples
+            .iter()
+            .map(|s| s.usage.sampled_at_ms)
+            .max()
+            .unwrap_or(now_ms);
         let mut seen = HashMap::with_capacity(samples.len());
         let (mut nano_cores, mut memory) = (0u64, 0u64);
         for sample in samples {
@@ -356,6 +363,16 @@ mod tests {
     }
 
     #[test]
+    fn node_totals_carry_the_time_the_pod_counters_were_read() {
+        // Stamping the node with the time of the scrape instead (later than the read)
+        // made metrics-server's node rate drift from the pods' sum (701m for 700m).
+        let mut counter = NodeCpuCounter::default();
+        let read = counter.advance(&[sample("a", 1, 1, 1, 40), sample("b", 1, 1, 1, 42)], 45);
+        assert_eq!(read.sampled_at_ms, 42);
+        assert_eq!(counter.advance(&[], 45).sampled_at_ms, 45);
+    }
+
+    #[test]
     fn resource_metrics_use_the_kubelets_names_labels_and_timestamps() {
         let pods = [sample(
             "a",
@@ -372,8 +389,8 @@ mod tests {
             "container_start_time_seconds{container=\"app\",namespace=\"shop\",pod=\"web-a\"} 1700000000 1700000100000",
             "pod_cpu_usage_seconds_total{namespace=\"shop\",pod=\"web-a\"} 2.5 1700000100000",
             "pod_memory_working_set_bytes{namespace=\"shop\",pod=\"web-a\"} 67108864 1700000100000",
-            "node_cpu_usage_seconds_total 2.5 1700000100500",
-            "node_memory_working_set_bytes 67108864 1700000100500",
+            "node_cpu_usage_seconds_total 2.5 1700000100000",
+            "node_memory_working_set_bytes 67108864 1700000100000",
             "# TYPE container_cpu_usage_seconds_total counter",
             "resource_scrape_error 0",
         ] {
