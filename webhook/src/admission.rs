@@ -136,44 +136,70 @@ pub fn budget_facts(
     }
 }
 
+/// A pod creation read from its review, before any lock is taken: the kind and operation
+/// checked and the pod decoded (the costliest step of a review).
+pub struct PodCreate<'a> {
+    request: &'a AdmissionRequest,
+    pod: Pod,
+}
+
+/// Reads a pod creation out of `request`; anything else gets its final answer as `Err`.
+pub fn read_pod_create(request: &AdmissionRequest) -> Result<PodCreate<'_>, Box<Evaluation>> {
+    let allow = || AdmissionResponse::allow(&request.uid);
+    let kind = &request.kind;
+    if kind.kind != "Pod" || !kind.group.is_empty() || request.sub_resource.is_some() {
+        let what = format!("{}/{} {}", kind.group, kind.version, kind.kind);
+        return Err(Box::new(Evaluation::plain(allow().warn(format!(
+            "spillway: only Pod creations are mutated; {what} admitted unchanged"
+        )))));
+    }
+    if request.operation != "CREATE" {
+        return Err(Box::new(Evaluation::plain(allow())));
+    }
+    let Some(object) = request.object.as_ref() else {
+        return Err(Box::new(Evaluation::plain(
+            allow().warn("spillway: request has no object; pod admitted unchanged"),
+        )));
+    };
+    match Pod::deserialize(object) {
+        Ok(pod) => Ok(PodCreate { request, pod }),
+        Err(error) => Err(Box::new(Evaluation::plain(allow().warn(format!(
+            "spillway: object is not a valid Pod ({error}); admitted unchanged"
+        ))))),
+    }
+}
+
 /// Evaluates `request` against `index`; `in_flight` adds the workload's decisions that
 /// have not shown up in the index yet.
 pub fn evaluate(
     request: &AdmissionRequest,
     index: &ClusterIndex,
-    in_flight: impl Fn(&str) -> PlacementCounts,
+    in_flight: impl FnMut(&str) -> PlacementCounts,
     config: &OperatorConfig,
 ) -> Evaluation {
+    match read_pod_create(request) {
+        Ok(create) => evaluate_pod(&create, index, in_flight, config),
+        Err(answer) => *answer,
+    }
+}
+
+/// Evaluates a pod creation against `index`. `in_flight` is called only for an opted-in
+/// pod that needs a new decision (at most once), so a caller may take its in-flight lock
+/// lazily there and hold it until the decision is recorded.
+pub fn evaluate_pod(
+    create: &PodCreate<'_>,
+    index: &ClusterIndex,
+    mut in_flight: impl FnMut(&str) -> PlacementCounts,
+    config: &OperatorConfig,
+) -> Evaluation {
+    let (request, pod) = (create.request, &create.pod);
     let allow = || AdmissionResponse::allow(&request.uid);
-    let kind = &request.kind;
-    if kind.kind != "Pod" || !kind.group.is_empty() || request.sub_resource.is_some() {
-        let what = format!("{}/{} {}", kind.group, kind.version, kind.kind);
-        return Evaluation::plain(allow().warn(format!(
-            "spillway: only Pod creations are mutated; {what} admitted unchanged"
-        )));
-    }
-    if request.operation != "CREATE" {
-        return Evaluation::plain(allow());
-    }
-    let Some(object) = request.object.as_ref() else {
-        return Evaluation::plain(
-            allow().warn("spillway: request has no object; pod admitted unchanged"),
-        );
-    };
-    let pod: Pod = match Pod::deserialize(object) {
-        Ok(pod) => pod,
-        Err(error) => {
-            return Evaluation::plain(allow().warn(format!(
-                "spillway: object is not a valid Pod ({error}); admitted unchanged"
-            )));
-        }
-    };
     let namespace = request
         .namespace
         .as_deref()
         .or(pod.metadata.namespace.as_deref())
         .unwrap_or("default");
-    let workload = workload_key(&pod, namespace, index);
+    let workload = workload_key(pod, namespace, index);
     let view = workload.as_deref().and_then(|key| {
         let (ns, name) = key.split_once('/')?;
         index.workload(ns, name)
@@ -206,8 +232,8 @@ pub fn evaluate(
         provider: Some(provider.into()),
         ..policy
     };
-    let ineligible = eligibility::check(&pod, &needs, provider);
-    let previous = previous_decision(&pod, provider);
+    let ineligible = eligibility::check(pod, &needs, provider);
+    let previous = previous_decision(pod, provider);
     let decision = previous.unwrap_or_else(|| {
         let mut counts = view.as_ref().map(|v| v.counts).unwrap_or_default();
         let mut burst_in_flight = 0;
@@ -249,7 +275,7 @@ pub fn evaluate(
         ));
     }
     let ops = patch::build(
-        &pod,
+        pod,
         &Mutation {
             placement: decision.placement,
             reason: decision.reason,

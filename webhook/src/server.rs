@@ -2,7 +2,7 @@
 //! never blocking a pod. The router is public so tests drive it in-process.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -56,25 +56,50 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
         .into_response()
 }
 
-/// Evaluates under the locks and records the decision as in flight.
+/// Decodes the pod before taking any lock, evaluates under the index's read lock, and
+/// takes the in-flight lock only for an opted-in pod that needs a new decision: from
+/// reading the workload's pending counts to recording this decision, so concurrent
+/// reviews of one workload see each other and caps hold. Other pods never wait on it.
 fn decide(state: &WebhookState, request: &review::AdmissionRequest) -> Evaluation {
+    let create = match admission::read_pod_create(request) {
+        Ok(create) => create,
+        Err(answer) => return *answer,
+    };
     let config = state.config.load();
     let index = state
         .index
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut in_flight = state
-        .in_flight
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let now = Instant::now();
-    in_flight.expire(now);
-    let evaluation = admission::evaluate(request, &index, |key| in_flight.counts(key), &config);
+    let mut in_flight: Option<MutexGuard<'_, InFlight>> = None;
+    let mut lock_in_flight = || {
+        let mut table = state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        table.expire(now);
+        table
+    };
+    let evaluation = admission::evaluate_pod(
+        &create,
+        &index,
+        |key| {
+            in_flight
+                .get_or_insert_with(&mut lock_in_flight)
+                .counts(key)
+        },
+        &config,
+    );
     if let (Some(decision), Some(workload)) = (evaluation.decision, evaluation.workload.as_deref())
         && request.dry_run != Some(true)
     {
         let burst = matches!(decision.placement, Placement::Burst(_));
-        in_flight.record(&request.uid, workload, burst, now);
+        in_flight.get_or_insert_with(&mut lock_in_flight).record(
+            &request.uid,
+            workload,
+            burst,
+            now,
+        );
     }
     evaluation
 }

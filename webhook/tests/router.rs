@@ -232,6 +232,32 @@ async fn unparseable_bodies_get_400_with_a_message() {
     }
 }
 
+#[test]
+fn pods_not_opted_in_never_wait_for_the_in_flight_table() {
+    // Another review holds the in-flight table (as an opted-in pod's decision does).
+    let state = state("cluster-full.json");
+    let held = state.in_flight.lock().unwrap();
+    let (answered, answer) = std::sync::mpsc::channel();
+    let reviewer = {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let (pod, _) = runtime.block_on(admit(&state, &review("review-batch.json")));
+            let _ = answered.send(pod);
+        })
+    };
+    // A liveness check, not a timing: before the fix it blocked until the lock was let go.
+    let pod = answer.recv_timeout(std::time::Duration::from_secs(30));
+    drop(held);
+    reviewer.join().unwrap();
+    assert_eq!(
+        pod.expect("answered while the in-flight table was held"),
+        review("review-batch.json")["request"]["object"]
+    );
+}
+
 #[tokio::test]
 async fn parallel_batch_cannot_overshoot_max_burst() {
     // web allows 2 burst replicas and already runs 1 on the virtual node.
