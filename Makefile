@@ -51,6 +51,7 @@ bench:
 	  if [[ $$status -eq 0 ]]; then \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench pod-create || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench vk-node || status=$$?; \
+	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench aci-node || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-loop || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-scale || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-scale --opted-in 1 || status=$$?; \

@@ -32,6 +32,9 @@ enum Command {
     /// On the test bed: capacity freed → first rebalance eviction and → zero burst, and
     /// Unschedulable → spill, with `spillway run`.
     ControllerLoop,
+    /// On the test bed: 300 pods bound to an ACI virtual node through the fake ARM server,
+    /// under the default create quota.
+    AciNode(testbed::AciNodeArgs),
     /// On the test bed: controller RSS and pass time at 1,000 nodes and 30,000 pods, against
     /// the webhook's RSS over the same cluster.
     ControllerScale(controller::ScaleArgs),
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(webhook::serve(args)),
         Command::PodCreate => runtime.block_on(testbed::pod_create()),
         Command::VkNode(args) => runtime.block_on(testbed::vk_node(args)),
+        Command::AciNode(args) => runtime.block_on(testbed::aci_node(args)),
         Command::ControllerLoop => runtime.block_on(controller::controller_loop()),
         Command::ControllerScale(args) => runtime.block_on(controller::controller_scale(args)),
     }

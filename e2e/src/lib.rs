@@ -1,9 +1,12 @@
 //! Helpers for the end-to-end tests: reach the test bed, make namespaces that clean up
 //! after themselves, wait for conditions with a deadline, register loopback webhooks.
 
+pub mod aci_spec;
 pub mod aws_fault_proxy;
 pub mod chart;
 pub mod doc_commands;
+pub mod fake_arm;
+pub mod hostile_clients;
 pub mod split_proxy;
 pub mod stall_proxy;
 

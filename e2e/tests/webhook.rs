@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use spillway_e2e::hostile_clients::HostileClients;
 use spillway_e2e::{
     NodeCleanupGuard, TestNamespace, WebhookRegistration, WebhookUnderTest, client, deployment,
     register_webhook, scale, virtual_node, wait_until,
@@ -307,29 +308,9 @@ async fn with_a_client_ca_only_clients_it_signed_may_call() -> anyhow::Result<()
 }
 
 /// A TLS connection to the webhook with its handshake done (then held, saying nothing).
-async fn tls_connection(
-    port: u16,
-    ca_pem: &str,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    Ok(connector.connect("127.0.0.1".try_into()?, tcp).await?)
-}
-
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Its burst pods would land on another test's virtual node.
     let _alone = VIRTUAL_NODES.lock().await;
     let client = client().await?;
@@ -347,34 +328,9 @@ async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> an
     )
     .await?;
 
-    // 1,000 connections that finish their handshake and then say nothing.
-    let mut idle = Vec::new();
-    for _ in 0..1000 {
-        idle.push(tls_connection(webhook.port, &webhook.ca_pem).await?);
-    }
-    // 50 slowloris clients: a header byte every 500 ms, never the end of the headers.
-    let mut slow = Vec::new();
-    for _ in 0..50 {
-        let stream = tls_connection(webhook.port, &webhook.ca_pem).await?;
-        slow.push(tokio::spawn(async move {
-            let (mut read, mut write) = tokio::io::split(stream);
-            let started = std::time::Instant::now();
-            let trickle = async {
-                write.write_all(b"POST /mutate HTTP/1.1\r\n").await?;
-                for byte in b"X-Slow: ".iter().cycle().take(200) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    write.write_all(&[*byte]).await?;
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            let mut buffer = [0u8; 256];
-            tokio::select! {
-                _ = trickle => {}
-                _ = read.read(&mut buffer) => {}
-            }
-            started.elapsed()
-        }));
-    }
+    // 1,000 connections that finish their handshake and then say nothing, and 50
+    // slowloris clients: a header byte every 500 ms, never the end of the headers.
+    let hostile = HostileClients::open(webhook.port, &webhook.ca_pem, 1000, 50).await?;
 
     // Meanwhile the apiserver's reviews: every pod of an opted-in Deployment is answered.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
@@ -399,14 +355,13 @@ async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> an
         "pods admitted without the webhook's answer: {unanswered:?}"
     );
     // The slow clients were cut off by the header timeout (10 s), not served forever.
-    for client in slow {
-        let lasted = client.await?;
+    assert_eq!(hostile.idle_count(), 1000);
+    for lasted in hostile.slow_client_lifetimes().await? {
         assert!(
             lasted < Duration::from_secs(30),
             "a slowloris client lasted {lasted:?}"
         );
     }
-    drop(idle);
     Ok(())
 }
 

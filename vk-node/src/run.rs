@@ -17,6 +17,7 @@ use spillway_common::leader::LeaderElection;
 use spillway_common::tls::{ClientCerts, DEFAULT_RELOAD_INTERVAL, TlsFiles, TlsServer};
 use tokio_util::sync::CancellationToken;
 
+use crate::aci::provider::{AciArgs, AciProvider, settings_from_args as aci_settings_from_args};
 use crate::fargate::provider::{FargateArgs, FargateProvider};
 use crate::kubelet_api::{self, CallerChecks};
 use crate::kubelet_authn::Authenticator;
@@ -36,6 +37,8 @@ const KUBELET_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub enum ProviderKind {
     /// AWS Fargate through ECS.
     Fargate,
+    /// Azure Container Instances through ARM.
+    Aci,
     /// In-memory, for demos and tests.
     Mock,
 }
@@ -44,6 +47,7 @@ impl ProviderKind {
     fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Fargate => "fargate",
+            ProviderKind::Aci => "aci",
             ProviderKind::Mock => "mock",
         }
     }
@@ -193,6 +197,9 @@ pub struct NodeOptions {
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags
     pub fargate: FargateArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened groups document their own flags
+    pub aci: AciArgs,
 }
 
 /// Why the node stopped.
@@ -300,6 +307,22 @@ async fn run_node(
             };
             run_with(
                 Arc::new(MockProvider::new(behaviour)),
+                kind,
+                &options,
+                metrics,
+                readiness,
+                shutdown,
+            )
+            .await
+        }
+        ProviderKind::Aci => {
+            let settings = aci_settings_from_args(&options.aci, &options.fargate, &name)
+                .map_err(RunError::Provider)?;
+            let provider = AciProvider::from_args(&options.aci, settings)
+                .await
+                .map_err(RunError::Provider)?;
+            run_with(
+                Arc::new(provider),
                 kind,
                 &options,
                 metrics,

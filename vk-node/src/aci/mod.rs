@@ -1,9 +1,15 @@
 //! Azure Container Instances: one container group per pod through the ARM REST API
-//! (api-version 2023-05-01; `../shared/reference/aci/` holds the official spec). This
-//! much is pure and offline: the API's types and the pod → container-group translation
-//! that `spillway explain-pod --provider aci` prints.
+//! (api-version 2023-05-01; the official spec is vendored in `vk-node/tests/aci-spec/`).
+//! The API's types and the pod → container-group translation (which `spillway
+//! explain-pod --provider aci` prints) are pure; the ARM client, its credentials and the
+//! provider make the calls.
 
+pub mod arm;
 pub mod arm_types;
+pub mod cluster_lookup;
+pub mod credentials;
+pub mod provider;
+pub mod status;
 pub mod translate;
 
 /// The ARM API version every request names.

@@ -1,91 +1,20 @@
 //! The ACI provider's requests against the official ACI REST spec (api-version 2023-05-01,
-//! copied unchanged into `tests/aci-spec/`): every container-group body the translation
+//! copied unchanged into `vk-node/tests/aci-spec/`): every container-group body the translation
 //! builds validates against the spec's `Resource` and `ContainerGroupProperties` schemas
 //! with unknown and read-only fields refused, and the official examples parse into the
 //! provider's types and serialize back unchanged.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use spillway_common::config::PricingConfig;
+use spillway_e2e::aci_spec::{body_violations, read_json, spec_dir, strict_definitions};
 use spillway_vk_node::aci::arm_types::{ContainerGroup, ImageRegistryCredential};
 use spillway_vk_node::aci::translate::{
     AciLookup, AciSettings, TranslateError, VolumeFiles, VolumeKind, translate, valid_group_name,
 };
 use spillway_vk_node::env::{EnvLookup, Placeholders};
-
-fn spec_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aci-spec")
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The spec's definitions made strict for requests: an object schema with `properties`
-/// refuses properties it does not name, and read-only properties may not be sent.
-fn strict_definitions() -> Value {
-    let spec = read_json(&spec_dir().join("containerInstance.json"));
-    let mut definitions = spec["definitions"].clone();
-    for (_, schema) in definitions.as_object_mut().unwrap() {
-        let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
-            continue;
-        };
-        for (_, property) in properties.iter_mut() {
-            if property.get("readOnly") == Some(&json!(true)) {
-                *property = json!({"not": {}});
-            }
-        }
-        if schema.get("additionalProperties").is_none() {
-            schema["additionalProperties"] = json!(false);
-        }
-    }
-    definitions
-}
-
-/// The errors of `instance` against definition `name`.
-fn violations(definitions: &Value, name: &str, instance: &Value) -> Vec<String> {
-    let schema = json!({"definitions": definitions, "$ref": format!("#/definitions/{name}")});
-    let validator = jsonschema::draft4::new(&schema).expect("the spec compiles");
-    validator
-        .iter_errors(instance)
-        .map(|e| format!("{}: {e}", e.instance_path))
-        .collect()
-}
-
-/// A PUT body is `Resource` (location, tags, zones) plus `ContainerGroupProperties`
-/// (identity, properties): each part against its schema, and nothing else.
-fn body_violations(definitions: &Value, body: &Value) -> Vec<String> {
-    let object = body.as_object().expect("an object");
-    let (mut resource, mut group) = (serde_json::Map::new(), serde_json::Map::new());
-    let mut problems = Vec::new();
-    for (key, value) in object {
-        match key.as_str() {
-            "location" | "tags" | "zones" | "id" | "name" | "type" => {
-                resource.insert(key.clone(), value.clone());
-            }
-            "identity" | "properties" => {
-                group.insert(key.clone(), value.clone());
-            }
-            other => problems.push(format!(
-                "/{other}: not in Resource nor ContainerGroupProperties"
-            )),
-        }
-    }
-    problems.extend(violations(
-        definitions,
-        "Resource",
-        &Value::Object(resource),
-    ));
-    problems.extend(violations(
-        definitions,
-        "ContainerGroupProperties",
-        &Value::Object(group),
-    ));
-    problems
-}
 
 /// A cluster where every object the pods name exists.
 struct Cluster;

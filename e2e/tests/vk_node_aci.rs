@@ -1,0 +1,253 @@
+//! `spillway vk-node --vk-provider aci` against the fake ARM server (`spillway_e2e::fake_arm`,
+//! which refuses any PUT body the official ACI spec refuses): pods run as container
+//! groups and get the group's IP, Secret-derived env reaches ACI only as `secureValue`,
+//! `kubectl logs` reads the ACI logs API, deleting a pod deletes its group, a burst of
+//! `429`s is waited out without failing a pod, and a node killed while creating leaves,
+//! after a restart, exactly one group per pod and none for pods that went away.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::{Value, json};
+use spillway_e2e::fake_arm::{Behaviour, FakeArm};
+use spillway_e2e::{NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_until};
+
+const TOKEN: &str = "e2e-arm-token";
+
+/// A namespace, a fake ARM server, a token file and the flags of an ACI node for them.
+struct AciFixture {
+    node: NodeFixture,
+    arm: FakeArm,
+    args: Vec<String>,
+    _token_dir: tempfile::TempDir,
+}
+
+impl AciFixture {
+    async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let node = NodeFixture::new(prefix, "aci").await?;
+        let arm = FakeArm::start(TOKEN, Behaviour::default()).await?;
+        let token_dir = tempfile::tempdir()?;
+        let token_file = token_dir.path().join("token");
+        std::fs::write(&token_file, TOKEN)?;
+        let mut args = vk_node_args(&node.node_name, "aci")?;
+        args.extend([
+            "--aci-subscription-id".into(),
+            "00000000-0000-0000-0000-0000000000e2".into(),
+            "--aci-resource-group".into(),
+            "spillway-e2e".into(),
+            "--arm-endpoint".into(),
+            arm.url.clone(),
+            "--azure-token-file".into(),
+            token_file.display().to_string(),
+            "--cluster-id".into(),
+            node.ns.name.clone(),
+            "--aci-subnet-ids".into(),
+            "/subscriptions/00000000-0000-0000-0000-0000000000e2/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/cluster/subnets/aci".into(),
+        ]);
+        Ok(Self {
+            node,
+            arm,
+            args,
+            _token_dir: token_dir,
+        })
+    }
+
+    fn start_node(&self) -> anyhow::Result<SpillwayProcess> {
+        SpillwayProcess::start(&self.args, &format!("vk-{}", self.node.ns.name), &[])
+    }
+
+    /// The stored groups of this test's pods, by the pod UID in their tags.
+    fn groups_by_pod(&self) -> BTreeMap<String, Vec<Value>> {
+        let mut by_pod: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for (_, group) in self.arm.groups() {
+            if group["tags"]["spillway.io-cluster"] == json!(self.node.ns.name)
+                && let Some(uid) = group["tags"]["spillway.io-pod-uid"].as_str()
+            {
+                by_pod.entry(uid.to_owned()).or_default().push(group);
+            }
+        }
+        by_pod
+    }
+}
+
+fn phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.phase.as_deref()
+}
+
+async fn wait_running(pods: &Api<Pod>, count: usize, within: Duration) -> anyhow::Result<()> {
+    wait_until(&format!("{count} pods Running"), within, || async {
+        let list = pods.list(&ListParams::default()).await?;
+        let failed: Vec<_> = list
+            .items
+            .iter()
+            .filter(|p| phase(p) == Some("Failed"))
+            .map(|p| p.metadata.name.clone())
+            .collect();
+        anyhow::ensure!(failed.is_empty(), "pods failed: {failed:?}");
+        Ok(list.items.len() == count && list.items.iter().all(|p| phase(p) == Some("Running")))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn aci_pods_run_with_secure_env_ips_and_logs_and_are_deleted() -> anyhow::Result<()> {
+    let fx = AciFixture::new("e2e-aci").await?;
+    let (client, ns) = (&fx.node.client, &fx.node.ns);
+    let _node = fx.start_node()?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "db"},
+                "stringData": {"password": "hunter2-e2e"}
+            }))?,
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let spec = json!({"containers": [{"name": "app", "image": "nginx:1.27",
+    "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+    "env": [
+        {"name": "MODE", "value": "burst"},
+        {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}
+    ]}]});
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", &fx.node.node_name, spec)?,
+    )
+    .await?;
+    wait_running(&pods, 1, Duration::from_secs(60)).await?;
+
+    let pod = pods.get("web").await?;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default();
+    assert!(ip.starts_with("10.240."), "the group's IP, got {ip:?}");
+    assert!(fx.arm.refused().is_empty(), "{:?}", fx.arm.refused());
+    let groups = fx.groups_by_pod();
+    assert_eq!(groups[&uid].len(), 1);
+    let env = &groups[&uid][0]["properties"]["containers"][0]["properties"]["environmentVariables"];
+    let var = |name: &str| {
+        env.as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(var("MODE"), json!({"name": "MODE", "value": "burst"}));
+    assert_eq!(
+        var("DB_PASSWORD"),
+        json!({"name": "DB_PASSWORD", "secureValue": "hunter2-e2e"}),
+        "a Secret's value goes only as secureValue"
+    );
+
+    // kubectl logs through the kubelet API and the ACI logs API.
+    let logs = kubectl(&["logs", "-n", &ns.name, "web"])?;
+    assert_eq!(
+        logs,
+        "app line 1\napp line 2\napp line 3\napp line 4\napp line 5\n"
+    );
+    let tail = kubectl(&["logs", "-n", &ns.name, "web", "--tail=2"])?;
+    assert_eq!(tail, "app line 4\napp line 5\n");
+    let stamped = kubectl(&["logs", "-n", &ns.name, "web", "--timestamps", "--tail=1"])?;
+    assert!(
+        stamped.starts_with("20") && stamped.ends_with("Z app line 5\n"),
+        "{stamped}"
+    );
+
+    // Deleting the pod deletes its group, then the Pod goes.
+    pods.delete("web", &DeleteParams::default()).await?;
+    wait_until("group and pod gone", Duration::from_secs(60), || async {
+        Ok(fx.groups_by_pod().is_empty() && pods.get_opt("web").await?.is_none())
+    })
+    .await?;
+    assert!(fx.arm.counts().deletes >= 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn aci_node_waits_out_429s_and_a_crash_without_duplicate_or_orphan_groups()
+-> anyhow::Result<()> {
+    let fx = AciFixture::new("e2e-aci-crash").await?;
+    let (client, ns) = (&fx.node.client, &fx.node.ns);
+    // Another cluster's group in the same resource group: never this node's to touch.
+    fx.arm.insert_group(
+        "other-cluster-web",
+        json!({"location": "westeurope", "tags": {"spillway.io-cluster": "someone-else",
+            "spillway.io-node": fx.node.node_name, "spillway.io-pod-uid": "not-ours"},
+            "properties": {"osType": "Linux", "containers": [{"name": "app",
+                "properties": {"image": "nginx", "resources": {"requests": {"cpu": 1, "memoryInGB": 1}}}}]}}),
+    );
+    // ARM throttles the first 30 calls: the node waits (Retry-After) instead of failing pods.
+    fx.arm.throttle_next(30);
+    let mut node = fx.start_node()?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for i in 0..12 {
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(&format!("p{i}"), &fx.node.node_name, json!({}))?,
+        )
+        .await?;
+    }
+    wait_until(
+        "the node part-way through creating groups",
+        Duration::from_secs(90),
+        || async { Ok(fx.groups_by_pod().len() >= 3) },
+    )
+    .await?;
+    node.kill()?;
+    assert!(
+        fx.arm.counts().throttled >= 30,
+        "the 429 burst was served: {:?}",
+        fx.arm.counts()
+    );
+
+    // While the node is down two pods go away for good; their groups (if made) are orphans.
+    let force = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    let mut removed = Vec::new();
+    for name in ["p0", "p1"] {
+        removed.push(pods.get(name).await?.metadata.uid.unwrap_or_default());
+        pods.delete(name, &force).await?;
+    }
+
+    let _node = fx.start_node()?;
+    wait_running(&pods, 10, Duration::from_secs(120)).await?;
+    let live: Vec<String> = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.uid)
+        .collect();
+    wait_until(
+        "exactly one group per live pod, none for removed ones",
+        Duration::from_secs(30),
+        || async {
+            let groups = fx.groups_by_pod();
+            Ok(live
+                .iter()
+                .all(|uid| groups.get(uid).map(Vec::len) == Some(1))
+                && removed.iter().all(|uid| !groups.contains_key(uid))
+                && groups.len() == live.len())
+        },
+    )
+    .await?;
+    assert!(
+        fx.arm.groups().contains_key("other-cluster-web"),
+        "another cluster's group is left alone"
+    );
+    assert!(fx.arm.refused().is_empty(), "{:?}", fx.arm.refused());
+    assert_eq!(fx.arm.counts().unauthorized, 0);
+    Ok(())
+}
