@@ -108,7 +108,9 @@ async fn aci_pods_run_with_secure_env_ips_and_logs_and_are_deleted() -> anyhow::
         )
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // A declared port: ACI gives a group an address only for the ports it names.
     let spec = json!({"containers": [{"name": "app", "image": "nginx:1.27",
+    "ports": [{"containerPort": 80}],
     "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
     "env": [
         {"name": "MODE", "value": "burst"},
@@ -128,7 +130,11 @@ async fn aci_pods_run_with_secure_env_ips_and_logs_and_are_deleted() -> anyhow::
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .unwrap_or_default();
-    assert!(ip.starts_with("10.240."), "the group's IP, got {ip:?}");
+    assert!(
+        ip.starts_with("10.240."),
+        "the group's IP, got {ip:?}; groups: {:?}",
+        fx.arm.groups()
+    );
     assert!(fx.arm.refused().is_empty(), "{:?}", fx.arm.refused());
     let groups = fx.groups_by_pod();
     assert_eq!(groups[&uid].len(), 1);
