@@ -14,6 +14,13 @@ pub const FARGATE_MAX_MEMORY_BYTES: u64 = 120 << 30;
 pub const ACI_MAX_CPU_MILLIS: u64 = 4_000;
 /// Largest ACI container group in most regions: 16 GiB.
 pub const ACI_MAX_MEMORY_BYTES: u64 = 16 << 30;
+/// Containers (init containers included) an ACI container group holds at most (ACI
+/// service quotas).
+pub const ACI_MAX_CONTAINERS: usize = 60;
+/// Volumes an ACI container group holds at most (ACI service quotas).
+pub const ACI_MAX_VOLUMES: usize = 20;
+/// Ports an ACI container group's IP opens at most (ACI service quotas).
+pub const ACI_MAX_GROUP_PORTS: usize = 5;
 
 /// Why a pod may not burst.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,6 +47,9 @@ pub enum Ineligible {
     TooLarge,
     /// A volume the provider cannot mount (it would be silently missing).
     UnsupportedVolume,
+    /// More containers, volumes or ports than one provider object holds (ACI's
+    /// per-group limits).
+    ProviderLimits,
 }
 
 impl Ineligible {
@@ -57,6 +67,7 @@ impl Ineligible {
             Ineligible::Gpu => "gpu",
             Ineligible::TooLarge => "too-large",
             Ineligible::UnsupportedVolume => "unsupported-volume",
+            Ineligible::ProviderLimits => "provider-limits",
         }
     }
 }
@@ -171,7 +182,34 @@ pub fn check(pod: &Pod, needs: &PodResources, provider: Provider) -> Vec<Ineligi
     if needs.cpu_millis > max_cpu || needs.memory_bytes > max_memory {
         reasons.push(Ineligible::TooLarge);
     }
+    if provider == Provider::Aci && beyond_aci_group_limits(pod) {
+        reasons.push(Ineligible::ProviderLimits);
+    }
     reasons
+}
+
+/// Whether `pod` needs more containers, volumes or distinct ports than one ACI container
+/// group holds.
+fn beyond_aci_group_limits(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let containers = all_containers(pod).count();
+    let volumes = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.empty_dir.is_some() || v.secret.is_some() || v.config_map.is_some())
+        .count();
+    let ports: std::collections::BTreeSet<(i32, &str)> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| (p.container_port, p.protocol.as_deref().unwrap_or("TCP")))
+        .collect();
+    containers > ACI_MAX_CONTAINERS
+        || volumes > ACI_MAX_VOLUMES
+        || ports.len() > ACI_MAX_GROUP_PORTS
 }
 
 #[cfg(test)]
@@ -184,6 +222,34 @@ mod tests {
         let pod: Pod = serde_json::from_value(pod).unwrap();
         let needs = pod_resources::effective(pod.spec.as_ref().unwrap());
         check(&pod, &needs, provider)
+    }
+
+    #[test]
+    fn aci_refuses_pods_beyond_one_groups_limits() {
+        let containers: Vec<_> = (0..61).map(|i| json!({"name": format!("c{i}")})).collect();
+        let many = json!({"spec": {"containers": containers}});
+        assert_eq!(
+            reasons(many.clone(), Provider::Aci),
+            vec![Ineligible::ProviderLimits]
+        );
+        assert!(reasons(many, Provider::Fargate).is_empty());
+        let ports: Vec<_> = (0..6).map(|i| json!({"containerPort": 8000 + i})).collect();
+        let open = json!({"spec": {"containers": [{"name": "a", "ports": ports}]}});
+        assert_eq!(
+            reasons(open, Provider::Aci),
+            vec![Ineligible::ProviderLimits]
+        );
+        let volumes: Vec<_> = (0..21)
+            .map(|i| json!({"name": format!("v{i}"), "emptyDir": {}}))
+            .collect();
+        let mounted = json!({"spec": {"containers": [{"name": "a"}], "volumes": volumes}});
+        assert_eq!(
+            reasons(mounted, Provider::Aci),
+            vec![Ineligible::ProviderLimits]
+        );
+        let five: Vec<_> = (0..5).map(|i| json!({"containerPort": 8000 + i})).collect();
+        let fits = json!({"spec": {"containers": [{"name": "a", "ports": five}]}});
+        assert!(reasons(fits, Provider::Aci).is_empty());
     }
 
     #[test]
