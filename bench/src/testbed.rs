@@ -263,7 +263,12 @@ async fn run_node(provider: &'static str, pods: usize) -> anyhow::Result<NodeRun
     if provider == "mock" {
         args.extend(["--mock-start-latency-ms".into(), "0".into()]);
     } else if provider == "aci" {
-        let fake = FakeArm::start(ARM_TOKEN, Behaviour::default()).await?;
+        // Pages of 100, about what ARM returns for container groups.
+        let behaviour = Behaviour {
+            page_size: 100,
+            ..Behaviour::default()
+        };
+        let fake = FakeArm::start(ARM_TOKEN, behaviour).await?;
         let token_file = token_dir.path().join("token");
         std::fs::write(&token_file, ARM_TOKEN)?;
         args.extend([
@@ -357,7 +362,8 @@ async fn run_node(provider: &'static str, pods: usize) -> anyhow::Result<NodeRun
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    wait_until("every pod Running", Duration::from_secs(900), || async {
+    // ACI's create quota alone spreads 300 pods over 10 minutes.
+    wait_until("every pod Running", Duration::from_secs(1800), || async {
         Ok(running.lock().unwrap_or_else(|p| p.into_inner()).len() >= pods)
     })
     .await?;
@@ -442,7 +448,7 @@ pub async fn aci_node(args: AciNodeArgs) -> anyhow::Result<()> {
     let body = format!(
         "## ACI virtual node, {} pods (`make bench`, spillway-bench aci-node)\n\n\
          Machine: {}. Test bed; the node talks to the fake ARM server (`e2e/src/fake_arm.rs`: spec-checked PUTs, \
-         `201` + `Azure-AsyncOperation`, groups Running 0.5 s after their PUT, list pages of 5). Pods created 16 at a \
+         `201` + `Azure-AsyncOperation`, groups Running 0.5 s after their PUT, list pages of 100). Pods created 16 at a \
          time already bound to the node; default create quota (100 per 300 s: 100 at once, then one every 3 s), so \
          the floor for all Running is (pods − 100) × 3 s. Status sync every {} s. Targets: 1 PUT per pod, no pod \
          Failed, RSS ≤ 256 MiB.\n\n\

@@ -257,3 +257,71 @@ async fn aci_node_waits_out_429s_and_a_crash_without_duplicate_or_orphan_groups(
     assert_eq!(fx.arm.counts().unauthorized, 0);
     Ok(())
 }
+
+/// The messages of the Events about pod `name`.
+async fn event_messages(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), namespace);
+    Ok(events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await?
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn creates_beyond_the_quota_wait_pending_with_an_event() -> anyhow::Result<()> {
+    let mut fx = AciFixture::new("e2e-aci-quota").await?;
+    // One create per 60 s: the first pod's group is made at once, the next slot is far
+    // beyond the 10 s a create waits in line.
+    fx.args.extend(
+        [
+            "--aci-create-quota",
+            "1",
+            "--aci-create-quota-seconds",
+            "60",
+        ]
+        .map(String::from),
+    );
+    let _node = fx.start_node()?;
+    let pods: Api<Pod> = Api::namespaced(fx.node.client.clone(), &fx.node.ns.name);
+    for name in ["first", "queued"] {
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(name, &fx.node.node_name, json!({}))?,
+        )
+        .await?;
+        // In this order: the first takes the slot.
+        wait_until(
+            "the pod seen by the node",
+            Duration::from_secs(30),
+            || async { Ok(!fx.groups_by_pod().is_empty()) },
+        )
+        .await?;
+    }
+    wait_until(
+        "a ProviderThrottled Event naming the quota",
+        Duration::from_secs(60),
+        || async {
+            Ok(event_messages(&fx.node.client, &fx.node.ns.name, "queued")
+                .await?
+                .iter()
+                .any(|(reason, message)| {
+                    reason == "ProviderThrottled"
+                        && message.contains("ACI create quota (1 per 60s)")
+                }))
+        },
+    )
+    .await?;
+    let queued = pods.get("queued").await?;
+    assert_eq!(phase(&queued), Some("Pending"), "waiting, not failed");
+    assert_eq!(fx.groups_by_pod().len(), 1, "no group beyond the quota");
+    assert_eq!(fx.arm.counts().puts, 1);
+    Ok(())
+}
