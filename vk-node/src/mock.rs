@@ -152,6 +152,7 @@ impl MockProvider {
                 .iter()
                 .map(|name| RemoteContainer {
                     name: name.clone(),
+                    restarts: 0,
                     state: state.clone(),
                 })
                 .collect(),

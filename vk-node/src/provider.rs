@@ -85,6 +85,9 @@ pub struct RemoteContainer {
     pub name: String,
     /// Its state.
     pub state: RemoteContainerState,
+    /// Times the provider itself restarted it in place (ACI under the group's restart
+    /// policy); 0 where only the node relaunches.
+    pub restarts: i32,
 }
 
 /// Where a provider object is in its life.

@@ -116,11 +116,9 @@ pub fn pod_status(pod: &Pod, remote: &RemoteStatus, context: &StatusContext<'_>)
         .unwrap_or_default();
     let mut statuses = Vec::new();
     for (name, image) in &spec_containers {
-        let remote_state = remote
-            .containers
-            .iter()
-            .find(|c| c.name == *name)
-            .map(|c| &c.state);
+        let remote_container = remote.containers.iter().find(|c| c.name == *name);
+        let remote_state = remote_container.map(|c| &c.state);
+        let in_place = remote_container.map_or(0, |c| c.restarts);
         let state = if context.crash_loop {
             RemoteContainerState::Waiting {
                 reason: "CrashLoopBackOff".into(),
@@ -140,7 +138,7 @@ pub fn pod_status(pod: &Pod, remote: &RemoteStatus, context: &StatusContext<'_>)
             "containerID": format!("spillway://{}/{}", remote.pod_uid, name),
             "ready": running,
             "started": running,
-            "restartCount": context.restarts,
+            "restartCount": context.restarts.saturating_add(in_place),
             "state": container_state(&state),
         }));
     }
@@ -208,6 +206,7 @@ mod tests {
                 .zip(["a", "b"])
                 .map(|(code, name)| RemoteContainer {
                     name: name.into(),
+                    restarts: 0,
                     state: RemoteContainerState::Terminated {
                         exit_code: *code,
                         reason: if *code == 0 {
@@ -272,17 +271,20 @@ mod tests {
         remote.containers = vec![
             RemoteContainer {
                 name: "a".into(),
+                restarts: 0,
                 state: RemoteContainerState::Running {
                     started_at: Some("2026-11-28T10:00:00Z".into()),
                 },
             },
             RemoteContainer {
                 name: "b".into(),
+                // Restarted in place by the provider (ACI), on top of the node's relaunch.
+                restarts: 3,
                 state: RemoteContainerState::Running { started_at: None },
             },
         ];
         let context = StatusContext {
-            restarts: 0,
+            restarts: 1,
             terminal: None,
             crash_loop: false,
             host_ip: "127.0.0.1",
@@ -292,6 +294,8 @@ mod tests {
         assert_eq!(status["phase"], "Running");
         assert_eq!(status["podIP"], "10.0.0.7");
         assert_eq!(status["containerStatuses"][0]["ready"], true);
+        assert_eq!(status["containerStatuses"][0]["restartCount"], 1);
+        assert_eq!(status["containerStatuses"][1]["restartCount"], 4);
         assert_eq!(status["conditions"][3]["status"], "True");
     }
 

@@ -13,6 +13,8 @@ use crate::provider::{LogLine, RemoteContainer, RemoteContainerState, RemotePhas
 struct ContainerView {
     #[serde(default)]
     current_state: Option<ContainerState>,
+    #[serde(default)]
+    restart_count: Option<i32>,
 }
 
 /// `ContainerState`.
@@ -37,6 +39,14 @@ struct ContainerState {
 struct GroupView {
     #[serde(default)]
     state: Option<String>,
+}
+
+/// How often ACI restarted the container in place (the group's restart policy).
+fn container_restarts(view: Option<&serde_json::Value>) -> i32 {
+    view.and_then(|v| serde_json::from_value::<ContainerView>(v.clone()).ok())
+        .and_then(|v| v.restart_count)
+        .unwrap_or(0)
+        .max(0)
 }
 
 fn container_state(view: Option<&serde_json::Value>) -> RemoteContainerState {
@@ -83,6 +93,7 @@ pub fn remote_status(pod_uid: &str, group: &ContainerGroup) -> RemoteStatus {
         .iter()
         .map(|c| RemoteContainer {
             name: c.name.clone(),
+            restarts: container_restarts(c.properties.instance_view.as_ref()),
             state: container_state(c.properties.instance_view.as_ref()),
         })
         .collect();
@@ -175,7 +186,7 @@ mod tests {
 
     fn container(name: &str, state: serde_json::Value) -> serde_json::Value {
         json!({"name": name, "properties": {"image": "nginx", "resources": {"requests": {"cpu": 1, "memoryInGB": 1}},
-               "instanceView": {"restartCount": 0, "currentState": state}}})
+               "instanceView": {"restartCount": 2, "currentState": state}}})
     }
 
     #[test]
@@ -198,6 +209,7 @@ mod tests {
         );
         assert_eq!(status.phase, RemotePhase::Running);
         assert_eq!(status.pod_ip.as_deref(), Some("10.1.0.7"));
+        assert_eq!(status.containers[0].restarts, 2, "ACI's in-place restarts");
         assert_eq!(status.started_at.as_deref(), Some("2026-11-29T10:00:00Z"));
         assert_eq!(
             status.containers[1].state,

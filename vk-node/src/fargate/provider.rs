@@ -279,6 +279,7 @@ fn remote_status(pod_uid: &str, task: &TaskInfo) -> RemoteStatus {
         .iter()
         .map(|c| RemoteContainer {
             name: c.name.clone(),
+            restarts: 0,
             state: match (c.last_status.as_str(), phase) {
                 ("STOPPED", _) | (_, RemotePhase::Stopped) => RemoteContainerState::Terminated {
                     // A task stopped from outside reports no exit code: count it as killed.
