@@ -156,6 +156,16 @@ pub async fn pod_create() -> anyhow::Result<()> {
             drop(hostile);
         }
     }
+    // The pods are bound to a node that does not exist, so nothing would ever confirm a
+    // graceful delete: remove them at once, or they stay Terminating in the test bed.
+    let now = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..kube::api::DeleteParams::default()
+    };
+    for api in [&plain_api, &allow_api, &patch_api, &hook_api] {
+        api.delete_collection(&now, &kube::api::ListParams::default())
+            .await?;
+    }
     let mut take =
         |series: Series| Samples::new(samples.remove(&(series as u8)).unwrap_or_default());
     let without = take(Series::NoWebhook);

@@ -3,7 +3,8 @@
 //! bearer token, the api-version, and every PUT body against the official spec's
 //! schemas (`aci_spec`) — and plays ARM's parts the node must handle: `201` plus an
 //! `Azure-AsyncOperation` to poll, groups that provision, run and get an IP over time,
-//! `202` deletes with a `Location`, paged lists with `nextLink`, container logs, and
+//! `202` deletes with a `Location`, paged lists with `nextLink`, container logs written
+//! a line a second (five in all), and
 //! bursts of `429 Too Many Requests` with `Retry-After`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -519,12 +520,15 @@ async fn logs(
     if !known {
         return arm_error(StatusCode::NOT_FOUND, "ContainerNotFound", &container);
     }
-    // Five lines a container writes at start, a second apart.
+    // A container writes five lines, one a second after its group's PUT: a read sees
+    // those written so far, so a follower sees lines arrive.
+    let elapsed = stored.created.elapsed();
     let started = jiff::Timestamp::now()
-        .checked_sub(jiff::SignedDuration::try_from(stored.created.elapsed()).unwrap_or_default())
+        .checked_sub(jiff::SignedDuration::try_from(elapsed).unwrap_or_default())
         .unwrap_or_else(|_| jiff::Timestamp::now());
     let timestamps = query.get("timestamps").map(String::as_str) == Some("true");
-    let mut lines: Vec<String> = (1..=5)
+    let written = elapsed.as_secs().min(5) as i64;
+    let mut lines: Vec<String> = (1..=written)
         .map(|i| {
             let at = started
                 .checked_add(jiff::SignedDuration::from_secs(i))
@@ -542,6 +546,8 @@ async fn logs(
         lines.drain(..skip);
     }
     let mut content = lines.join("\n");
-    content.push('\n');
+    if !content.is_empty() {
+        content.push('\n');
+    }
     json_response(StatusCode::OK, &json!({"content": content}))
 }

@@ -154,7 +154,46 @@ async fn aci_pods_run_with_secure_env_ips_and_logs_and_are_deleted() -> anyhow::
         "a Secret's value goes only as secureValue"
     );
 
-    // kubectl logs through the kubelet API and the ACI logs API.
+    // kubectl logs -f through the kubelet API and the ACI logs API: the container writes
+    // a line a second, so the stream opens before all five exist and must deliver the
+    // rest as they come, each once and in order.
+    let mut follow =
+        std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(spillway_e2e::run_dir().join("kubeconfig"))
+            .args(["logs", "-f", "-n", &ns.name, "web"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+    let stdout = follow.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(5)
+            .collect::<Vec<_>>()
+    });
+    wait_until(
+        "the followed stream to deliver five lines",
+        Duration::from_secs(30),
+        || async { Ok(reader.is_finished()) },
+    )
+    .await?;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let followed = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    assert_eq!(
+        followed,
+        [
+            "app line 1",
+            "app line 2",
+            "app line 3",
+            "app line 4",
+            "app line 5"
+        ]
+    );
     let logs = kubectl(&["logs", "-n", &ns.name, "web"])?;
     assert_eq!(
         logs,
