@@ -198,11 +198,13 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-/// The checks every call passes first: token, api-version, injected throttling.
+/// The checks every call passes first: token, api-version, injected throttling; a call
+/// that passes is counted in the field `counter` picks.
 fn gate(
     state: &ArmState,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
+    counter: fn(&mut CallCounts) -> &mut u64,
 ) -> Option<Response> {
     let expected = format!("Bearer {}", state.token);
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
@@ -218,15 +220,11 @@ fn gate(
         if *throttle > 0 {
             *throttle -= 1;
             lock(&state.counts).throttled += 1;
-            let mut response = arm_error(
+            return Some(retry_after_a_second(arm_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TooManyRequests",
                 "the request is throttled",
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return Some(response);
+            )));
         }
     }
     if query.get("api-version").map(String::as_str) != Some(API_VERSION) {
@@ -236,7 +234,33 @@ fn gate(
             &format!("api-version must be {API_VERSION}"),
         ));
     }
+    *counter(&mut lock(&state.counts)) += 1;
     None
+}
+
+/// `response` with `Retry-After: 1`.
+fn retry_after_a_second(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    response
+}
+
+/// The host the client called, for the URLs the fake hands back.
+fn host(headers: &HeaderMap) -> &str {
+    headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+}
+
+impl Stored {
+    /// When the group's containers started: its PUT, on the wall clock.
+    fn started(&self) -> jiff::Timestamp {
+        jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::try_from(self.created.elapsed()).unwrap_or_default())
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+    }
 }
 
 fn new_id(state: &ArmState) -> u64 {
@@ -256,9 +280,7 @@ fn view(name: &str, params: &(String, String), stored: &Stored, latency: Duratio
     group["name"] = json!(name);
     group["type"] = json!("Microsoft.ContainerInstance/containerGroups");
     let running = stored.created.elapsed() >= latency;
-    let started = jiff::Timestamp::now()
-        .checked_sub(jiff::SignedDuration::try_from(stored.created.elapsed()).unwrap_or_default())
-        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let started = stored.started();
     let properties = &mut group["properties"];
     properties["provisioningState"] = json!(if running { "Succeeded" } else { "Creating" });
     properties["instanceView"] =
@@ -303,10 +325,9 @@ async fn put_group(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refusal) = gate(&state, &headers, &query) {
+    if let Some(refusal) = gate(&state, &headers, &query, |c| &mut c.puts) {
         return refusal;
     }
-    lock(&state.counts).puts += 1;
     let Ok(body): Result<Value, _> = serde_json::from_slice(&body) else {
         return arm_error(
             StatusCode::BAD_REQUEST,
@@ -349,18 +370,12 @@ async fn put_group(
         },
         &view(&name, &(sub, rg), stored, state.behaviour.start_latency),
     );
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
+    let host = host(&headers);
     let operation = format!("http://{host}/fake/operations/{id}?api-version={API_VERSION}");
     if let Ok(value) = HeaderValue::from_str(&operation) {
         response.headers_mut().insert("azure-asyncoperation", value);
     }
-    response
-        .headers_mut()
-        .insert("retry-after", HeaderValue::from_static("1"));
-    response
+    retry_after_a_second(response)
 }
 
 async fn get_group(
@@ -369,10 +384,9 @@ async fn get_group(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = gate(&state, &headers, &query) {
+    if let Some(refusal) = gate(&state, &headers, &query, |c| &mut c.gets) {
         return refusal;
     }
-    lock(&state.counts).gets += 1;
     let groups = lock(&state.groups);
     match groups.get(&name) {
         Some(stored) => json_response(
@@ -393,10 +407,9 @@ async fn list(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = gate(&state, &headers, &query) {
+    if let Some(refusal) = gate(&state, &headers, &query, |c| &mut c.lists) {
         return refusal;
     }
-    lock(&state.counts).lists += 1;
     let skip: usize = query
         .get("$skipToken")
         .and_then(|s| s.parse().ok())
@@ -418,10 +431,7 @@ async fn list(
         .collect();
     let mut body = json!({"value": value});
     if skip + page < groups.len() {
-        let host = headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1");
+        let host = host(&headers);
         body["nextLink"] = json!(format!(
             "http://{host}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerInstance/containerGroups?api-version={API_VERSION}&$skipToken={}",
             skip + page
@@ -436,28 +446,21 @@ async fn delete_group(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = gate(&state, &headers, &query) {
+    if let Some(refusal) = gate(&state, &headers, &query, |c| &mut c.deletes) {
         return refusal;
     }
-    lock(&state.counts).deletes += 1;
     if lock(&state.groups).remove(&name).is_none() {
         return StatusCode::NO_CONTENT.into_response();
     }
     let id = new_id(&state);
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
+    let host = host(&headers);
     let mut response = StatusCode::ACCEPTED.into_response();
     if let Ok(value) = HeaderValue::from_str(&format!(
         "http://{host}/fake/deletions/{id}?api-version={API_VERSION}"
     )) {
         response.headers_mut().insert("location", value);
     }
-    response
-        .headers_mut()
-        .insert("retry-after", HeaderValue::from_static("1"));
-    response
+    retry_after_a_second(response)
 }
 
 async fn operation(
@@ -466,23 +469,19 @@ async fn operation(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = gate(&state, &headers, &query) {
+    if let Some(refusal) = gate(&state, &headers, &query, |c| &mut c.polls) {
         return refusal;
     }
-    lock(&state.counts).polls += 1;
     let done_at = lock(&state.operations).get(&id).copied();
     match done_at {
         None => arm_error(StatusCode::NOT_FOUND, "OperationNotFound", &id),
         Some(at) if Instant::now() >= at => {
             json_response(StatusCode::OK, &json!({"status": "Succeeded"}))
         }
-        Some(_) => {
-            let mut response = json_response(StatusCode::OK, &json!({"status": "InProgress"}));
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            response
-        }
+        Some(_) => retry_after_a_second(json_response(
+            StatusCode::OK,
+            &json!({"status": "InProgress"}),
+        )),
     }
 }
 
@@ -491,10 +490,9 @@ async fn deletion(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = gate(&state, &headers, &query) {
+    if let Some(refusal) = gate(&state, &headers, &query, |c| &mut c.polls) {
         return refusal;
     }
-    lock(&state.counts).polls += 1;
     StatusCode::OK.into_response()
 }
 
@@ -504,10 +502,9 @@ async fn logs(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = gate(&state, &headers, &query) {
+    if let Some(refusal) = gate(&state, &headers, &query, |c| &mut c.logs) {
         return refusal;
     }
-    lock(&state.counts).logs += 1;
     let groups = lock(&state.groups);
     let Some(stored) = groups.get(&name) else {
         return arm_error(StatusCode::NOT_FOUND, "ResourceNotFound", &name);
@@ -523,9 +520,7 @@ async fn logs(
     // A container writes five lines, one a second after its group's PUT: a read sees
     // those written so far, so a follower sees lines arrive.
     let elapsed = stored.created.elapsed();
-    let started = jiff::Timestamp::now()
-        .checked_sub(jiff::SignedDuration::try_from(elapsed).unwrap_or_default())
-        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let started = stored.started();
     let timestamps = query.get("timestamps").map(String::as_str) == Some("true");
     let written = elapsed.as_secs().min(5) as i64;
     let mut lines: Vec<String> = (1..=written)

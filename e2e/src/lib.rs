@@ -297,6 +297,54 @@ pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// `kubectl logs -f` of a pod, read on a thread of its own until it has `lines` lines.
+pub struct LogFollower {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl LogFollower {
+    /// Starts following `pod` in `namespace`.
+    pub fn start(namespace: &str, pod: &str, lines: usize) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new(repo_root().join("e2e/.build/bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(run_dir().join("kubeconfig"))
+            .args(["logs", "-f", "-n", namespace, pod])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("kubectl's stdout was not piped"))?;
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .take(lines)
+                .collect()
+        });
+        Ok(Self { child, reader })
+    }
+
+    /// Waits (at most `within`) for the lines, then stops kubectl and returns them.
+    pub async fn lines(mut self, within: Duration) -> anyhow::Result<Vec<String>> {
+        let reader = self.reader;
+        let waited = wait_until(
+            "the followed stream to deliver its lines",
+            within,
+            || async { Ok(reader.is_finished()) },
+        )
+        .await;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        waited?;
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the log reader panicked"))
+    }
+}
+
 /// A pod manifest bound directly to `node` (no scheduler involved), tolerating its taint.
 pub fn pod_on_node(
     name: &str,

@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use spillway_e2e::fake_arm::{Behaviour, FakeArm};
-use spillway_e2e::{NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_until};
+use spillway_e2e::{
+    LogFollower, NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_until,
+};
 
 const TOKEN: &str = "e2e-arm-token";
 
@@ -157,33 +159,9 @@ async fn aci_pods_run_with_secure_env_ips_and_logs_and_are_deleted() -> anyhow::
     // kubectl logs -f through the kubelet API and the ACI logs API: the container writes
     // a line a second, so the stream opens before all five exist and must deliver the
     // rest as they come, each once and in order.
-    let mut follow =
-        std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
-            .arg("--kubeconfig")
-            .arg(spillway_e2e::run_dir().join("kubeconfig"))
-            .args(["logs", "-f", "-n", &ns.name, "web"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-    let stdout = follow.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .take(5)
-            .collect::<Vec<_>>()
-    });
-    wait_until(
-        "the followed stream to deliver five lines",
-        Duration::from_secs(30),
-        || async { Ok(reader.is_finished()) },
-    )
-    .await?;
-    let _ = follow.kill();
-    let _ = follow.wait();
-    let followed = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let followed = LogFollower::start(&ns.name, "web", 5)?
+        .lines(Duration::from_secs(30))
+        .await?;
     assert_eq!(
         followed,
         [

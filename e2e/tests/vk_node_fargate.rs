@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    NodeFixture, SpillwayProcess, kubectl, pod_on_node, testbed_env, vk_node_args, wait_until,
+    LogFollower, NodeFixture, SpillwayProcess, kubectl, pod_on_node, testbed_env, vk_node_args,
+    wait_until,
 };
 
 struct Aws {
@@ -405,22 +406,7 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
     );
 
     // follow: lines written after the stream opened arrive while it stays open.
-    let mut follow =
-        std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
-            .arg("--kubeconfig")
-            .arg(spillway_e2e::run_dir().join("kubeconfig"))
-            .args(["logs", "-f", "-n", &ns.name, "web"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-    let stdout = follow.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .take(4)
-            .collect::<Vec<_>>()
-    });
+    let follower = LogFollower::start(&ns.name, "web", 4)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let later = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -437,16 +423,7 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
         )
         .send()
         .await?;
-    wait_until(
-        "the followed stream to deliver the new line",
-        Duration::from_secs(20),
-        || async { Ok(reader.is_finished()) },
-    )
-    .await?;
-    let _ = follow.kill();
-    let lines = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let lines = follower.lines(Duration::from_secs(20)).await?;
     assert_eq!(
         lines.last().map(String::as_str),
         Some("GET /late 200"),

@@ -290,47 +290,36 @@ impl<T: TokenSource> ArmClient<T> {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
+        // `Azure-AsyncOperation` names a status document; a `Location` answers 202 until
+        // the operation is done.
+        let (url, reads_status) = match (header("azure-asyncoperation"), header("location")) {
+            (Some(url), _) => (url, true),
+            (None, Some(url)) => (url, false),
+            (None, None) => return Ok(()),
+        };
         let deadline = tokio::time::Instant::now() + self.policy.operation_deadline;
         let mut wait = retry_after(&answer.headers).unwrap_or(self.policy.poll_interval);
-        if let Some(url) = header("azure-asyncoperation") {
-            loop {
-                if tokio::time::Instant::now() + wait > deadline {
-                    return Err(ProviderError::Transient(format!(
-                        "ARM operation still running after {:?}",
-                        self.policy.operation_deadline
-                    )));
-                }
-                tokio::time::sleep(wait).await;
-                let polled = self.call(Method::GET, &url, None).await?;
-                let status: OperationStatus =
-                    serde_json::from_slice(&polled.body).map_err(|e| {
-                        ProviderError::Transient(format!("unreadable ARM operation status: {e}"))
-                    })?;
+        loop {
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(ProviderError::Transient(format!(
+                    "ARM operation still running after {:?}",
+                    self.policy.operation_deadline
+                )));
+            }
+            tokio::time::sleep(wait).await;
+            let polled = self.call(Method::GET, &url, None).await?;
+            if reads_status {
+                let status: OperationStatus = parse(&polled.body, "operation status")?;
                 match status.status.as_str() {
                     "Succeeded" => return Ok(()),
                     "Failed" | "Canceled" => return Err(classify_operation(status.error)),
                     _ => {}
                 }
-                wait = retry_after(&polled.headers).unwrap_or(self.policy.poll_interval);
+            } else if polled.status != StatusCode::ACCEPTED {
+                return Ok(());
             }
+            wait = retry_after(&polled.headers).unwrap_or(self.policy.poll_interval);
         }
-        if let Some(url) = header("location") {
-            loop {
-                if tokio::time::Instant::now() + wait > deadline {
-                    return Err(ProviderError::Transient(format!(
-                        "ARM operation still running after {:?}",
-                        self.policy.operation_deadline
-                    )));
-                }
-                tokio::time::sleep(wait).await;
-                let polled = self.call(Method::GET, &url, None).await?;
-                if polled.status != StatusCode::ACCEPTED {
-                    return Ok(());
-                }
-                wait = retry_after(&polled.headers).unwrap_or(self.policy.poll_interval);
-            }
-        }
-        Ok(())
     }
 }
 
