@@ -114,9 +114,10 @@ pub struct FargateArgs {
     /// ECS cluster to run tasks in.
     #[arg(long, default_value = "default", env = "SPILLWAY_ECS_CLUSTER")]
     pub ecs_cluster: String,
-    /// This Kubernetes cluster's id, in every task's `startedBy` and tags and in secret
-    /// names: give each cluster sharing an ECS cluster (or an account) its own, and they
-    /// never adopt or stop each other's tasks.
+    /// This Kubernetes cluster's id, in every task's `startedBy` and tags, in secret names
+    /// and in every ACI container group's tags: give each cluster sharing an ECS cluster,
+    /// an account or an ACI resource group its own, and they never adopt or stop each
+    /// other's tasks or groups.
     #[arg(long, default_value = "default", env = "SPILLWAY_CLUSTER_ID",
         value_parser = cluster_id)]
     pub cluster_id: String,
