@@ -155,6 +155,9 @@ pub enum Mode {
     Bare,
     /// Parse the review with kube's types, allow with no patch: the least any webhook costs.
     Allow,
+    /// Parse the review with kube's types, answer a fixed patch shaped like Spillway's
+    /// local decision (two labels and an annotation holding the request UID).
+    Shaped,
 }
 
 /// Flags of `serve`.
@@ -168,7 +171,15 @@ pub struct ServeArgs {
     nodes: usize,
 }
 
-fn bare_router(with_patch: bool) -> Router {
+/// What a trivial webhook answers.
+#[derive(Clone, Copy)]
+enum TrivialPatch {
+    None,
+    OneLabel,
+    SpillwayShaped,
+}
+
+fn bare_router(patch: TrivialPatch) -> Router {
     Router::new().route(
         "/mutate",
         post(move |body: Bytes| async move {
@@ -177,13 +188,21 @@ fn bare_router(with_patch: bool) -> Router {
                 Err(error) => return (axum::http::StatusCode::BAD_REQUEST, error.to_string()).into_response_parts(),
             };
             let uid = review.request.map(|r| r.uid).unwrap_or_default();
-            let patch = base64::engine::general_purpose::STANDARD.encode(br#"[{"op":"add","path":"/metadata/labels/bench","value":"1"}]"#);
-            let answer = if with_patch {
-                serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                    "response": {"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": patch}})
-            } else {
-                serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                    "response": {"uid": uid, "allowed": true}})
+            let ops = match patch {
+                TrivialPatch::None => None,
+                TrivialPatch::OneLabel => Some(serde_json::json!([{"op": "add", "path": "/metadata/labels/bench", "value": "1"}])),
+                TrivialPatch::SpillwayShaped => Some(serde_json::json!([
+                    {"op": "add", "path": "/metadata/labels/spillway.io~1placement", "value": "local"},
+                    {"op": "add", "path": "/metadata/labels/spillway.io~1reason", "value": "no-pressure"},
+                    {"op": "add", "path": "/metadata/annotations/spillway.io~1decision", "value": uid},
+                ])),
+            };
+            let answer = match ops {
+                Some(ops) => serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": uid, "allowed": true, "patchType": "JSONPatch",
+                                 "patch": base64::engine::general_purpose::STANDARD.encode(ops.to_string())}}),
+                None => serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": uid, "allowed": true}}),
             };
             (axum::http::StatusCode::OK, serde_json::to_string(&answer).unwrap_or_default()).into_response_parts()
         }),
@@ -209,8 +228,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::write(dir.path().join("tls.key"), &pki.key_pem)?;
     std::fs::write(dir.path().join("ca.crt"), &pki.ca_pem)?;
     let app = match args.mode {
-        Mode::Bare => bare_router(true),
-        Mode::Allow => bare_router(false),
+        Mode::Bare => bare_router(TrivialPatch::OneLabel),
+        Mode::Allow => bare_router(TrivialPatch::None),
+        Mode::Shaped => bare_router(TrivialPatch::SpillwayShaped),
         Mode::Webhook => {
             let index =
                 synthetic::cluster(args.nodes, args.pods, DEPLOYMENTS.min(args.pods.max(1)));
