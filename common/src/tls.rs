@@ -614,6 +614,15 @@ mod tests {
         addr: SocketAddr,
         ca_pem: &str,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        tls_connect_as(addr, ca_pem, b"http/1.1").await
+    }
+
+    /// A TLS connection to `addr`, handshake done, offering only `alpn`.
+    async fn tls_connect_as(
+        addr: SocketAddr,
+        ca_pem: &str,
+        alpn: &[u8],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let mut roots = RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
@@ -625,7 +634,7 @@ mod tests {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         connector
@@ -731,6 +740,80 @@ mod tests {
             matches!(served, Ok(Ok(true))),
             "the third one is served once a slot frees"
         );
+        shutdown.cancel();
+    }
+
+    type H2Client = h2::client::SendRequest<bytes::Bytes>;
+    type H2Connection =
+        h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+    /// An HTTP/2 connection to `addr` that has been answered one `GET /`, so the server's
+    /// SETTINGS are in.
+    async fn h2_connect(addr: SocketAddr, ca_pem: &str) -> (H2Client, H2Connection) {
+        let tls = tls_connect_as(addr, ca_pem, b"h2").await.unwrap();
+        let (client, mut connection) = h2::client::handshake(tls).await.unwrap();
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::get(format!("https://{addr}/"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::select! {
+            response = response => response.unwrap(),
+            ended = &mut connection => panic!("the connection ended first: {ended:?}"),
+        };
+        assert_eq!(response.status(), 200);
+        (client, connection)
+    }
+
+    /// Opens `count` streams and resets each at once, all written in one go (this test
+    /// runs on one thread, so the connection only writes when it is polled after).
+    async fn rapid_resets(client: &mut H2Client, count: usize) {
+        for _ in 0..count {
+            let request = http::Request::get("/").body(()).unwrap();
+            let ready = client.clone().ready().await.unwrap();
+            *client = ready;
+            let (_, mut stream) = client.send_request(request, false).unwrap();
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+
+    #[tokio::test]
+    async fn http2_clients_get_the_stream_cap_and_rapid_resets_close_their_connection() {
+        let limits = ConnLimits {
+            max_concurrent_streams: 77,
+            max_pending_reset_streams: 50,
+            ..ConnLimits::default()
+        };
+        let (addr, pki, shutdown, _task) = limited_server(limits).await;
+        let (mut client, mut connection) = h2_connect(addr, &pki.ca_pem).await;
+        assert_eq!(
+            connection.max_concurrent_send_streams(),
+            77,
+            "the server's SETTINGS_MAX_CONCURRENT_STREAMS"
+        );
+
+        // 40 resets before the server took them: within the limit of 50 (hyper's own default
+        // is 20), so the connection still serves.
+        rapid_resets(&mut client, 40).await;
+        let request = http::Request::get("/").body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::select! {
+            response = response => response.expect("served after 40 resets"),
+            ended = &mut connection => panic!("closed after 40 resets: {ended:?}"),
+        };
+        assert_eq!(response.status(), 200);
+
+        // 200 more in one go: the server sends GOAWAY and closes.
+        rapid_resets(&mut client, 200).await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .expect("the server closes a rapid-reset connection");
+        let error = ended.expect_err("closed with an error code");
+        assert!(error.is_go_away() && error.is_remote(), "{error:?}");
+        assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+
+        // Other clients are still served.
+        assert_eq!(fetch(addr, &pki.ca_pem).await.unwrap(), "hello");
         shutdown.cancel();
     }
 
