@@ -365,6 +365,70 @@ async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> an
     Ok(())
 }
 
+/// Lines of `log`'s file (e2e/.run/logs) that contain `needle`.
+fn log_lines_with(log: &str, needle: &str) -> anyhow::Result<usize> {
+    let path = spillway_e2e::run_dir()
+        .join("logs")
+        .join(format!("{log}.log"));
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .filter(|line| line.contains(needle))
+        .count())
+}
+
+/// Out of file descriptors, every `accept` fails at once while the connection waits in
+/// the backlog: the webhook must back off (10 ms doubling to 1 s) rather than spin a
+/// core and flood its log, and answer again once descriptors are free.
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn out_of_file_descriptors_the_webhook_backs_off_and_recovers() -> anyhow::Result<()> {
+    let log = format!("webhook-emfile-{}", spillway_e2e::free_port()?);
+    let webhook = WebhookUnderTest::start(&log, "").await?;
+    const FAILED: &str = "accept failed; backing off";
+    // Cap its descriptors a few above what it holds now (prlimit changes a running process).
+    let pid = webhook.process.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let limit = format!("--nofile={}", open + 4);
+    let capped = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()?;
+    anyhow::ensure!(capped.success(), "prlimit {limit} failed");
+
+    // 40 connections that never start TLS: the first few take the free descriptors (until
+    // the 10 s handshake timeout), the rest wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(tokio::net::TcpStream::connect(("127.0.0.1", webhook.port)).await?);
+    }
+    wait_until(
+        "accept fails for want of descriptors",
+        Duration::from_secs(10),
+        || async { Ok(log_lines_with(&log, FAILED)? > 0) },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failures = log_lines_with(&log, FAILED)?;
+    // Backing off, 3 s of failures make about 10 lines; a loop that retried at once would
+    // have made many thousands.
+    assert!(
+        failures <= 40,
+        "{failures} failed accepts logged in about 3 s: no back-off"
+    );
+    assert!(
+        log_lines_with(&log, "Too many open files")? > 0,
+        "the failures were not for want of descriptors"
+    );
+
+    drop(held);
+    wait_until(
+        "the webhook answers again",
+        Duration::from_secs(30),
+        || async { Ok(curl_status(&webhook.url(), &[])? == Some(400)) },
+    )
+    .await?;
+    Ok(())
+}
+
 /// The `spillway.io/provider` a burst pod's required node affinity names.
 fn affinity_provider(pod: &Pod) -> Option<String> {
     let terms = pod
