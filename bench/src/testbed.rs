@@ -60,6 +60,8 @@ const SERIES: [Series; 6] = [
 ];
 const ROUNDS: usize = 20;
 const CREATES_PER_ROUND: usize = 100;
+/// Quiet time after the hostile clients connect and after they go.
+const HOSTILE_SETTLE: Duration = Duration::from_secs(1);
 
 /// A trivial webhook process registered for its own namespace.
 async fn trivial_webhook(
@@ -83,6 +85,27 @@ async fn trivial_webhook(
     Ok((ns, server, hook))
 }
 
+/// A `spillway webhook` process registered for a namespace of its own.
+async fn spillway_webhook(
+    client: &kube::Client,
+    name: &str,
+) -> anyhow::Result<(TestNamespace, WebhookUnderTest, RegisteredWebhook)> {
+    let ns = TestNamespace::create(client, name).await?;
+    let webhook = WebhookUnderTest::start(name, "").await?;
+    let hook = register_webhook(
+        client,
+        WebhookRegistration {
+            name: &ns.name,
+            url: &webhook.url(),
+            ca_pem: &webhook.ca_pem,
+            namespace: &ns.name,
+            failure_policy: "Ignore",
+        },
+    )
+    .await?;
+    Ok((ns, webhook, hook))
+}
+
 /// Waits until creates in `api` come back carrying `label` (the webhook is in the chain).
 async fn wait_in_chain(api: &Api<Pod>, label: &str) -> anyhow::Result<()> {
     wait_until(
@@ -102,57 +125,53 @@ async fn wait_in_chain(api: &Api<Pod>, label: &str) -> anyhow::Result<()> {
 }
 
 /// Pod-create latency with no webhook, a trivial webhook with and without a patch, and
-/// Spillway's webhook with and without hostile clients: 10 rounds of 100 creates per
-/// series, the order rotating each round.
+/// Spillway's webhook with and without hostile clients: the series' creates interleaved
+/// (one of each in turn, the order rotating), so a slow moment of the test bed falls on
+/// all of them alike.
 pub async fn pod_create() -> anyhow::Result<()> {
     let client = client().await?;
     let plain = TestNamespace::create(&client, "bench-plain").await?;
-    let hooked = TestNamespace::create(&client, "bench-hook").await?;
-    let webhook = WebhookUnderTest::start("bench-webhook", "").await?;
-    let _hook = register_webhook(
-        &client,
-        WebhookRegistration {
-            name: &hooked.name,
-            url: &webhook.url(),
-            ca_pem: &webhook.ca_pem,
-            namespace: &hooked.name,
-            failure_policy: "Ignore",
-        },
-    )
-    .await?;
+    let (hooked, _webhook, _hook) = spillway_webhook(&client, "bench-hook").await?;
+    let (hostile_ns, hostile_webhook, _hostile_hook) =
+        spillway_webhook(&client, "bench-hostile").await?;
     let (allow_ns, _allow, _allow_hook) = trivial_webhook(&client, "allow").await?;
     let (patch_ns, _patch, _patch_hook) = trivial_webhook(&client, "bare").await?;
     let (shaped_ns, _shaped, _shaped_hook) = trivial_webhook(&client, "shaped").await?;
     let api = |ns: &TestNamespace| Api::<Pod>::namespaced(client.clone(), &ns.name);
-    let (plain_api, hook_api) = (api(&plain), api(&hooked));
+    let (plain_api, hook_api, hostile_api) = (api(&plain), api(&hooked), api(&hostile_ns));
     let (allow_api, patch_api, shaped_api) = (api(&allow_ns), api(&patch_ns), api(&shaped_ns));
     wait_in_chain(&hook_api, "spillway.io/placement").await?;
+    wait_in_chain(&hostile_api, "spillway.io/placement").await?;
     wait_in_chain(&patch_api, "bench").await?;
     wait_in_chain(&shaped_api, "spillway.io/placement").await?;
     let mut samples: HashMap<u8, Vec<Duration>> = HashMap::new();
     let mut not_admitted_by_spillway = 0usize;
     for round in 0..ROUNDS {
-        let mut order = SERIES;
-        order.rotate_left(round % SERIES.len());
-        for series in order {
-            let api = match series {
-                Series::NoWebhook => &plain_api,
-                Series::Floor => &allow_api,
-                Series::PatchFloor => &patch_api,
-                Series::ShapedFloor => &shaped_api,
-                Series::Spillway | Series::SpillwayHostile => &hook_api,
-            };
-            let hostile = if series == Series::SpillwayHostile {
-                Some(HostileClients::open(webhook.port, &webhook.ca_pem, 1000, 50).await?)
-            } else {
-                None
-            };
-            let times = samples.entry(series as u8).or_default();
-            for i in 0..CREATES_PER_ROUND {
+        // The hostile clients hold the second Spillway webhook for the whole round.
+        let hostile =
+            HostileClients::open(hostile_webhook.port, &hostile_webhook.ca_pem, 1000, 50).await?;
+        // Measured is holding them, not the flood of their 1,050 handshakes: the server
+        // finishes those (session tickets, connection tasks) first.
+        tokio::time::sleep(HOSTILE_SETTLE).await;
+        for i in 0..CREATES_PER_ROUND {
+            let mut order = SERIES;
+            order.rotate_left((round * CREATES_PER_ROUND + i) % SERIES.len());
+            for series in order {
+                let api = match series {
+                    Series::NoWebhook => &plain_api,
+                    Series::Floor => &allow_api,
+                    Series::PatchFloor => &patch_api,
+                    Series::ShapedFloor => &shaped_api,
+                    Series::Spillway => &hook_api,
+                    Series::SpillwayHostile => &hostile_api,
+                };
                 let pod = bare_pod(&format!("s{}-{round}-{i}", series as u8))?;
                 let started = Instant::now();
                 let created = api.create(&PostParams::default(), &pod).await?;
-                times.push(started.elapsed());
+                samples
+                    .entry(series as u8)
+                    .or_default()
+                    .push(started.elapsed());
                 let labels = created.metadata.labels.unwrap_or_default();
                 if matches!(series, Series::Spillway | Series::SpillwayHostile)
                     && !labels.contains_key("spillway.io/placement")
@@ -160,8 +179,10 @@ pub async fn pod_create() -> anyhow::Result<()> {
                     not_admitted_by_spillway += 1;
                 }
             }
-            drop(hostile);
         }
+        // Their 1,050 closes must not land on the next round.
+        drop(hostile);
+        tokio::time::sleep(HOSTILE_SETTLE).await;
     }
     // The pods are bound to a node that does not exist, so nothing would ever confirm a
     // graceful delete: remove them at once, or they stay Terminating in the test bed.
@@ -169,7 +190,14 @@ pub async fn pod_create() -> anyhow::Result<()> {
         grace_period_seconds: Some(0),
         ..kube::api::DeleteParams::default()
     };
-    for api in [&plain_api, &allow_api, &patch_api, &shaped_api, &hook_api] {
+    for api in [
+        &plain_api,
+        &allow_api,
+        &patch_api,
+        &shaped_api,
+        &hook_api,
+        &hostile_api,
+    ] {
         api.delete_collection(&now, &kube::api::ListParams::default())
             .await?;
     }
@@ -197,13 +225,15 @@ pub async fn pod_create() -> anyhow::Result<()> {
     let body = format!(
         "## Pod-create latency with the webhook (`make bench`, spillway-bench pod-create)\n\n\
          Machine: {}. Test bed (kube-apiserver 1.37.2 on loopback); each webhook registered for its own namespace \
-         (failurePolicy Ignore, TLS, reinvocationPolicy IfNeeded); {ROUNDS} rounds of {CREATES_PER_ROUND} sequential creates \
-         per series, the order rotating each round; opted-in bare pods bound to a node that does not exist, so only the \
+         (failurePolicy Ignore, TLS, reinvocationPolicy IfNeeded); {ROUNDS} rounds of {CREATES_PER_ROUND} creates \
+         per series, interleaved (one create of each series in turn, the order rotating each time) so that a slow moment \
+         of the test bed falls on every series alike; opted-in bare pods bound to a node that does not exist, so only the \
          create is measured. The *floor* is a trivial webhook on the same TLS server stack that parses the review and \
          allows with no patch; the *patch floor* is the same server answering a one-op JSON patch; the *shaped patch \
          floor* answers a fixed patch of the shape Spillway returns here (two labels, one annotation). The hostile series \
-         is Spillway's webhook while 1,000 idle TLS connections and 50 slowloris clients (a header byte every 500 ms) \
-         are held open on it, in the same rounds.\n\n\
+         is a second `spillway webhook` (its own namespace) while 1,000 idle TLS connections and 50 slowloris clients \
+         (a header byte every 500 ms) are held open on it: opened before each round and closed after it, with {} s of \
+         quiet on either side (their handshakes and closes are a connection flood, not the cost of holding them).\n\n\
          | series | mean | p50 | p99 | mean / floor | p99 / floor | mean / shaped floor | p99 / shaped floor |\n\
          |---|---|---|---|---|---|---|---|\n{}{}{}{}{}{}\n\
          Targets: Spillway ≤ 1.05× the floor for mean and p99 (issue 8): mean {:.3}, p99 {:.3}. Any patch costs the \
@@ -213,6 +243,7 @@ pub async fn pod_create() -> anyhow::Result<()> {
          With hostile clients, p99 ≤ 1.2× Spillway's own p99 without them: {:.3}. Creates Spillway did not answer \
          (no placement label): {not_admitted_by_spillway} of {}.\n",
         report::machine(),
+        HOSTILE_SETTLE.as_secs(),
         row("no webhook", &without),
         row("floor: trivial webhook, no patch", &floor),
         row("patch floor: trivial webhook, one-op patch", &patch_floor),

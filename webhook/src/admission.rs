@@ -3,7 +3,6 @@
 //! unexpected is answered `allowed` with a warning.
 
 use k8s_openapi::api::core::v1::Pod;
-use serde::Deserialize as _;
 use spillway_common::config::OperatorConfig;
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
@@ -161,7 +160,7 @@ pub fn read_pod_create(request: &AdmissionRequest) -> Result<PodCreate<'_>, Box<
             allow().warn("spillway: request has no object; pod admitted unchanged"),
         )));
     };
-    match Pod::deserialize(object) {
+    match serde_json::from_str::<Pod>(object.get()) {
         Ok(pod) => Ok(PodCreate { request, pod }),
         Err(error) => Err(Box::new(Evaluation::plain(allow().warn(format!(
             "spillway: object is not a valid Pod ({error}); admitted unchanged"

@@ -213,6 +213,27 @@ async fn other_kinds_are_allowed_with_a_warning() {
 }
 
 #[tokio::test]
+async fn pod_objects_that_do_not_decode_are_allowed_unchanged_with_a_warning() {
+    let state = state("cluster-full.json");
+    let base = review("review-web.json");
+    for (object, warning) in [
+        (json!({"spec": {"containers": "web"}}), "not a valid Pod"),
+        (json!("a string"), "not a valid Pod"),
+        (Value::Null, "has no object"),
+    ] {
+        let mut bad = base.clone();
+        bad["request"]["object"] = object.clone();
+        let (_, answer) = admit(&state, &bad).await;
+        assert!(answer.response.patch.is_none(), "{object}: patched");
+        assert!(
+            answer.response.warnings.iter().any(|w| w.contains(warning)),
+            "{object}: {:?}",
+            answer.response.warnings
+        );
+    }
+}
+
+#[tokio::test]
 async fn unparseable_bodies_get_400_with_a_message() {
     let state = state("cluster-full.json");
     for body in [
