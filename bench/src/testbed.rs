@@ -92,17 +92,7 @@ async fn spillway_webhook(
 ) -> anyhow::Result<(TestNamespace, WebhookUnderTest, RegisteredWebhook)> {
     let ns = TestNamespace::create(client, name).await?;
     let webhook = WebhookUnderTest::start(name, "").await?;
-    let hook = register_webhook(
-        client,
-        WebhookRegistration {
-            name: &ns.name,
-            url: &webhook.url(),
-            ca_pem: &webhook.ca_pem,
-            namespace: &ns.name,
-            failure_policy: "Ignore",
-        },
-    )
-    .await?;
+    let hook = webhook.register_in(client, &ns.name).await?;
     Ok((ns, webhook, hook))
 }
 

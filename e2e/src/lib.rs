@@ -577,6 +577,26 @@ impl WebhookUnderTest {
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}/mutate", self.port)
     }
+
+    /// Registers it for pod creations in `namespace` (the configuration is named after
+    /// the namespace; failurePolicy Ignore, as the chart sets it).
+    pub async fn register_in(
+        &self,
+        client: &Client,
+        namespace: &str,
+    ) -> anyhow::Result<RegisteredWebhook> {
+        register_webhook(
+            client,
+            WebhookRegistration {
+                name: namespace,
+                url: &self.url(),
+                ca_pem: &self.ca_pem,
+                namespace,
+                failure_policy: "Ignore",
+            },
+        )
+        .await
+    }
 }
 
 /// Applies `deploy/rbac.yaml` and writes a kubeconfig that authenticates as the service

@@ -12,8 +12,8 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use spillway_e2e::hostile_clients::HostileClients;
 use spillway_e2e::{
-    NodeCleanupGuard, TestNamespace, WebhookRegistration, WebhookUnderTest, client, deployment,
-    register_webhook, scale, virtual_node, wait_until,
+    NodeCleanupGuard, TestNamespace, WebhookUnderTest, client, deployment, scale, virtual_node,
+    wait_until,
 };
 
 /// Tests that put a fargate virtual node in the cluster, or burst pods onto one, run one
@@ -61,17 +61,7 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
         .create(&PostParams::default(), &virtual_node(&node_name)?)
         .await?;
     let _node_cleanup = NodeCleanupGuard(node_name.clone());
-    let _hook = register_webhook(
-        &client,
-        WebhookRegistration {
-            name: &ns.name,
-            url: &webhook.url(),
-            ca_pem: &webhook.ca_pem,
-            namespace: &ns.name,
-            failure_policy: "Ignore",
-        },
-    )
-    .await?;
+    let _hook = webhook.register_in(&client, &ns.name).await?;
 
     // Fill the regular nodes past the 85 % threshold with a workload that is not opted in.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
@@ -316,17 +306,7 @@ async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> an
     let client = client().await?;
     let ns = TestNamespace::create(&client, "e2e-hostile").await?;
     let webhook = WebhookUnderTest::start(&format!("webhook-{}", ns.name), "").await?;
-    let _hook = register_webhook(
-        &client,
-        WebhookRegistration {
-            name: &ns.name,
-            url: &webhook.url(),
-            ca_pem: &webhook.ca_pem,
-            namespace: &ns.name,
-            failure_policy: "Ignore",
-        },
-    )
-    .await?;
+    let _hook = webhook.register_in(&client, &ns.name).await?;
 
     // 1,000 connections that finish their handshake and then say nothing, and 50
     // slowloris clients: a header byte every 500 ms, never the end of the headers.
@@ -498,17 +478,7 @@ async fn provider_auto_sends_each_pod_to_the_cheaper_usable_node() -> anyhow::Re
         },
     )
     .await?;
-    let _hook = register_webhook(
-        &client,
-        WebhookRegistration {
-            name: &ns.name,
-            url: &webhook.url(),
-            ca_pem: &webhook.ca_pem,
-            namespace: &ns.name,
-            failure_policy: "Ignore",
-        },
-    )
-    .await?;
+    let _hook = webhook.register_in(&client, &ns.name).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
