@@ -446,6 +446,18 @@ pub async fn phase(
     Ok(api.get_opt(name).await?.and_then(|p| p.status?.phase))
 }
 
+/// Waits until pod `name` is Running.
+pub async fn wait_running(
+    api: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    wait_until(&format!("{name} Running"), within, || async {
+        Ok(phase(api, name).await?.as_deref() == Some("Running"))
+    })
+    .await
+}
+
 /// A namespace and a virtual node named after it, both removed when dropped.
 pub struct NodeFixture {
     /// The test's client.

@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
     LogFollower, NodeFixture, SpillwayProcess, kubectl, pod_on_node, testbed_env, vk_node_args,
-    wait_until,
+    wait_running, wait_until,
 };
 
 struct Aws {
@@ -839,16 +839,7 @@ async fn a_throttled_stop_keeps_the_pod_until_its_task_is_stopped() -> anyhow::R
         &pod_on_node("web", node_name, json!({}))?,
     )
     .await?;
-    wait_until("web Running", Duration::from_secs(60), || async {
-        Ok(pods
-            .get("web")
-            .await?
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running"))
-    })
-    .await?;
+    wait_running(&pods, "web", Duration::from_secs(60)).await?;
     let uid = pods.get("web").await?.metadata.uid.unwrap_or_default();
     // More throttled StopTasks than the SDK retries on its own: the node must retry.
     proxy.fail_next(
@@ -929,16 +920,7 @@ async fn two_clusters_sharing_an_ecs_cluster_never_stop_each_others_tasks() -> a
         &pod_on_node("b0", node_name, json!({}))?,
     )
     .await?;
-    wait_until("beta's pod Running", Duration::from_secs(60), || async {
-        Ok(pods
-            .get("b0")
-            .await?
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running"))
-    })
-    .await?;
+    wait_running(&pods, "b0", Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let tasks = running_tasks(&fx.aws, &fx.cluster).await?;
     assert_eq!(
@@ -1069,16 +1051,7 @@ async fn a_log_of_twenty_thousand_lines_is_served_whole_and_tails_exactly() -> a
         &pod_on_node("chatty", node_name, json!({}))?,
     )
     .await?;
-    wait_until("chatty Running", Duration::from_secs(60), || async {
-        Ok(pods
-            .get("chatty")
-            .await?
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running"))
-    })
-    .await?;
+    wait_running(&pods, "chatty", Duration::from_secs(60)).await?;
     let uid = pods.get("chatty").await?.metadata.uid.unwrap_or_default();
     let task = running_tasks(&fx.aws, &fx.cluster).await?[&uid][0].clone();
     let task_id = task

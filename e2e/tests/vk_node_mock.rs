@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_removed, wait_until,
+    NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_removed, wait_running,
+    wait_until,
 };
 
 #[tokio::test]
@@ -299,16 +300,7 @@ async fn two_controller_replicas_never_drive_one_node() -> anyhow::Result<()> {
         &pod_on_node("web", node_name, json!({}))?,
     )
     .await?;
-    wait_until("web Running", Duration::from_secs(30), || async {
-        Ok(pods
-            .get("web")
-            .await?
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running"))
-    })
-    .await?;
+    wait_running(&pods, "web", Duration::from_secs(30)).await?;
     assert_eq!(
         holder(leases.clone(), lease_name.clone()).await?.as_deref(),
         Some("replica-a"),
@@ -493,16 +485,7 @@ async fn pods_bound_by_hand_that_break_the_rules_are_refused_by_the_node() -> an
         )
         .await?;
 
-    wait_until("the good pod Running", Duration::from_secs(30), || async {
-        Ok(pods
-            .get("good")
-            .await?
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running"))
-    })
-    .await?;
+    wait_running(&pods, "good", Duration::from_secs(30)).await?;
     let failed_with = |api: Api<Pod>, name: String, reason: &'static str| async move {
         wait_until(
             &format!("{name} Failed ({reason})"),
@@ -571,16 +554,7 @@ async fn kubelet_api_callers_are_authorized_not_only_authenticated() -> anyhow::
         &pod_on_node("web", node_name, json!({}))?,
     )
     .await?;
-    wait_until("web Running", Duration::from_secs(30), || async {
-        Ok(pods
-            .get("web")
-            .await?
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running"))
-    })
-    .await?;
+    wait_running(&pods, "web", Duration::from_secs(30)).await?;
     // A certificate from the right CA, for a name RBAC grants nothing.
     let pki = spillway_e2e::run_dir().join("pki");
     let dir = tempfile::tempdir()?;
@@ -674,16 +648,7 @@ async fn log_followers_beyond_the_cap_are_told_to_come_back() -> anyhow::Result<
         &pod_on_node("web", node_name, json!({}))?,
     )
     .await?;
-    wait_until("web Running", Duration::from_secs(30), || async {
-        Ok(pods
-            .get("web")
-            .await?
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running"))
-    })
-    .await?;
+    wait_running(&pods, "web", Duration::from_secs(30)).await?;
     let pki = spillway_e2e::run_dir().join("pki");
     let url = format!(
         "https://{kubelet}/containerLogs/{}/web/app?follow=true",
