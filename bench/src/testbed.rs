@@ -20,7 +20,7 @@ use spillway_e2e::{
 };
 
 use crate::report;
-use crate::stats::{Samples, ms, rss_kib};
+use crate::stats::{Samples, ms, rss_kib, us};
 
 fn bare_pod(name: &str) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
@@ -121,7 +121,7 @@ async fn wait_in_chain(api: &Api<Pod>, label: &str) -> anyhow::Result<()> {
 pub async fn pod_create() -> anyhow::Result<()> {
     let client = client().await?;
     let plain = TestNamespace::create(&client, "bench-plain").await?;
-    let (hooked, _webhook, _hook) = spillway_webhook(&client, "bench-hook").await?;
+    let (hooked, webhook, _hook) = spillway_webhook(&client, "bench-hook").await?;
     let (hostile_ns, hostile_webhook, _hostile_hook) =
         spillway_webhook(&client, "bench-hostile").await?;
     let (allow_ns, _allow, _allow_hook) = trivial_webhook(&client, "allow").await?;
@@ -174,6 +174,12 @@ pub async fn pod_create() -> anyhow::Result<()> {
         drop(hostile);
         tokio::time::sleep(HOSTILE_SETTLE).await;
     }
+    // Spillway's own time per review, from the review's bytes to its answer.
+    let handler = spillway_e2e::metrics_text(webhook.admin_port)?;
+    let handler_count = metric(&handler, "spillway_admission_duration_seconds_count", &[]);
+    let handler_mean = Duration::from_secs_f64(
+        metric(&handler, "spillway_admission_duration_seconds_sum", &[]) / handler_count.max(1.0),
+    );
     // The pods are bound to a node that does not exist, so nothing would ever confirm a
     // graceful delete: remove them at once, or they stay Terminating in the test bed.
     let now = kube::api::DeleteParams {
@@ -230,7 +236,9 @@ pub async fn pod_create() -> anyhow::Result<()> {
          apiserver work a no-patch webhook never causes (it applies the patch and decodes the changed pod again: the \
          patch floors' rows), and Spillway must label every opted-in pod it admits (DESIGN §2), so the webhook's own \
          share is its ratio to the shaped patch floor, a trivial webhook answering the same patch: mean {:.3}, p99 {:.3}. \
-         With hostile clients, p99 ≤ 1.2× Spillway's own p99 without them: {:.3}. Creates Spillway did not answer \
+         Spillway's own time per review (its `spillway_admission_duration_seconds`, from the \
+         review's bytes to its answer): mean {} over {handler_count} reviews. With hostile clients, p99 ≤ 1.2× \
+         Spillway's own p99 without them: {:.3}. Creates Spillway did not answer \
          (no placement label): {not_admitted_by_spillway} of {}.\n",
         report::machine(),
         HOSTILE_SETTLE.as_secs(),
@@ -247,6 +255,7 @@ pub async fn pod_create() -> anyhow::Result<()> {
         ratio(with.percentile(99.0), floor.percentile(99.0)),
         ratio(with.mean(), shaped_floor.mean()),
         ratio(with.percentile(99.0), shaped_floor.percentile(99.0)),
+        us(handler_mean),
         ratio(hostile.percentile(99.0), with.percentile(99.0)),
         with.len() + hostile.len(),
     );

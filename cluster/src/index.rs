@@ -717,6 +717,21 @@ impl ClusterIndex {
             .unwrap_or(default_provider)
     }
 
+    /// The pods of ReplicaSet `uid` that count as its replicas (pending or running, not
+    /// being deleted), local and burst; none when the index does not know it.
+    pub fn replicaset_counts(&self, uid: &str) -> PlacementCounts {
+        self.replicaset_slots
+            .get(&compact_uid(uid))
+            .map(|&slot| {
+                let rs = &self.replicasets[slot as usize];
+                PlacementCounts {
+                    local: rs.local,
+                    burst: rs.burst,
+                }
+            })
+            .unwrap_or_default()
+    }
+
     /// The Deployment owning the ReplicaSet with `uid`, when the index knows the link,
     /// as (namespace/name key).
     pub fn deployment_of_replicaset(&self, uid: &str) -> Option<&str> {

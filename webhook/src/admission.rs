@@ -3,6 +3,7 @@
 //! unexpected is answered `allowed` with a warning.
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use spillway_common::config::OperatorConfig;
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
@@ -12,7 +13,7 @@ use crate::patch::{self, Mutation};
 use crate::review::{AdmissionRequest, AdmissionResponse};
 use spillway_cluster::decision::PlacementCounts;
 use spillway_cluster::decision::{
-    self, BudgetFacts, Decision, Placement, PodFacts, Reason, choose_provider,
+    self, BudgetFacts, Decision, HpaFacts, Placement, PodFacts, Reason, choose_provider,
 };
 use spillway_cluster::index::ClusterIndex;
 use spillway_cluster::policy;
@@ -41,15 +42,44 @@ impl Evaluation {
     }
 }
 
-/// The Deployment a pod belongs to, through its controlling ReplicaSet: the index's link
-/// when it has one, else the ReplicaSet name less its `pod-template-hash` suffix.
-fn workload_key(pod: &Pod, namespace: &str, index: &ClusterIndex) -> Option<String> {
-    let owner = pod
-        .metadata
+/// The ReplicaSet that controls a pod.
+fn controlling_replicaset(pod: &Pod) -> Option<&OwnerReference> {
+    pod.metadata
         .owner_references
         .iter()
         .flatten()
-        .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))?;
+        .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))
+}
+
+/// What the HPA asks of the Deployment, counting this pod as evidence: the pod exists
+/// because its ReplicaSet was scaled to at least its own replicas, this one and the
+/// decisions in flight, even when the watch has not yet shown the Deployment's new
+/// replicas or the HPA's new status (both lag the pods they cause). Only the pod's own
+/// ReplicaSet counts, so a rollout's surge pods are not taken for pressure.
+fn hpa_with_this_pod(
+    hpa: Option<HpaFacts>,
+    pod: &Pod,
+    index: &ClusterIndex,
+    in_flight: PlacementCounts,
+) -> Option<HpaFacts> {
+    let mut hpa = hpa?;
+    let own = controlling_replicaset(pod)
+        .map(|owner| index.replicaset_counts(&owner.uid))
+        .unwrap_or_default();
+    let this_pod = own
+        .local
+        .saturating_add(own.burst)
+        .saturating_add(in_flight.local)
+        .saturating_add(in_flight.burst)
+        .saturating_add(1);
+    hpa.desired_replicas = hpa.desired_replicas.max(this_pod.min(hpa.max_replicas));
+    Some(hpa)
+}
+
+/// The Deployment a pod belongs to, through its controlling ReplicaSet: the index's link
+/// when it has one, else the ReplicaSet name less its `pod-template-hash` suffix.
+fn workload_key(pod: &Pod, namespace: &str, index: &ClusterIndex) -> Option<String> {
+    let owner = controlling_replicaset(pod)?;
     if let Some(key) = index.deployment_of_replicaset(&owner.uid) {
         return Some(key.to_owned());
     }
@@ -235,13 +265,13 @@ pub fn evaluate_pod(
     let previous = previous_decision(pod, provider);
     let decision = previous.unwrap_or_else(|| {
         let mut counts = view.as_ref().map(|v| v.counts).unwrap_or_default();
-        let mut burst_in_flight = 0;
+        let mut pending = PlacementCounts::default();
         if let Some(key) = workload.as_deref() {
-            let pending = in_flight(key);
+            pending = in_flight(key);
             counts.local += pending.local;
             counts.burst += pending.burst;
-            burst_in_flight = pending.burst;
         }
+        let burst_in_flight = pending.burst;
         let budget = budget_facts(
             index,
             workload.as_deref(),
@@ -261,7 +291,7 @@ pub fn evaluate_pod(
             ineligible: &ineligible,
             counts,
             replicas: view.as_ref().map(|v| v.replicas).unwrap_or(1),
-            hpa: view.as_ref().and_then(|v| v.hpa),
+            hpa: hpa_with_this_pod(view.as_ref().and_then(|v| v.hpa), pod, index, pending),
             budget,
         };
         decision::decide(&facts, &policy, config, index)

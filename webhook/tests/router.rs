@@ -25,7 +25,11 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn state(cluster: &str) -> WebhookState {
-    let index = cluster_state::load(&fixture(cluster)).expect("fixture cluster loads");
+    state_of(&fixture(cluster))
+}
+
+fn state_of(cluster: &[u8]) -> WebhookState {
+    let index = cluster_state::load(cluster).expect("cluster loads");
     WebhookState {
         index: Arc::new(RwLock::new(index)),
         in_flight: Arc::new(Mutex::new(InFlight::new(DEFAULT_TTL))),
@@ -210,6 +214,69 @@ async fn other_kinds_are_allowed_with_a_warning() {
     let (_, answer) = admit(&state, &review("review-configmap.json")).await;
     assert!(answer.response.patch.is_none());
     assert!(answer.response.warnings[0].contains("ConfigMap"));
+}
+
+/// The idle cluster with an HPA on shop/web (min 2, max 5) that has just scaled it up,
+/// seen by the webhook before the watch shows it: the Deployment and the HPA's status
+/// still say 3 replicas, and the ReplicaSet holds 3 pods (max-burst raised to 5).
+fn state_before_the_scale_up_shows() -> WebhookState {
+    let mut cluster: Value = serde_json::from_slice(&fixture("cluster-idle.json")).unwrap();
+    let items = cluster["items"].as_array_mut().unwrap();
+    for item in items.iter_mut() {
+        if item["kind"] == "Deployment" && item["metadata"]["name"] == "web" {
+            item["spec"]["replicas"] = json!(3);
+            item["metadata"]["annotations"]["spillway.io/max-burst"] = json!("5");
+        }
+    }
+    items.push(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                 "minReplicas": 2, "maxReplicas": 5},
+        "status": {"currentReplicas": 3, "desiredReplicas": 3}
+    }));
+    state_of(&serde_json::to_vec(&cluster).unwrap())
+}
+
+fn labels(pod: &Value) -> (String, String) {
+    let label = |key: &str| {
+        pod["metadata"]["labels"][key]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (label("spillway.io/placement"), label("spillway.io/reason"))
+}
+
+#[tokio::test]
+async fn pods_of_a_scale_up_the_watch_has_not_shown_yet_burst_for_hpa() {
+    let state = state_before_the_scale_up_shows();
+    // The 4th and 5th replicas of a batch: 4/5 and 5/5 of maxReplicas, at or over 0.8.
+    for (uid, name) in [
+        ("uid-4th", "web-7d4b9c6f5-n4"),
+        ("uid-5th", "web-7d4b9c6f5-n5"),
+    ] {
+        let mut review = review("review-web.json");
+        review["request"]["uid"] = json!(uid);
+        review["request"]["object"]["metadata"]["name"] = json!(name);
+        let (pod, _) = admit(&state, &review).await;
+        assert_eq!(labels(&pod), ("burst".into(), "hpa".into()), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_rollouts_new_replicaset_is_not_taken_for_hpa_pressure() {
+    let state = state_before_the_scale_up_shows();
+    // The first pod of a new ReplicaSet (a rollout's surge pod): its own ReplicaSet holds
+    // none yet, so it says nothing of the HPA's scale.
+    let mut review = review("review-web.json");
+    let object = &mut review["request"]["object"]["metadata"];
+    object["labels"]["pod-template-hash"] = json!("5f6b8c9d7");
+    object["generateName"] = json!("web-5f6b8c9d7-");
+    object["ownerReferences"][0]["name"] = json!("web-5f6b8c9d7");
+    object["ownerReferences"][0]["uid"] = json!("00000000-0000-4000-8000-000000055555");
+    let (pod, _) = admit(&state, &review).await;
+    assert_eq!(labels(&pod), ("local".into(), "no-pressure".into()));
 }
 
 #[tokio::test]
