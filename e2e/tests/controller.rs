@@ -685,10 +685,11 @@ async fn a_disruption_budget_holds_the_move_back_until_it_allows_it() -> anyhow:
             &deployment("web", 3, "100m", json!({"spillway.io/burst": "true"}))?,
         )
         .await?;
-    wait_until("3 burst", Duration::from_secs(60), || async {
+    let waited = wait_until("3 burst", Duration::from_secs(60), || async {
         Ok(count(&placed(pods, "web").await?, &run.node_name, "burst") == 3)
     })
-    .await?;
+    .await;
+    with_placements(waited, pods, "web").await?;
     // No disruption allowed: every eviction is refused with a 429.
     kubectl(&[
         "-n",
