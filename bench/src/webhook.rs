@@ -197,13 +197,12 @@ fn bare_router(patch: TrivialPatch) -> Router {
                     {"op": "add", "path": "/metadata/annotations/spillway.io~1decision", "value": uid},
                 ])),
             };
-            let answer = match ops {
-                Some(ops) => serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                    "response": {"uid": uid, "allowed": true, "patchType": "JSONPatch",
-                                 "patch": base64::engine::general_purpose::STANDARD.encode(ops.to_string())}}),
-                None => serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                    "response": {"uid": uid, "allowed": true}}),
-            };
+            let mut answer = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "response": {"uid": uid, "allowed": true}});
+            if let Some(ops) = ops {
+                answer["response"]["patchType"] = "JSONPatch".into();
+                answer["response"]["patch"] = base64::engine::general_purpose::STANDARD.encode(ops.to_string()).into();
+            }
             (axum::http::StatusCode::OK, serde_json::to_string(&answer).unwrap_or_default()).into_response_parts()
         }),
     )

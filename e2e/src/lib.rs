@@ -200,6 +200,11 @@ where
     Ok(())
 }
 
+/// The file a process started with log name `log` writes to: `e2e/.run/logs/<log>.log`.
+pub fn log_path(log: &str) -> PathBuf {
+    run_dir().join("logs").join(format!("{log}.log"))
+}
+
 /// A `spillway` process killed (SIGKILL) when dropped; its stderr goes to
 /// `e2e/.run/logs/<log>.log`.
 pub struct SpillwayProcess {
@@ -210,8 +215,10 @@ pub struct SpillwayProcess {
 impl SpillwayProcess {
     /// Starts `spillway ARGS…` against the test bed.
     pub fn start(args: &[String], log: &str, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let logs = run_dir().join("logs");
-        std::fs::create_dir_all(&logs)?;
+        let path = log_path(log);
+        if let Some(logs) = path.parent() {
+            std::fs::create_dir_all(logs)?;
+        }
         let mut command = std::process::Command::new(spillway_binary()?);
         command
             .args(args)
@@ -222,7 +229,7 @@ impl SpillwayProcess {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(logs.join(format!("{log}.log")))?,
+                    .open(path)?,
             );
         for (key, value) in extra_env {
             command.env(key, value);

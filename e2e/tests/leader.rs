@@ -33,7 +33,7 @@ fn kubeconfig_via(server: &str, name: &str) -> anyhow::Result<std::path::PathBuf
 
 /// Times (µs since the epoch) at which the replica logging to `log` started a create.
 fn create_times(log: &str) -> anyhow::Result<Vec<i64>> {
-    let text = std::fs::read_to_string(run_dir().join("logs").join(format!("{log}.log")))?;
+    let text = std::fs::read_to_string(spillway_e2e::log_path(log))?;
     let mut times = Vec::new();
     for line in text.lines() {
         let Ok(entry) = serde_json::from_str::<Value>(line) else {
@@ -48,8 +48,7 @@ fn create_times(log: &str) -> anyhow::Result<Vec<i64>> {
 }
 
 fn logged(log: &str, message: &str) -> bool {
-    std::fs::read_to_string(run_dir().join("logs").join(format!("{log}.log")))
-        .is_ok_and(|text| text.contains(message))
+    std::fs::read_to_string(spillway_e2e::log_path(log)).is_ok_and(|text| text.contains(message))
 }
 
 #[tokio::test]

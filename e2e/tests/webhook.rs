@@ -347,10 +347,7 @@ async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> an
 
 /// Lines of `log`'s file (e2e/.run/logs) that contain `needle`.
 fn log_lines_with(log: &str, needle: &str) -> anyhow::Result<usize> {
-    let path = spillway_e2e::run_dir()
-        .join("logs")
-        .join(format!("{log}.log"));
-    Ok(std::fs::read_to_string(path)?
+    Ok(std::fs::read_to_string(spillway_e2e::log_path(log))?
         .lines()
         .filter(|line| line.contains(needle))
         .count())
