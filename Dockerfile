@@ -8,7 +8,7 @@
 #   docker build -t <your-registry>/spillway:0.1.0 .
 # and set the chart's image.repository / image.tag to what you pushed.
 
-FROM rust:1.90-bookworm AS build
+FROM rust:1.94.1-bookworm AS build
 WORKDIR /src
 COPY . .
 # The release profile keeps line tables (250 MB); the image gets the stripped binary

@@ -281,7 +281,12 @@ fn pressure(
     let threshold = policy
         .capacity_threshold
         .unwrap_or(config.capacity_threshold);
-    if over_threshold(totals, &facts.needs, threshold) {
+    // Room the autoscaler added because Spillway asked for it is the workload's own: while
+    // its backfill is outstanding, a pod that a regular node fits goes there, whatever the
+    // cluster's utilization (else the new node would look full and the replica would burst
+    // again).
+    let bought_room = config.backfill.enabled() && policy.backfilling;
+    if !bought_room && over_threshold(totals, &facts.needs, threshold) {
         return Some(Reason::Capacity);
     }
     if !capacity.any_node_fits(&facts.needs, facts.tolerations) {
@@ -441,6 +446,26 @@ mod tests {
                 },
                 capacity: cluster(1_500, true),
                 expected: (BURST, Reason::Capacity),
+            },
+            Case {
+                name: "backfilled workload: the threshold yields when a node fits",
+                facts: facts(0, 2),
+                policy: WorkloadPolicy {
+                    backfilling: true,
+                    ..opted_in()
+                },
+                capacity: cluster(9_000, true),
+                expected: (Placement::Local, Reason::NoPressure),
+            },
+            Case {
+                name: "backfilled workload: no node fits yet, it still bursts",
+                facts: facts(0, 2),
+                policy: WorkloadPolicy {
+                    backfilling: true,
+                    ..opted_in()
+                },
+                capacity: cluster(9_000, false),
+                expected: (BURST, Reason::NoFit),
             },
             Case {
                 name: "no node fits",
@@ -650,6 +675,13 @@ mod tests {
         ];
         for case in cases {
             let decision = decide(&case.facts, &case.policy, &config, &case.capacity);
+            if case.policy.backfilling {
+                // With backfill off, the annotation left behind changes nothing.
+                let mut off = config.clone();
+                off.backfill.mode = spillway_common::config::BackfillMode::Off;
+                let without = decide(&case.facts, &case.policy, &off, &case.capacity);
+                assert_eq!(without.placement, BURST, "{} (backfill off)", case.name);
+            }
             assert_eq!(
                 (decision.placement, decision.reason),
                 case.expected,

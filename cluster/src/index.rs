@@ -437,8 +437,15 @@ impl ClusterIndex {
             .and_then(|l| l.get(keys::PLACEMENT))
             .is_some_and(|v| v == "burst");
         let on_virtual = node != NO_SLOT && self.nodes[node as usize].is_virtual;
+        // Room held by Spillway's placeholder pods counts as free: any real pod preempts
+        // them, and the workload they hold it for must see the node it asked for as empty.
+        let placeholder = pod
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(keys::BACKFILL_FOR));
         let mut flags = 0;
-        if !finished {
+        if !finished && !placeholder {
             flags |= POD_HOLDS_RESOURCES;
             if !deleting {
                 flags |= POD_COUNTED;
@@ -766,6 +773,16 @@ impl ClusterIndex {
             .is_some_and(|slot| self.nodes[*slot as usize].is_virtual)
     }
 
+    /// Whether node `name` carries a NoSchedule/NoExecute taint with `key`.
+    pub fn node_has_taint(&self, name: &str, key: &str) -> bool {
+        self.node_slots.get(name).is_some_and(|slot| {
+            self.nodes[*slot as usize]
+                .taints
+                .iter()
+                .any(|t| &*t.key == key)
+        })
+    }
+
     /// The `spillway.io/provider` of virtual node `name`.
     pub fn node_provider(&self, name: &str) -> Option<Provider> {
         self.nodes[*self.node_slots.get(name)? as usize].provider
@@ -887,6 +904,32 @@ mod tests {
         assert_eq!(index.totals().requested_cpu, 500);
         index.delete_node("a");
         assert_eq!(index.totals(), CapacityTotals::default());
+    }
+
+    #[test]
+    fn placeholder_pods_hold_no_room_in_the_sums_or_the_fit_scan() {
+        let mut index = ClusterIndex::new();
+        index.apply_node(&node("new", "2", "8Gi"));
+        let mut placeholder = pod("ph1", Some("new"), "rs1", "1500m");
+        placeholder.metadata.labels =
+            Some([(keys::BACKFILL_FOR.to_owned(), "web".to_owned())].into());
+        placeholder.metadata.owner_references = None;
+        index.apply_pod(&placeholder);
+        let needs = PodResources {
+            cpu_millis: 1500,
+            memory_bytes: 1 << 30,
+            cpu_specified: true,
+            memory_specified: true,
+        };
+        assert_eq!(index.totals().requested_cpu, 0);
+        assert!(
+            index.any_node_fits(&needs, &[]),
+            "the placeholder's room is free"
+        );
+        // A real pod of the same size does hold its room.
+        index.apply_pod(&pod("real", Some("new"), "rs1", "1500m"));
+        assert_eq!(index.totals().requested_cpu, 1500);
+        assert!(!index.any_node_fits(&needs, &[]));
     }
 
     #[test]

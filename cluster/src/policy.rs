@@ -44,6 +44,10 @@ pub struct WorkloadPolicy {
     pub spot: bool,
     /// `spillway.io/max-usd-per-hour`: budget of this workload's burst pods.
     pub max_usd_per_hour: Option<f64>,
+    /// `spillway.io/backfill` on the Deployment: the controller has asked the autoscaler
+    /// for real nodes for this workload's burst replicas (only the Deployment's own
+    /// annotation counts: the controller writes it there).
+    pub backfilling: bool,
 }
 
 fn parse_bool(key: &str, value: &str, warnings: &mut Vec<String>) -> bool {
@@ -154,6 +158,7 @@ pub fn read(
         .and_then(|v| parse_threshold(keys::HPA_THRESHOLD, v, &mut warnings));
     policy.spot = get(keys::SPOT).is_some_and(|v| parse_bool(keys::SPOT, v, &mut warnings));
     policy.max_usd_per_hour = get(keys::MAX_USD_PER_HOUR).and_then(|v| parse_usd(v, &mut warnings));
+    policy.backfilling = deployment.is_some_and(|a| a.contains_key(keys::BACKFILL));
     (policy, warnings)
 }
 

@@ -141,6 +141,85 @@ impl Default for PendingSpillConfig {
     }
 }
 
+/// How Spillway asks the cluster's autoscaler for real nodes for burst replicas (DESIGN §4).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum BackfillMode {
+    /// A `CapacityBuffer` when the cluster serves the CRD, else placeholder pods.
+    #[default]
+    Auto,
+    /// A `CapacityBuffer` (`autoscaling.x-k8s.io`) per bursting workload.
+    CapacityBuffer,
+    /// Low-priority pause pods with the burst pods' requests, preempted by real pods.
+    Placeholders,
+    /// No request: burst replicas come home only when utilization drops.
+    Off,
+}
+
+impl BackfillMode {
+    /// The camelCase name used in the config, metrics and `spillway status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackfillMode::Auto => "auto",
+            BackfillMode::CapacityBuffer => "capacityBuffer",
+            BackfillMode::Placeholders => "placeholders",
+            BackfillMode::Off => "off",
+        }
+    }
+}
+
+/// Backfill settings: burst is a bridge until real nodes arrive (DESIGN §4).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BackfillConfig {
+    /// How capacity is requested.
+    pub mode: BackfillMode,
+    /// How long a workload must have had burst replicas before capacity is requested
+    /// (a short spike buys nothing).
+    pub after_seconds: u64,
+    /// Cap on the CPU requested across the cluster (a Kubernetes quantity); none by default.
+    pub max_cpu: Option<String>,
+    /// Cap on the memory requested across the cluster (a Kubernetes quantity); none by
+    /// default.
+    pub max_memory: Option<String>,
+    /// The image placeholder pods run with the argument `pause` (the chart sets Spillway's
+    /// own, whose `spillway pause` sleeps until stopped); placeholders mode needs it.
+    pub placeholder_image: Option<String>,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self {
+            mode: BackfillMode::Auto,
+            after_seconds: 60,
+            max_cpu: None,
+            max_memory: None,
+            placeholder_image: None,
+        }
+    }
+}
+
+impl BackfillConfig {
+    /// Whether backfill is on at all.
+    pub fn enabled(&self) -> bool {
+        self.mode != BackfillMode::Off
+    }
+
+    /// `maxCpu` in millicores (`None`: unlimited). Checked by `validate`.
+    pub fn max_cpu_millis(&self) -> Option<u64> {
+        self.max_cpu
+            .as_deref()
+            .and_then(|q| crate::quantity::cpu_millis(q).ok())
+    }
+
+    /// `maxMemory` in bytes (`None`: unlimited). Checked by `validate`.
+    pub fn max_memory_bytes(&self) -> Option<u64> {
+        self.max_memory
+            .as_deref()
+            .and_then(|q| crate::quantity::bytes(q).ok())
+    }
+}
+
 /// Cost budget (DESIGN §2).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -212,6 +291,8 @@ pub struct OperatorConfig {
     pub budget: BudgetConfig,
     /// Prices used for cost metrics and `explain-pod`.
     pub pricing: PricingConfig,
+    /// Backfill: real nodes requested for burst replicas.
+    pub backfill: BackfillConfig,
 }
 
 impl Default for OperatorConfig {
@@ -224,6 +305,7 @@ impl Default for OperatorConfig {
             pending_spill: PendingSpillConfig::default(),
             budget: BudgetConfig::default(),
             pricing: PricingConfig::default(),
+            backfill: BackfillConfig::default(),
         }
     }
 }
@@ -336,6 +418,23 @@ impl OperatorConfig {
         non_negative_price("pricing.fargate.gbHour", self.pricing.fargate.gb_hour)?;
         non_negative_price("pricing.aci.vcpuHour", self.pricing.aci.vcpu_hour)?;
         non_negative_price("pricing.aci.gbHour", self.pricing.aci.gb_hour)?;
+        at_most_a_day("backfill.afterSeconds", self.backfill.after_seconds)?;
+        if let Some(cpu) = &self.backfill.max_cpu {
+            crate::quantity::cpu_millis(cpu).map_err(|_| {
+                (
+                    "backfill.maxCpu",
+                    format!("must be a CPU quantity such as 8 or 500m, got {cpu:?}"),
+                )
+            })?;
+        }
+        if let Some(memory) = &self.backfill.max_memory {
+            crate::quantity::bytes(memory).map_err(|_| {
+                (
+                    "backfill.maxMemory",
+                    format!("must be a memory quantity such as 16Gi, got {memory:?}"),
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -528,6 +627,50 @@ mod tests {
         assert!(error.contains("1.5"), "{error}");
         let error = parse("capacityThreshold: 0").unwrap_err().to_string();
         assert!(error.contains("capacityThreshold"), "{error}");
+    }
+
+    #[test]
+    fn backfill_defaults_parse_and_refusals_name_the_key() {
+        let defaults = parse("").unwrap().backfill;
+        assert_eq!(defaults.mode, BackfillMode::Auto);
+        assert_eq!(defaults.after_seconds, 60);
+        assert_eq!(defaults.max_cpu_millis(), None);
+        let config = parse(
+            "backfill:\n  mode: placeholders\n  afterSeconds: 5\n  maxCpu: 1500m\n  maxMemory: 2Gi\n",
+        )
+        .unwrap()
+        .backfill;
+        assert_eq!(config.mode, BackfillMode::Placeholders);
+        assert_eq!(config.max_cpu_millis(), Some(1500));
+        assert_eq!(config.max_memory_bytes(), Some(2 << 30));
+        assert!(
+            !parse("backfill:\n  mode: off\n")
+                .unwrap()
+                .backfill
+                .enabled()
+        );
+        assert_eq!(
+            parse("backfill:\n  mode: capacityBuffer\n")
+                .unwrap()
+                .backfill
+                .mode,
+            BackfillMode::CapacityBuffer
+        );
+        for (text, key) in [
+            ("backfill:\n  maxCpu: lots\n", "backfill.maxCpu"),
+            ("backfill:\n  maxMemory: 2Gb\n", "backfill.maxMemory"),
+            (
+                "backfill:\n  afterSeconds: 90000\n",
+                "backfill.afterSeconds",
+            ),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        let error = parse("backfill:\n  mode: karpenter\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("backfill.mode"), "{error}");
     }
 
     #[test]

@@ -38,3 +38,18 @@ pub const NODE_PROVIDER_LABEL: &str = "spillway.io/provider";
 pub const VIRTUAL_NODE_TAINT: &str = "virtual-kubelet.io/provider";
 /// Taint a virtual node adds while its provider fails or throttles persistently.
 pub const PROVIDER_DEGRADED_TAINT: &str = "spillway.io/provider-degraded";
+
+/// Annotation the controller keeps on a Deployment while it has asked the autoscaler for
+/// real nodes for its burst replicas (value: the replicas requested). While it is there,
+/// the capacity threshold does not send the workload's pods to the virtual node when a
+/// regular node fits them: the room was bought for them.
+pub const BACKFILL: &str = "spillway.io/backfill";
+/// Label on Spillway's backfill objects (placeholder pods, CapacityBuffers): the
+/// Deployment (`name`, in the object's namespace) they hold capacity for.
+pub const BACKFILL_FOR: &str = "spillway.io/backfill-for";
+/// The PriorityClass of placeholder pods: negative, so every real pod preempts them.
+pub const PLACEHOLDER_PRIORITY_CLASS: &str = "spillway-placeholder";
+/// Value of [`PLACEHOLDER_PRIORITY_CLASS`].
+pub const PLACEHOLDER_PRIORITY: i32 = -100;
+/// Label value of `app.kubernetes.io/managed-by` on objects Spillway creates.
+pub const MANAGED_BY: &str = "spillway";

@@ -10,6 +10,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use serde_json::json;
 use spillway_common::keys;
 
+use crate::backfill::{Backfill, BackfillError};
 use crate::metrics::ControllerMetrics;
 use crate::plan::{Action, ControllerState, EventReason, EvictionCause, PodRef};
 
@@ -34,6 +35,9 @@ pub enum ActionError {
     /// Writing an Event.
     #[error("publish event: {0}")]
     PublishEvent(kube::Error),
+    /// Requesting, resizing or withdrawing backfill.
+    #[error("backfill: {0}")]
+    Backfill(#[from] BackfillError),
     /// An action ran past [`ACTION_TIMEOUT`].
     #[error("no answer within {ACTION_TIMEOUT:?}")]
     Timeout,
@@ -46,6 +50,7 @@ impl ActionError {
             ActionError::Spill(_) => "spill",
             ActionError::Evict(_) => "evict",
             ActionError::PublishEvent(_) => "publish_event",
+            ActionError::Backfill(_) => "backfill",
             ActionError::Timeout => "timeout",
         }
     }
@@ -59,6 +64,7 @@ pub struct Executor {
     evictions: Client,
     recorder: Recorder,
     metrics: ControllerMetrics,
+    backfill: Backfill,
 }
 
 /// A client for evictions: the inferred config without kube's default retry layer, so a
@@ -103,10 +109,16 @@ impl Executor {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            backfill: Backfill::new(client.clone()),
             client,
             evictions,
             metrics,
         }
+    }
+
+    /// Backfill against the apiserver (what the pass reads before planning).
+    pub fn backfill(&self) -> &Backfill {
+        &self.backfill
     }
 
     fn pods(&self, pod: &PodRef) -> Api<Pod> {
@@ -211,6 +223,27 @@ impl Executor {
                         }
                     }
                 }
+            }
+            Action::RequestBackfill {
+                workload,
+                uid,
+                kind,
+                replicas,
+                needs,
+                image,
+            } => {
+                self.backfill
+                    .request(&workload, &uid, kind, replicas, &needs, image.as_deref())
+                    .await?;
+                tracing::info!(%workload, kind = kind.as_str(), replicas, "backfill requested from the autoscaler");
+            }
+            Action::WithdrawBackfill { workload, kind } => {
+                self.backfill.withdraw(&workload, kind).await?;
+                tracing::info!(%workload, kind = kind.as_str(), "backfill withdrawn");
+            }
+            Action::UnmarkBackfill { workload } => {
+                self.backfill.unmark(&workload).await?;
+                tracing::info!(%workload, "every burst replica is home; backfill mark removed");
             }
             Action::Event {
                 workload,

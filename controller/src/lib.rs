@@ -5,6 +5,7 @@
 //! the virtual node, corrects cap overshoot, exports the burst metrics and writes
 //! aggregated Events. It also runs the embedded virtual nodes.
 
+pub mod backfill;
 pub mod execute;
 pub mod metrics;
 pub mod plan;

@@ -2,8 +2,9 @@
 //! opted-in pods, the operator config, the clock and what it remembers between passes:
 //! repair burst pods' deletion cost, move burst pods back when capacity returns (checked
 //! with the webhook's own decision first), let long-unschedulable pods spill, correct
-//! overshoot of the caps, and say so in aggregated Events. The loop in `run` only
-//! executes the actions and reports evictions back.
+//! overshoot of the caps, ask the autoscaler for real nodes for burst replicas (see
+//! [`backfill`]), and say so in aggregated Events. The loop in `run` only executes the
+//! actions and reports evictions back.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -19,6 +20,10 @@ use spillway_common::keys;
 use spillway_common::pod_resources::PodResources;
 
 use crate::snapshot::PodView;
+
+pub mod backfill;
+
+pub use backfill::{BackfillKind, BackfillObserved};
 
 /// How long a cap must stay exceeded before the surplus is evicted: long enough for a
 /// ReplicaSet to finish a scale-in that removes the surplus by itself (it deletes burst
@@ -71,6 +76,10 @@ pub enum EventReason {
     Rebalanced,
     /// Replicas may not burst.
     Ineligible,
+    /// Real capacity was requested from the autoscaler for the burst replicas.
+    BackfillRequested,
+    /// Every burst replica came home; the request was withdrawn.
+    BackfillSatisfied,
 }
 
 impl EventReason {
@@ -81,6 +90,8 @@ impl EventReason {
             EventReason::BurstCapped => "BurstCapped",
             EventReason::Rebalanced => "Rebalanced",
             EventReason::Ineligible => "Ineligible",
+            EventReason::BackfillRequested => "BackfillRequested",
+            EventReason::BackfillSatisfied => "BackfillSatisfied",
         }
     }
 }
@@ -111,6 +122,34 @@ pub enum Action {
         /// The pod.
         pod: PodRef,
         /// `namespace/name` of its Deployment.
+        workload: String,
+    },
+    /// Make the workload's backfill request `replicas` pods of `needs` (creating,
+    /// resizing or adopting it) and mark the Deployment `spillway.io/backfill`.
+    RequestBackfill {
+        /// `namespace/name` of the Deployment.
+        workload: String,
+        /// Its UID (the request's owner, so it goes with the Deployment).
+        uid: String,
+        /// Buffer or placeholders.
+        kind: BackfillKind,
+        /// Replicas to hold room for.
+        replicas: u32,
+        /// Requests of one replica.
+        needs: PodResources,
+        /// What placeholders run (`backfill.placeholderImage`).
+        image: Option<String>,
+    },
+    /// Delete the workload's request of `kind` (buffer or every placeholder).
+    WithdrawBackfill {
+        /// `namespace/name` of the Deployment.
+        workload: String,
+        /// Which kind of request.
+        kind: BackfillKind,
+    },
+    /// Remove the Deployment's `spillway.io/backfill` mark: every replica is home.
+    UnmarkBackfill {
+        /// `namespace/name` of the Deployment.
         workload: String,
     },
     /// Write an Event on the Deployment.
@@ -147,6 +186,8 @@ pub struct ControllerState {
     initialized: bool,
     /// Pods whose eviction was refused, with when they may be tried again.
     refused_until: HashMap<String, i64>,
+    /// CPU millicores and memory bytes the last pass's backfill requests hold.
+    backfill_requested: (u64, u64),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -176,6 +217,11 @@ impl ControllerState {
             .insert(uid.to_owned(), now_ms + REFUSED_BACKOFF_MS);
     }
 
+    /// CPU millicores and memory bytes requested from the autoscaler (as of the last pass).
+    pub fn backfill_requested(&self) -> (u64, u64) {
+        self.backfill_requested
+    }
+
     /// Whether utilization has stayed low for the whole cooldown (as of the last pass).
     pub fn cooled_down(&self, config: &OperatorConfig, now_ms: i64) -> bool {
         self.below_since_ms.is_some_and(|since| {
@@ -194,6 +240,8 @@ pub struct PlanInput<'a> {
     pub config: &'a OperatorConfig,
     /// Now, in milliseconds since the epoch.
     pub now_ms: i64,
+    /// Spillway's backfill requests in the cluster.
+    pub backfill: &'a BackfillObserved,
 }
 
 /// One opted-in workload and its pods.
@@ -276,6 +324,7 @@ pub fn plan(input: &PlanInput<'_>, state: &mut ControllerState) -> Vec<Action> {
     correct_overshoot(input, &workloads, state, &mut actions);
     rebalance(input, &workloads, state, &mut actions);
     spill_pending(input, &workloads, &mut actions);
+    backfill::plan_backfill(input, &workloads, state, &mut actions);
     events(&workloads, state, &mut actions);
     actions
 }
@@ -404,7 +453,7 @@ fn correct_overshoot(
         }
         for pod in newest
             .iter()
-            .filter(|p| !p.is_burst())
+            .filter(|p| !p.is_burst() && !p.node_disrupted)
             .take(surplus_local as usize)
         {
             let after = PlacementCounts {
@@ -421,12 +470,13 @@ fn correct_overshoot(
     }
 }
 
-/// Moves burst pods back once utilization has stayed below `rebalance.belowUtilization`
-/// for the cooldown: costliest first, at most one per pass and
+/// Moves burst pods back: those of a backfilled workload (its request made, so the
+/// autoscaler is adding room for them) as soon as a regular node fits them; any other
+/// once utilization has stayed below `rebalance.belowUtilization` for the cooldown and it
+/// is older than the cooldown. Either way costliest first, at most one per pass and
 /// `rebalance.maxEvictionsPerMinute`, one per workload until its replacement is Running
-/// and Ready, never a pod younger than the cooldown, and only when a regular node has
-/// room for it *and* the webhook's decision would admit its replacement local without
-/// pressure, so a move never loops.
+/// and Ready, and only when a regular node has room for it *and* the webhook's decision
+/// would admit its replacement local without pressure, so a move never loops.
 fn rebalance(
     input: &PlanInput<'_>,
     workloads: &[Workload<'_>],
@@ -437,10 +487,12 @@ fn rebalance(
     let (cpu, memory) = input.index.totals().utilization();
     if cpu.max(memory) >= config.below_utilization || input.index.totals().allocatable_cpu == 0 {
         state.below_since_ms = None;
-        return;
+    } else {
+        state.below_since_ms.get_or_insert(input.now_ms);
     }
-    state.below_since_ms.get_or_insert(input.now_ms);
-    if !config.enabled || !state.cooled_down(input.config, input.now_ms) {
+    let cooled_down = state.cooled_down(input.config, input.now_ms);
+    let backfilled = |w: &Workload<'_>| input.config.backfill.enabled() && w.policy.backfilling;
+    if !config.enabled || !(cooled_down || workloads.iter().any(backfilled)) {
         return;
     }
     while state
@@ -455,7 +507,8 @@ fn rebalance(
     }
     tracing::debug!(
         utilization = cpu.max(memory),
-        "cooled down: looking for burst pods to move back"
+        cooled_down,
+        "looking for burst pods to move back"
     );
     let cooldown_ms = config.cooldown_seconds as i64 * 1000;
     state.refused_until.retain(|_, until| *until > input.now_ms);
@@ -463,8 +516,20 @@ fn rebalance(
     let mut candidates: Vec<(f64, &Workload<'_>, &PodView)> = workloads
         .iter()
         .filter(|w| !state.settling.contains_key(w.key))
-        .flat_map(|w| w.live().map(move |p| (w, *p)))
-        .filter(|(_, p)| p.virtual_node.is_some() && input.now_ms - p.created_ms >= cooldown_ms)
+        .flat_map(|w| {
+            let pods: Vec<&PodView> = if backfilled(w) {
+                backfill::homeable(w).collect()
+            } else if cooled_down {
+                w.live()
+                    .copied()
+                    .filter(|p| input.now_ms - p.created_ms >= cooldown_ms)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            pods.into_iter().map(move |p| (w, p))
+        })
+        .filter(|(_, p)| p.virtual_node.is_some())
         .filter(|(_, p)| !refused.contains_key(&p.uid))
         .map(|(w, p)| {
             let provider = p

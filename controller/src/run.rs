@@ -238,7 +238,14 @@ impl Controller {
                 let config = self.config.load_full();
                 let started = std::time::Instant::now();
                 let now_ms = jiff::Timestamp::now().as_millisecond();
-                let actions = self.pass(&config, &mut state, now_ms);
+                let backfill = match executor.backfill().observe().await {
+                    Ok(observed) => observed,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not read the backfill requests; this pass skipped");
+                        continue;
+                    }
+                };
+                let actions = self.pass(&config, &mut state, now_ms, &backfill);
                 if lost.is_cancelled() {
                     break;
                 }
@@ -265,6 +272,7 @@ impl Controller {
         config: &OperatorConfig,
         state: &mut ControllerState,
         now_ms: i64,
+        backfill: &plan::BackfillObserved,
     ) -> Vec<plan::Action> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let views: Vec<PodView> = self
@@ -290,6 +298,7 @@ impl Controller {
                 pods: &views,
                 config,
                 now_ms,
+                backfill,
             },
             state,
         )

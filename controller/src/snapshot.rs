@@ -11,6 +11,9 @@ use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
 use spillway_common::pod_resources::{self, PodResources};
 
+/// The taint Karpenter puts on a node it is disrupting (consolidation, drift, expiry).
+pub const KARPENTER_DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";
+
 /// One opted-in pod (a pod the webhook labelled with `spillway.io/placement`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodView {
@@ -54,6 +57,9 @@ pub struct PodView {
     pub finished: bool,
     /// Since when (ms) the scheduler reported it `Unschedulable`, while unbound.
     pub unschedulable_since_ms: Option<i64>,
+    /// Its node carries Karpenter's `karpenter.sh/disrupted` taint: Karpenter is moving
+    /// its pods, and Spillway leaves them to it.
+    pub node_disrupted: bool,
 }
 
 /// What the controller keeps of one watched opted-in pod: the fields its loops read and
@@ -219,6 +225,8 @@ impl PodView {
             deleting: record.deleting,
             finished: record.finished,
             unschedulable_since_ms: record.unschedulable_since_ms,
+            node_disrupted: node
+                .is_some_and(|n| index.node_has_taint(n, KARPENTER_DISRUPTED_TAINT)),
         }
     }
 

@@ -12,6 +12,7 @@ struct Cluster {
     index: ClusterIndex,
     pods: Vec<Pod>,
     config: OperatorConfig,
+    backfill: BackfillObserved,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -64,6 +65,7 @@ impl Cluster {
             index,
             pods: Vec::new(),
             config,
+            backfill: BackfillObserved::default(),
         }
     }
 
@@ -110,6 +112,7 @@ impl Cluster {
                 pods: &views,
                 config: &self.config,
                 now_ms,
+                backfill: &self.backfill,
             },
             state,
         )
@@ -484,4 +487,237 @@ fn a_workload_entirely_on_the_virtual_node_comes_back_too() {
     let mut state = ControllerState::default();
     cluster.plan(&mut state, T0 + MIN);
     assert_eq!(evictions(&cluster.plan(&mut state, T0 + 3 * MIN)).len(), 1);
+}
+
+// Backfill: burst is a bridge.
+
+/// A full 2-core node (two local 1-core pods) and two burst pods of `web` burst for
+/// `reason`, created at T0.
+fn full_with_burst(annotations: Value, reason: &str) -> Cluster {
+    let mut cluster = Cluster::new("2", 4, annotations);
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    cluster.pod("l2", Some("a"), "1", T0, json!({}));
+    let labels = json!({"metadata": {"labels": {"spillway.io/reason": reason}}});
+    cluster.pod("b1", Some("vk"), "1", T0, labels.clone());
+    cluster.pod("b2", Some("vk"), "1", T0 + 1000, labels);
+    cluster
+}
+
+fn backfill_requests(actions: &[Action]) -> Vec<(BackfillKind, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RequestBackfill { kind, replicas, .. } => Some((*kind, *replicas)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn withdrawals(actions: &[Action]) -> Vec<BackfillKind> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WithdrawBackfill { kind, .. } => Some(*kind),
+            _ => None,
+        })
+        .collect()
+}
+
+fn event_reasons(actions: &[Action]) -> Vec<EventReason> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn backfill_is_requested_once_the_burst_has_lasted_after_seconds() {
+    let cluster = full_with_burst(json!({}), "capacity");
+    let mut state = ControllerState::default();
+    // 59 s into the burst: a short spike buys nothing.
+    assert!(backfill_requests(&cluster.plan(&mut state, T0 + 59_000)).is_empty());
+    let actions = cluster.plan(&mut state, T0 + 60_000);
+    // No CapacityBuffer CRD served: `auto` falls back to placeholders, one per replica.
+    assert_eq!(
+        backfill_requests(&actions),
+        vec![(BackfillKind::Placeholders, 2)]
+    );
+    assert!(event_reasons(&actions).contains(&EventReason::BackfillRequested));
+    let Some(Action::RequestBackfill { needs, uid, .. }) = actions
+        .iter()
+        .find(|a| matches!(a, Action::RequestBackfill { .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!((needs.cpu_millis, uid.as_str()), (1000, "d1"));
+    assert_eq!(state.backfill_requested(), (2000, 2 << 30));
+
+    let mut served = full_with_burst(json!({}), "no-fit");
+    served.backfill.capacity_buffer_served = true;
+    let actions = served.plan(&mut ControllerState::default(), T0 + 61_000);
+    assert_eq!(
+        backfill_requests(&actions),
+        vec![(BackfillKind::CapacityBuffer, 2)]
+    );
+}
+
+#[test]
+fn no_backfill_for_pods_burst_by_policy_or_with_backfill_off() {
+    for reason in ["max-local", "hpa"] {
+        let cluster = full_with_burst(json!({}), reason);
+        let actions = cluster.plan(&mut ControllerState::default(), T0 + 10 * MIN);
+        assert!(backfill_requests(&actions).is_empty(), "{reason}");
+    }
+    let mut off = full_with_burst(json!({}), "capacity");
+    off.config.backfill.mode = spillway_common::config::BackfillMode::Off;
+    off.backfill
+        .existing
+        .insert(("ns/web".into(), BackfillKind::Placeholders), 2);
+    let actions = off.plan(&mut ControllerState::default(), T0 + 10 * MIN);
+    assert!(backfill_requests(&actions).is_empty());
+    // Turned off while a request stood: it is withdrawn.
+    assert_eq!(withdrawals(&actions), vec![BackfillKind::Placeholders]);
+}
+
+#[test]
+fn backfill_is_capped_across_the_cluster() {
+    let mut cluster = full_with_burst(json!({}), "capacity");
+    cluster.config.backfill.max_cpu = Some("1500m".into());
+    let actions = cluster.plan(&mut ControllerState::default(), T0 + 2 * MIN);
+    assert_eq!(
+        backfill_requests(&actions),
+        vec![(BackfillKind::Placeholders, 1)]
+    );
+    cluster.config.backfill.max_cpu = None;
+    cluster.config.backfill.max_memory = Some("1Gi".into());
+    cluster.config.backfill.max_cpu = Some("10".into());
+    let actions = cluster.plan(&mut ControllerState::default(), T0 + 2 * MIN);
+    assert_eq!(
+        backfill_requests(&actions),
+        vec![(BackfillKind::Placeholders, 1)]
+    );
+}
+
+#[test]
+fn a_backfilled_burst_pod_comes_home_as_soon_as_a_node_fits_it() {
+    // The Deployment carries the mark: its request stands.
+    let mut cluster = full_with_burst(json!({"spillway.io/backfill": "2"}), "capacity");
+    cluster
+        .backfill
+        .existing
+        .insert(("ns/web".into(), BackfillKind::Placeholders), 2);
+    let mut state = ControllerState::default();
+    // Still full: nothing moves, and the request is left as it is.
+    let actions = cluster.plan(&mut state, T0 + 2 * MIN);
+    assert!(evictions(&actions).is_empty());
+    assert!(backfill_requests(&actions).is_empty(), "{actions:?}");
+    // The autoscaler's node arrives (empty: placeholders hold no room). Utilization is
+    // 2/4 cores; no cooldown of low utilization is waited for.
+    cluster.index.apply_node(
+        &serde_json::from_value(json!({
+            "metadata": {"name": "karpenter-1", "labels": {}},
+            "status": {"allocatable": {"cpu": "2", "memory": "8Gi"},
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap(),
+    );
+    let actions = cluster.plan(&mut state, T0 + 2 * MIN + 2000);
+    // Same cost: the oldest first.
+    assert_eq!(evictions(&actions), vec![("b1", EvictionCause::Rebalance)]);
+}
+
+#[test]
+fn the_request_shrinks_as_replicas_come_home_and_the_mark_goes_when_settled() {
+    let mut cluster = full_with_burst(json!({"spillway.io/backfill": "2"}), "capacity");
+    cluster
+        .backfill
+        .existing
+        .insert(("ns/web".into(), BackfillKind::Placeholders), 2);
+    cluster.remove("b2");
+    let mut state = ControllerState::default();
+    let actions = cluster.plan(&mut state, T0 + 3 * MIN);
+    assert_eq!(
+        backfill_requests(&actions),
+        vec![(BackfillKind::Placeholders, 1)]
+    );
+    // The last one was evicted; its replacement is not Ready yet: the request goes, the
+    // mark stays so the replacement is admitted local.
+    state.evicted("ns/web", "uid-b1", EvictionCause::Rebalance, T0 + 3 * MIN);
+    cluster.remove("b1");
+    cluster.pod(
+        "home",
+        Some("a"),
+        "1",
+        T0 + 3 * MIN,
+        json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+    );
+    let actions = cluster.plan(&mut state, T0 + 3 * MIN + 2000);
+    assert_eq!(withdrawals(&actions), vec![BackfillKind::Placeholders]);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::UnmarkBackfill { .. }))
+    );
+    // Ready: the mark goes, with one BackfillSatisfied.
+    cluster.backfill.existing.clear();
+    cluster.remove("home");
+    cluster.pod("home", Some("a"), "1", T0 + 3 * MIN, json!({}));
+    cluster.pod("l3", Some("a"), "0", T0, json!({}));
+    let actions = cluster.plan(&mut state, T0 + 4 * MIN);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::UnmarkBackfill { .. }))
+    );
+    assert!(event_reasons(&actions).contains(&EventReason::BackfillSatisfied));
+}
+
+#[test]
+fn a_restart_adopts_standing_requests_and_removes_orphans() {
+    let mut cluster = full_with_burst(json!({"spillway.io/backfill": "2"}), "capacity");
+    cluster
+        .backfill
+        .existing
+        .insert(("ns/web".into(), BackfillKind::Placeholders), 2);
+    cluster
+        .backfill
+        .existing
+        .insert(("ns/gone".into(), BackfillKind::CapacityBuffer), 3);
+    // A new leader's first pass: web's request is adopted as it is (no request, no
+    // Event), the one of a Deployment that no longer exists is withdrawn.
+    let actions = cluster.plan(&mut ControllerState::default(), T0 + 5_000);
+    assert!(backfill_requests(&actions).is_empty(), "{actions:?}");
+    assert!(!event_reasons(&actions).contains(&EventReason::BackfillRequested));
+    assert_eq!(
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::WithdrawBackfill { workload, kind } => Some((workload.as_str(), *kind)),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        vec![("ns/gone", BackfillKind::CapacityBuffer)]
+    );
+}
+
+#[test]
+fn overshoot_never_evicts_a_pod_karpenter_is_disrupting() {
+    let mut cluster = Cluster::new("8", 2, json!({"spillway.io/max-local": "1"}));
+    cluster.index.apply_node(
+        &serde_json::from_value(json!({
+            "metadata": {"name": "a", "labels": {}},
+            "spec": {"taints": [{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "8", "memory": "64Gi"},
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap(),
+    );
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    cluster.pod("l2", Some("a"), "1", T0 + 1000, json!({}));
+    let mut state = ControllerState::default();
+    cluster.plan(&mut state, T0 + MIN);
+    assert!(evictions(&cluster.plan(&mut state, T0 + 2 * MIN)).is_empty());
 }
