@@ -2,7 +2,9 @@
 //! and cost, cluster request utilization, rebalance evictions, the config in force and
 //! leadership.
 
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    CounterVec, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::status::Status;
 
@@ -35,6 +37,15 @@ pub struct ControllerMetrics {
     pub leader: IntGauge,
     /// `spillway_controller_reconcile_duration_seconds`.
     pub reconcile_duration: prometheus::Histogram,
+    /// `spillway_backfill_requested{resource}`: CPU cores and memory bytes the backfill
+    /// requests hold.
+    pub backfill_requested: GaugeVec,
+    /// `spillway_burst_usd_total{namespace,workload,provider}`: estimated USD spent on
+    /// burst pods, integrated over their lifetimes (while this replica leads).
+    pub burst_usd: CounterVec,
+    /// `spillway_burst_duration_seconds`: how long a pod stayed burst, from its creation to
+    /// its going (home or scaled in).
+    pub burst_duration: prometheus::Histogram,
 }
 
 impl ControllerMetrics {
@@ -113,7 +124,33 @@ impl ControllerMetrics {
                 "spillway_controller_reconcile_duration_seconds",
                 "Time of one controller pass",
             ))?,
+            backfill_requested: GaugeVec::new(
+                Opts::new(
+                    "spillway_backfill_requested",
+                    "Capacity requested from the cluster autoscaler for burst replicas (cpu in cores, memory in bytes)",
+                ),
+                &["resource"],
+            )?,
+            burst_usd: CounterVec::new(
+                Opts::new(
+                    "spillway_burst_usd_total",
+                    "Estimated USD spent on burst pods, integrated over their lifetimes",
+                ),
+                &["namespace", "workload", "provider"],
+            )?,
+            burst_duration: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "spillway_burst_duration_seconds",
+                    "Lifetime of a burst pod, from creation to going home or away",
+                )
+                .buckets(vec![
+                    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+                ]),
+            )?,
         };
+        registry.register(Box::new(metrics.backfill_requested.clone()))?;
+        registry.register(Box::new(metrics.burst_usd.clone()))?;
+        registry.register(Box::new(metrics.burst_duration.clone()))?;
         registry.register(Box::new(metrics.workload_replicas.clone()))?;
         registry.register(Box::new(metrics.burst_ratio.clone()))?;
         registry.register(Box::new(metrics.cluster_utilization.clone()))?;
@@ -126,6 +163,12 @@ impl ControllerMetrics {
         registry.register(Box::new(metrics.actions_failed.clone()))?;
         registry.register(Box::new(metrics.leader.clone()))?;
         registry.register(Box::new(metrics.reconcile_duration.clone()))?;
+        for resource in ["cpu", "memory"] {
+            metrics
+                .backfill_requested
+                .with_label_values(&[resource])
+                .set(0.0);
+        }
         for result in ["evicted", "blocked", "error"] {
             metrics.rebalance_evictions.with_label_values(&[result]);
             metrics.overshoot_evictions.with_label_values(&[result]);

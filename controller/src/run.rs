@@ -99,6 +99,16 @@ pub struct Controller {
     config: SharedConfig,
     metrics: ControllerMetrics,
     settings: LoopSettings,
+    lifetimes: std::sync::Mutex<BurstLifetimes>,
+}
+
+/// What the cost and duration metrics integrate between passes.
+#[derive(Debug, Default)]
+struct BurstLifetimes {
+    /// When the last pass sampled the burst cost.
+    sampled_ms: Option<i64>,
+    /// Live burst pods (UID) with their creation time.
+    burst_pods: std::collections::HashMap<String, i64>,
 }
 
 /// Loads the initial config and starts watching it: a refused reload is logged with the
@@ -195,6 +205,7 @@ impl Controller {
             config,
             metrics,
             settings,
+            lifetimes: std::sync::Mutex::default(),
         }
     }
 
@@ -250,6 +261,15 @@ impl Controller {
                     break;
                 }
                 executor.run(actions, &mut state, now_ms, &lost).await;
+                let (cpu_millis, memory_bytes) = state.backfill_requested();
+                self.metrics
+                    .backfill_requested
+                    .with_label_values(&["cpu"])
+                    .set(cpu_millis as f64 / 1000.0);
+                self.metrics
+                    .backfill_requested
+                    .with_label_values(&["memory"])
+                    .set(memory_bytes as f64);
                 self.metrics
                     .reconcile_duration
                     .observe(started.elapsed().as_secs_f64());
@@ -292,6 +312,7 @@ impl Controller {
             })
             .collect();
         self.metrics.observe(&status, &costs);
+        self.integrate_burst(&views, &costs, now_ms);
         plan::plan(
             &PlanInput {
                 index: &index,
@@ -302,6 +323,42 @@ impl Controller {
             },
             state,
         )
+    }
+}
+
+impl Controller {
+    /// Adds the cost of the burst pods since the last pass to `spillway_burst_usd_total`
+    /// and observes the lifetime of every burst pod that went since.
+    fn integrate_burst(
+        &self,
+        views: &[PodView],
+        costs: &[(String, String, String, f64)],
+        now_ms: i64,
+    ) {
+        let mut lifetimes = self.lifetimes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = lifetimes.sampled_ms {
+            let hours = (now_ms - since).max(0) as f64 / 3_600_000.0;
+            for (namespace, workload, provider, usd) in costs {
+                self.metrics
+                    .burst_usd
+                    .with_label_values(&[namespace, workload, provider])
+                    .inc_by(usd * hours);
+            }
+        }
+        lifetimes.sampled_ms = Some(now_ms);
+        let live: std::collections::HashMap<String, i64> = views
+            .iter()
+            .filter(|p| p.is_live() && p.is_burst())
+            .map(|p| (p.uid.clone(), p.created_ms))
+            .collect();
+        for (uid, created_ms) in &lifetimes.burst_pods {
+            if !live.contains_key(uid) {
+                self.metrics
+                    .burst_duration
+                    .observe((now_ms - created_ms).max(0) as f64 / 1000.0);
+            }
+        }
+        lifetimes.burst_pods = live;
     }
 }
 

@@ -1,0 +1,507 @@
+//! Burst is a bridge, on the test bed with a real autoscaler (`e2e/testbed up --karpenter`:
+//! Karpenter with its kwok cloud provider and a NodePool tainted
+//! `spillway.io/testbed-pool=karpenter`). Driven through `spillway run --webhook-url`: a
+//! sustained scale-up of a full cluster bursts, Spillway asks Karpenter for nodes, every
+//! burst replica comes home without the PodDisruptionBudget ever broken, the request is
+//! withdrawn and the nodes stay; a spike shorter than `afterSeconds` asks for nothing;
+//! placeholders are preempted by the returning replicas and never reach the virtual node;
+//! the cluster cap holds.
+//!
+//! The pods request 3 of the fixed nodes' 4 cores, so the three fixed nodes take three
+//! replicas and any more find no room (`no-fit`) until Karpenter adds a node. The tests
+//! here share the Karpenter pool, so they run one at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::json;
+use spillway_e2e::{RunUnderTest, TestNamespace, client, sample, scale, testbed_env, wait_until};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const APP: &str = "bridge";
+
+/// Whether the test bed runs Karpenter; without it these scenarios cannot run, and say so.
+fn karpenter_running() -> bool {
+    testbed_env()
+        .map(|env| env.get("SPILLWAY_TESTBED_KARPENTER").map(String::as_str) == Some("1"))
+        .unwrap_or(false)
+}
+
+fn bridge_deployment(
+    replicas: i32,
+    burst_annotations: serde_json::Value,
+) -> anyhow::Result<Deployment> {
+    let mut annotations = burst_annotations;
+    annotations["spillway.io/burst"] = json!("true");
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": APP, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": APP}},
+            "template": {
+                "metadata": {"labels": {"app": APP}},
+                "spec": {
+                    "tolerations": [{"key": "spillway.io/testbed-pool", "operator": "Equal",
+                        "value": "karpenter", "effect": "NoSchedule"}],
+                    "containers": [{"name": "app", "image": "nginx:1.27",
+                        "resources": {"requests": {"cpu": "3", "memory": "1Gi"}}}]
+                }
+            }
+        }
+    }))?)
+}
+
+/// Live pods of the app as (name, node, Ready).
+async fn live(pods: &Api<Pod>) -> anyhow::Result<Vec<(String, String, bool)>> {
+    Ok(pods
+        .list(&ListParams::default().labels(&format!("app={APP}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (
+                p.metadata.name.unwrap_or_default(),
+                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+                ready,
+            )
+        })
+        .collect())
+}
+
+fn on_virtual(pods: &[(String, String, bool)], run: &RunUnderTest) -> usize {
+    pods.iter()
+        .filter(|(_, node, _)| *node == run.node_name)
+        .count()
+}
+
+async fn karpenter_nodes(client: &kube::Client) -> anyhow::Result<Vec<String>> {
+    Ok(Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels("spillway.io/testbed-pool=karpenter"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect())
+}
+
+fn capacity_buffers(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("autoscaling.x-k8s.io", "v1beta1", "CapacityBuffer"),
+        "capacitybuffers",
+    );
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+async fn placeholders(pods: &Api<Pod>) -> anyhow::Result<Vec<Pod>> {
+    Ok(pods
+        .list(&ListParams::default().labels("spillway.io/backfill-for"))
+        .await?
+        .items)
+}
+
+async fn event_reasons(client: &kube::Client, namespace: &str) -> anyhow::Result<Vec<String>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect())
+}
+
+/// Waits until Karpenter's pool has no nodes left from an earlier scenario (it removes
+/// empty nodes after `consolidateAfter`).
+async fn pool_empty(client: &kube::Client) -> anyhow::Result<()> {
+    wait_until(
+        "Karpenter's pool empty",
+        Duration::from_secs(180),
+        || async { Ok(karpenter_nodes(client).await?.is_empty()) },
+    )
+    .await?;
+    let pods: Api<Pod> = Api::all(client.clone());
+    wait_until(
+        "fixed nodes idle (earlier tests' pods gone)",
+        Duration::from_secs(120),
+        || async {
+            Ok(!pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .any(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .is_some_and(|n| n.starts_with("kwok-node-"))
+                }))
+        },
+    )
+    .await
+}
+
+fn config(extra: &str) -> String {
+    // afterSeconds 5 and a 1 s reconcile keep the scenario short; the rebalance's own
+    // cooldown is long, so only backfill can bring the replicas home here.
+    format!(
+        "rebalance:\n  cooldownSeconds: 3600\n  belowUtilization: 0.01\npendingSpill:\n  afterSeconds: 3600\nbackfill:\n  afterSeconds: 5\n  placeholderImage: spillway:e2e\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked_for()
+-> anyhow::Result<()> {
+    if !karpenter_running() {
+        anyhow::bail!("the test bed runs no Karpenter: start it with e2e/testbed up --karpenter");
+    }
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    pool_empty(&client).await?;
+    let ns = TestNamespace::create(&client, "backfill").await?;
+    let run = RunUnderTest::start(&ns.name, &ns.name, &config("")).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), &ns.name);
+    pdbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": APP},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": APP}}}
+        }))?,
+    )
+    .await?;
+    deployments
+        .create(&PostParams::default(), &bridge_deployment(3, json!({}))?)
+        .await?;
+    wait_until(
+        "3 replicas Ready on the fixed nodes",
+        Duration::from_secs(60),
+        || async {
+            let pods = live(&pods).await?;
+            Ok(pods.len() == 3 && pods.iter().all(|p| p.2))
+        },
+    )
+    .await?;
+
+    // Watch Ready replicas from here on: never below 5 - maxUnavailable once all 5 run.
+    let all_ready = Arc::new(AtomicBool::new(false));
+    let min_ready = Arc::new(AtomicI32::new(i32::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (pods, all_ready, min_ready, stop) = (
+            pods.clone(),
+            all_ready.clone(),
+            min_ready.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(list) = live(&pods).await {
+                    let ready = list.iter().filter(|p| p.2).count() as i32;
+                    if ready >= 5 {
+                        all_ready.store(true, Ordering::Relaxed);
+                    }
+                    if all_ready.load(Ordering::Relaxed) {
+                        min_ready.fetch_min(ready, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    // The sustained step: two more replicas find no room and burst.
+    scale(&deployments, APP, 5).await?;
+    wait_until(
+        "2 replicas burst and Running",
+        Duration::from_secs(60),
+        || async {
+            let pods = live(&pods).await?;
+            Ok(on_virtual(&pods, &run) == 2 && pods.iter().filter(|p| p.2).count() == 5)
+        },
+    )
+    .await?;
+
+    // Karpenter serves CapacityBuffer here, so `auto` asks with one, for 2 replicas.
+    let buffers = capacity_buffers(&client, &ns.name);
+    wait_until(
+        "a CapacityBuffer for the 2 burst replicas",
+        Duration::from_secs(60),
+        || async {
+            let list = buffers.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|b| b.data["spec"]["replicas"] == json!(2)))
+        },
+    )
+    .await?;
+    let marked = deployments.get(APP).await?;
+    assert!(
+        marked
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("spillway.io/backfill"),
+        "the Deployment carries the backfill mark while the request stands"
+    );
+    let metrics = run.metrics()?;
+    assert_eq!(
+        sample(&metrics, "spillway_backfill_requested{resource=\"cpu\"}"),
+        Some(6.0),
+        "{metrics}"
+    );
+
+    // Karpenter adds nodes because Spillway asked, and every burst replica comes home.
+    wait_until(
+        "Karpenter adds a node",
+        Duration::from_secs(120),
+        || async { Ok(!karpenter_nodes(&client).await?.is_empty()) },
+    )
+    .await?;
+    wait_until(
+        "every replica home, Running and Ready",
+        Duration::from_secs(240),
+        || async {
+            let pods = live(&pods).await?;
+            Ok(pods.len() == 5 && on_virtual(&pods, &run) == 0 && pods.iter().all(|p| p.2))
+        },
+    )
+    .await?;
+    wait_until(
+        "request withdrawn and the mark removed",
+        Duration::from_secs(60),
+        || async {
+            let buffers = buffers.list(&ListParams::default()).await?.items;
+            let annotations = deployments
+                .get(APP)
+                .await?
+                .metadata
+                .annotations
+                .unwrap_or_default();
+            Ok(buffers.is_empty() && !annotations.contains_key("spillway.io/backfill"))
+        },
+    )
+    .await?;
+    let nodes_home = karpenter_nodes(&client).await?;
+
+    // It settles: no re-burst, the nodes stay (they hold real pods), nothing else evicted.
+    let evictions_before = sample(
+        &run.metrics()?,
+        "spillway_rebalance_evictions_total{result=\"evicted\"}",
+    );
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let pods_now = live(&pods).await?;
+    assert_eq!(
+        on_virtual(&pods_now, &run),
+        0,
+        "no replica burst again: {pods_now:?}"
+    );
+    assert_eq!(pods_now.len(), 5);
+    let nodes_now = karpenter_nodes(&client).await?;
+    for node in &nodes_home {
+        assert!(
+            nodes_now.contains(node),
+            "node {node} was taken away: {nodes_now:?}"
+        );
+    }
+    let metrics = run.metrics()?;
+    assert_eq!(
+        sample(
+            &metrics,
+            "spillway_rebalance_evictions_total{result=\"evicted\"}"
+        ),
+        evictions_before,
+        "no eviction after the replicas were home"
+    );
+    assert_eq!(
+        sample(&metrics, "spillway_backfill_requested{resource=\"cpu\"}"),
+        Some(0.0)
+    );
+    stop.store(true, Ordering::Relaxed);
+    sampler.await?;
+    assert!(
+        min_ready.load(Ordering::Relaxed) >= 4,
+        "Ready replicas fell to {} (PDB maxUnavailable 1 of 5)",
+        min_ready.load(Ordering::Relaxed)
+    );
+    let reasons = event_reasons(&client, &ns.name).await?;
+    for reason in ["BackfillRequested", "Rebalanced", "BackfillSatisfied"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} Event: {reasons:?}"
+        );
+    }
+    // The scale-in that ends the load lets the pool empty for the next scenario.
+    scale(&deployments, APP, 0).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spike_shorter_than_after_seconds_requests_nothing() -> anyhow::Result<()> {
+    if !karpenter_running() {
+        anyhow::bail!("the test bed runs no Karpenter: start it with e2e/testbed up --karpenter");
+    }
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    pool_empty(&client).await?;
+    let ns = TestNamespace::create(&client, "backfill-spike").await?;
+    let config = config("").replace("afterSeconds: 5", "afterSeconds: 30");
+    let run = RunUnderTest::start(&ns.name, &ns.name, &config).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &bridge_deployment(5, json!({}))?)
+        .await?;
+    wait_until("2 replicas burst", Duration::from_secs(60), || async {
+        Ok(on_virtual(&live(&pods).await?, &run) == 2)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The spike ends after 10 s of the 30: the burst replicas go first on scale-in.
+    scale(&deployments, APP, 3).await?;
+    wait_until("burst replicas gone", Duration::from_secs(60), || async {
+        Ok(on_virtual(&live(&pods).await?, &run) == 0)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(
+        capacity_buffers(&client, &ns.name)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+    assert!(placeholders(&pods).await?.is_empty());
+    let annotations = deployments
+        .get(APP)
+        .await?
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert!(!annotations.contains_key("spillway.io/backfill"));
+    assert!(
+        karpenter_nodes(&client).await?.is_empty(),
+        "no node was asked for"
+    );
+    let reasons = event_reasons(&client, &ns.name).await?;
+    assert!(
+        !reasons.iter().any(|r| r == "BackfillRequested"),
+        "{reasons:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn placeholders_are_preempted_by_the_returning_replicas_and_the_cap_holds()
+-> anyhow::Result<()> {
+    if !karpenter_running() {
+        anyhow::bail!("the test bed runs no Karpenter: start it with e2e/testbed up --karpenter");
+    }
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    pool_empty(&client).await?;
+    let ns = TestNamespace::create(&client, "backfill-ph").await?;
+    // Placeholders (what `auto` picks where no CapacityBuffer CRD is served), capped at
+    // 3 cores: room for one of the two burst replicas.
+    let run = RunUnderTest::start(
+        &ns.name,
+        &ns.name,
+        &config("  mode: placeholders\n  maxCpu: \"3\"\n"),
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &bridge_deployment(5, json!({}))?)
+        .await?;
+    wait_until("2 replicas burst", Duration::from_secs(60), || async {
+        Ok(on_virtual(&live(&pods).await?, &run) == 2)
+    })
+    .await?;
+    let seen_on_virtual = Arc::new(AtomicBool::new(false));
+    let max_placeholders = Arc::new(AtomicI32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (pods, seen, max, stop, node) = (
+            pods.clone(),
+            seen_on_virtual.clone(),
+            max_placeholders.clone(),
+            stop.clone(),
+            run.node_name.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(list) = placeholders(&pods).await {
+                    let live = list
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .count();
+                    max.fetch_max(live as i32, Ordering::Relaxed);
+                    if list.iter().any(|p| {
+                        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+                    }) {
+                        seen.store(true, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    wait_until(
+        "one replica home (the cap's worth)",
+        Duration::from_secs(240),
+        || async { Ok(on_virtual(&live(&pods).await?, &run) == 1) },
+    )
+    .await?;
+    // Once one is home the cap has room for the other: both come home in the end.
+    wait_until("every replica home", Duration::from_secs(240), || async {
+        let pods = live(&pods).await?;
+        Ok(pods.len() == 5 && on_virtual(&pods, &run) == 0 && pods.iter().all(|p| p.2))
+    })
+    .await?;
+    wait_until("placeholders gone", Duration::from_secs(60), || async {
+        Ok(placeholders(&pods)
+            .await?
+            .iter()
+            .all(|p| p.metadata.deletion_timestamp.is_some()))
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    watcher.await?;
+    assert!(
+        !seen_on_virtual.load(Ordering::Relaxed),
+        "a placeholder reached the virtual node"
+    );
+    assert_eq!(
+        max_placeholders.load(Ordering::Relaxed),
+        1,
+        "maxCpu 3 holds one 3-core placeholder"
+    );
+    let events: BTreeMap<String, usize> =
+        event_reasons(&client, &ns.name)
+            .await?
+            .into_iter()
+            .fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r).or_default() += 1;
+                m
+            });
+    assert!(events.contains_key("BackfillRequested"), "{events:?}");
+    scale(&deployments, APP, 0).await?;
+    Ok(())
+}
