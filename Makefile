@@ -12,7 +12,7 @@ prerequisites:
 build: prerequisites
 	cargo build --workspace --all-targets
 
-## make test: fmt, clippy, unit tests, then the e2e tests on a fresh test bed (torn down even on failure).
+## make test: fmt, clippy, unit tests, then the e2e tests on a fresh test bed with Karpenter (torn down even on failure).
 test: prerequisites
 	@mkdir -p $(LOGS) && rm -f $(LOGS)/*.log
 	cargo fmt --all --check
@@ -20,7 +20,7 @@ test: prerequisites
 	cargo test --workspace --exclude spillway-e2e $(CARGO_TEST_FLAGS) 2>&1 | tee $(LOGS)/unit.log
 	cargo build -p spillway
 	@status=0; \
-	  e2e/testbed up || status=$$?; \
+	  e2e/testbed up --karpenter || status=$$?; \
 	  if [[ $$status -eq 0 ]]; then \
 	    cargo test -p spillway-e2e --no-fail-fast $(CARGO_TEST_FLAGS) -- --include-ignored --test-threads=2 2>&1 | tee $(LOGS)/e2e.log || status=$$?; \
 	  fi; \

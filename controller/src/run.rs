@@ -302,7 +302,7 @@ impl Controller {
             .values()
             .map(|record| PodView::from_record(record, &index, config.default_provider))
             .collect();
-        let status = status::compute(&index, &views, config, None);
+        let status = status::compute(&index, &views, config, None, now_ms);
         let costs: Vec<(String, String, String, f64)> = index
             .burst_usd_by_workload(&config.pricing, config.default_provider.for_pricing())
             .into_iter()

@@ -10,6 +10,7 @@ use spillway_cluster::index::ClusterIndex;
 use spillway_cluster::policy;
 use spillway_common::config::{OperatorConfig, Provider};
 use spillway_common::cost;
+use spillway_common::keys;
 
 use crate::snapshot::PodView;
 
@@ -35,6 +36,11 @@ pub struct WorkloadStatus {
     pub provider: String,
     /// Estimated USD per hour of its burst pods.
     pub usd_per_hour: f64,
+    /// Replicas Spillway has asked the cluster's autoscaler for (the Deployment's
+    /// `spillway.io/backfill`); `None` while no backfill request stands.
+    pub backfill: Option<u32>,
+    /// Age in seconds of its oldest live burst replica; `None` without one.
+    pub oldest_burst_seconds: Option<u64>,
 }
 
 /// The cluster line.
@@ -66,6 +72,7 @@ pub fn compute(
     pods: &[PodView],
     config: &OperatorConfig,
     namespace: Option<&str>,
+    now_ms: i64,
 ) -> Status {
     let pricing = &config.pricing;
     let costs = index.burst_usd_by_workload(pricing, config.default_provider.for_pricing());
@@ -117,6 +124,17 @@ pub fn compute(
                 last_reason: newest.get(view.key).and_then(|p| p.reason_label.clone()),
                 provider,
                 usd_per_hour: cost::round_usd(spent.iter().map(|(_, usd)| usd).sum()),
+                backfill: view
+                    .annotations
+                    .get(keys::BACKFILL)
+                    .and_then(|v| v.parse().ok()),
+                oldest_burst_seconds: pods
+                    .iter()
+                    .filter(|p| p.workload.as_deref() == Some(view.key))
+                    .filter(|p| p.is_live() && p.is_burst())
+                    .map(|p| p.created_ms)
+                    .min()
+                    .map(|created| ((now_ms - created).max(0) / 1000) as u64),
             })
         })
         .collect();
@@ -139,7 +157,7 @@ pub fn compute(
 
 /// The status as a table for people.
 pub fn table(status: &Status) -> String {
-    let mut rows = vec![[
+    let mut rows: Vec<[String; 11]> = vec![[
         "NAMESPACE".to_owned(),
         "WORKLOAD".to_owned(),
         "DESIRED".to_owned(),
@@ -149,6 +167,8 @@ pub fn table(status: &Status) -> String {
         "LAST REASON".to_owned(),
         "PROVIDER".to_owned(),
         "USD/HOUR".to_owned(),
+        "OLDEST BURST".to_owned(),
+        "BACKFILL".to_owned(),
     ]];
     for w in &status.workloads {
         rows.push([
@@ -161,9 +181,13 @@ pub fn table(status: &Status) -> String {
             w.last_reason.clone().unwrap_or_else(|| "-".into()),
             w.provider.clone(),
             format!("{:.4}", w.usd_per_hour),
+            w.oldest_burst_seconds
+                .map_or("-".to_owned(), |s| format!("{s}s")),
+            w.backfill
+                .map_or("-".to_owned(), |n| format!("requested {n}")),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..11)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -256,7 +280,11 @@ mod tests {
             .filter_map(|p| PodView::from_pod(p, &index, ProviderChoice::Fargate))
             .collect();
         let config = OperatorConfig::default();
-        let status = compute(&index, &views, &config, None);
+        // Ten seconds after p2 (the burst one) was created.
+        let now_ms = jiff::Timestamp::from_second(1_767_225_615)
+            .unwrap()
+            .as_millisecond();
+        let status = compute(&index, &views, &config, None, now_ms);
         assert_eq!(status.workloads.len(), 1);
         let row = &status.workloads[0];
         assert_eq!((row.desired, row.local, row.burst), (2, 1, 1));
@@ -272,7 +300,7 @@ mod tests {
         assert_eq!(status.cluster.cpu_utilization, 0.25);
         assert_eq!(status.cluster.burst_usd_per_hour, row.usd_per_hour);
         assert!(
-            compute(&index, &views, &config, Some("other"))
+            compute(&index, &views, &config, Some("other"), now_ms)
                 .workloads
                 .is_empty()
         );
@@ -285,5 +313,7 @@ mod tests {
         assert_eq!(json["workloads"][0]["burstRatio"], 0.5);
         assert_eq!(json["workloads"][0]["usdPerHour"], row.usd_per_hour);
         assert!(json["cluster"]["budgetUsdPerHour"].is_null());
+        assert_eq!(json["workloads"][0]["oldestBurstSeconds"], 10);
+        assert!(json["workloads"][0]["backfill"].is_null());
     }
 }

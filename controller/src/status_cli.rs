@@ -106,6 +106,7 @@ pub async fn read(args: &StatusArgs) -> Result<Status, StatusError> {
         &views,
         &config,
         args.namespace.as_deref(),
+        jiff::Timestamp::now().as_millisecond(),
     ))
 }
 

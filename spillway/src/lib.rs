@@ -55,6 +55,9 @@ pub enum Command {
     /// reload; prints the config in force (defaults filled in), or the key at fault
     /// (exit 2).
     CheckConfig(check_config::CheckConfigArgs),
+    /// Sleep until SIGTERM or SIGINT: what backfill placeholder pods run (they only hold
+    /// room on a node, so the image needs nothing but this binary).
+    Pause,
 }
 
 /// `spillway status`: prints the table or JSON; exit 1 with the reason when the cluster
@@ -111,7 +114,26 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::ExplainPod(args) => explain_pod::run(&args),
         Command::Status(args) => status(&args),
         Command::CheckConfig(args) => check_config::run(&args),
+        Command::Pause => pause(),
     }
+}
+
+/// `spillway pause`: waits for SIGTERM or SIGINT and exits 0.
+fn pause() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("spillway: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        spillway_common::shutdown::on_signal().cancelled().await;
+    });
+    ExitCode::SUCCESS
 }
 
 /// Runs a long-lived component on a multi-threaded runtime until SIGTERM/SIGINT.

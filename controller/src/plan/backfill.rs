@@ -244,7 +244,7 @@ pub(super) fn plan_backfill(
     }
     // Requests of workloads that are gone or no longer opted in (e.g. after a restart).
     let known: BTreeSet<&str> = workloads.iter().map(|w| w.key).collect();
-    for ((key, kind), _) in &observed.existing {
+    for (key, kind) in observed.existing.keys() {
         if !known.contains(key.as_str()) {
             actions.push(Action::WithdrawBackfill {
                 workload: key.clone(),
