@@ -642,7 +642,8 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
             Some("default"),
             false,
         ),
-        (controller, "create", "pods", Some("default"), false),
+        // Backfill placeholders (backfill.mode auto, the default).
+        (controller, "create", "pods", Some("default"), true),
         (
             controller,
             "update",
