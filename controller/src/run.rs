@@ -249,11 +249,15 @@ impl Controller {
                 let config = self.config.load_full();
                 let started = std::time::Instant::now();
                 let now_ms = jiff::Timestamp::now().as_millisecond();
-                let backfill = match executor.backfill().observe().await {
-                    Ok(observed) => observed,
+                // Without a reading of the backfill requests, this pass plans as if backfill
+                // were off (it touches no request); every other rule still runs.
+                let (config, backfill) = match executor.backfill().observe().await {
+                    Ok(observed) => (config, observed),
                     Err(error) => {
-                        tracing::warn!(%error, "could not read the backfill requests; this pass skipped");
-                        continue;
+                        tracing::warn!(%error, "could not read the backfill requests; this pass leaves them alone");
+                        let mut off = (*config).clone();
+                        off.backfill.mode = spillway_common::config::BackfillMode::Off;
+                        (Arc::new(off), plan::BackfillObserved::default())
                     }
                 };
                 let actions = self.pass(&config, &mut state, now_ms, &backfill);

@@ -183,15 +183,15 @@ pub(super) fn plan_backfill(
             .filter(|((key, _), _)| key == workload.key)
             .map(|(_, n)| *n)
             .sum();
-        for (&(ref key, existing_kind), &count) in &observed.existing {
+        for (key, existing_kind) in observed.existing.keys() {
             if key != workload.key {
                 continue;
             }
-            let keep = Some(existing_kind) == kind && replicas > 0;
-            if !keep && count > 0 {
+            let keep = Some(*existing_kind) == kind && replicas > 0;
+            if !keep {
                 actions.push(Action::WithdrawBackfill {
                     workload: workload.key.to_owned(),
-                    kind: existing_kind,
+                    kind: *existing_kind,
                 });
             }
         }
