@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, Toleration};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::{Client, Resource};
 use serde_json::json;
 use spillway_common::keys;
 use spillway_common::pod_resources::PodResources;
 
 use crate::execute::FIELD_MANAGER;
 use crate::plan::{BackfillKind, BackfillObserved};
+use crate::snapshot::tolerates_virtual_node_taint;
 
 /// API group of `CapacityBuffer` (Karpenter, Cluster Autoscaler).
 pub const CAPACITY_BUFFER_GROUP: &str = "autoscaling.x-k8s.io";
@@ -75,12 +76,14 @@ fn capacity_buffer_resource() -> ApiResource {
     )
 }
 
-fn managed_selector() -> String {
-    format!(
-        "app.kubernetes.io/managed-by={},{}",
-        keys::MANAGED_BY,
-        keys::BACKFILL_FOR
-    )
+/// Label selector of Spillway's backfill objects: all of them, or those of Deployment
+/// `name` (in the namespace listed).
+fn backfill_selector(name: Option<&str>) -> String {
+    let owner = match name {
+        Some(name) => format!("{}={name}", keys::BACKFILL_FOR),
+        None => keys::BACKFILL_FOR.to_owned(),
+    };
+    format!("app.kubernetes.io/managed-by={},{owner}", keys::MANAGED_BY)
 }
 
 /// Reads and carries out backfill.
@@ -131,7 +134,7 @@ impl Backfill {
             capacity_buffer_served: self.capacity_buffer_served().await,
             existing: BTreeMap::new(),
         };
-        let params = ListParams::default().labels(&managed_selector());
+        let params = ListParams::default().labels(&backfill_selector(None));
         let pods: Api<Pod> = Api::all(self.client.clone());
         let list = pods
             .list_metadata(&params)
@@ -294,11 +297,7 @@ impl Backfill {
     async fn placeholders(&self, workload: &str) -> Result<Vec<String>, BackfillError> {
         let (namespace, name) = split(workload);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let params = ListParams::default().labels(&format!(
-            "app.kubernetes.io/managed-by={},{}={name}",
-            keys::MANAGED_BY,
-            keys::BACKFILL_FOR
-        ));
+        let params = ListParams::default().labels(&backfill_selector(Some(name)));
         let mut list: Vec<_> = pods
             .list_metadata(&params)
             .await
@@ -418,13 +417,6 @@ fn owner_reference(name: &str, uid: &str) -> serde_json::Value {
     })
 }
 
-/// Whether `toleration` lets a pod onto a virtual node (the key itself, or every key).
-fn tolerates_virtual_node(toleration: &Toleration) -> bool {
-    let key = toleration.key.as_deref().unwrap_or("");
-    key == keys::VIRTUAL_NODE_TAINT
-        || (key.is_empty() && toleration.operator.as_deref() == Some("Exists"))
-}
-
 /// A placeholder of Deployment `name`: the burst pods' requests, the template's node
 /// selector, affinity and tolerations (never one that lets it onto a virtual node), the
 /// negative PriorityClass, and a pause process.
@@ -446,7 +438,7 @@ pub fn placeholder_pod(
         .tolerations
         .iter()
         .flatten()
-        .filter(|t| !tolerates_virtual_node(t))
+        .filter(|t| !tolerates_virtual_node_taint(t))
         .collect();
     let pod = json!({
         "apiVersion": "v1",
@@ -484,14 +476,6 @@ pub fn placeholder_pod(
     serde_json::from_value(pod).expect("the placeholder pod is a valid Pod")
 }
 
-/// Whether `pod` is one of Spillway's placeholders.
-pub fn is_placeholder(pod: &Pod) -> bool {
-    pod.meta()
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(keys::BACKFILL_FOR))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,7 +499,13 @@ mod tests {
             memory_specified: true,
         };
         let pod = placeholder_pod("web", "d1", &template, &needs, "spillway:1");
-        assert!(is_placeholder(&pod));
+        assert!(
+            pod.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .contains_key(keys::BACKFILL_FOR)
+        );
         let spec = pod.spec.unwrap();
         assert_eq!(
             spec.priority_class_name.as_deref(),

@@ -14,6 +14,18 @@ use spillway_common::pod_resources::{self, PodResources};
 /// The taint Karpenter puts on a node it is disrupting (consolidation, drift, expiry).
 pub const KARPENTER_DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";
 
+/// Whether `toleration` lets a pod past the virtual node's `NoSchedule` taint (its key,
+/// or every key).
+pub fn tolerates_virtual_node_taint(toleration: &Toleration) -> bool {
+    (toleration.key.as_deref() == Some(keys::VIRTUAL_NODE_TAINT)
+        || (toleration.key.as_deref().unwrap_or("").is_empty()
+            && toleration.operator.as_deref() == Some("Exists")))
+        && toleration
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == "NoSchedule")
+}
+
 /// One opted-in pod (a pod the webhook labelled with `spillway.io/placement`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodView {
@@ -242,14 +254,7 @@ impl PodView {
 
     /// Already tolerates the virtual node's taint.
     pub fn tolerates_virtual_node(&self) -> bool {
-        self.tolerations.iter().any(|t| {
-            (t.key.as_deref() == Some(keys::VIRTUAL_NODE_TAINT)
-                || (t.key.as_deref().unwrap_or("").is_empty()
-                    && t.operator.as_deref() == Some("Exists")))
-                && t.effect
-                    .as_deref()
-                    .is_none_or(|e| e.is_empty() || e == "NoSchedule")
-        })
+        self.tolerations.iter().any(tolerates_virtual_node_taint)
     }
 
     /// `namespace/name`.

@@ -77,11 +77,16 @@ pub fn compute(
     let pricing = &config.pricing;
     let costs = index.burst_usd_by_workload(pricing, config.default_provider.for_pricing());
     let mut newest: HashMap<&str, &PodView> = HashMap::new();
+    let mut oldest_burst_ms: HashMap<&str, i64> = HashMap::new();
     for pod in pods {
         if let Some(key) = pod.workload.as_deref() {
             let entry = newest.entry(key).or_insert(pod);
             if pod.created_ms > entry.created_ms {
                 *entry = pod;
+            }
+            if pod.is_live() && pod.is_burst() {
+                let oldest = oldest_burst_ms.entry(key).or_insert(pod.created_ms);
+                *oldest = (*oldest).min(pod.created_ms);
             }
         }
     }
@@ -128,12 +133,8 @@ pub fn compute(
                     .annotations
                     .get(keys::BACKFILL)
                     .and_then(|v| v.parse().ok()),
-                oldest_burst_seconds: pods
-                    .iter()
-                    .filter(|p| p.workload.as_deref() == Some(view.key))
-                    .filter(|p| p.is_live() && p.is_burst())
-                    .map(|p| p.created_ms)
-                    .min()
+                oldest_burst_seconds: oldest_burst_ms
+                    .get(view.key)
                     .map(|created| ((now_ms - created).max(0) / 1000) as u64),
             })
         })

@@ -19,7 +19,7 @@ use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// The repository root.
@@ -89,6 +89,30 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until no pod is bound to the fixed regular nodes (`kwok-node-*`): earlier tests
+/// cleaned up.
+pub async fn regular_nodes_idle(client: &Client, within: Duration) -> anyhow::Result<()> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client.clone());
+    wait_until(
+        "regular nodes idle (earlier tests' pods gone)",
+        within,
+        || async {
+            Ok(!pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .any(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .is_some_and(|n| n.starts_with("kwok-node-"))
+                }))
+        },
+    )
+    .await
 }
 
 /// A namespace of its own for one test, deleted when dropped (even on panic).

@@ -21,7 +21,10 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
-use spillway_e2e::{RunUnderTest, TestNamespace, client, sample, scale, testbed_env, wait_until};
+use spillway_e2e::{
+    RunUnderTest, TestNamespace, client, deployment, regular_nodes_idle, sample, scale,
+    testbed_env, wait_until,
+};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -34,28 +37,25 @@ fn karpenter_running() -> bool {
         .unwrap_or(false)
 }
 
-fn bridge_deployment(
-    replicas: i32,
-    burst_annotations: serde_json::Value,
-) -> anyhow::Result<Deployment> {
-    let mut annotations = burst_annotations;
-    annotations["spillway.io/burst"] = json!("true");
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": APP, "annotations": annotations},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": APP}},
-            "template": {
-                "metadata": {"labels": {"app": APP}},
-                "spec": {
-                    "tolerations": [{"key": "spillway.io/testbed-pool", "operator": "Equal",
-                        "value": "karpenter", "effect": "NoSchedule"}],
-                    "containers": [{"name": "app", "image": "nginx:1.27",
-                        "resources": {"requests": {"cpu": "3", "memory": "1Gi"}}}]
-                }
-            }
-        }
-    }))?)
+/// The scenarios' opted-in Deployment: pods of 3 cores and 1 GiB that tolerate Karpenter's
+/// pool.
+fn bridge_deployment(replicas: i32) -> anyhow::Result<Deployment> {
+    let mut bridge = deployment(APP, replicas, "3", json!({"spillway.io/burst": "true"}))?;
+    let pod = bridge.spec.template.spec.as_mut().expect("a pod template");
+    pod.tolerations = Some(vec![serde_json::from_value(json!({
+        "key": "spillway.io/testbed-pool", "operator": "Equal",
+        "value": "karpenter", "effect": "NoSchedule"
+    }))?]);
+    let requests = pod.containers[0]
+        .resources
+        .as_mut()
+        .and_then(|r| r.requests.as_mut())
+        .expect("the template's requests");
+    requests.insert(
+        "memory".into(),
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()),
+    );
+    Ok(bridge)
 }
 
 /// Live pods of the app as (name, node, Ready).
@@ -125,7 +125,7 @@ async fn event_reasons(client: &kube::Client, namespace: &str) -> anyhow::Result
 }
 
 /// Waits until Karpenter's pool has no nodes left from an earlier scenario (it removes
-/// empty nodes after `consolidateAfter`).
+/// empty nodes after `consolidateAfter`) and the fixed nodes are idle.
 async fn pool_empty(client: &kube::Client) -> anyhow::Result<()> {
     wait_until(
         "Karpenter's pool empty",
@@ -133,25 +133,42 @@ async fn pool_empty(client: &kube::Client) -> anyhow::Result<()> {
         || async { Ok(karpenter_nodes(client).await?.is_empty()) },
     )
     .await?;
-    let pods: Api<Pod> = Api::all(client.clone());
-    wait_until(
-        "fixed nodes idle (earlier tests' pods gone)",
-        Duration::from_secs(120),
-        || async {
-            Ok(!pods
-                .list(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .any(|p| {
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.as_deref())
-                        .is_some_and(|n| n.starts_with("kwok-node-"))
-                }))
-        },
-    )
-    .await
+    regular_nodes_idle(client, Duration::from_secs(120)).await
+}
+
+/// One scenario, run alone: Karpenter's pool empty, the fixed nodes idle, a namespace of
+/// its own and `spillway run` with `config`. Fields drop in order: the process and its node
+/// go, then the namespace, and only then the next scenario starts.
+struct Scenario {
+    client: kube::Client,
+    deployments: Api<Deployment>,
+    pods: Api<Pod>,
+    run: RunUnderTest,
+    ns: TestNamespace,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Scenario {
+    async fn start(prefix: &str, config: &str) -> anyhow::Result<Self> {
+        if !karpenter_running() {
+            anyhow::bail!(
+                "the test bed runs no Karpenter: start it with e2e/testbed up --karpenter"
+            );
+        }
+        let serial = SERIAL.lock().await;
+        let client = client().await?;
+        pool_empty(&client).await?;
+        let ns = TestNamespace::create(&client, prefix).await?;
+        let run = RunUnderTest::start(&ns.name, &ns.name, config).await?;
+        Ok(Self {
+            deployments: Api::namespaced(client.clone(), &ns.name),
+            pods: Api::namespaced(client.clone(), &ns.name),
+            client,
+            run,
+            ns,
+            _serial: serial,
+        })
+    }
 }
 
 /// Three replicas fill the fixed nodes (one each), then two more find no room and burst:
@@ -162,7 +179,7 @@ async fn start_with_a_full_cluster(
     pods: &Api<Pod>,
 ) -> anyhow::Result<()> {
     deployments
-        .create(&PostParams::default(), &bridge_deployment(3, json!({}))?)
+        .create(&PostParams::default(), &bridge_deployment(3)?)
         .await?;
     wait_until(
         "3 replicas Ready on the fixed nodes",
@@ -188,16 +205,15 @@ fn config(extra: &str) -> String {
 #[ignore = "needs the test bed with Karpenter: run `make test` (e2e/testbed up --karpenter)"]
 async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked_for()
 -> anyhow::Result<()> {
-    if !karpenter_running() {
-        anyhow::bail!("the test bed runs no Karpenter: start it with e2e/testbed up --karpenter");
-    }
-    let _serial = SERIAL.lock().await;
-    let client = client().await?;
-    pool_empty(&client).await?;
-    let ns = TestNamespace::create(&client, "backfill").await?;
-    let run = RunUnderTest::start(&ns.name, &ns.name, &config("")).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let scenario = Scenario::start("backfill", &config("")).await?;
+    let Scenario {
+        client,
+        deployments,
+        pods,
+        run,
+        ns,
+        ..
+    } = &scenario;
     let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
         Api::namespaced(client.clone(), &ns.name);
     pdbs.create(
@@ -208,20 +224,7 @@ async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked
         }))?,
     )
     .await?;
-    deployments
-        .create(&PostParams::default(), &bridge_deployment(3, json!({}))?)
-        .await?;
-    wait_until(
-        "3 replicas Ready on the fixed nodes",
-        Duration::from_secs(60),
-        || async {
-            let pods = live(&pods).await?;
-            Ok(pods.len() == 3 && pods.iter().all(|p| p.2))
-        },
-    )
-    .await?;
-
-    // Watch Ready replicas from here on: never below 5 - maxUnavailable once all 5 run.
+    // Watch Ready replicas (recorded once all 5 are Ready): never below 5 - maxUnavailable once all 5 run.
     let all_ready = Arc::new(AtomicBool::new(false));
     let min_ready = Arc::new(AtomicI32::new(i32::MAX));
     let stop = Arc::new(AtomicBool::new(false));
@@ -248,20 +251,21 @@ async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked
         })
     };
 
-    // The sustained step: two more replicas find no room and burst.
-    scale(&deployments, APP, 5).await?;
+    // The sustained step: three replicas fill the fixed nodes, two more find no room and
+    // burst.
+    start_with_a_full_cluster(deployments, pods).await?;
     wait_until(
         "2 replicas burst and Running",
         Duration::from_secs(60),
         || async {
-            let pods = live(&pods).await?;
-            Ok(on_virtual(&pods, &run) == 2 && pods.iter().filter(|p| p.2).count() == 5)
+            let pods = live(pods).await?;
+            Ok(on_virtual(&pods, run) == 2 && pods.iter().filter(|p| p.2).count() == 5)
         },
     )
     .await?;
 
     // Karpenter serves CapacityBuffer here, so `auto` asks with one, for 2 replicas.
-    let buffers = capacity_buffers(&client, &ns.name);
+    let buffers = capacity_buffers(client, &ns.name);
     wait_until(
         "a CapacityBuffer for the 2 burst replicas",
         Duration::from_secs(60),
@@ -294,15 +298,15 @@ async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked
     wait_until(
         "Karpenter adds a node",
         Duration::from_secs(120),
-        || async { Ok(!karpenter_nodes(&client).await?.is_empty()) },
+        || async { Ok(!karpenter_nodes(client).await?.is_empty()) },
     )
     .await?;
     wait_until(
         "every replica home, Running and Ready",
         Duration::from_secs(240),
         || async {
-            let pods = live(&pods).await?;
-            Ok(pods.len() == 5 && on_virtual(&pods, &run) == 0 && pods.iter().all(|p| p.2))
+            let pods = live(pods).await?;
+            Ok(pods.len() == 5 && on_virtual(&pods, run) == 0 && pods.iter().all(|p| p.2))
         },
     )
     .await?;
@@ -321,7 +325,7 @@ async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked
         },
     )
     .await?;
-    let nodes_home = karpenter_nodes(&client).await?;
+    let nodes_home = karpenter_nodes(client).await?;
 
     // It settles: no re-burst, the nodes stay (they hold real pods), nothing else evicted.
     let evictions_before = sample(
@@ -329,14 +333,14 @@ async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked
         "spillway_rebalance_evictions_total{result=\"evicted\"}",
     );
     tokio::time::sleep(Duration::from_secs(45)).await;
-    let pods_now = live(&pods).await?;
+    let pods_now = live(pods).await?;
     assert_eq!(
-        on_virtual(&pods_now, &run),
+        on_virtual(&pods_now, run),
         0,
         "no replica burst again: {pods_now:?}"
     );
     assert_eq!(pods_now.len(), 5);
-    let nodes_now = karpenter_nodes(&client).await?;
+    let nodes_now = karpenter_nodes(client).await?;
     for node in &nodes_home {
         assert!(
             nodes_now.contains(node),
@@ -363,7 +367,7 @@ async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked
         "Ready replicas fell to {} (PDB maxUnavailable 1 of 5)",
         min_ready.load(Ordering::Relaxed)
     );
-    let reasons = event_reasons(&client, &ns.name).await?;
+    let reasons = event_reasons(client, &ns.name).await?;
     for reason in ["BackfillRequested", "Rebalanced", "BackfillSatisfied"] {
         assert!(
             reasons.iter().any(|r| r == reason),
@@ -371,45 +375,44 @@ async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked
         );
     }
     // The scale-in that ends the load lets the pool empty for the next scenario.
-    scale(&deployments, APP, 0).await?;
+    scale(deployments, APP, 0).await?;
     Ok(())
 }
 
 #[tokio::test]
 #[ignore = "needs the test bed with Karpenter: run `make test` (e2e/testbed up --karpenter)"]
 async fn a_spike_shorter_than_after_seconds_requests_nothing() -> anyhow::Result<()> {
-    if !karpenter_running() {
-        anyhow::bail!("the test bed runs no Karpenter: start it with e2e/testbed up --karpenter");
-    }
-    let _serial = SERIAL.lock().await;
-    let client = client().await?;
-    pool_empty(&client).await?;
-    let ns = TestNamespace::create(&client, "backfill-spike").await?;
     let config = config("").replace("afterSeconds: 5", "afterSeconds: 30");
-    let run = RunUnderTest::start(&ns.name, &ns.name, &config).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    start_with_a_full_cluster(&deployments, &pods).await?;
+    let scenario = Scenario::start("backfill-spike", &config).await?;
+    let Scenario {
+        client,
+        deployments,
+        pods,
+        run,
+        ns,
+        ..
+    } = &scenario;
+    start_with_a_full_cluster(deployments, pods).await?;
     wait_until("2 replicas burst", Duration::from_secs(60), || async {
-        Ok(on_virtual(&live(&pods).await?, &run) == 2)
+        Ok(on_virtual(&live(pods).await?, run) == 2)
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     // The spike ends after 10 s of the 30: the burst replicas go first on scale-in.
-    scale(&deployments, APP, 3).await?;
+    scale(deployments, APP, 3).await?;
     wait_until("burst replicas gone", Duration::from_secs(60), || async {
-        Ok(on_virtual(&live(&pods).await?, &run) == 0)
+        Ok(on_virtual(&live(pods).await?, run) == 0)
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(25)).await;
     assert!(
-        capacity_buffers(&client, &ns.name)
+        capacity_buffers(client, &ns.name)
             .list(&ListParams::default())
             .await?
             .items
             .is_empty()
     );
-    assert!(placeholders(&pods).await?.is_empty());
+    assert!(placeholders(pods).await?.is_empty());
     let annotations = deployments
         .get(APP)
         .await?
@@ -418,10 +421,10 @@ async fn a_spike_shorter_than_after_seconds_requests_nothing() -> anyhow::Result
         .unwrap_or_default();
     assert!(!annotations.contains_key("spillway.io/backfill"));
     assert!(
-        karpenter_nodes(&client).await?.is_empty(),
+        karpenter_nodes(client).await?.is_empty(),
         "no node was asked for"
     );
-    let reasons = event_reasons(&client, &ns.name).await?;
+    let reasons = event_reasons(client, &ns.name).await?;
     assert!(
         !reasons.iter().any(|r| r == "BackfillRequested"),
         "{reasons:?}"
@@ -433,26 +436,24 @@ async fn a_spike_shorter_than_after_seconds_requests_nothing() -> anyhow::Result
 #[ignore = "needs the test bed with Karpenter: run `make test` (e2e/testbed up --karpenter)"]
 async fn placeholders_are_preempted_by_the_returning_replicas_and_the_cap_holds()
 -> anyhow::Result<()> {
-    if !karpenter_running() {
-        anyhow::bail!("the test bed runs no Karpenter: start it with e2e/testbed up --karpenter");
-    }
-    let _serial = SERIAL.lock().await;
-    let client = client().await?;
-    pool_empty(&client).await?;
-    let ns = TestNamespace::create(&client, "backfill-ph").await?;
     // Placeholders (what `auto` picks where no CapacityBuffer CRD is served), capped at
     // 3 cores: room for one of the two burst replicas.
-    let run = RunUnderTest::start(
-        &ns.name,
-        &ns.name,
+    let scenario = Scenario::start(
+        "backfill-ph",
         &config("  mode: placeholders\n  maxCpu: \"3\"\n"),
     )
     .await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    start_with_a_full_cluster(&deployments, &pods).await?;
+    let Scenario {
+        client,
+        deployments,
+        pods,
+        run,
+        ns,
+        ..
+    } = &scenario;
+    start_with_a_full_cluster(deployments, pods).await?;
     wait_until("2 replicas burst", Duration::from_secs(60), || async {
-        Ok(on_virtual(&live(&pods).await?, &run) == 2)
+        Ok(on_virtual(&live(pods).await?, run) == 2)
     })
     .await?;
     let seen_on_virtual = Arc::new(AtomicBool::new(false));
@@ -487,17 +488,17 @@ async fn placeholders_are_preempted_by_the_returning_replicas_and_the_cap_holds(
     wait_until(
         "one replica home (the cap's worth)",
         Duration::from_secs(240),
-        || async { Ok(on_virtual(&live(&pods).await?, &run) == 1) },
+        || async { Ok(on_virtual(&live(pods).await?, run) == 1) },
     )
     .await?;
     // Once one is home the cap has room for the other: both come home in the end.
     wait_until("every replica home", Duration::from_secs(240), || async {
-        let pods = live(&pods).await?;
-        Ok(pods.len() == 5 && on_virtual(&pods, &run) == 0 && pods.iter().all(|p| p.2))
+        let pods = live(pods).await?;
+        Ok(pods.len() == 5 && on_virtual(&pods, run) == 0 && pods.iter().all(|p| p.2))
     })
     .await?;
     wait_until("placeholders gone", Duration::from_secs(60), || async {
-        Ok(placeholders(&pods)
+        Ok(placeholders(pods)
             .await?
             .iter()
             .all(|p| p.metadata.deletion_timestamp.is_some()))
@@ -515,7 +516,7 @@ async fn placeholders_are_preempted_by_the_returning_replicas_and_the_cap_holds(
         "maxCpu 3 holds one 3-core placeholder"
     );
     let events: BTreeMap<String, usize> =
-        event_reasons(&client, &ns.name)
+        event_reasons(client, &ns.name)
             .await?
             .into_iter()
             .fold(BTreeMap::new(), |mut m, r| {
@@ -523,6 +524,6 @@ async fn placeholders_are_preempted_by_the_returning_replicas_and_the_cap_holds(
                 m
             });
     assert!(events.contains_key("BackfillRequested"), "{events:?}");
-    scale(&deployments, APP, 0).await?;
+    scale(deployments, APP, 0).await?;
     Ok(())
 }

@@ -20,8 +20,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spillway_e2e::split_proxy::{Backend, SplitProxy};
 use spillway_e2e::{
-    RunUnderTest, TestNamespace, client, deployment, kubectl, repo_root, run_dir, sample, scale,
-    spillway_binary, wait_until,
+    RunUnderTest, TestNamespace, client, deployment, kubectl, regular_nodes_idle, repo_root,
+    run_dir, sample, scale, spillway_binary, wait_until,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -42,7 +42,7 @@ impl Scenario {
     async fn start(prefix: &str, config: &str) -> anyhow::Result<Self> {
         let serial = SERIAL.lock().await;
         let client = client().await?;
-        regular_nodes_idle(&client).await?;
+        regular_nodes_idle(&client, Duration::from_secs(90)).await?;
         let ns = TestNamespace::create(&client, prefix).await?;
         let run = RunUnderTest::start(&ns.name, &ns.name, config).await?;
         Ok(Self {
@@ -144,31 +144,6 @@ fn count(pods: &[Placed], node_prefix: &str, placement: &str) -> usize {
                 && p.placement.as_deref() == Some(placement)
         })
         .count()
-}
-
-/// Waits until no pod requests CPU on the regular nodes (earlier tests cleaned up).
-async fn regular_nodes_idle(client: &Client) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    wait_until(
-        "regular nodes idle (earlier tests' pods gone)",
-        Duration::from_secs(90),
-        || async {
-            let busy = pods
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .filter(|p| {
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.as_deref())
-                        .is_some_and(|n| n.starts_with("kwok-node-"))
-                })
-                .count();
-            Ok(busy == 0)
-        },
-    )
-    .await
 }
 
 async fn regular_node_count(client: &Client) -> anyhow::Result<i32> {
@@ -1011,7 +986,7 @@ async fn one_controller_acts_and_a_refused_config_changes_nothing() -> anyhow::R
 async fn concurrent_admissions_by_two_webhooks_converge_to_the_cap() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let client = client().await?;
-    regular_nodes_idle(&client).await?;
+    regular_nodes_idle(&client, Duration::from_secs(90)).await?;
     let ns = TestNamespace::create(&client, "e2e-concurrent").await?;
     // The controller with its mock virtual node; two webhook processes admit the pods.
     let node_name = format!("spillway-fargate-{}", ns.name);

@@ -60,19 +60,25 @@ pub enum Command {
     Pause,
 }
 
+/// A single-threaded runtime for the short commands; on failure the reason is printed
+/// and the exit code returned.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("spillway: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
 /// `spillway status`: prints the table or JSON; exit 1 with the reason when the cluster
 /// cannot be read.
 fn status(args: &spillway_controller::status_cli::StatusArgs) -> ExitCode {
     spillway_common::tls::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match current_thread_runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("spillway: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(spillway_controller::status_cli::read(args)) {
         Ok(status) => {
@@ -120,15 +126,9 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// `spillway pause`: waits for SIGTERM or SIGINT and exits 0.
 fn pause() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match current_thread_runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("spillway: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         spillway_common::shutdown::on_signal().cancelled().await;

@@ -44,6 +44,16 @@ pub struct BackfillObserved {
     pub existing: BTreeMap<(String, BackfillKind), u32>,
 }
 
+impl BackfillObserved {
+    /// The requests of `workload` (`namespace/name`): each kind with its replicas.
+    fn of<'a>(&'a self, workload: &'a str) -> impl Iterator<Item = (BackfillKind, u32)> + 'a {
+        self.existing
+            .iter()
+            .filter(move |((key, _), _)| key == workload)
+            .map(|((_, kind), replicas)| (*kind, *replicas))
+    }
+}
+
 /// The burst pods a request is made for: live burst pods a regular node could take,
 /// burst for want of capacity (`capacity`, `no-fit`, `pending`). Pods burst by the
 /// workload's own policy (`max-local`, HPA pressure) would burst again from any node,
@@ -139,7 +149,7 @@ pub(super) fn plan_backfill(
         .filter_map(|w| {
             let pods: Vec<&PodView> = homeable(w).collect();
             let oldest_ms = pods.iter().map(|p| p.created_ms).min()?;
-            let requested = observed.existing.keys().any(|(key, _)| key == w.key);
+            let requested = observed.of(w.key).next().is_some();
             // A request already made shrinks with its workload's burst; a new one waits
             // for the burst to last `afterSeconds`.
             if !requested && !w.policy.backfilling && input.now_ms - oldest_ms < after_ms {
@@ -177,21 +187,12 @@ pub(super) fn plan_backfill(
         let (replicas, needs) = granted.get(workload.key).copied().unwrap_or_default();
         requested_now.0 += u64::from(replicas) * needs.cpu_millis;
         requested_now.1 += u64::from(replicas) * needs.memory_bytes;
-        let had: u32 = observed
-            .existing
-            .iter()
-            .filter(|((key, _), _)| key == workload.key)
-            .map(|(_, n)| *n)
-            .sum();
-        for (key, existing_kind) in observed.existing.keys() {
-            if key != workload.key {
-                continue;
-            }
-            let keep = Some(*existing_kind) == kind && replicas > 0;
-            if !keep {
+        let had: u32 = observed.of(workload.key).map(|(_, n)| n).sum();
+        for (existing_kind, _) in observed.of(workload.key) {
+            if Some(existing_kind) != kind || replicas == 0 {
                 actions.push(Action::WithdrawBackfill {
                     workload: workload.key.to_owned(),
-                    kind: *existing_kind,
+                    kind: existing_kind,
                 });
             }
         }
@@ -199,9 +200,8 @@ pub(super) fn plan_backfill(
             && replicas > 0
         {
             let current = observed
-                .existing
-                .get(&(workload.key.to_owned(), kind))
-                .copied();
+                .of(workload.key)
+                .find_map(|(k, n)| (k == kind).then_some(n));
             if current != Some(replicas) || !workload.policy.backfilling {
                 actions.push(Action::RequestBackfill {
                     workload: workload.key.to_owned(),

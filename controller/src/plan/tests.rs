@@ -94,6 +94,19 @@ impl Cluster {
         self.pods.push(pod);
     }
 
+    /// Adds (or replaces) a Ready regular node with `taints`.
+    fn node(&mut self, name: &str, cpu: &str, memory: &str, taints: Value) {
+        self.index.apply_node(
+            &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"taints": taints},
+                "status": {"allocatable": {"cpu": cpu, "memory": memory},
+                    "conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .unwrap(),
+        );
+    }
+
     fn remove(&mut self, name: &str) {
         self.pods
             .retain(|p| p.metadata.name.as_deref() != Some(name));
@@ -210,14 +223,11 @@ fn rebalance_needs_a_node_with_room_and_no_pressure_with_the_pod() {
     assert!(evictions(&cluster.plan(&mut state, T0 + 20 * MIN)).is_empty());
     // A node tainted against the pod has no room for it either.
     let mut tainted = Cluster::new("8", 3, json!({}));
-    tainted.index.apply_node(
-        &serde_json::from_value(json!({
-            "metadata": {"name": "a"},
-            "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]},
-            "status": {"allocatable": {"cpu": "8", "memory": "64Gi"},
-                "conditions": [{"type": "Ready", "status": "True"}]}
-        }))
-        .unwrap(),
+    tainted.node(
+        "a",
+        "8",
+        "64Gi",
+        json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
     );
     tainted.pod("b1", Some("vk"), "1", T0, json!({}));
     let mut state = ControllerState::default();
@@ -503,6 +513,17 @@ fn full_with_burst(annotations: Value, reason: &str) -> Cluster {
     cluster
 }
 
+/// [`full_with_burst`] whose request for both burst replicas stands: two placeholders,
+/// and the Deployment's mark.
+fn backfilled() -> Cluster {
+    let mut cluster = full_with_burst(json!({"spillway.io/backfill": "2"}), "capacity");
+    cluster
+        .backfill
+        .existing
+        .insert(("ns/web".into(), BackfillKind::Placeholders), 2);
+    cluster
+}
+
 fn backfill_requests(actions: &[Action]) -> Vec<(BackfillKind, u32)> {
     actions
         .iter()
@@ -604,11 +625,7 @@ fn backfill_is_capped_across_the_cluster() {
 #[test]
 fn a_backfilled_burst_pod_comes_home_as_soon_as_a_node_fits_it() {
     // The Deployment carries the mark: its request stands.
-    let mut cluster = full_with_burst(json!({"spillway.io/backfill": "2"}), "capacity");
-    cluster
-        .backfill
-        .existing
-        .insert(("ns/web".into(), BackfillKind::Placeholders), 2);
+    let mut cluster = backfilled();
     let mut state = ControllerState::default();
     // Still full: nothing moves, and the request is left as it is.
     let actions = cluster.plan(&mut state, T0 + 2 * MIN);
@@ -616,14 +633,7 @@ fn a_backfilled_burst_pod_comes_home_as_soon_as_a_node_fits_it() {
     assert!(backfill_requests(&actions).is_empty(), "{actions:?}");
     // The autoscaler's node arrives (empty: placeholders hold no room). Utilization is
     // 2/4 cores; no cooldown of low utilization is waited for.
-    cluster.index.apply_node(
-        &serde_json::from_value(json!({
-            "metadata": {"name": "karpenter-1", "labels": {}},
-            "status": {"allocatable": {"cpu": "2", "memory": "8Gi"},
-                "conditions": [{"type": "Ready", "status": "True"}]}
-        }))
-        .unwrap(),
-    );
+    cluster.node("karpenter-1", "2", "8Gi", json!([]));
     let actions = cluster.plan(&mut state, T0 + 2 * MIN + 2000);
     // Same cost: the oldest first.
     assert_eq!(evictions(&actions), vec![("b1", EvictionCause::Rebalance)]);
@@ -631,11 +641,7 @@ fn a_backfilled_burst_pod_comes_home_as_soon_as_a_node_fits_it() {
 
 #[test]
 fn the_request_shrinks_as_replicas_come_home_and_the_mark_goes_when_settled() {
-    let mut cluster = full_with_burst(json!({"spillway.io/backfill": "2"}), "capacity");
-    cluster
-        .backfill
-        .existing
-        .insert(("ns/web".into(), BackfillKind::Placeholders), 2);
+    let mut cluster = backfilled();
     cluster.remove("b2");
     let mut state = ControllerState::default();
     let actions = cluster.plan(&mut state, T0 + 3 * MIN);
@@ -677,11 +683,7 @@ fn the_request_shrinks_as_replicas_come_home_and_the_mark_goes_when_settled() {
 
 #[test]
 fn a_restart_adopts_standing_requests_and_removes_orphans() {
-    let mut cluster = full_with_burst(json!({"spillway.io/backfill": "2"}), "capacity");
-    cluster
-        .backfill
-        .existing
-        .insert(("ns/web".into(), BackfillKind::Placeholders), 2);
+    let mut cluster = backfilled();
     cluster
         .backfill
         .existing
@@ -706,14 +708,11 @@ fn a_restart_adopts_standing_requests_and_removes_orphans() {
 #[test]
 fn overshoot_never_evicts_a_pod_karpenter_is_disrupting() {
     let mut cluster = Cluster::new("8", 2, json!({"spillway.io/max-local": "1"}));
-    cluster.index.apply_node(
-        &serde_json::from_value(json!({
-            "metadata": {"name": "a", "labels": {}},
-            "spec": {"taints": [{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]},
-            "status": {"allocatable": {"cpu": "8", "memory": "64Gi"},
-                "conditions": [{"type": "Ready", "status": "True"}]}
-        }))
-        .unwrap(),
+    cluster.node(
+        "a",
+        "8",
+        "64Gi",
+        json!([{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]),
     );
     cluster.pod("l1", Some("a"), "1", T0, json!({}));
     cluster.pod("l2", Some("a"), "1", T0 + 1000, json!({}));
