@@ -22,7 +22,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 use spillway_e2e::{
-    RunUnderTest, TestNamespace, client, deployment, regular_nodes_idle, sample, scale,
+    RunUnderTest, TestNamespace, client, deployment, kubectl, regular_nodes_idle, sample, scale,
     testbed_env, wait_until,
 };
 
@@ -145,7 +145,27 @@ struct Scenario {
     pods: Api<Pod>,
     run: RunUnderTest,
     ns: TestNamespace,
+    _pool: PoolReset,
     _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Gives the nodes Karpenter added back when dropped (even on panic), and waits until they
+/// are gone: they are Ready regular nodes, so left behind they would count in the cluster
+/// capacity every later scenario on the test bed computes its pressure from.
+struct PoolReset;
+
+impl Drop for PoolReset {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "nodeclaims", "--all", "--timeout=180s"]);
+        let _ = kubectl(&[
+            "wait",
+            "--for=delete",
+            "nodes",
+            "-l",
+            "spillway.io/testbed-pool=karpenter",
+            "--timeout=180s",
+        ]);
+    }
 }
 
 impl Scenario {
@@ -166,6 +186,7 @@ impl Scenario {
             client,
             run,
             ns,
+            _pool: PoolReset,
             _serial: serial,
         })
     }

@@ -158,14 +158,22 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
     let secret = find(&docs, "Secret", "spillway-webhook-tls")?;
     assert_eq!(hook["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
     assert_eq!(hook["clientConfig"]["service"]["name"], "spillway-webhook");
-    // The operator config the processes read is exactly the defaults they would use.
+    // The operator config the processes read is exactly the defaults they would use, but
+    // for the one the chart adds: backfill placeholders run the chart's own image
+    // (`spillway pause`).
     let config_map = find(&docs, "ConfigMap", "spillway-config")?;
     let config_text = config_map["data"]["config.yaml"].as_str().unwrap();
     let config = OperatorConfig::from_yaml(config_text, Path::new("config.yaml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert_eq!(config, OperatorConfig::default());
-    // Leader election in the release's namespace, never kube-system.
     let controller = find(&docs, "Deployment", "spillway-controller")?;
+    let mut expected = OperatorConfig::default();
+    expected.backfill.placeholder_image =
+        controller["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .map(str::to_owned);
+    assert!(expected.backfill.placeholder_image.is_some());
+    assert_eq!(config, expected);
+    // Leader election in the release's namespace, never kube-system.
     let args = controller["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(
         args.contains("--leader-election-namespace=spillway-system"),
