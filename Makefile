@@ -29,7 +29,7 @@ test: prerequisites
 	  e2e/lib/summary.sh $(LOGS)/*.log; \
 	  exit $$status
 
-## make demo: a local cluster, simulated nodes and a local ECS endpoint; Spillway bursts a Deployment onto the virtual node and back.
+## make demo: a local cluster, simulated nodes, a local ECS endpoint and Karpenter; Spillway bursts a Deployment onto the virtual node and back, then bridges a sustained load until Karpenter's node arrives.
 demo: prerequisites
 	cargo build -p spillway
 	e2e/demo
@@ -47,7 +47,7 @@ bench:
 	target/release/spillway-bench decision
 	target/release/spillway-bench webhook-load
 	@status=0; \
-	  e2e/testbed up || status=$$?; \
+	  e2e/testbed up --karpenter || status=$$?; \
 	  if [[ $$status -eq 0 ]]; then \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench pod-create || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench vk-node || status=$$?; \
@@ -55,6 +55,7 @@ bench:
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-loop || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-scale || status=$$?; \
 	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench controller-scale --opted-in 1 || status=$$?; \
+	    SPILLWAY_BIN=target/release/spillway target/release/spillway-bench backfill-bridge || status=$$?; \
 	  fi; \
 	  e2e/testbed down; \
 	  exit $$status

@@ -1,6 +1,7 @@
 //! `spillway-bench`: benchmarks whose figures go to BENCHMARKS.md, each measured as a
 //! ratio against a baseline run in the same invocation where one exists.
 
+mod backfill;
 mod controller;
 mod report;
 mod stats;
@@ -38,6 +39,9 @@ enum Command {
     /// On the test bed: controller RSS and pass time at 1,000 nodes and 30,000 pods, against
     /// the webhook's RSS over the same cluster.
     ControllerScale(controller::ScaleArgs),
+    /// On the test bed with Karpenter: a sustained step of load with backfill on and off,
+    /// time to zero burst replicas and burst USD over the same window.
+    BackfillBridge,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Command::AciNode(args) => runtime.block_on(testbed::aci_node(args)),
         Command::ControllerLoop => runtime.block_on(controller::controller_loop()),
         Command::ControllerScale(args) => runtime.block_on(controller::controller_scale(args)),
+        Command::BackfillBridge => runtime.block_on(backfill::backfill_bridge()),
     }
 }
