@@ -31,7 +31,8 @@ pub enum Command {
     /// replicas of opted-in Deployments to a virtual node.
     Webhook(spillway_webhook::run::WebhookArgs),
     /// Run the controller: while it leads (Lease election) it gives burst pods the low
-    /// deletion cost, moves them back when capacity returns, lets long-unschedulable pods
+    /// deletion cost, asks the cluster autoscaler for real nodes for them (backfill), moves
+    /// them back when capacity returns, lets long-unschedulable pods
     /// spill, corrects cap overshoot, exports the burst metrics and writes Events; it also
     /// runs the embedded virtual node(s) (`--vk-provider fargate,mock`).
     Controller(Box<spillway_controller::ControllerArgs>),
