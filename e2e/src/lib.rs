@@ -91,6 +91,20 @@ where
     }
 }
 
+/// `spillway status -o json -n <namespace>` against the test bed, parsed.
+pub fn status_json(namespace: &str) -> anyhow::Result<serde_json::Value> {
+    let output = std::process::Command::new(spillway_binary()?)
+        .args(["status", "-o", "json", "-n", namespace])
+        .env("KUBECONFIG", run_dir().join("kubeconfig"))
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "spillway status: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
 /// Waits until no pod is bound to the fixed regular nodes (`kwok-node-*`): earlier tests
 /// cleaned up.
 pub async fn regular_nodes_idle(client: &Client, within: Duration) -> anyhow::Result<()> {

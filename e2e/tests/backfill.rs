@@ -5,7 +5,8 @@
 //! burst replica comes home without the PodDisruptionBudget ever broken, the request is
 //! withdrawn and the nodes stay; a spike shorter than `afterSeconds` asks for nothing;
 //! placeholders are preempted by the returning replicas and never reach the virtual node;
-//! the cluster cap holds.
+//! the cluster cap holds; a restart mid-backfill adopts the standing request and removes
+//! an orphaned one.
 //!
 //! The pods request 3 of the fixed nodes' 4 cores, so the three fixed nodes take three
 //! replicas and any more find no room (`no-fit`) until Karpenter adds a node. The tests
@@ -23,7 +24,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 use spillway_e2e::{
     RunUnderTest, TestNamespace, client, deployment, kubectl, regular_nodes_idle, sample, scale,
-    testbed_env, wait_until,
+    status_json, testbed_env, wait_until,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -546,5 +547,115 @@ async fn placeholders_are_preempted_by_the_returning_replicas_and_the_cap_holds(
             });
     assert!(events.contains_key("BackfillRequested"), "{events:?}");
     scale(deployments, APP, 0).await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed with Karpenter: run `make test` (e2e/testbed up --karpenter)"]
+async fn a_restart_mid_backfill_adopts_the_request_and_removes_orphans() -> anyhow::Result<()> {
+    // afterSeconds 5, and Karpenter's node takes 15 s to register: Spillway stops between
+    // the request and the node.
+    let mut scenario = Scenario::start("backfill-restart", &config("")).await?;
+    let (client, namespace) = (scenario.client.clone(), scenario.ns.name.clone());
+    let (deployments, pods) = (scenario.deployments.clone(), scenario.pods.clone());
+    start_with_a_full_cluster(&deployments, &pods).await?;
+    wait_until("2 replicas burst", Duration::from_secs(60), || async {
+        Ok(on_virtual(&live(&pods).await?, &scenario.run) == 2)
+    })
+    .await?;
+    let buffers = capacity_buffers(&client, &namespace);
+    wait_until(
+        "a CapacityBuffer for the 2 burst replicas",
+        Duration::from_secs(60),
+        || async {
+            let list = buffers.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|b| b.data["spec"]["replicas"] == json!(2)))
+        },
+    )
+    .await?;
+    // `spillway status -o json` shows the request and how long the burst has lasted.
+    let status = status_json(&namespace)?;
+    let row = status["workloads"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["workload"] == APP))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["backfill"], 2, "{status}");
+    assert!(
+        row["oldestBurstSeconds"].as_u64().is_some_and(|s| s >= 5),
+        "{status}"
+    );
+    // A request left by a Deployment that no longer exists.
+    let orphan: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "autoscaling.x-k8s.io/v1beta1",
+        "kind": "CapacityBuffer",
+        "metadata": {"name": "spillway-backfill-gone", "labels": {
+            "app.kubernetes.io/managed-by": "spillway", "spillway.io/backfill-for": "gone"}},
+        "spec": {"scalableRef": {"apiGroup": "apps", "kind": "Deployment", "name": "gone"},
+            "replicas": 1}
+    }))?;
+    buffers.create(&PostParams::default(), &orphan).await?;
+
+    let stopped = scenario.run.terminate()?;
+    assert!(stopped.success(), "spillway run exits cleanly: {stopped}");
+    assert!(
+        buffers.get_opt("spillway-backfill-bridge").await?.is_some(),
+        "a stopping controller leaves its request standing"
+    );
+    let second = RunUnderTest::start(&namespace, &namespace, &config("")).await?;
+    wait_until(
+        "the orphaned request removed",
+        Duration::from_secs(60),
+        || async { Ok(buffers.get_opt("spillway-backfill-gone").await?.is_none()) },
+    )
+    .await?;
+    wait_until(
+        "every replica home, Running and Ready",
+        Duration::from_secs(240),
+        || async {
+            let pods = live(&pods).await?;
+            Ok(pods.len() == 5 && on_virtual(&pods, &second) == 0 && pods.iter().all(|p| p.2))
+        },
+    )
+    .await?;
+    wait_until(
+        "request withdrawn and the mark removed",
+        Duration::from_secs(60),
+        || async {
+            let buffers = buffers.list(&ListParams::default()).await?.items;
+            let annotations = deployments
+                .get(APP)
+                .await?
+                .metadata
+                .annotations
+                .unwrap_or_default();
+            Ok(buffers.is_empty() && !annotations.contains_key("spillway.io/backfill"))
+        },
+    )
+    .await?;
+    // Adopted, not asked anew: one BackfillRequested (the first controller's).
+    let reasons = event_reasons(&client, &namespace).await?;
+    let requested = reasons.iter().filter(|r| *r == "BackfillRequested").count();
+    assert_eq!(requested, 1, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "BackfillSatisfied"),
+        "{reasons:?}"
+    );
+    // The second controller saw both burst replicas go home, and what they cost meanwhile.
+    let metrics = second.metrics()?;
+    assert!(
+        sample(&metrics, "spillway_burst_duration_seconds_count").is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+    let usd = metrics
+        .lines()
+        .filter(|l| l.starts_with("spillway_burst_usd_total{") && l.contains("workload=\"bridge\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(usd > 0.0, "{metrics}");
+    scale(&deployments, APP, 0).await?;
     Ok(())
 }

@@ -17,11 +17,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use spillway_e2e::split_proxy::{Backend, SplitProxy};
 use spillway_e2e::{
     RunUnderTest, TestNamespace, client, deployment, kubectl, regular_nodes_idle, repo_root,
-    run_dir, sample, scale, spillway_binary, wait_until,
+    run_dir, sample, scale, status_json, wait_until,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -188,19 +188,6 @@ async fn fill(client: &Client, ns: &str, admin_port: u16) -> anyhow::Result<()> 
     // The webhook's index follows the same watches.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
-}
-
-fn status_json(namespace: &str) -> anyhow::Result<Value> {
-    let output = std::process::Command::new(spillway_binary()?)
-        .args(["status", "-o", "json", "-n", namespace])
-        .env("KUBECONFIG", run_dir().join("kubeconfig"))
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "spillway status: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 fn event_reasons(namespace: &str, object: &str) -> anyhow::Result<Vec<String>> {
