@@ -55,6 +55,7 @@ pub fn decision() -> anyhow::Result<()> {
         .workload("bench", "web-7")
         .expect("synthetic workload");
     let (policy, _) = policy::read(Some(view.annotations), None);
+    let no_constraints = spillway_cluster::constraints::NodeConstraints::default();
     let facts = PodFacts {
         needs: spillway_common::pod_resources::PodResources {
             cpu_millis: 100,
@@ -63,6 +64,11 @@ pub fn decision() -> anyhow::Result<()> {
             memory_specified: true,
         },
         tolerations: &[],
+        constraints: &no_constraints,
+        provider: decision::ProviderPick {
+            provider: spillway_common::config::Provider::Fargate,
+            unusable: None,
+        },
         ineligible: &[],
         counts: view.counts,
         replicas: view.replicas,

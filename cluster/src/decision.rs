@@ -9,6 +9,7 @@ use spillway_common::cost;
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::pod_resources::PodResources;
 
+use crate::constraints::NodeConstraints;
 use crate::policy::WorkloadPolicy;
 
 /// Sums over Ready, schedulable, non-virtual nodes.
@@ -117,6 +118,12 @@ pub enum Reason {
     Budget,
     /// The pod stayed unschedulable and the controller let it use the virtual node.
     Pending,
+    /// Pressure, but no virtual node of a provider the workload allows can take the pod
+    /// (missing, NotReady, degraded, full, or excluded after a failover).
+    ProviderUnavailable,
+    /// Pressure, but the pod's own node selector, node affinity, anti-affinity or
+    /// topology spread rules out every virtual node it could go to.
+    Constraints,
 }
 
 impl Reason {
@@ -132,6 +139,8 @@ impl Reason {
             Reason::Ineligible => "ineligible",
             Reason::Budget => "budget",
             Reason::Pending => "pending",
+            Reason::ProviderUnavailable => "provider-unavailable",
+            Reason::Constraints => "constraints",
         }
     }
 
@@ -147,6 +156,8 @@ impl Reason {
             "ineligible" => Reason::Ineligible,
             "budget" => Reason::Budget,
             "pending" => Reason::Pending,
+            "provider-unavailable" => Reason::ProviderUnavailable,
+            "constraints" => Reason::Constraints,
             _ => return None,
         })
     }
@@ -157,55 +168,120 @@ impl Reason {
     }
 }
 
+/// Whether a provider's virtual node can take a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderNode {
+    /// One exists, Ready, not degraded, with room, and its labels satisfy the pod.
+    Takes,
+    /// None is usable: missing, NotReady, degraded or full.
+    Unusable,
+    /// A usable one exists, but the pod's node selector or affinity rules it out.
+    Constrained,
+}
+
 /// What the decision needs to know about capacity; the index implements it, tests may
 /// use any other.
 pub trait CapacityView {
     /// Sums over Ready, schedulable, non-virtual nodes.
     fn totals(&self) -> CapacityTotals;
-    /// Whether one such node, with taints the pod tolerates, has room for `needs`.
-    fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool;
-    /// Whether a Ready virtual node of `provider` without the degraded taint exists
-    /// (what `auto` chooses among).
-    fn provider_usable(&self, provider: Provider) -> bool {
-        let _ = provider;
-        true
+    /// Whether one such node, with taints the pod tolerates and labels its constraints
+    /// accept, has room for `needs`.
+    fn any_node_fits(
+        &self,
+        needs: &PodResources,
+        tolerations: &[Toleration],
+        constraints: &NodeConstraints,
+    ) -> bool;
+    /// Whether a virtual node of `provider` can take a pod of `needs` and `constraints`.
+    fn provider_node(
+        &self,
+        provider: Provider,
+        needs: &PodResources,
+        constraints: &NodeConstraints,
+    ) -> ProviderNode {
+        let _ = (provider, needs, constraints);
+        ProviderNode::Takes
     }
 }
 
-/// The provider a pod of `needs` bursts to for `choice`: the named one, or for `auto` the
-/// one whose size for the pod costs less at `pricing`, among the providers with a usable
-/// virtual node (all of them when none is usable) and whose largest size holds the pod;
-/// Fargate on a tie or when none does.
-pub fn choose_provider(
+/// The provider a pod would burst to, and why it cannot, if it cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProviderPick {
+    /// The provider chosen; when none can take the pod, the one its eligibility, price
+    /// and warnings are read against (the first eligible one in order, else the first).
+    pub provider: Provider,
+    /// `None` when `provider` can take the pod; else [`Reason::Ineligible`],
+    /// [`Reason::Constraints`] or [`Reason::ProviderUnavailable`].
+    pub unusable: Option<Reason>,
+}
+
+/// The providers `choice` allows, in the order they are tried: the listed order, or for
+/// `auto` cheapest first at `pricing` (those too large for a provider's sizes last;
+/// Fargate first on a tie).
+fn candidates(
     choice: ProviderChoice,
     needs: &PodResources,
     pricing: &PricingConfig,
-    capacity: &impl CapacityView,
-) -> Provider {
-    if let Some(provider) = choice.fixed() {
-        return provider;
+) -> Vec<Provider> {
+    if let Some(order) = choice.order() {
+        return order.to_vec();
     }
-    let all = [Provider::Fargate, Provider::Aci];
-    let usable: Vec<Provider> = all
-        .into_iter()
-        .filter(|p| capacity.provider_usable(*p))
-        .collect();
-    let candidates = if usable.is_empty() {
-        all.to_vec()
-    } else {
-        usable
-    };
-    let fits = |p: Provider| {
+    let mut all = vec![Provider::Fargate, Provider::Aci];
+    let price = |p: Provider| {
         let (max_cpu, max_memory) = eligibility::provider_max(p);
-        needs.cpu_millis <= max_cpu && needs.memory_bytes <= max_memory
+        let fits = needs.cpu_millis <= max_cpu && needs.memory_bytes <= max_memory;
+        fits.then(|| cost::hourly_usd(needs, p, pricing))
+            .flatten()
+            .unwrap_or(f64::INFINITY)
     };
-    candidates
-        .into_iter()
-        .filter(|p| fits(*p))
-        .filter_map(|p| cost::hourly_usd(needs, p, pricing).map(|usd| (p, usd)))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(p, _)| p)
-        .unwrap_or(Provider::Fargate)
+    all.sort_by(|a, b| price(*a).total_cmp(&price(*b)));
+    all
+}
+
+/// The provider a pod bursts to for `choice`: the first of its candidates (see
+/// [`candidates`]) that the pod is `eligible` for, that is not `excluded` (failed over
+/// from) and whose virtual node can take it. When none can, the pick names the first
+/// eligible candidate and why it cannot: its sibling rules or node constraints
+/// ([`Reason::Constraints`]) or no usable node ([`Reason::ProviderUnavailable`]); or,
+/// when the pod is eligible for none, the first candidate and [`Reason::Ineligible`].
+pub fn choose_provider(
+    choice: ProviderChoice,
+    needs: &PodResources,
+    constraints: &NodeConstraints,
+    excluded: &[Provider],
+    pricing: &PricingConfig,
+    capacity: &impl CapacityView,
+    eligible: impl Fn(Provider) -> bool,
+) -> ProviderPick {
+    let order = candidates(choice, needs, pricing);
+    let mut fallback: Option<ProviderPick> = None;
+    for provider in order.iter().copied().filter(|p| eligible(*p)) {
+        let node = if excluded.contains(&provider) {
+            ProviderNode::Unusable
+        } else if constraints.spread_bound {
+            ProviderNode::Constrained
+        } else {
+            capacity.provider_node(provider, needs, constraints)
+        };
+        let unusable = match node {
+            ProviderNode::Takes => {
+                return ProviderPick {
+                    provider,
+                    unusable: None,
+                };
+            }
+            ProviderNode::Unusable => Reason::ProviderUnavailable,
+            ProviderNode::Constrained => Reason::Constraints,
+        };
+        fallback.get_or_insert(ProviderPick {
+            provider,
+            unusable: Some(unusable),
+        });
+    }
+    fallback.unwrap_or(ProviderPick {
+        provider: order.first().copied().unwrap_or(Provider::Fargate),
+        unusable: Some(Reason::Ineligible),
+    })
 }
 
 /// Everything about one pod and its workload the decision reads.
@@ -215,6 +291,10 @@ pub struct PodFacts<'a> {
     pub needs: PodResources,
     /// The pod's tolerations.
     pub tolerations: &'a [Toleration],
+    /// What the pod asks of its node.
+    pub constraints: &'a NodeConstraints,
+    /// Where it would burst (see [`choose_provider`]).
+    pub provider: ProviderPick,
     /// Why it may not burst (empty: eligible).
     pub ineligible: &'a [Ineligible],
     /// Local and burst replicas of the workload, in-flight decisions included.
@@ -289,7 +369,7 @@ fn pressure(
     if !bought_room && over_threshold(totals, &facts.needs, threshold) {
         return Some(Reason::Capacity);
     }
-    if !capacity.any_node_fits(&facts.needs, facts.tolerations) {
+    if !capacity.any_node_fits(&facts.needs, facts.tolerations, facts.constraints) {
         return Some(Reason::NoFit);
     }
     None
@@ -320,13 +400,11 @@ pub fn decide(
     if over_budget(&facts.budget, policy) {
         return local(Reason::Budget);
     }
+    if let Some(unusable) = facts.provider.unusable {
+        return local(unusable);
+    }
     Decision {
-        placement: Placement::Burst(choose_provider(
-            policy.provider.unwrap_or(config.default_provider),
-            &facts.needs,
-            &config.pricing,
-            capacity,
-        )),
+        placement: Placement::Burst(facts.provider.provider),
         reason,
     }
 }
@@ -355,7 +433,7 @@ mod tests {
         fn totals(&self) -> CapacityTotals {
             self.totals
         }
-        fn any_node_fits(&self, _: &PodResources, _: &[Toleration]) -> bool {
+        fn any_node_fits(&self, _: &PodResources, _: &[Toleration], _: &NodeConstraints) -> bool {
             self.fits
         }
     }
@@ -381,6 +459,11 @@ mod tests {
                 memory_specified: true,
             },
             tolerations: &[],
+            constraints: &NO_CONSTRAINTS,
+            provider: ProviderPick {
+                provider: Provider::Fargate,
+                unusable: None,
+            },
             ineligible: &[],
             counts: PlacementCounts { local, burst },
             replicas: 10,
@@ -397,6 +480,11 @@ mod tests {
     }
 
     const BURST: Placement = Placement::Burst(Provider::Fargate);
+    static NO_CONSTRAINTS: NodeConstraints = NodeConstraints {
+        node_selector: Vec::new(),
+        required_terms: Vec::new(),
+        spread_bound: false,
+    };
 
     #[test]
     fn table() {
@@ -581,14 +669,56 @@ mod tests {
                 expected: (BURST, Reason::Capacity),
             },
             Case {
-                name: "provider annotation",
-                facts: facts(0, 0),
-                policy: WorkloadPolicy {
-                    provider: Some(ProviderChoice::Aci),
-                    ..opted_in()
+                name: "bursts to the provider picked",
+                facts: PodFacts {
+                    provider: ProviderPick {
+                        provider: Provider::Aci,
+                        unusable: None,
+                    },
+                    ..facts(0, 0)
                 },
+                policy: opted_in(),
                 capacity: cluster(9_000, true),
                 expected: (Placement::Burst(Provider::Aci), Reason::Capacity),
+            },
+            Case {
+                name: "no usable provider: stays local, so an autoscaler may act",
+                facts: PodFacts {
+                    provider: ProviderPick {
+                        provider: Provider::Fargate,
+                        unusable: Some(Reason::ProviderUnavailable),
+                    },
+                    ..facts(0, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(9_000, true),
+                expected: (Placement::Local, Reason::ProviderUnavailable),
+            },
+            Case {
+                name: "the pod's constraints rule out every virtual node",
+                facts: PodFacts {
+                    provider: ProviderPick {
+                        provider: Provider::Fargate,
+                        unusable: Some(Reason::Constraints),
+                    },
+                    ..facts(0, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(9_000, true),
+                expected: (Placement::Local, Reason::Constraints),
+            },
+            Case {
+                name: "no provider needed without pressure",
+                facts: PodFacts {
+                    provider: ProviderPick {
+                        provider: Provider::Fargate,
+                        unusable: Some(Reason::ProviderUnavailable),
+                    },
+                    ..facts(0, 0)
+                },
+                policy: opted_in(),
+                capacity: cluster(1_000, true),
+                expected: (Placement::Local, Reason::NoPressure),
             },
             Case {
                 name: "ineligible stays local",
@@ -691,18 +821,39 @@ mod tests {
         }
     }
 
-    /// Virtual nodes of these providers are usable.
-    struct VirtualNodes(Vec<Provider>);
+    /// Virtual nodes by provider: usable, or usable but ruling the pod out.
+    struct VirtualNodes {
+        usable: Vec<Provider>,
+        constrained: Vec<Provider>,
+    }
+
+    fn usable(providers: &[Provider]) -> VirtualNodes {
+        VirtualNodes {
+            usable: providers.to_vec(),
+            constrained: Vec::new(),
+        }
+    }
 
     impl CapacityView for VirtualNodes {
         fn totals(&self) -> CapacityTotals {
             CapacityTotals::default()
         }
-        fn any_node_fits(&self, _: &PodResources, _: &[Toleration]) -> bool {
+        fn any_node_fits(&self, _: &PodResources, _: &[Toleration], _: &NodeConstraints) -> bool {
             false
         }
-        fn provider_usable(&self, provider: Provider) -> bool {
-            self.0.contains(&provider)
+        fn provider_node(
+            &self,
+            p: Provider,
+            _: &PodResources,
+            _: &NodeConstraints,
+        ) -> ProviderNode {
+            if self.constrained.contains(&p) {
+                ProviderNode::Constrained
+            } else if self.usable.contains(&p) {
+                ProviderNode::Takes
+            } else {
+                ProviderNode::Unusable
+            }
         }
     }
 
@@ -715,15 +866,33 @@ mod tests {
         }
     }
 
+    fn pick(
+        choice: ProviderChoice,
+        needs: &PodResources,
+        capacity: &VirtualNodes,
+    ) -> (Provider, Option<Reason>) {
+        let pricing = PricingConfig::default();
+        let pick = choose_provider(
+            choice,
+            needs,
+            &NO_CONSTRAINTS,
+            &[],
+            &pricing,
+            capacity,
+            |_| true,
+        );
+        (pick.provider, pick.unusable)
+    }
+
     #[test]
     fn auto_picks_the_provider_that_runs_the_pod_cheaper_among_usable_ones() {
         let pricing = PricingConfig::default();
-        let both = VirtualNodes(vec![Provider::Fargate, Provider::Aci]);
+        let both = usable(&[Provider::Fargate, Provider::Aci]);
         // 1 vCPU / 2 GiB: Fargate's list price is lower.
         let even = sized(1000, 2 << 30);
         assert_eq!(
-            choose_provider(ProviderChoice::Auto, &even, &pricing, &both),
-            Provider::Fargate
+            pick(ProviderChoice::Auto, &even, &both),
+            (Provider::Fargate, None)
         );
         // 0.25 vCPU / 3 GiB: Fargate must round up to 0.5 vCPU, ACI bills what is asked.
         let lopsided = sized(250, 3 << 30);
@@ -731,46 +900,114 @@ mod tests {
         let aci = cost::hourly_usd(&lopsided, Provider::Aci, &pricing).unwrap();
         assert!(aci < fargate, "{aci} < {fargate}");
         assert_eq!(
-            choose_provider(ProviderChoice::Auto, &lopsided, &pricing, &both),
-            Provider::Aci
+            pick(ProviderChoice::Auto, &lopsided, &both),
+            (Provider::Aci, None)
         );
-        // A degraded or missing Fargate node is skipped even where Fargate is cheaper.
-        let aci_only = VirtualNodes(vec![Provider::Aci]);
+        // A degraded, missing or full Fargate node is skipped even where Fargate is cheaper.
+        let aci_only = usable(&[Provider::Aci]);
         assert_eq!(
-            choose_provider(ProviderChoice::Auto, &even, &pricing, &aci_only),
-            Provider::Aci
+            pick(ProviderChoice::Auto, &even, &aci_only),
+            (Provider::Aci, None)
         );
-        // No usable node at all: the cheaper one still (the pod waits for it).
-        let none = VirtualNodes(vec![]);
+        // No usable node at all: none is chosen; the cheaper one is named.
+        let none = usable(&[]);
         assert_eq!(
-            choose_provider(ProviderChoice::Auto, &lopsided, &pricing, &none),
-            Provider::Aci
+            pick(ProviderChoice::Auto, &lopsided, &none),
+            (Provider::Aci, Some(Reason::ProviderUnavailable))
         );
-        // Too big for Fargate's largest task (16 vCPU): ACI is never that big either (4);
-        // nothing fits, Fargate by default.
+        // Too big for ACI's largest group (4 vCPU): Fargate, which is usable.
         assert_eq!(
-            choose_provider(
-                ProviderChoice::Auto,
-                &sized(32_000, 1 << 30),
-                &pricing,
-                &both
-            ),
-            Provider::Fargate
-        );
-        // A named provider is taken as it is.
-        assert_eq!(
-            choose_provider(ProviderChoice::Aci, &even, &pricing, &none),
-            Provider::Aci
+            pick(ProviderChoice::Auto, &sized(8_000, 1 << 30), &both),
+            (Provider::Fargate, None)
         );
     }
 
     #[test]
-    fn default_provider_comes_from_config() {
-        let config = OperatorConfig {
-            default_provider: ProviderChoice::Aci,
-            ..OperatorConfig::default()
+    fn an_ordered_list_takes_the_first_provider_that_can_take_the_pod() {
+        let even = sized(1000, 2 << 30);
+        let both = usable(&[Provider::Fargate, Provider::Aci]);
+        assert_eq!(
+            pick(ProviderChoice::AciThenFargate, &even, &both),
+            (Provider::Aci, None)
+        );
+        let fargate_only = usable(&[Provider::Fargate]);
+        assert_eq!(
+            pick(ProviderChoice::AciThenFargate, &even, &fargate_only),
+            (Provider::Fargate, None)
+        );
+        // A fixed provider whose node cannot take the pod is not used.
+        assert_eq!(
+            pick(ProviderChoice::Aci, &even, &fargate_only),
+            (Provider::Aci, Some(Reason::ProviderUnavailable))
+        );
+        assert_eq!(
+            pick(ProviderChoice::Fargate, &even, &usable(&[])),
+            (Provider::Fargate, Some(Reason::ProviderUnavailable))
+        );
+        // The first provider's node rules the pod out: the second takes it.
+        let constrained_fargate = VirtualNodes {
+            usable: vec![Provider::Fargate, Provider::Aci],
+            constrained: vec![Provider::Fargate],
         };
-        let decision = decide(&facts(0, 0), &opted_in(), &config, &cluster(9_500, true));
-        assert_eq!(decision.placement, Placement::Burst(Provider::Aci));
+        assert_eq!(
+            pick(ProviderChoice::FargateThenAci, &even, &constrained_fargate),
+            (Provider::Aci, None)
+        );
+        assert_eq!(
+            pick(ProviderChoice::Fargate, &even, &constrained_fargate),
+            (Provider::Fargate, Some(Reason::Constraints))
+        );
+    }
+
+    #[test]
+    fn excluded_ineligible_and_sibling_bound_pods() {
+        let pricing = PricingConfig::default();
+        let even = sized(1000, 2 << 30);
+        let both = usable(&[Provider::Fargate, Provider::Aci]);
+        let choose = |excluded: &[Provider],
+                      constraints: &NodeConstraints,
+                      eligible: &dyn Fn(Provider) -> bool| {
+            let p = choose_provider(
+                ProviderChoice::FargateThenAci,
+                &even,
+                constraints,
+                excluded,
+                &pricing,
+                &both,
+                eligible,
+            );
+            (p.provider, p.unusable)
+        };
+        // Failed over from Fargate: ACI; from both: none.
+        assert_eq!(
+            choose(&[Provider::Fargate], &NO_CONSTRAINTS, &|_| true),
+            (Provider::Aci, None)
+        );
+        assert_eq!(
+            choose(
+                &[Provider::Fargate, Provider::Aci],
+                &NO_CONSTRAINTS,
+                &|_| true
+            ),
+            (Provider::Fargate, Some(Reason::ProviderUnavailable))
+        );
+        // Ineligible for Fargate (say, too many containers elsewhere): ACI.
+        assert_eq!(
+            choose(&[], &NO_CONSTRAINTS, &|p| p == Provider::Aci),
+            (Provider::Aci, None)
+        );
+        assert_eq!(
+            choose(&[], &NO_CONSTRAINTS, &|_| false),
+            (Provider::Fargate, Some(Reason::Ineligible))
+        );
+        // Required anti-affinity or strict spread: no virtual node honours it.
+        let bound = NodeConstraints {
+            spread_bound: true,
+            ..NodeConstraints::default()
+        };
+        assert_eq!(
+            choose(&[], &bound, &|_| true),
+            (Provider::Fargate, Some(Reason::Constraints))
+        );
     }
 }

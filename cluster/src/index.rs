@@ -15,7 +15,8 @@ use spillway_common::keys;
 use spillway_common::pod_resources::{self, PodResources};
 use spillway_common::{cost, quantity};
 
-use crate::decision::{CapacityTotals, CapacityView, HpaFacts, PlacementCounts};
+use crate::constraints::NodeConstraints;
+use crate::decision::{CapacityTotals, CapacityView, HpaFacts, PlacementCounts, ProviderNode};
 
 const NO_SLOT: u32 = u32::MAX;
 const POD_HOLDS_RESOURCES: u8 = 1;
@@ -57,6 +58,12 @@ struct NodeEntry {
     provider: Option<Provider>,
     /// Pods that refer to this slot (the slot is freed at 0 once the Node is gone).
     pods: u32,
+    /// Pods bound here that hold resources (not finished).
+    running_pods: u32,
+    /// `status.allocatable.pods` (0: not stated).
+    allocatable_pods: u64,
+    /// Its labels, for the pods' node selectors and affinity.
+    labels: Vec<(Box<str>, Box<str>)>,
     allocatable_cpu: u64,
     allocatable_memory: u64,
     requested_cpu: u64,
@@ -68,6 +75,31 @@ impl NodeEntry {
     /// Ready, schedulable and not virtual: counted in cluster capacity.
     fn is_regular_capacity(&self) -> bool {
         self.known && self.ready && self.schedulable && !self.is_virtual
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Free allocatable holds `needs`, and a pod more fits its pod count.
+    fn has_room_for(&self, needs: &PodResources) -> bool {
+        self.allocatable_cpu.saturating_sub(self.requested_cpu) >= needs.cpu_millis
+            && self
+                .allocatable_memory
+                .saturating_sub(self.requested_memory)
+                >= needs.memory_bytes
+            && (self.allocatable_pods == 0 || u64::from(self.running_pods) < self.allocatable_pods)
+    }
+
+    fn tolerated_by(&self, tolerations: &[Toleration]) -> bool {
+        self.taints.iter().all(|t| tolerated(t, tolerations))
+    }
+
+    fn admits(&self, constraints: &NodeConstraints) -> bool {
+        constraints.is_empty() || constraints.admits(&self.name, |k| self.label(k))
     }
 }
 
@@ -335,6 +367,12 @@ impl ClusterIndex {
         entry.provider = labels
             .and_then(|l| l.get(keys::NODE_PROVIDER_LABEL))
             .and_then(|v| Provider::parse(v));
+        entry.labels = labels
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+            .collect();
+        entry.allocatable_pods = quantity_of(allocatable, "pods", quantity::count);
         entry.allocatable_cpu = quantity_of(allocatable, "cpu", quantity::cpu_millis);
         entry.allocatable_memory = quantity_of(allocatable, "memory", quantity::bytes);
         entry.taints = taints;
@@ -348,6 +386,7 @@ impl ClusterIndex {
             let entry = &mut self.nodes[slot as usize];
             entry.known = false;
             entry.taints.clear();
+            entry.labels.clear();
             self.release_node(slot);
         }
     }
@@ -381,6 +420,7 @@ impl ClusterIndex {
         if entry.flags & POD_HOLDS_RESOURCES != 0 && entry.node != NO_SLOT {
             let regular = self.nodes[entry.node as usize].is_regular_capacity();
             let node = &mut self.nodes[entry.node as usize];
+            count(&mut node.running_pods);
             delta(&mut node.requested_cpu, u64::from(entry.cpu_millis));
             delta(&mut node.requested_memory, entry.memory_bytes);
             if regular {
@@ -753,17 +793,54 @@ impl ClusterIndex {
     }
 
     /// Whether some Ready, schedulable, non-virtual node whose NoSchedule/NoExecute
-    /// taints `tolerations` tolerate has free allocatable for `needs`.
-    pub fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool {
+    /// taints `tolerations` tolerate and whose labels `constraints` accept has room for
+    /// `needs`.
+    pub fn any_node_fits(
+        &self,
+        needs: &PodResources,
+        tolerations: &[Toleration],
+        constraints: &NodeConstraints,
+    ) -> bool {
         self.nodes.iter().any(|node| {
             node.is_regular_capacity()
-                && node.allocatable_cpu.saturating_sub(node.requested_cpu) >= needs.cpu_millis
-                && node
-                    .allocatable_memory
-                    .saturating_sub(node.requested_memory)
-                    >= needs.memory_bytes
-                && node.taints.iter().all(|t| tolerated(t, tolerations))
+                && node.has_room_for(needs)
+                && node.tolerated_by(tolerations)
+                && node.admits(constraints)
         })
+    }
+
+    /// Whether a virtual node of `provider` can take a pod: Ready, without the degraded
+    /// taint, with room for `needs`, and with labels `constraints` accept.
+    pub fn provider_node(
+        &self,
+        provider: Provider,
+        needs: &PodResources,
+        constraints: &NodeConstraints,
+    ) -> ProviderNode {
+        let mut constrained = false;
+        for node in &self.nodes {
+            let usable = node.known
+                && node.ready
+                && node.is_virtual
+                && node.provider == Some(provider)
+                && !node
+                    .taints
+                    .iter()
+                    .any(|t| &*t.key == keys::PROVIDER_DEGRADED_TAINT)
+                && node.has_room_for(needs);
+            if !usable {
+                continue;
+            }
+            if node.admits(constraints) {
+                return ProviderNode::Takes;
+            }
+            constrained = true;
+        }
+        if constrained {
+            ProviderNode::Constrained
+        } else {
+            ProviderNode::Unusable
+        }
     }
 
     /// Whether `name` is a known virtual node.
@@ -814,20 +891,21 @@ impl CapacityView for ClusterIndex {
     fn totals(&self) -> CapacityTotals {
         ClusterIndex::totals(self)
     }
-    fn any_node_fits(&self, needs: &PodResources, tolerations: &[Toleration]) -> bool {
-        ClusterIndex::any_node_fits(self, needs, tolerations)
+    fn any_node_fits(
+        &self,
+        needs: &PodResources,
+        tolerations: &[Toleration],
+        constraints: &NodeConstraints,
+    ) -> bool {
+        ClusterIndex::any_node_fits(self, needs, tolerations, constraints)
     }
-    fn provider_usable(&self, provider: Provider) -> bool {
-        self.nodes.iter().any(|n| {
-            n.known
-                && n.ready
-                && n.is_virtual
-                && n.provider == Some(provider)
-                && !n
-                    .taints
-                    .iter()
-                    .any(|t| &*t.key == keys::PROVIDER_DEGRADED_TAINT)
-        })
+    fn provider_node(
+        &self,
+        provider: Provider,
+        needs: &PodResources,
+        constraints: &NodeConstraints,
+    ) -> ProviderNode {
+        ClusterIndex::provider_node(self, provider, needs, constraints)
     }
 }
 
@@ -923,13 +1001,13 @@ mod tests {
         };
         assert_eq!(index.totals().requested_cpu, 0);
         assert!(
-            index.any_node_fits(&needs, &[]),
+            index.any_node_fits(&needs, &[], &NodeConstraints::default()),
             "the placeholder's room is free"
         );
         // A real pod of the same size does hold its room.
         index.apply_pod(&pod("real", Some("new"), "rs1", "1500m"));
         assert_eq!(index.totals().requested_cpu, 1500);
-        assert!(!index.any_node_fits(&needs, &[]));
+        assert!(!index.any_node_fits(&needs, &[], &NodeConstraints::default()));
     }
 
     #[test]
@@ -1027,14 +1105,15 @@ mod tests {
     }
 
     #[test]
-    fn a_provider_is_usable_with_a_ready_virtual_node_that_is_not_degraded() {
+    fn a_provider_takes_a_pod_on_a_ready_virtual_node_not_degraded_with_room() {
         let mut index = ClusterIndex::new();
-        let virtual_node = |name: &str, provider: &str, degraded: bool| {
+        let virtual_node = |name: &str, provider: &str, degraded: bool, pods: &str| {
             let mut vnode = node(name, "100", "1Ti");
             vnode.metadata.labels = Some(
                 [
                     ("type", "virtual-kubelet"),
                     ("spillway.io/provider", provider),
+                    ("kubernetes.io/os", "linux"),
                 ]
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .into(),
@@ -1044,17 +1123,120 @@ mod tests {
                     {"key": "spillway.io/provider-degraded", "value": provider, "effect": "NoSchedule"}
                 ]})).unwrap());
             }
+            let status = vnode.status.as_mut().unwrap();
+            status.allocatable.as_mut().unwrap().insert(
+                "pods".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(pods.into()),
+            );
             vnode
         };
-        assert!(!index.provider_usable(Provider::Aci));
-        index.apply_node(&virtual_node("spillway-aci", "aci", false));
-        index.apply_node(&virtual_node("spillway-fargate", "fargate", true));
-        assert!(index.provider_usable(Provider::Aci));
-        assert!(!index.provider_usable(Provider::Fargate), "degraded");
-        index.apply_node(&virtual_node("spillway-fargate", "fargate", false));
-        assert!(index.provider_usable(Provider::Fargate), "recovered");
+        let needs = PodResources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            cpu_specified: true,
+            memory_specified: true,
+        };
+        let none = NodeConstraints::default();
+        let takes = |index: &ClusterIndex, p| index.provider_node(p, &needs, &none);
+        assert_eq!(
+            takes(&index, Provider::Aci),
+            ProviderNode::Unusable,
+            "missing"
+        );
+        index.apply_node(&virtual_node("spillway-aci", "aci", false, "2"));
+        index.apply_node(&virtual_node("spillway-fargate", "fargate", true, "500"));
+        assert_eq!(takes(&index, Provider::Aci), ProviderNode::Takes);
+        assert_eq!(
+            takes(&index, Provider::Fargate),
+            ProviderNode::Unusable,
+            "degraded"
+        );
+        index.apply_node(&virtual_node("spillway-fargate", "fargate", false, "500"));
+        assert_eq!(
+            takes(&index, Provider::Fargate),
+            ProviderNode::Takes,
+            "recovered"
+        );
+        // Full: as many pods bound as it takes; a finished one frees its place.
+        index.apply_pod(&pod("a1", Some("spillway-aci"), "rs1", "100m"));
+        index.apply_pod(&pod("a2", Some("spillway-aci"), "rs1", "100m"));
+        assert_eq!(takes(&index, Provider::Aci), ProviderNode::Unusable, "full");
+        let mut done = pod("a2", Some("spillway-aci"), "rs1", "100m");
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        index.apply_pod(&done);
+        assert_eq!(
+            takes(&index, Provider::Aci),
+            ProviderNode::Takes,
+            "room again"
+        );
+        // Too large for what it has left.
+        let huge = PodResources {
+            cpu_millis: 200_000,
+            ..needs
+        };
+        assert_eq!(
+            index.provider_node(Provider::Aci, &huge, &none),
+            ProviderNode::Unusable
+        );
+        // The pod's own selector: met by the node's labels, or not.
+        let linux = NodeConstraints {
+            node_selector: vec![("kubernetes.io/os".into(), "linux".into())],
+            ..NodeConstraints::default()
+        };
+        let gpu = NodeConstraints {
+            node_selector: vec![("accelerator".into(), "a100".into())],
+            ..NodeConstraints::default()
+        };
+        assert_eq!(
+            index.provider_node(Provider::Aci, &needs, &linux),
+            ProviderNode::Takes
+        );
+        assert_eq!(
+            index.provider_node(Provider::Aci, &needs, &gpu),
+            ProviderNode::Constrained
+        );
+        // NotReady, then gone.
+        let mut not_ready = virtual_node("spillway-aci", "aci", false, "2");
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
+        index.apply_node(&not_ready);
+        assert_eq!(
+            takes(&index, Provider::Aci),
+            ProviderNode::Unusable,
+            "NotReady"
+        );
         index.delete_node("spillway-aci");
-        assert!(!index.provider_usable(Provider::Aci), "gone");
+        assert_eq!(takes(&index, Provider::Aci), ProviderNode::Unusable, "gone");
+    }
+
+    #[test]
+    fn the_fit_scan_reads_the_pods_selector_and_affinity() {
+        let mut index = ClusterIndex::new();
+        let mut ssd = node("ssd-1", "4", "16Gi");
+        ssd.metadata.labels = Some([("disk".to_owned(), "ssd".to_owned())].into());
+        index.apply_node(&ssd);
+        index.apply_node(&node("plain-1", "1", "16Gi"));
+        let needs = PodResources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            cpu_specified: true,
+            memory_specified: true,
+        };
+        let wants = |disk: &str| NodeConstraints {
+            node_selector: vec![("disk".into(), disk.into())],
+            ..NodeConstraints::default()
+        };
+        assert!(index.any_node_fits(&needs, &[], &wants("ssd")));
+        assert!(!index.any_node_fits(&needs, &[], &wants("hdd")));
+        // Only the plain node is free enough for a second pod.
+        index.apply_pod(&pod("p1", Some("ssd-1"), "rs1", "3"));
+        assert!(!index.any_node_fits(&needs, &[], &wants("ssd")));
     }
 
     #[test]
@@ -1170,13 +1352,13 @@ mod tests {
             memory_bytes: 1,
             ..Default::default()
         };
-        assert!(!index.any_node_fits(&needs, &[]));
+        assert!(!index.any_node_fits(&needs, &[], &NodeConstraints::default()));
         let tol: Toleration = serde_json::from_value(
             json!({"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}),
         )
         .unwrap();
-        assert!(index.any_node_fits(&needs, &[tol]));
+        assert!(index.any_node_fits(&needs, &[tol], &NodeConstraints::default()));
         let all: Toleration = serde_json::from_value(json!({"operator": "Exists"})).unwrap();
-        assert!(index.any_node_fits(&needs, &[all]));
+        assert!(index.any_node_fits(&needs, &[all], &NodeConstraints::default()));
     }
 }

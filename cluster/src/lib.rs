@@ -4,6 +4,7 @@
 //! HTTP lives here, so the controller asks the webhook's own question with the same code.
 
 pub mod cluster_state;
+pub mod constraints;
 pub mod decision;
 pub mod index;
 pub mod policy;

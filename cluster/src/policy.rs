@@ -30,7 +30,7 @@ impl MaxBurst {
 pub struct WorkloadPolicy {
     /// `spillway.io/burst: "true"`.
     pub opted_in: bool,
-    /// `spillway.io/provider` (`fargate`, `aci` or `auto`).
+    /// `spillway.io/provider` (`fargate`, `aci`, `auto` or an ordered list).
     pub provider: Option<ProviderChoice>,
     /// `spillway.io/max-local`.
     pub max_local: Option<u32>,
@@ -144,7 +144,7 @@ pub fn read(
         policy.provider = ProviderChoice::parse(value.trim());
         if policy.provider.is_none() {
             warnings.push(format!(
-                "spillway: annotation {}={value:?} ignored: expected \"fargate\", \"aci\" or \"auto\"",
+                "spillway: annotation {}={value:?} ignored: expected \"fargate\", \"aci\", \"auto\" or an ordered list such as \"fargate,aci\"",
                 keys::PROVIDER
             ));
         }

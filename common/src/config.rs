@@ -46,41 +46,70 @@ impl std::fmt::Display for Provider {
     }
 }
 
-/// Where a workload's burst pods go: one provider, or `auto`, whichever configured
-/// virtual node runs the pod's size cheaper.
+/// Where a workload's burst pods go: one provider, an ordered list of two (the first
+/// whose virtual node can take the pod), or `auto`, whichever usable virtual node runs
+/// the pod's size cheaper. Written `fargate`, `aci`, `fargate,aci`, `aci,fargate` or
+/// `auto`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum ProviderChoice {
-    /// AWS Fargate.
+    /// AWS Fargate only.
     #[default]
     Fargate,
-    /// Azure Container Instances.
+    /// Azure Container Instances only.
     Aci,
-    /// The cheaper of the providers whose virtual node is Ready and not degraded.
+    /// Fargate, else ACI.
+    FargateThenAci,
+    /// ACI, else Fargate.
+    AciThenFargate,
+    /// The cheaper of the providers whose virtual node can take the pod.
     Auto,
 }
 
 impl ProviderChoice {
-    /// Parses an annotation value (`fargate`, `aci` or `auto`).
+    /// Parses an annotation or config value: `auto`, or a comma-separated list of
+    /// distinct providers in order of preference.
     pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "auto" => Some(ProviderChoice::Auto),
-            other => Provider::parse(other).map(Self::from),
+        if value.trim() == "auto" {
+            return Some(ProviderChoice::Auto);
+        }
+        let mut providers = value.split(',').map(|p| Provider::parse(p.trim()));
+        let first = providers.next()??;
+        let second = providers.next().map(|p| p.filter(|p| *p != first));
+        if providers.next().is_some() {
+            return None;
+        }
+        match (first, second) {
+            (first, None) => Some(first.into()),
+            (_, Some(None)) => None,
+            (Provider::Fargate, Some(Some(Provider::Aci))) => Some(ProviderChoice::FargateThenAci),
+            (Provider::Aci, Some(Some(Provider::Fargate))) => Some(ProviderChoice::AciThenFargate),
+            _ => None,
         }
     }
 
-    /// The provider itself, unless the choice is `auto`.
-    pub fn fixed(self) -> Option<Provider> {
+    /// The providers to try, in order; `None` for `auto`.
+    pub fn order(self) -> Option<&'static [Provider]> {
         match self {
-            ProviderChoice::Fargate => Some(Provider::Fargate),
-            ProviderChoice::Aci => Some(Provider::Aci),
+            ProviderChoice::Fargate => Some(&[Provider::Fargate]),
+            ProviderChoice::Aci => Some(&[Provider::Aci]),
+            ProviderChoice::FargateThenAci => Some(&[Provider::Fargate, Provider::Aci]),
+            ProviderChoice::AciThenFargate => Some(&[Provider::Aci, Provider::Fargate]),
             ProviderChoice::Auto => None,
         }
     }
 
-    /// The provider to price a pod at before it is placed: the fixed one, else Fargate.
+    /// Whether `provider` is one this choice may use.
+    pub fn allows(self, provider: Provider) -> bool {
+        self.order().is_none_or(|order| order.contains(&provider))
+    }
+
+    /// The provider to price a pod at before it is placed: the first listed, else
+    /// Fargate.
     pub fn for_pricing(self) -> Provider {
-        self.fixed().unwrap_or(Provider::Fargate)
+        self.order()
+            .and_then(|order| order.first().copied())
+            .unwrap_or(Provider::Fargate)
     }
 }
 
@@ -93,10 +122,31 @@ impl From<Provider> for ProviderChoice {
     }
 }
 
+impl TryFrom<String> for ProviderChoice {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value).ok_or_else(|| {
+            format!(
+                "unknown provider {value:?}: expected \"fargate\", \"aci\", \"auto\" or an ordered list such as \"fargate,aci\""
+            )
+        })
+    }
+}
+
+impl From<ProviderChoice> for String {
+    fn from(choice: ProviderChoice) -> Self {
+        choice.to_string()
+    }
+}
+
 impl std::fmt::Display for ProviderChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.fixed() {
-            Some(provider) => provider.fmt(f),
+        match self.order() {
+            Some(order) => {
+                let names: Vec<&str> = order.iter().map(|p| p.as_str()).collect();
+                f.write_str(&names.join(","))
+            }
             None => f.write_str("auto"),
         }
     }
@@ -612,6 +662,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.capacity_threshold, 0.5);
         assert_eq!(config.default_provider, ProviderChoice::Aci);
+        let ordered = parse("defaultProvider: aci,fargate\n").unwrap();
+        assert_eq!(ordered.default_provider, ProviderChoice::AciThenFargate);
+        assert_eq!(ordered.default_provider.for_pricing(), Provider::Aci);
         let auto = parse("defaultProvider: auto\n").unwrap();
         assert_eq!(auto.default_provider, ProviderChoice::Auto);
         assert_eq!(auto.default_provider.for_pricing(), Provider::Fargate);
@@ -681,6 +734,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("budget.maxUsdPerHour"), "{error}");
+    }
+
+    #[test]
+    fn a_provider_choice_is_one_provider_an_ordered_pair_or_auto() {
+        for (text, choice) in [
+            ("fargate", ProviderChoice::Fargate),
+            ("aci", ProviderChoice::Aci),
+            ("auto", ProviderChoice::Auto),
+            ("fargate,aci", ProviderChoice::FargateThenAci),
+            (" aci , fargate ", ProviderChoice::AciThenFargate),
+        ] {
+            assert_eq!(ProviderChoice::parse(text), Some(choice), "{text}");
+            assert_eq!(ProviderChoice::parse(&choice.to_string()), Some(choice));
+        }
+        for bad in ["", "gcp", "fargate,fargate", "fargate,aci,fargate", "fargate,", "auto,aci"] {
+            assert_eq!(ProviderChoice::parse(bad), None, "{bad:?}");
+        }
+        assert!(ProviderChoice::Fargate.allows(Provider::Fargate));
+        assert!(!ProviderChoice::Fargate.allows(Provider::Aci));
+        assert!(ProviderChoice::Auto.allows(Provider::Aci));
+        let error = parse("defaultProvider: fargate,fargate").unwrap_err().to_string();
+        assert!(error.contains("fargate,aci"), "{error}");
     }
 
     #[test]

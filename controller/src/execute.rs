@@ -8,6 +8,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use serde_json::json;
+use spillway_common::config::Provider;
 use spillway_common::keys;
 
 use crate::backfill::{Backfill, BackfillError};
@@ -183,10 +184,16 @@ impl Executor {
                 self.metrics.deletion_cost_repairs.inc();
                 tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), label, deletion_cost, "burst pod marked");
             }
-            Action::Spill { pod, workload } => {
-                self.spill(&pod).await.map_err(ActionError::Spill)?;
+            Action::Spill {
+                pod,
+                workload,
+                provider,
+            } => {
+                self.spill(&pod, provider)
+                    .await
+                    .map_err(ActionError::Spill)?;
                 self.metrics.pending_spills.inc();
-                tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), %workload, "unschedulable pod may now use the virtual node");
+                tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), %workload, %provider, "unschedulable pod may now use the provider's virtual node");
             }
             Action::Evict {
                 pod,
@@ -256,11 +263,14 @@ impl Executor {
         Ok(())
     }
 
-    async fn spill(&self, pod: &PodRef) -> Result<(), kube::Error> {
+    async fn spill(&self, pod: &PodRef, provider: Provider) -> Result<(), kube::Error> {
         let api = self.pods(pod);
+        // That provider's node only: a wildcard would let the pod land on a provider it
+        // is not eligible for. (Node affinity cannot be added to a created pod.)
         let toleration = json!({
             "key": keys::VIRTUAL_NODE_TAINT,
-            "operator": "Exists",
+            "operator": "Equal",
+            "value": provider.as_str(),
             "effect": "NoSchedule"
         });
         // Tolerations may only be added to a live pod. The merge patch carries the whole

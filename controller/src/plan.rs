@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use spillway_cluster::decision::{
-    self, BudgetFacts, Decision, Placement, PlacementCounts, PodFacts, Reason, choose_provider,
+    self, BudgetFacts, Decision, Placement, PlacementCounts, PodFacts, ProviderPick, Reason,
+    choose_provider,
 };
 use spillway_cluster::index::{ClusterIndex, WorkloadView};
 use spillway_cluster::policy::{self, WorkloadPolicy};
@@ -117,12 +118,15 @@ pub enum Action {
         /// Why.
         cause: EvictionCause,
     },
-    /// Add the virtual node's toleration and `spillway.io/reason: pending`.
+    /// Add the toleration of `provider`'s virtual node and `spillway.io/reason: pending`.
     Spill {
         /// The pod.
         pod: PodRef,
         /// `namespace/name` of its Deployment.
         workload: String,
+        /// The provider whose node it may use: one it is eligible for and that can take
+        /// it now.
+        provider: Provider,
     },
     /// Make the workload's backfill request `replicas` pods of `needs` (creating,
     /// resizing or adopting it) and mark the Deployment `spillway.io/backfill`.
@@ -255,9 +259,18 @@ struct Workload<'a> {
 }
 
 impl Workload<'_> {
-    /// The provider a pod of `needs` of this workload would burst to now.
-    fn provider_for(&self, input: &PlanInput<'_>, needs: &PodResources) -> Provider {
-        choose_provider(self.provider, needs, &input.config.pricing, input.index)
+    /// The provider a replica like `pod` of this workload would burst to now, and why
+    /// it cannot, if it cannot.
+    fn provider_for(&self, input: &PlanInput<'_>, pod: &PodView) -> ProviderPick {
+        choose_provider(
+            self.provider,
+            &pod.needs,
+            &pod.constraints,
+            &[],
+            &input.config.pricing,
+            input.index,
+            |p| pod.may_use(p),
+        )
     }
 }
 
@@ -353,12 +366,9 @@ fn decide_replacement(
     counts: PlacementCounts,
 ) -> Decision {
     let pricing = &input.config.pricing;
+    let pick = workload.provider_for(input, pod);
     let budget = BudgetFacts {
-        pod_usd_per_hour: cost::hourly_usd(
-            &pod.needs,
-            workload.provider_for(input, &pod.needs),
-            pricing,
-        ),
+        pod_usd_per_hour: cost::hourly_usd(&pod.needs, pick.provider, pricing),
         cluster_spent: input.index.burst_usd_per_hour(
             None,
             pricing,
@@ -381,6 +391,8 @@ fn decide_replacement(
     let facts = PodFacts {
         needs: pod.needs,
         tolerations: &pod.tolerations,
+        constraints: &pod.constraints,
+        provider: pick,
         ineligible,
         counts,
         replicas: workload.view.replicas,
@@ -534,7 +546,7 @@ fn rebalance(
         .map(|(w, p)| {
             let provider = p
                 .provider
-                .unwrap_or_else(|| w.provider_for(input, &p.needs));
+                .unwrap_or_else(|| w.provider_for(input, p).provider);
             let usd = cost::hourly_usd(&p.needs, provider, &input.config.pricing).unwrap_or(0.0);
             (usd, w, p)
         })
@@ -544,7 +556,10 @@ fn rebalance(
             .then(a.2.created_ms.cmp(&b.2.created_ms))
     });
     for (_, workload, pod) in candidates {
-        if !input.index.any_node_fits(&pod.needs, &pod.tolerations) {
+        if !input
+            .index
+            .any_node_fits(&pod.needs, &pod.tolerations, &pod.constraints)
+        {
             tracing::debug!(pod = %pod.key(), "not moved back: no regular node has room for it");
             continue;
         }
@@ -599,11 +614,17 @@ fn spill_pending(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mu
             })
             .collect();
         waiting.sort_by_key(|p| p.unschedulable_since_ms);
-        for (burst, pod) in (workload.view.counts.burst + spilling..).zip(waiting) {
+        let mut burst = workload.view.counts.burst + spilling;
+        for pod in waiting {
             if cap.is_some_and(|cap| burst >= cap) {
                 break;
             }
-            let provider = workload.provider_for(input, &pod.needs);
+            let pick = workload.provider_for(input, pod);
+            if let Some(why) = pick.unusable {
+                tracing::debug!(pod = %pod.key(), reason = why.as_str(), "not spilled: no virtual node it may use can take it");
+                continue;
+            }
+            let provider = pick.provider;
             let usd = cost::hourly_usd(&pod.needs, provider, &input.config.pricing);
             let budget = BudgetFacts {
                 pod_usd_per_hour: usd,
@@ -617,7 +638,9 @@ fn spill_pending(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mu
             actions.push(Action::Spill {
                 pod: PodRef::of(pod),
                 workload: workload.key.to_owned(),
+                provider,
             });
+            burst += 1;
             spent += usd.unwrap_or(0.0);
             cluster_spent += usd.unwrap_or(0.0);
         }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Toleration};
+use spillway_cluster::constraints::NodeConstraints;
 use spillway_cluster::index::ClusterIndex;
 use spillway_common::config::{Provider, ProviderChoice};
 use spillway_common::eligibility::{self, Ineligible};
@@ -56,6 +57,10 @@ pub struct PodView {
     pub needs: PodResources,
     /// Its tolerations.
     pub tolerations: Vec<Toleration>,
+    /// What it asks of its node (its template's selector, affinity and sibling rules).
+    pub constraints: NodeConstraints,
+    /// Ineligible for a reason that holds for every provider (hostPath, GPU, …).
+    pub ineligible_anywhere: bool,
     /// Whether it may burst at all (to its workload's provider, checked by the caller
     /// with the policy's provider: here, whether it failed any provider-neutral rule).
     pub eligible: bool,
@@ -90,6 +95,8 @@ pub struct PodRecord {
     spillway_annotations: BTreeMap<String, String>,
     needs: PodResources,
     tolerations: Vec<Toleration>,
+    /// Boxed and only when the pod has any: most have none.
+    constraints: Option<Box<NodeConstraints>>,
     /// Ineligible for a reason that holds for every provider (hostPath, GPU, …).
     ineligible_anywhere: bool,
     created_ms: i64,
@@ -141,6 +148,9 @@ impl PodRecord {
                 .any(|r| *r != Ineligible::TooLarge),
             needs,
             tolerations: spec.tolerations.clone().unwrap_or_default(),
+            constraints: Some(NodeConstraints::of(spec))
+                .filter(|c| !c.is_empty())
+                .map(Box::new),
             created_ms: meta
                 .creation_timestamp
                 .as_ref()
@@ -169,6 +179,12 @@ impl PodRecord {
     pub fn uid(&self) -> &str {
         &self.uid
     }
+}
+
+/// Whether a pod of `needs` is within `provider`'s largest size.
+fn fits_provider(needs: &PodResources, provider: Provider) -> bool {
+    let (max_cpu, max_memory) = eligibility::provider_max(provider);
+    needs.cpu_millis <= max_cpu && needs.memory_bytes <= max_memory
 }
 
 impl PodView {
@@ -209,14 +225,9 @@ impl PodView {
             })
             .and_then(|p| ProviderChoice::parse(p.trim()))
             .unwrap_or(default_provider);
-        let fits_in = |provider: Provider| {
-            let (max_cpu, max_memory) = eligibility::provider_max(provider);
-            record.needs.cpu_millis <= max_cpu && record.needs.memory_bytes <= max_memory
-        };
-        let fits = match provider.fixed() {
-            Some(provider) => fits_in(provider),
-            None => fits_in(Provider::Fargate) || fits_in(Provider::Aci),
-        };
+        let fits = [Provider::Fargate, Provider::Aci]
+            .into_iter()
+            .any(|p| provider.allows(p) && fits_provider(&record.needs, p));
         Self {
             namespace: record.namespace.to_string(),
             name: record.name.to_string(),
@@ -231,6 +242,8 @@ impl PodView {
             spillway_annotations: record.spillway_annotations.clone(),
             needs: record.needs,
             tolerations: record.tolerations.clone(),
+            constraints: record.constraints.as_deref().cloned().unwrap_or_default(),
+            ineligible_anywhere: record.ineligible_anywhere,
             eligible: !record.ineligible_anywhere && fits,
             created_ms: record.created_ms,
             ready: record.ready,
@@ -240,6 +253,12 @@ impl PodView {
             node_disrupted: node
                 .is_some_and(|n| index.node_has_taint(n, KARPENTER_DISRUPTED_TAINT)),
         }
+    }
+
+    /// Whether it may burst to `provider` (the rules the controller can check: those
+    /// that hold everywhere, and the provider's largest size).
+    pub fn may_use(&self, provider: Provider) -> bool {
+        !self.ineligible_anywhere && fits_provider(&self.needs, provider)
     }
 
     /// Counts towards its workload: not finished and not being deleted.

@@ -11,6 +11,7 @@ use spillway_common::{cost, pod_resources};
 
 use crate::patch::{self, Mutation};
 use crate::review::{AdmissionRequest, AdmissionResponse};
+use spillway_cluster::constraints::NodeConstraints;
 use spillway_cluster::decision::PlacementCounts;
 use spillway_cluster::decision::{
     self, BudgetFacts, Decision, HpaFacts, Placement, PodFacts, Reason, choose_provider,
@@ -250,13 +251,22 @@ pub fn evaluate_pod(
         .as_ref()
         .map(pod_resources::effective)
         .unwrap_or_default();
-    // `auto` is settled here, once, so eligibility, budget and placement agree.
-    let provider = choose_provider(
+    let constraints = pod
+        .spec
+        .as_ref()
+        .map(NodeConstraints::of)
+        .unwrap_or_default();
+    // The provider is settled here, once, so eligibility, budget and placement agree.
+    let pick = choose_provider(
         policy.provider.unwrap_or(config.default_provider),
         &needs,
+        &constraints,
+        &[],
         &config.pricing,
         index,
+        |p| eligibility::check(pod, &needs, p).is_empty(),
     );
+    let provider = pick.provider;
     let policy = policy::WorkloadPolicy {
         provider: Some(provider.into()),
         ..policy
@@ -288,6 +298,8 @@ pub fn evaluate_pod(
                 .as_ref()
                 .and_then(|s| s.tolerations.as_deref())
                 .unwrap_or(&[]),
+            constraints: &constraints,
+            provider: pick,
             ineligible: &ineligible,
             counts,
             replicas: view.as_ref().map(|v| v.replicas).unwrap_or(1),

@@ -416,3 +416,135 @@ async fn reinvocation_keeps_the_provider_the_first_pass_chose() {
     );
     assert_eq!(pod_again, pod);
 }
+
+/// `cluster-full.json` with the virtual nodes changed by `edit` (by node name).
+fn full_cluster_with(edit: impl Fn(&str, &mut Value)) -> WebhookState {
+    let mut cluster: Value = serde_json::from_slice(&fixture("cluster-full.json")).unwrap();
+    for item in cluster["items"].as_array_mut().unwrap() {
+        if item["kind"] == "Node" {
+            let name = item["metadata"]["name"].as_str().unwrap().to_owned();
+            edit(&name, item);
+        }
+    }
+    state_of(&serde_json::to_vec(&cluster).unwrap())
+}
+
+fn placement_of(pod: &Value) -> (String, String, Option<String>) {
+    let labels = &pod["metadata"]["labels"];
+    let provider = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"][0]["matchExpressions"][1]["values"][0]
+        .as_str()
+        .map(str::to_owned);
+    (
+        labels["spillway.io/placement"].as_str().unwrap().to_owned(),
+        labels["spillway.io/reason"].as_str().unwrap().to_owned(),
+        provider,
+    )
+}
+
+#[tokio::test]
+async fn a_fixed_provider_whose_node_cannot_take_the_pod_keeps_it_local() {
+    let web = review("review-web.json");
+    let local = ("local".to_owned(), "provider-unavailable".to_owned(), None);
+    // Missing.
+    let missing = full_cluster_with(|name, node| {
+        if name == "spillway-fargate" {
+            node["metadata"]["name"] = json!("worker-gone");
+            node["metadata"]["labels"] = json!({});
+            node["status"]["conditions"][0]["status"] = json!("False");
+        }
+    });
+    assert_eq!(placement_of(&admit(&missing, &web).await.0), local);
+    // NotReady.
+    let not_ready = full_cluster_with(|name, node| {
+        if name == "spillway-fargate" {
+            node["status"]["conditions"][0]["status"] = json!("False");
+        }
+    });
+    assert_eq!(placement_of(&admit(&not_ready, &web).await.0), local);
+    // Tainted degraded.
+    let degraded = full_cluster_with(|name, node| {
+        if name == "spillway-fargate" {
+            node["spec"]["taints"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"key": "spillway.io/provider-degraded", "value": "fargate", "effect": "NoSchedule"}));
+        }
+    });
+    assert_eq!(placement_of(&admit(&degraded, &web).await.0), local);
+    // Full: no pod room left.
+    let full = full_cluster_with(|name, node| {
+        if name == "spillway-fargate" {
+            node["status"]["allocatable"]["pods"] = json!("0");
+            node["status"]["allocatable"]["cpu"] = json!("0");
+        }
+    });
+    assert_eq!(placement_of(&admit(&full, &web).await.0), local);
+}
+
+#[tokio::test]
+async fn an_ordered_provider_list_falls_through_to_the_next_usable_node() {
+    let degraded = full_cluster_with(|name, node| {
+        if name == "spillway-fargate" {
+            node["spec"]["taints"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"key": "spillway.io/provider-degraded", "value": "fargate", "effect": "NoSchedule"}));
+        }
+    });
+    let mut web = review("review-web.json");
+    web["request"]["object"]["metadata"]["annotations"]["spillway.io/provider"] =
+        json!("fargate,aci");
+    let (pod, answer) = admit(&degraded, &web).await;
+    assert_eq!(
+        placement_of(&pod),
+        (
+            "burst".to_owned(),
+            "capacity".to_owned(),
+            Some("aci".to_owned())
+        ),
+        "{:?}",
+        answer.response.warnings
+    );
+    let tolerations = pod["spec"]["tolerations"].as_array().unwrap();
+    assert_eq!(tolerations.last().unwrap()["value"], "aci");
+}
+
+#[tokio::test]
+async fn a_pod_whose_own_constraints_rule_out_the_virtual_node_stays_local() {
+    let state = state("cluster-full.json");
+    let with_spec = |spec: Value| {
+        let mut web = review("review-web.json");
+        let object = &mut web["request"]["object"]["spec"];
+        for (k, v) in spec.as_object().unwrap() {
+            object[k] = v.clone();
+        }
+        web
+    };
+    let constrained = ("local".to_owned(), "constraints".to_owned(), None);
+    let selector = with_spec(json!({"nodeSelector": {"disk": "ssd"}}));
+    assert_eq!(placement_of(&admit(&state, &selector).await.0), constrained);
+    let affinity = with_spec(
+        json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]}]}
+        ]}}}}),
+    );
+    assert_eq!(placement_of(&admit(&state, &affinity).await.0), constrained);
+    let anti_affinity = with_spec(
+        json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}
+        ]}}}),
+    );
+    assert_eq!(
+        placement_of(&admit(&state, &anti_affinity).await.0),
+        constrained
+    );
+    let spread = with_spec(json!({"topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+         "labelSelector": {"matchLabels": {"app": "web"}}}
+    ]}));
+    assert_eq!(placement_of(&admit(&state, &spread).await.0), constrained);
+    // A selector the virtual node meets does not hold the pod back.
+    let linux = with_spec(json!({"nodeSelector": {"spillway.io/provider": "fargate"}}));
+    assert_eq!(placement_of(&admit(&state, &linux).await.0).0, "burst");
+}

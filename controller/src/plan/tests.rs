@@ -452,6 +452,84 @@ fn pending_spill_respects_the_budget_and_eligibility() {
     assert!(spills(&cluster.plan(&mut state, T0 + 5 * MIN)).is_empty());
 }
 
+fn spill_providers(actions: &[Action]) -> Vec<(&str, Provider)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spill { pod, provider, .. } => Some((pod.name.as_str(), *provider)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn pending_pods_spill_only_to_a_provider_that_can_take_them() {
+    // The only virtual node (Fargate) is degraded: nothing spills, the pod stays
+    // pending where an autoscaler can see it.
+    let mut cluster = Cluster::new("2", 2, json!({"spillway.io/provider": "fargate,aci"}));
+    let vnode = |name: &str, provider: &str, degraded: bool| {
+        let taints = if degraded {
+            json!([{"key": "spillway.io/provider-degraded", "value": provider, "effect": "NoSchedule"}])
+        } else {
+            json!([])
+        };
+        serde_json::from_value::<k8s_openapi::api::core::v1::Node>(json!({
+            "metadata": {"name": name, "labels": {"type": "virtual-kubelet", "spillway.io/provider": provider}},
+            "spec": {"taints": taints},
+            "status": {"allocatable": {"cpu": "100", "memory": "400Gi", "pods": "100"},
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap()
+    };
+    cluster.index.apply_node(&vnode("vk", "fargate", true));
+    cluster.pod("p1", None, "1", T0, unschedulable(T0));
+    let mut state = ControllerState::default();
+    assert!(spills(&cluster.plan(&mut state, T0 + 5 * MIN)).is_empty());
+    // The next provider in the workload's list has a usable node: the pod may use that
+    // one (and only that one).
+    cluster.index.apply_node(&vnode("vk-aci", "aci", false));
+    assert_eq!(
+        spill_providers(&cluster.plan(&mut state, T0 + 6 * MIN)),
+        vec![("p1", Provider::Aci)]
+    );
+    // A pod whose own selector no virtual node meets never spills.
+    let mut cluster = Cluster::new("2", 2, json!({}));
+    let mut picky = unschedulable(T0);
+    merge(
+        &mut picky,
+        json!({"spec": {"nodeSelector": {"disk": "ssd"}}}),
+    );
+    cluster.pod("p1", None, "1", T0, picky);
+    let mut state = ControllerState::default();
+    assert!(spills(&cluster.plan(&mut state, T0 + 5 * MIN)).is_empty());
+}
+
+#[test]
+fn rebalance_leaves_a_burst_pod_no_regular_node_would_accept() {
+    // Idle cluster, old burst pods, but the template asks for `disk: ssd` and node `a`
+    // has no such label: evicting would only re-burst it.
+    let mut cluster = Cluster::new("8", 2, json!({}));
+    let ssd = json!({"spec": {"nodeSelector": {"disk": "ssd"}}});
+    cluster.pod("l1", Some("a"), "1", T0, ssd.clone());
+    cluster.pod("b1", Some("vk"), "1", T0, ssd);
+    let mut state = ControllerState::default();
+    cluster.plan(&mut state, T0 + 10 * MIN);
+    assert!(evictions(&cluster.plan(&mut state, T0 + 12 * MIN)).is_empty());
+    // A labelled node arrives: now it goes home.
+    cluster.index.apply_node(
+        &serde_json::from_value(json!({
+            "metadata": {"name": "ssd-1", "labels": {"disk": "ssd"}},
+            "status": {"allocatable": {"cpu": "8", "memory": "64Gi"},
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap(),
+    );
+    assert_eq!(
+        evictions(&cluster.plan(&mut state, T0 + 13 * MIN)),
+        vec![("b1", EvictionCause::Rebalance)]
+    );
+}
+
 #[test]
 fn events_follow_changes_not_pods() {
     let mut cluster = Cluster::new("8", 4, json!({}));
