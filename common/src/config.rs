@@ -748,13 +748,22 @@ mod tests {
             assert_eq!(ProviderChoice::parse(text), Some(choice), "{text}");
             assert_eq!(ProviderChoice::parse(&choice.to_string()), Some(choice));
         }
-        for bad in ["", "gcp", "fargate,fargate", "fargate,aci,fargate", "fargate,", "auto,aci"] {
+        for bad in [
+            "",
+            "gcp",
+            "fargate,fargate",
+            "fargate,aci,fargate",
+            "fargate,",
+            "auto,aci",
+        ] {
             assert_eq!(ProviderChoice::parse(bad), None, "{bad:?}");
         }
         assert!(ProviderChoice::Fargate.allows(Provider::Fargate));
         assert!(!ProviderChoice::Fargate.allows(Provider::Aci));
         assert!(ProviderChoice::Auto.allows(Provider::Aci));
-        let error = parse("defaultProvider: fargate,fargate").unwrap_err().to_string();
+        let error = parse("defaultProvider: fargate,fargate")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("fargate,aci"), "{error}");
     }
 

@@ -692,3 +692,118 @@ async fn log_followers_beyond_the_cap_are_told_to_come_back() -> anyhow::Result<
     assert_eq!(String::from_utf8_lossy(&again.stdout), "200");
     Ok(())
 }
+
+/// How long the DaemonSet test watches for replacement pods: five minutes, long enough
+/// for the DaemonSet controller's failed-pod back-off (1 s doubling) to have replaced a
+/// failed pod eight times over.
+const DAEMONSET_WATCH: Duration = Duration::from_secs(300);
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_daemonset_that_tolerates_everything_never_churns_on_the_virtual_node()
+-> anyhow::Result<()> {
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::Event;
+    use kube::api::ListParams;
+    use kube::runtime::watcher;
+
+    let fixture = NodeFixture::new("e2e-ds", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let mut args = vk_node_args(node_name, "mock")?;
+    args.extend(["--mock-start-latency-ms".into(), "200".into()]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_until("node registered", Duration::from_secs(30), || async {
+        Ok(nodes.get_opt(node_name).await?.is_some())
+    })
+    .await?;
+
+    // Every pod of the namespace ever created, from the watch (a pod failed and
+    // replaced between two polls would be missed by a list).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let watch = {
+        let (pods, seen) = (pods.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut stream = watcher(pods, watcher::Config::default()).boxed();
+            while let Some(event) = stream.next().await {
+                if let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event
+                    && let Some(uid) = pod.metadata.uid
+                {
+                    seen.lock().unwrap().insert(uid);
+                }
+            }
+        })
+    };
+    // Like node-exporter or a log agent: tolerates every taint; pinned to this node so
+    // the test bed's other nodes are not involved.
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns.name);
+    daemonsets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "agent"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "agent"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "agent"}},
+                        "spec": {
+                            "tolerations": [{"operator": "Exists"}],
+                            "nodeSelector": {"kubernetes.io/hostname": node_name},
+                            "containers": [{"name": "agent", "image": "agent:1"}]
+                        }
+                    }
+                }
+            }))?,
+        )
+        .await?;
+    wait_until(
+        "the DaemonSet's pod parked with its reason",
+        Duration::from_secs(60),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=agent"))
+                .await?;
+            Ok(list.items.iter().any(|p| {
+                p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("DaemonSetNotSupported")
+            }))
+        },
+    )
+    .await?;
+    tokio::time::sleep(DAEMONSET_WATCH).await;
+    watch.abort();
+    let created = seen.lock().unwrap().clone();
+    assert_eq!(
+        created.len(),
+        1,
+        "one pod object for the virtual node in {DAEMONSET_WATCH:?}, not a stream of replacements: {created:?}"
+    );
+    let uid = created.first().unwrap();
+    let list = pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await?;
+    let pod = &list.items[0];
+    assert_eq!(pod.metadata.uid.as_ref(), Some(uid), "the same pod stands");
+    let status = pod.status.clone().unwrap_or_default();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("type NotIn [virtual-kubelet]")),
+        "{status:?}"
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let warnings = events
+        .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("DaemonSetNotSupported"))
+        .map(|e| e.count.unwrap_or(1).max(1))
+        .sum::<i32>();
+    assert_eq!(warnings, 1, "one Warning Event that says why");
+    daemonsets.delete("agent", &DeleteParams::default()).await?;
+    Ok(())
+}

@@ -567,3 +567,168 @@ async fn provider_auto_sends_each_pod_to_the_cheaper_usable_node() -> anyhow::Re
     webhook.process.kill()?;
     Ok(())
 }
+
+/// The `spillway.io/placement` and `spillway.io/reason` labels and the provider pinned by
+/// affinity of the live pods of `app`.
+async fn decisions(
+    pods: &Api<Pod>,
+    app: &str,
+) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            (
+                label("spillway.io/placement"),
+                label("spillway.io/reason"),
+                affinity_provider(p),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn replicas_go_only_to_a_virtual_node_that_can_take_them() -> anyhow::Result<()> {
+    let _alone = VIRTUAL_NODES.lock().await;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "e2e-usable").await?;
+    let mut webhook = WebhookUnderTest::start(
+        &format!("webhook-{}", ns.name),
+        "defaultProvider: fargate\n",
+    )
+    .await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let (fargate_node, aci_node) = (
+        format!("spillway-fargate-{}", ns.name),
+        format!("spillway-aci-{}", ns.name),
+    );
+    // A degraded Fargate node and a healthy ACI node.
+    let mut fargate = virtual_node(&fargate_node)?;
+    fargate.spec.as_mut().unwrap().taints.as_mut().unwrap().push(
+        serde_json::from_value(
+            json!({"key": "spillway.io/provider-degraded", "value": "fargate", "effect": "NoSchedule"}),
+        )?,
+    );
+    nodes.create(&PostParams::default(), &fargate).await?;
+    let _fargate_cleanup = NodeCleanupGuard(fargate_node.clone());
+    let mut aci = virtual_node(&aci_node)?;
+    aci.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("spillway.io/provider".into(), "aci".into());
+    aci.spec.as_mut().unwrap().taints.as_mut().unwrap()[0].value = Some("aci".into());
+    nodes.create(&PostParams::default(), &aci).await?;
+    let _aci_cleanup = NodeCleanupGuard(aci_node.clone());
+    wait_until(
+        "both virtual nodes Ready",
+        Duration::from_secs(30),
+        || async {
+            let mut ready = 0;
+            for name in [&fargate_node, &aci_node] {
+                let conditions = nodes
+                    .get(name)
+                    .await?
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default();
+                ready += conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    as usize;
+            }
+            Ok(ready == 2)
+        },
+    )
+    .await?;
+    let _hook = webhook.register_in(&client, &ns.name).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // Every replica is under pressure (max-local 0); where it may go is the question.
+    let create = |name: &'static str, provider: &'static str, spec: serde_json::Value| {
+        let deployments = deployments.clone();
+        async move {
+            let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-local": "0", "spillway.io/provider": provider});
+            let mut d = deployment(name, 1, "100m", annotations)?;
+            let mut template = serde_json::to_value(d.spec.template.spec.take())?;
+            for (k, v) in spec.as_object().into_iter().flatten() {
+                template[k] = v.clone();
+            }
+            d.spec.template.spec = Some(serde_json::from_value(template)?);
+            deployments.create(&PostParams::default(), &d).await?;
+            anyhow::Ok(())
+        }
+    };
+    let placed = |app: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let found = decisions(&pods, app).await?;
+            anyhow::Ok(found.into_iter().next())
+        }
+    };
+    let wait_placed = |app: &'static str| async move {
+        wait_until(
+            &format!("{app} placed"),
+            Duration::from_secs(60),
+            || async { Ok(placed(app).await?.is_some()) },
+        )
+        .await?;
+        anyhow::Ok(placed(app).await?.unwrap())
+    };
+    create("fixed", "fargate", json!({})).await?;
+    create("ordered", "fargate,aci", json!({})).await?;
+    create("picky", "aci", json!({"nodeSelector": {"disk": "ssd"}})).await?;
+    create(
+        "spread",
+        "aci",
+        json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]}),
+    )
+    .await?;
+    let local = |reason: &str| ("local".to_owned(), reason.to_owned(), None);
+    // A degraded fixed provider keeps new replicas local, for an autoscaler to see.
+    assert_eq!(wait_placed("fixed").await?, local("provider-unavailable"));
+    // An ordered list falls through to the next usable provider.
+    assert_eq!(
+        wait_placed("ordered").await?,
+        (
+            "burst".to_owned(),
+            "max-local".to_owned(),
+            Some("aci".to_owned())
+        )
+    );
+    // The pod's own constraints rule the virtual node out.
+    assert_eq!(wait_placed("picky").await?, local("constraints"));
+    assert_eq!(wait_placed("spread").await?, local("constraints"));
+
+    // Fargate recovers: the next replica of the fixed workload bursts there; then its
+    // node is removed and the one after stays local again.
+    spillway_e2e::kubectl(&[
+        "taint",
+        "node",
+        &fargate_node,
+        "spillway.io/provider-degraded-",
+    ])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    create("recovered", "fargate", json!({})).await?;
+    let recovered = wait_placed("recovered").await?;
+    assert_eq!(
+        (recovered.0.as_str(), recovered.2.as_deref()),
+        ("burst", Some("fargate"))
+    );
+    nodes.delete(&fargate_node, &Default::default()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    create("gone", "fargate", json!({})).await?;
+    assert_eq!(wait_placed("gone").await?, local("provider-unavailable"));
+    webhook.process.kill()?;
+    Ok(())
+}

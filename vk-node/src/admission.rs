@@ -22,6 +22,13 @@ pub enum Refusal {
     Ineligible(Vec<Ineligible>),
     /// Its namespace is not in `--allowed-namespaces`.
     NamespaceNotAllowed(String),
+    /// Owned by a DaemonSet, whose pods serve the node they run on: a virtual node has
+    /// no host for them. Such a pod is parked Pending rather than failed, since the
+    /// DaemonSet controller replaces a failed pod at once, for ever.
+    DaemonSet {
+        /// The DaemonSet's name.
+        name: String,
+    },
 }
 
 impl Refusal {
@@ -31,6 +38,7 @@ impl Refusal {
             Refusal::UntoleratedTaint { .. } => "TaintNotTolerated",
             Refusal::Ineligible(_) => "Ineligible",
             Refusal::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
+            Refusal::DaemonSet { .. } => DAEMONSET_REASON,
         }
     }
 
@@ -52,9 +60,19 @@ impl Refusal {
                 "namespace {namespace} is not allowed on virtual node {node} \
                  (--allowed-namespaces); the pod was not started"
             ),
+            Refusal::DaemonSet { name } => format!(
+                "DaemonSet {name} tolerates virtual node {node}'s taint, but a DaemonSet pod \
+                 serves the host it runs on and a virtual node has none: the pod is not \
+                 started and stays Pending (a failed one would be recreated at once). Keep \
+                 the DaemonSet off virtual nodes with a required node affinity \
+                 `type NotIn [virtual-kubelet]` (docs/limits.md)"
+            ),
         }
     }
 }
+
+/// The pod status `reason` of a parked DaemonSet pod.
+pub const DAEMONSET_REASON: &str = "DaemonSetNotSupported";
 
 /// The rules one node applies.
 #[derive(Clone, Debug)]
@@ -66,8 +84,20 @@ pub struct NodeAdmission {
 }
 
 impl NodeAdmission {
-    /// Admits `pod`, or says why not (checks in order: namespace, taint, eligibility).
+    /// Admits `pod`, or says why not (checks in order: DaemonSet, namespace, taint,
+    /// eligibility).
     pub fn admit(&self, pod: &Pod) -> Result<(), Refusal> {
+        if let Some(owner) = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "DaemonSet")
+        {
+            return Err(Refusal::DaemonSet {
+                name: owner.name.clone(),
+            });
+        }
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         if let Some(allowed) = &self.allowed_namespaces
             && !allowed.contains(&namespace)
@@ -209,6 +239,29 @@ mod tests {
             refusal
                 .message("spillway-fargate")
                 .contains("host-network, unsupported-volume")
+        );
+    }
+
+    #[test]
+    fn daemonset_pods_are_parked_whatever_they_tolerate() {
+        let mut daemon = pod("kube-system", json!([{"operator": "Exists"}]), json!({}));
+        daemon.metadata.owner_references = Some(vec![
+            serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "node-exporter", "uid": "d", "controller": true}))
+                .unwrap(),
+        ]);
+        let refusal = admission(Some(&["shop"])).admit(&daemon).unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::DaemonSet {
+                name: "node-exporter".into()
+            }
+        );
+        assert_eq!(refusal.reason(), DAEMONSET_REASON);
+        let message = refusal.message("spillway-fargate");
+        assert!(message.contains("stays Pending"), "{message}");
+        assert!(
+            message.contains("type NotIn [virtual-kubelet]"),
+            "{message}"
         );
     }
 

@@ -17,7 +17,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::NodeAdmission;
+use crate::admission::{self, NodeAdmission, Refusal};
 use crate::env_refs::{self, ObjectRef};
 use crate::metrics::NodeMetrics;
 use crate::node::{self, NodeSpec};
@@ -489,10 +489,14 @@ impl<P: Provider> PodController<P> {
         let Err(refusal) = self.admission.admit(&tracked.pod) else {
             return;
         };
-        let message = refusal.message(&self.node.name);
-        tracing::warn!(pod = %key(&tracked.pod), reason = refusal.reason(), "{message}");
         tracked.refused = true;
         tracked.lifecycle = Lifecycle::Terminal;
+        if matches!(refusal, Refusal::DaemonSet { .. }) {
+            self.park(tracked, &refusal).await;
+            return;
+        }
+        let message = refusal.message(&self.node.name);
+        tracing::warn!(pod = %key(&tracked.pod), reason = refusal.reason(), "{message}");
         tracked.terminal = Some(TerminalPhase::Failed);
         self.event(
             &tracked.pod,
@@ -504,6 +508,36 @@ impl<P: Provider> PodController<P> {
         self.write_status(
             &tracked.pod,
             status::provider_failed_status(refusal.reason(), &message),
+        )
+        .await;
+    }
+
+    /// A DaemonSet pod ends Pending for good: one Warning Event and a status that says
+    /// why, written once (a pod parked by an earlier process is left as it is), and
+    /// nothing at the provider. Failed, it would be replaced by the DaemonSet controller
+    /// at once, again and again.
+    async fn park(&self, tracked: &Tracked, refusal: &Refusal) {
+        let parked_before = tracked
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.reason.as_deref())
+            == Some(admission::DAEMONSET_REASON);
+        if parked_before {
+            return;
+        }
+        let message = refusal.message(&self.node.name);
+        tracing::warn!(pod = %key(&tracked.pod), reason = refusal.reason(), "{message}");
+        self.event(
+            &tracked.pod,
+            EventType::Warning,
+            refusal.reason(),
+            message.clone(),
+        )
+        .await;
+        self.write_status(
+            &tracked.pod,
+            status::parked_status(refusal.reason(), &message),
         )
         .await;
     }

@@ -184,6 +184,20 @@ pub fn provider_failed_status(reason: &str, message: &str) -> Value {
     json!({"phase": "Failed", "reason": reason, "message": message})
 }
 
+/// The status of a pod the node keeps Pending for good (a DaemonSet's): scheduled, not
+/// Ready, with the reason on the pod and its Ready condition.
+pub fn parked_status(reason: &str, message: &str) -> Value {
+    json!({
+        "phase": "Pending",
+        "reason": reason,
+        "message": message,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "False", "reason": reason, "message": message}
+        ]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
