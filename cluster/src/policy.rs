@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use spillway_common::config::ProviderChoice;
+use spillway_common::config::{Provider, ProviderChoice};
 use spillway_common::keys;
 
 /// A cap on burst replicas.
@@ -48,6 +48,43 @@ pub struct WorkloadPolicy {
     /// for real nodes for this workload's burst replicas (only the Deployment's own
     /// annotation counts: the controller writes it there).
     pub backfilling: bool,
+    /// `spillway.io/failover` on the Deployment: providers the controller failed this
+    /// workload's pods over from, each with the end of its cooldown (ms since the epoch).
+    pub failed_over: Vec<(Provider, i64)>,
+}
+
+impl WorkloadPolicy {
+    /// The providers the workload's new replicas avoid at `now_ms`.
+    pub fn excluded_at(&self, now_ms: i64) -> Vec<Provider> {
+        self.failed_over
+            .iter()
+            .filter(|(_, until)| *until > now_ms)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+/// Reads `spillway.io/failover` (`provider=<unix seconds>` pairs, comma-separated);
+/// entries that do not parse are skipped: the controller writes the value.
+pub fn parse_failover(value: &str) -> Vec<(Provider, i64)> {
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (provider, until) = entry.trim().split_once('=')?;
+            let provider = Provider::parse(provider.trim())?;
+            let until: i64 = until.trim().parse().ok()?;
+            Some((provider, until.saturating_mul(1000)))
+        })
+        .collect()
+}
+
+/// Writes the value of `spillway.io/failover` for `entries` (ms since the epoch).
+pub fn format_failover(entries: &[(Provider, i64)]) -> String {
+    entries
+        .iter()
+        .map(|(p, until_ms)| format!("{p}={}", until_ms.div_euclid(1000)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_bool(key: &str, value: &str, warnings: &mut Vec<String>) -> bool {
@@ -159,6 +196,10 @@ pub fn read(
     policy.spot = get(keys::SPOT).is_some_and(|v| parse_bool(keys::SPOT, v, &mut warnings));
     policy.max_usd_per_hour = get(keys::MAX_USD_PER_HOUR).and_then(|v| parse_usd(v, &mut warnings));
     policy.backfilling = deployment.is_some_and(|a| a.contains_key(keys::BACKFILL));
+    policy.failed_over = deployment
+        .and_then(|a| a.get(keys::FAILOVER))
+        .map(|v| parse_failover(v))
+        .unwrap_or_default();
     (policy, warnings)
 }
 
@@ -171,6 +212,34 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn failover_exclusions_hold_until_their_cooldown_ends() {
+        let deployment = map(&[
+            (keys::BURST, "true"),
+            (keys::FAILOVER, "fargate=1000, aci=2000,gcp=5,aci=x"),
+        ]);
+        let (policy, warnings) = read(Some(&deployment), None);
+        assert!(warnings.is_empty());
+        assert_eq!(
+            policy.failed_over,
+            vec![(Provider::Fargate, 1_000_000), (Provider::Aci, 2_000_000)]
+        );
+        assert_eq!(
+            policy.excluded_at(999_999),
+            vec![Provider::Fargate, Provider::Aci]
+        );
+        assert_eq!(policy.excluded_at(1_000_000), vec![Provider::Aci]);
+        assert!(policy.excluded_at(2_000_000).is_empty());
+        assert_eq!(
+            format_failover(&policy.failed_over),
+            "fargate=1000,aci=2000"
+        );
+        // Only the Deployment's own annotation counts (the controller writes it there).
+        let pod = map(&[(keys::FAILOVER, "fargate=9999999999")]);
+        let (from_template, _) = read(Some(&map(&[(keys::BURST, "true")])), Some(&pod));
+        assert!(from_template.failed_over.is_empty());
     }
 
     #[test]

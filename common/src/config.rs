@@ -191,6 +191,26 @@ impl Default for PendingSpillConfig {
     }
 }
 
+/// Failover settings (DESIGN §4 "Failover"): a burst pod its provider keeps refusing
+/// (capacity, quota, outage) is handed back to be decided again without that provider.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// How long a provider may refuse to create a pod before the pod is failed over.
+    pub after_seconds: u64,
+    /// How long the workload's new replicas then avoid that provider.
+    pub cooldown_seconds: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            after_seconds: 30,
+            cooldown_seconds: 300,
+        }
+    }
+}
+
 /// How Spillway asks the cluster's autoscaler for real nodes for burst replicas (DESIGN §4).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -337,6 +357,8 @@ pub struct OperatorConfig {
     pub rebalance: RebalanceConfig,
     /// Pending-spill settings.
     pub pending_spill: PendingSpillConfig,
+    /// Failover between providers.
+    pub failover: FailoverConfig,
     /// Cost budget.
     pub budget: BudgetConfig,
     /// Prices used for cost metrics and `explain-pod`.
@@ -353,6 +375,7 @@ impl Default for OperatorConfig {
             default_provider: ProviderChoice::Fargate,
             rebalance: RebalanceConfig::default(),
             pending_spill: PendingSpillConfig::default(),
+            failover: FailoverConfig::default(),
             budget: BudgetConfig::default(),
             pricing: PricingConfig::default(),
             backfill: BackfillConfig::default(),
@@ -449,6 +472,8 @@ impl OperatorConfig {
             "pendingSpill.afterSeconds",
             self.pending_spill.after_seconds,
         )?;
+        at_most_a_day("failover.afterSeconds", self.failover.after_seconds)?;
+        at_most_a_day("failover.cooldownSeconds", self.failover.cooldown_seconds)?;
         if self.rebalance.max_evictions_per_minute > MAX_EVICTIONS_PER_MINUTE {
             return Err((
                 "rebalance.maxEvictionsPerMinute",

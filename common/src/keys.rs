@@ -53,3 +53,13 @@ pub const PLACEHOLDER_PRIORITY_CLASS: &str = "spillway-placeholder";
 pub const PLACEHOLDER_PRIORITY: i32 = -100;
 /// Label value of `app.kubernetes.io/managed-by` on objects Spillway creates.
 pub const MANAGED_BY: &str = "spillway";
+
+/// Pod condition the virtual node sets while its provider refuses to create the pod
+/// (capacity, quota, outage, throttling); its `lastTransitionTime` is the first refusal.
+/// The controller fails such pods over (DESIGN §4 "Failover").
+pub const PROVIDER_REFUSED_CONDITION: &str = "spillway.io/ProviderRefused";
+
+/// Deployment annotation the controller writes when it fails a workload's pods over:
+/// `provider=<unix seconds until>` pairs, comma-separated; the decision does not use a
+/// provider listed here until then.
+pub const FAILOVER: &str = "spillway.io/failover";

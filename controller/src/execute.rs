@@ -3,6 +3,7 @@
 //! never forced), and Events on Deployments through kube's recorder, which aggregates
 //! repeats into series.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, Preconditions};
@@ -33,6 +34,9 @@ pub enum ActionError {
     /// Evicting a pod.
     #[error("evict: {0}")]
     Evict(kube::Error),
+    /// Marking a Deployment to avoid a provider.
+    #[error("fail over: {0}")]
+    FailOver(kube::Error),
     /// Writing an Event.
     #[error("publish event: {0}")]
     PublishEvent(kube::Error),
@@ -50,6 +54,7 @@ impl ActionError {
             ActionError::MarkBurst(_) => "mark_burst",
             ActionError::Spill(_) => "spill",
             ActionError::Evict(_) => "evict",
+            ActionError::FailOver(_) => "fail_over",
             ActionError::PublishEvent(_) => "publish_event",
             ActionError::Backfill(_) => "backfill",
             ActionError::Timeout => "timeout",
@@ -90,6 +95,7 @@ fn deployment_reference(workload: &str, uid: &str) -> ObjectReference {
     }
 }
 
+#[derive(PartialEq, Eq)]
 enum Evicted {
     Yes,
     Blocked,
@@ -247,6 +253,33 @@ impl Executor {
             Action::WithdrawBackfill { workload, kind } => {
                 self.backfill.withdraw(&workload, kind).await?;
                 tracing::info!(%workload, kind = kind.as_str(), "backfill withdrawn");
+            }
+            Action::ExcludeProviders { workload, value } => {
+                let (namespace, name) = workload.split_once('/').unwrap_or(("", &workload));
+                let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+                let patch = json!({"metadata": {"annotations": {keys::FAILOVER: value}}});
+                deployments
+                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map_err(ActionError::FailOver)?;
+                tracing::warn!(%workload, failover = %value, "providers refusing the workload's pods are avoided");
+            }
+            Action::FailOver {
+                pod,
+                workload,
+                from,
+                to,
+            } => {
+                // A Pending pod is deleted by the Eviction API without asking its
+                // PodDisruptionBudget; the precondition keeps a newer pod of the name safe.
+                let evicted = self.evict(&pod).await?;
+                if evicted == Evicted::Yes {
+                    self.metrics
+                        .failovers
+                        .with_label_values(&[from.as_str(), to.as_str()])
+                        .inc();
+                    tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), %workload, %from, %to, "pod failed over");
+                }
             }
             Action::UnmarkBackfill { workload } => {
                 self.backfill.unmark(&workload).await?;

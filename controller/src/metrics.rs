@@ -29,6 +29,9 @@ pub struct ControllerMetrics {
     pub overshoot_evictions: IntCounterVec,
     /// `spillway_pending_spills_total`.
     pub pending_spills: IntCounter,
+    /// `spillway_provider_failovers_total{from,to}`: pods handed back because their
+    /// provider kept refusing them; `to` is a provider or `local`.
+    pub failovers: IntCounterVec,
     /// `spillway_deletion_cost_repairs_total`.
     pub deletion_cost_repairs: IntCounter,
     /// `spillway_controller_actions_failed_total{action}`.
@@ -105,6 +108,13 @@ impl ControllerMetrics {
                 "spillway_pending_spills_total",
                 "Unschedulable pods allowed onto the virtual node",
             )?,
+            failovers: IntCounterVec::new(
+                Opts::new(
+                    "spillway_provider_failovers_total",
+                    "Burst pods handed back because their provider kept refusing to create them, by the provider they left and where their replacement goes (a provider or local)",
+                ),
+                &["from", "to"],
+            )?,
             deletion_cost_repairs: IntCounter::new(
                 "spillway_deletion_cost_repairs_total",
                 "Burst pods given their missing label or deletion cost",
@@ -159,6 +169,7 @@ impl ControllerMetrics {
         registry.register(Box::new(metrics.rebalance_evictions.clone()))?;
         registry.register(Box::new(metrics.overshoot_evictions.clone()))?;
         registry.register(Box::new(metrics.pending_spills.clone()))?;
+        registry.register(Box::new(metrics.failovers.clone()))?;
         registry.register(Box::new(metrics.deletion_cost_repairs.clone()))?;
         registry.register(Box::new(metrics.actions_failed.clone()))?;
         registry.register(Box::new(metrics.leader.clone()))?;

@@ -81,6 +81,8 @@ pub enum EventReason {
     BackfillRequested,
     /// Every burst replica came home; the request was withdrawn.
     BackfillSatisfied,
+    /// A provider kept refusing the workload's pods; they are decided again without it.
+    ProviderFailover,
 }
 
 impl EventReason {
@@ -93,6 +95,7 @@ impl EventReason {
             EventReason::Ineligible => "Ineligible",
             EventReason::BackfillRequested => "BackfillRequested",
             EventReason::BackfillSatisfied => "BackfillSatisfied",
+            EventReason::ProviderFailover => "ProviderFailover",
         }
     }
 }
@@ -155,6 +158,27 @@ pub enum Action {
     UnmarkBackfill {
         /// `namespace/name` of the Deployment.
         workload: String,
+    },
+    /// Write `spillway.io/failover` on the Deployment: its new replicas avoid the
+    /// providers in `value` until their cooldowns end.
+    ExcludeProviders {
+        /// `namespace/name` of the Deployment.
+        workload: String,
+        /// The annotation's value (see [`policy::format_failover`]).
+        value: String,
+    },
+    /// Hand back a pod its provider keeps refusing: evict it (a Pending pod is deleted
+    /// at once, whatever the PodDisruptionBudget) so its ReplicaSet's replacement is
+    /// decided again, `from` excluded.
+    FailOver {
+        /// The pod.
+        pod: PodRef,
+        /// `namespace/name` of its Deployment.
+        workload: String,
+        /// The provider that refused it.
+        from: Provider,
+        /// Where its replacement goes: a provider's name or `local`.
+        to: String,
     },
     /// Write an Event on the Deployment.
     Event {
@@ -266,7 +290,7 @@ impl Workload<'_> {
             self.provider,
             &pod.needs,
             &pod.constraints,
-            &[],
+            &self.policy.excluded_at(input.now_ms),
             &input.config.pricing,
             input.index,
             |p| pod.may_use(p),
@@ -334,6 +358,7 @@ pub fn plan(input: &PlanInput<'_>, state: &mut ControllerState) -> Vec<Action> {
             None => false,
         },
     );
+    fail_over(input, &workloads, &mut actions);
     correct_overshoot(input, &workloads, state, &mut actions);
     rebalance(input, &workloads, state, &mut actions);
     spill_pending(input, &workloads, &mut actions);
@@ -355,6 +380,77 @@ fn repair_burst_pods(input: &PlanInput<'_>, actions: &mut Vec<Action>) {
                 deletion_cost,
             });
         }
+    }
+}
+
+/// Burst pods their provider has refused to create for `failover.afterSeconds` are
+/// handed back, in two passes so the webhook has seen the first: the workload's
+/// Deployment is marked to avoid that provider for `failover.cooldownSeconds` (one
+/// `ProviderFailover` Event), then, with the mark in force, the pods are evicted and
+/// their replacements decided without it (the next provider the workload allows, else
+/// local).
+fn fail_over(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mut Vec<Action>) {
+    let config = &input.config.failover;
+    let after_ms = config.after_seconds as i64 * 1000;
+    for workload in workloads {
+        let excluded = workload.policy.excluded_at(input.now_ms);
+        let mut exclude_now: Vec<Provider> = Vec::new();
+        let refused = workload.live().filter(|p| {
+            p.virtual_node.is_some()
+                && p.provider_refused_since_ms
+                    .is_some_and(|since| input.now_ms - since >= after_ms)
+        });
+        for pod in refused {
+            let Some(from) = pod.provider else { continue };
+            if !excluded.contains(&from) {
+                if !exclude_now.contains(&from) {
+                    exclude_now.push(from);
+                }
+                continue;
+            }
+            let pick = workload.provider_for(input, pod);
+            let to = match pick.unusable {
+                None => pick.provider.to_string(),
+                Some(_) => "local".to_owned(),
+            };
+            actions.push(Action::FailOver {
+                pod: PodRef::of(pod),
+                workload: workload.key.to_owned(),
+                from,
+                to,
+            });
+        }
+        if exclude_now.is_empty() {
+            continue;
+        }
+        let until = input.now_ms + config.cooldown_seconds as i64 * 1000;
+        let mut entries: Vec<(Provider, i64)> = workload
+            .policy
+            .failed_over
+            .iter()
+            .copied()
+            .filter(|(p, until)| *until > input.now_ms && !exclude_now.contains(p))
+            .collect();
+        entries.extend(exclude_now.iter().map(|p| (*p, until)));
+        actions.push(Action::ExcludeProviders {
+            workload: workload.key.to_owned(),
+            value: policy::format_failover(&entries),
+        });
+        let names: Vec<&str> = exclude_now.iter().map(|p| p.as_str()).collect();
+        actions.push(Action::Event {
+            workload: workload.key.to_owned(),
+            uid: workload.view.uid.to_owned(),
+            reason: EventReason::ProviderFailover,
+            note: format!(
+                "{} refused to create replicas for {}s or more (see the pods' {} condition); \
+                 they are handed back and new replicas avoid it for {}s",
+                names.join(" and "),
+                config.after_seconds,
+                keys::PROVIDER_REFUSED_CONDITION,
+                config.cooldown_seconds
+            ),
+            warning: true,
+        });
     }
 }
 

@@ -74,6 +74,9 @@ pub struct PodView {
     pub finished: bool,
     /// Since when (ms) the scheduler reported it `Unschedulable`, while unbound.
     pub unschedulable_since_ms: Option<i64>,
+    /// Since when (ms) its virtual node's provider refuses to create it (the
+    /// `spillway.io/ProviderRefused` condition), while Pending.
+    pub provider_refused_since_ms: Option<i64>,
     /// Its node carries Karpenter's `karpenter.sh/disrupted` taint: Karpenter is moving
     /// its pods, and Spillway leaves them to it.
     pub node_disrupted: bool,
@@ -104,6 +107,7 @@ pub struct PodRecord {
     deleting: bool,
     finished: bool,
     unschedulable_since_ms: Option<i64>,
+    provider_refused_since_ms: Option<i64>,
 }
 
 impl PodRecord {
@@ -160,6 +164,14 @@ impl PodRecord {
                 && condition("Ready").is_some_and(|c| c.status == "True"),
             deleting: meta.deletion_timestamp.is_some(),
             finished: matches!(phase, Some("Succeeded") | Some("Failed")),
+            provider_refused_since_ms: condition(keys::PROVIDER_REFUSED_CONDITION)
+                .filter(|c| phase == Some("Pending") && c.status == "True")
+                .map(|c| {
+                    c.last_transition_time
+                        .as_ref()
+                        .map(|t| t.0.as_millisecond())
+                        .unwrap_or(0)
+                }),
             unschedulable_since_ms: condition("PodScheduled")
                 .filter(|c| {
                     node.is_none()
@@ -250,6 +262,7 @@ impl PodView {
             deleting: record.deleting,
             finished: record.finished,
             unschedulable_since_ms: record.unschedulable_since_ms,
+            provider_refused_since_ms: record.provider_refused_since_ms,
             node_disrupted: node
                 .is_some_and(|n| index.node_has_taint(n, KARPENTER_DISRUPTED_TAINT)),
         }

@@ -13,6 +13,9 @@ pub struct NodeMetrics {
     pub pods: IntGauge,
     /// `spillway_vk_provider_degraded`: 1 while the degraded taint is on.
     pub degraded: IntGauge,
+    /// `spillway_provider_errors_total{provider,class}`: failed provider calls by class
+    /// (`unavailable`, `throttled`, `transient`, `invalid`, `not-found`).
+    pub errors: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -41,11 +44,19 @@ impl NodeMetrics {
                 "spillway_vk_provider_degraded",
                 "1 while the provider-degraded taint is set",
             )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "spillway_provider_errors_total",
+                    "Failed provider calls by class: unavailable (capacity, quota, outage), throttled, transient, invalid, not-found",
+                ),
+                &["provider", "class"],
+            )?,
         };
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.durations.clone()))?;
         registry.register(Box::new(metrics.pods.clone()))?;
         registry.register(Box::new(metrics.degraded.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
         Ok(metrics)
     }
 

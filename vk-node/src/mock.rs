@@ -30,6 +30,9 @@ pub struct MockBehaviour {
     pub exit_code: i32,
     /// The first this many creates fail transiently (an outage that ends).
     pub fail_first_creates: u32,
+    /// Injected create failures say the provider has no capacity
+    /// ([`ProviderError::Unavailable`]) rather than a transient error.
+    pub failures_unavailable: bool,
     /// CPU (millicores) a running pod uses when its annotation does not say.
     pub cpu_usage_millis: Option<u64>,
     /// Memory (bytes) a running pod uses when its annotation does not say.
@@ -49,6 +52,7 @@ impl Default for MockBehaviour {
             run_for: None,
             exit_code: 0,
             fail_first_creates: 0,
+            failures_unavailable: false,
             cpu_usage_millis: None,
             memory_usage_bytes: None,
         }
@@ -197,16 +201,20 @@ impl Provider for MockProvider {
         let attempt = self
             .creates_attempted
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let injected = |what: String| {
+            if self.behaviour.failures_unavailable {
+                ProviderError::Unavailable(format!("capacity unavailable ({what})"))
+            } else {
+                ProviderError::Transient(what)
+            }
+        };
         if attempt < self.behaviour.fail_first_creates {
-            return Err(ProviderError::Transient(format!(
-                "injected outage (create {})",
-                attempt + 1
-            )));
+            return Err(injected(format!("injected outage, create {}", attempt + 1)));
         }
         if self.behaviour.failure_rate > 0.0
             && rand::rng().random_bool(self.behaviour.failure_rate.min(1.0))
         {
-            return Err(ProviderError::Transient("injected failure".into()));
+            return Err(injected("injected failure".into()));
         }
         let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         let launches = objects.get(&uid).map(|o| o.launches).unwrap_or(0);

@@ -23,6 +23,7 @@ use crate::metrics::NodeMetrics;
 use crate::node::{self, NodeSpec};
 use crate::provider::{Provider, ProviderError, RemoteContainerState, RemotePhase, RemoteStatus};
 use crate::status::{self, AfterStop, StatusContext, TerminalPhase};
+use spillway_common::keys;
 
 /// Timing and limits of the pod controller.
 #[derive(Clone, Debug)]
@@ -107,6 +108,9 @@ struct Tracked {
     optional_reported: bool,
     /// Containers whose start was reported since the last launch.
     started_reported: HashSet<String>,
+    /// When the provider first refused to create it, of the current run of retryable
+    /// refusals (the `spillway.io/ProviderRefused` condition's transition time).
+    refused_since: Option<jiff::Timestamp>,
 }
 
 impl Tracked {
@@ -144,7 +148,18 @@ impl Tracked {
             held_for: Vec::new(),
             optional_reported: false,
             started_reported: HashSet::new(),
+            refused_since: None,
         }
+    }
+}
+
+/// The condition reason for a retryable refusal: `Unavailable` (capacity, quota, outage),
+/// `Throttled` or `Transient`.
+fn refusal_reason(error: &ProviderError) -> &'static str {
+    match error {
+        ProviderError::Unavailable(_) => "Unavailable",
+        ProviderError::Throttled(_) => "Throttled",
+        _ => "Transient",
     }
 }
 
@@ -342,6 +357,12 @@ impl<P: Provider> PodController<P> {
             result.is_ok(),
             started.elapsed().as_secs_f64(),
         );
+        if let Err(error) = result {
+            self.metrics
+                .errors
+                .with_label_values(&[self.provider.name(), error.kind()])
+                .inc();
+        }
         if ok {
             self.consecutive_provider_failures = 0;
             if self.degraded {
@@ -542,6 +563,39 @@ impl<P: Provider> PodController<P> {
         .await;
     }
 
+    /// Says on the pod that the provider refuses to create it, since when and why (the
+    /// `spillway.io/ProviderRefused` condition the controller fails pods over by). A
+    /// strategic merge keeps the scheduler's conditions; once the pod runs, the node's
+    /// status replaces the list without it.
+    async fn write_refusal(&self, pod: &Pod, error: &ProviderError, since: jiff::Timestamp) {
+        let condition = serde_json::json!({
+            "type": keys::PROVIDER_REFUSED_CONDITION,
+            "status": "True",
+            "reason": refusal_reason(error),
+            "message": error.to_string(),
+            "lastTransitionTime": since.to_string(),
+        });
+        let (client, pod) = (self.client.clone(), pod.clone());
+        tokio::spawn(async move {
+            let Some(namespace) = pod.metadata.namespace.as_deref() else {
+                return;
+            };
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            let pods: Api<Pod> = Api::namespaced(client, namespace);
+            let patch =
+                Patch::Strategic(serde_json::json!({"status": {"conditions": [condition]}}));
+            let written = tokio::time::timeout(
+                API_CALL_TIMEOUT,
+                pods.patch_status(name, &PatchParams::default(), &patch),
+            )
+            .await;
+            if !matches!(written, Ok(Ok(_))) {
+                // The next refusal writes it again.
+                tracing::warn!(pod = %key(&pod), "cannot write the ProviderRefused condition");
+            }
+        });
+    }
+
     /// First full list: adopt provider objects of pods that exist, stop orphans.
     async fn adopt(&mut self) {
         let started = Instant::now();
@@ -714,6 +768,7 @@ impl<P: Provider> PodController<P> {
             Ok(()) => {
                 tracked.lifecycle = Lifecycle::Launched;
                 tracked.retryable_failures = 0;
+                tracked.refused_since = None;
                 tracked.crash_loop = false;
                 tracked.started_reported.clear();
                 self.fresh.insert(uid);
@@ -729,7 +784,11 @@ impl<P: Provider> PodController<P> {
                 tracked.next_attempt =
                     Instant::now() + backoff_with_jitter(tracked.retryable_failures);
                 let failures = tracked.retryable_failures;
+                let since = *tracked
+                    .refused_since
+                    .get_or_insert_with(jiff::Timestamp::now);
                 if failures == 1 || failures % 5 == 0 {
+                    self.write_refusal(&pod, &error, since).await;
                     let reason = if matches!(error, ProviderError::Throttled(_)) {
                         "ProviderThrottled"
                     } else {

@@ -19,6 +19,11 @@ pub enum ProviderError {
     /// The provider asked us to slow down.
     #[error("throttled: {0}")]
     Throttled(String),
+    /// The provider has no room for the pod now: capacity, quota, or an outage of the
+    /// service itself. It may pass; the controller fails such pods over to another
+    /// provider once it has lasted `failover.afterSeconds`.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
     /// Anything that may work on a retry.
     #[error("transient failure: {0}")]
     Transient(String),
@@ -29,7 +34,9 @@ impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ProviderError::Throttled(_) | ProviderError::Transient(_)
+            ProviderError::Throttled(_)
+                | ProviderError::Transient(_)
+                | ProviderError::Unavailable(_)
         )
     }
 
@@ -39,6 +46,7 @@ impl ProviderError {
             ProviderError::NotFound(_) => "not-found",
             ProviderError::Invalid(_) => "invalid",
             ProviderError::Throttled(_) => "throttled",
+            ProviderError::Unavailable(_) => "unavailable",
             ProviderError::Transient(_) => "transient",
         }
     }

@@ -73,6 +73,12 @@ pub struct MockArgs {
     /// Mock: exit code when they do.
     #[arg(long, default_value_t = 0, env = "SPILLWAY_MOCK_EXIT_CODE")]
     pub mock_exit_code: i32,
+    /// Mock: what the injected create failures (--mock-failure-rate,
+    /// --mock-fail-first-creates) say: `transient` (a network blip) or `unavailable`
+    /// (no capacity or quota at the provider, what failover acts on).
+    #[arg(long, default_value = "transient", env = "SPILLWAY_MOCK_FAILURE_KIND",
+        value_parser = ["transient", "unavailable"])]
+    pub mock_failure_kind: String,
     /// Mock: CPU a running pod reports using (a quantity such as 250m) unless its
     /// `spillway.io/mock-cpu-usage` annotation says otherwise; without either, a pod
     /// reports no usage at all.
@@ -301,6 +307,7 @@ async fn run_node(
                 failure_rate: options.mock.mock_failure_rate,
                 run_for: options.mock.mock_run_seconds.map(Duration::from_secs),
                 exit_code: options.mock.mock_exit_code,
+                failures_unavailable: options.mock.mock_failure_kind == "unavailable",
                 fail_first_creates: options.mock.mock_fail_first_creates,
                 cpu_usage_millis: options.mock.mock_cpu_usage,
                 memory_usage_bytes: options.mock.mock_memory_usage,

@@ -256,12 +256,17 @@ pub fn evaluate_pod(
         .as_ref()
         .map(NodeConstraints::of)
         .unwrap_or_default();
-    // The provider is settled here, once, so eligibility, budget and placement agree.
+    // The provider is settled here, once, so eligibility, budget and placement agree;
+    // a provider the controller failed the workload over from is avoided until then.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     let pick = choose_provider(
         policy.provider.unwrap_or(config.default_provider),
         &needs,
         &constraints,
-        &[],
+        &policy.excluded_at(now_ms),
         &config.pricing,
         index,
         |p| eligibility::check(pod, &needs, p).is_empty(),

@@ -530,6 +530,100 @@ fn rebalance_leaves_a_burst_pod_no_regular_node_would_accept() {
     );
 }
 
+fn refused_since(ms: i64) -> Value {
+    json!({"status": {"phase": "Pending", "conditions": [
+        {"type": "spillway.io/ProviderRefused", "status": "True", "reason": "Unavailable",
+         "lastTransitionTime": rfc3339(ms)}
+    ]}})
+}
+
+fn failover_actions(actions: &[Action]) -> Vec<Action> {
+    actions
+        .iter()
+        .filter(|a| {
+            matches!(a, Action::ExcludeProviders { .. } | Action::FailOver { .. })
+                || matches!(
+                    a,
+                    Action::Event {
+                        reason: EventReason::ProviderFailover,
+                        ..
+                    }
+                )
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_pod_its_provider_keeps_refusing_is_failed_over_after_the_mark() {
+    let mut cluster = Cluster::new("8", 3, json!({"spillway.io/provider": "fargate,aci"}));
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    cluster.pod("b1", Some("vk"), "1", T0, refused_since(T0));
+    cluster.pod("b2", Some("vk"), "1", T0, refused_since(T0 + 20_000));
+    let mut state = ControllerState::default();
+    // Refused for 10 s: within failover.afterSeconds (30).
+    assert!(failover_actions(&cluster.plan(&mut state, T0 + 10_000)).is_empty());
+    // 31 s: the Deployment is marked first (one Event), nothing evicted yet, so the
+    // webhook knows before any replacement is created.
+    let now = T0 + 31_000;
+    let actions = failover_actions(&cluster.plan(&mut state, now));
+    let until_s = (now + 300_000) / 1000;
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert_eq!(
+        actions[0],
+        Action::ExcludeProviders {
+            workload: "ns/web".into(),
+            value: format!("fargate={until_s}"),
+        }
+    );
+    assert!(
+        matches!(&actions[1], Action::Event { reason: EventReason::ProviderFailover, warning: true, note, .. } if note.contains("fargate"))
+    );
+    // The mark is in force: the pod refused long enough goes; its replacement goes to
+    // ACI where a node can take it, else local. The younger one waits its turn.
+    cluster.index.apply_deployment(
+        &serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "annotations": {
+                "spillway.io/burst": "true", "spillway.io/provider": "fargate,aci",
+                "spillway.io/failover": format!("fargate={until_s}")}},
+            "spec": {"replicas": 3, "selector": {}, "template": {}}
+        }))
+        .unwrap(),
+    );
+    let fail_over = |actions: Vec<Action>| -> Vec<(String, Provider, String)> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::FailOver { pod, from, to, .. } => Some((pod.name, from, to)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        fail_over(cluster.plan(&mut state, T0 + 33_000)),
+        vec![("b1".into(), Provider::Fargate, "local".into())]
+    );
+    cluster.index.apply_node(
+        &serde_json::from_value(json!({
+            "metadata": {"name": "vk-aci", "labels": {"type": "virtual-kubelet", "spillway.io/provider": "aci"}},
+            "status": {"allocatable": {"cpu": "100", "memory": "400Gi", "pods": "100"},
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap(),
+    );
+    assert_eq!(
+        fail_over(cluster.plan(&mut state, T0 + 51_000)),
+        vec![
+            ("b1".into(), Provider::Fargate, "aci".into()),
+            ("b2".into(), Provider::Fargate, "aci".into())
+        ]
+    );
+    // A running burst pod is never failed over, whatever its old conditions said.
+    let mut running = Cluster::new("8", 1, json!({}));
+    running.pod("b1", Some("vk"), "1", T0, json!({}));
+    assert!(failover_actions(&running.plan(&mut ControllerState::default(), T0 + MIN)).is_empty());
+}
+
 #[test]
 fn events_follow_changes_not_pods() {
     let mut cluster = Cluster::new("8", 4, json!({}));

@@ -158,8 +158,9 @@ pub fn classify(status: StatusCode, body: &[u8]) -> ProviderError {
         StatusCode::TOO_MANY_REQUESTS => ProviderError::Throttled(text),
         // A token ARM refused is fixed by the credential's refresh, not by failing pods.
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Transient(text),
-        s if s.is_server_error() => ProviderError::Transient(text),
-        StatusCode::CONFLICT if detail.code.contains("Quota") => ProviderError::Throttled(text),
+        // ARM or ACI itself failing: an outage.
+        s if s.is_server_error() => ProviderError::Unavailable(text),
+        StatusCode::CONFLICT if detail.code.contains("Quota") => ProviderError::Unavailable(text),
         _ => ProviderError::Invalid(text),
     }
 }
@@ -170,11 +171,14 @@ fn classify_operation(detail: Option<ErrorDetail>) -> ProviderError {
     let detail = detail.unwrap_or_default();
     let text = format!("ARM operation failed: {} {}", detail.code, detail.message);
     let code = detail.code.to_ascii_lowercase();
-    if code.contains("quota") || code.contains("throttl") {
+    if code.contains("throttl") {
         ProviderError::Throttled(text)
-    } else if code.contains("unavailable") || code.contains("internal") || code.contains("capacity")
+    } else if code.contains("quota")
+        || code.contains("unavailable")
+        || code.contains("internal")
+        || code.contains("capacity")
     {
-        ProviderError::Transient(text)
+        ProviderError::Unavailable(text)
     } else {
         ProviderError::Invalid(text)
     }
@@ -434,7 +438,12 @@ mod tests {
         let quota = br#"{"error":{"code":"ContainerGroupQuotaReached","message":"limit"}}"#;
         assert!(matches!(
             classify(StatusCode::CONFLICT, quota),
-            ProviderError::Throttled(_)
+            ProviderError::Unavailable(_)
+        ));
+        let outage = br#"{"error":{"code":"ServiceUnavailable","message":"try later"}}"#;
+        assert!(matches!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, outage),
+            ProviderError::Unavailable(_)
         ));
     }
 
@@ -446,8 +455,14 @@ mod tests {
                 message: String::new(),
             }))
         };
-        assert!(op("ServiceUnavailable").is_retryable());
-        assert!(op("ContainerGroupQuotaReached").is_retryable());
+        assert!(matches!(
+            op("ServiceUnavailable"),
+            ProviderError::Unavailable(_)
+        ));
+        assert!(matches!(
+            op("ContainerGroupQuotaReached"),
+            ProviderError::Unavailable(_)
+        ));
         assert!(!op("InaccessibleImage").is_retryable());
     }
 

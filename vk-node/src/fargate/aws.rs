@@ -253,6 +253,10 @@ fn map_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
                 | "ValidationException"
                 | "AccessDeniedException"
                 | "UnsupportedFeatureException" => ProviderError::Invalid(message),
+                // The service itself failing, or out of room or quota: an outage.
+                "ServerException" | "ServiceUnavailableException" | "LimitExceededException" => {
+                    ProviderError::Unavailable(message)
+                }
                 _ => ProviderError::Transient(message),
             }
         }
@@ -576,12 +580,14 @@ impl EcsApi for AwsApi {
             async move {
                 let output = send.await.map_err(map_error)?;
                 if let Some(failure) = output.failures().first() {
+                    // RunTask's own failures are ECS saying it cannot place the task
+                    // now (capacity, the account's task limit): the request stands.
                     let reason = format!(
                         "{}: {}",
                         failure.reason().unwrap_or(""),
                         failure.detail().unwrap_or("")
                     );
-                    return Err(ProviderError::Transient(reason));
+                    return Err(ProviderError::Unavailable(reason));
                 }
                 output
                     .tasks()

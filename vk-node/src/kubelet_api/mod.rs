@@ -105,6 +105,7 @@ fn error_response(error: ProviderError) -> Response {
         ProviderError::NotFound(_) => StatusCode::NOT_FOUND,
         ProviderError::Invalid(_) => StatusCode::BAD_REQUEST,
         ProviderError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+        ProviderError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ProviderError::Transient(_) => StatusCode::BAD_GATEWAY,
     };
     (status, error.to_string()).into_response()
