@@ -7,6 +7,9 @@
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, PodSpec};
 use spillway_common::keys;
 
+/// The label of a node's own name: a topology domain of one node.
+const HOSTNAME: &str = "kubernetes.io/hostname";
+
 /// A pod's own node constraints.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeConstraints {
@@ -14,10 +17,13 @@ pub struct NodeConstraints {
     pub node_selector: Vec<(String, String)>,
     /// Required node affinity: the node must match one term (none: any node).
     pub required_terms: Vec<NodeSelectorTerm>,
-    /// Required pod anti-affinity or a `DoNotSchedule` topology spread: rules about
-    /// the pod's siblings per node or zone that one virtual node running many of them
-    /// cannot honour.
-    pub spread_bound: bool,
+    /// Topology keys of `DoNotSchedule` spread constraints: the scheduler places the
+    /// pod only on nodes that carry every one as a label.
+    pub topology_keys: Vec<String>,
+    /// Required pod anti-affinity or a `DoNotSchedule` spread per host
+    /// (`kubernetes.io/hostname`): one node, virtual ones included, holds at most one
+    /// of these siblings (a conservative reading of a spread's skew).
+    pub one_per_node: bool,
 }
 
 /// Whether `requirement` is one Spillway adds to pin a pod to a virtual node.
@@ -64,7 +70,7 @@ impl NodeConstraints {
         if required_terms.iter().any(term_is_empty) {
             required_terms.clear();
         }
-        let anti_affinity = spec
+        let anti_affinity_on_host = spec
             .affinity
             .as_ref()
             .and_then(|a| a.pod_anti_affinity.as_ref())
@@ -72,33 +78,41 @@ impl NodeConstraints {
                 a.required_during_scheduling_ignored_during_execution
                     .as_ref()
             })
-            .is_some_and(|terms| !terms.is_empty());
-        let strict_spread = spec
+            .is_some_and(|terms| terms.iter().any(|t| t.topology_key == HOSTNAME));
+        let strict: Vec<&str> = spec
             .topology_spread_constraints
             .iter()
             .flatten()
-            .any(|c| c.when_unsatisfiable == "DoNotSchedule");
+            .filter(|c| c.when_unsatisfiable == "DoNotSchedule")
+            .map(|c| c.topology_key.as_str())
+            .collect();
         Self {
             node_selector,
             required_terms,
-            spread_bound: anti_affinity || strict_spread,
+            one_per_node: anti_affinity_on_host || strict.contains(&HOSTNAME),
+            topology_keys: strict.into_iter().map(str::to_owned).collect(),
         }
     }
 
     /// Whether the pod asks nothing of its node.
     pub fn is_empty(&self) -> bool {
-        self.node_selector.is_empty() && self.required_terms.is_empty() && !self.spread_bound
+        self.node_selector.is_empty()
+            && self.required_terms.is_empty()
+            && self.topology_keys.is_empty()
+            && !self.one_per_node
     }
 
     /// Whether a node named `name` whose label `key` is `label(key)` satisfies the
-    /// selector and the required node affinity (not the sibling rules, which depend on
-    /// other pods).
+    /// selector, the required node affinity and carries the spread's topology keys (not
+    /// how many siblings it may hold, which depends on other pods).
     pub fn admits<'a>(&self, name: &str, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         let selector_ok = self
             .node_selector
             .iter()
             .all(|(k, v)| label(k) == Some(v.as_str()));
+        let topology_ok = self.topology_keys.iter().all(|k| label(k).is_some());
         selector_ok
+            && topology_ok
             && (self.required_terms.is_empty()
                 || self
                     .required_terms
@@ -253,27 +267,45 @@ mod tests {
     }
 
     #[test]
-    fn sibling_rules_bind_the_pod() {
-        assert!(!constraints(json!({})).spread_bound);
-        assert!(
-            constraints(json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "kubernetes.io/hostname"}
-            ]}}}))
-            .spread_bound
-        );
+    fn sibling_rules() {
+        let none = constraints(json!({}));
+        assert!(!none.one_per_node && none.topology_keys.is_empty());
+        let anti = |key: &str| {
+            constraints(
+                json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": key}
+                ]}}}),
+            )
+        };
+        assert!(anti("kubernetes.io/hostname").one_per_node);
+        // Per zone: a node without a zone label is in no domain, so nothing to break.
+        assert!(!anti("topology.kubernetes.io/zone").one_per_node);
         assert!(
             !constraints(json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
                 {"weight": 1, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "kubernetes.io/hostname"}}
             ]}}}))
-            .spread_bound
+            .one_per_node
         );
-        let spread = |when: &str| {
+        let spread = |key: &str, when: &str| {
             constraints(json!({"topologySpreadConstraints": [
-                {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": when}
+                {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": when}
             ]}))
-            .spread_bound
         };
-        assert!(spread("DoNotSchedule"));
-        assert!(!spread("ScheduleAnyway"));
+        let zone = spread("topology.kubernetes.io/zone", "DoNotSchedule");
+        assert_eq!(zone.topology_keys, vec!["topology.kubernetes.io/zone"]);
+        assert!(!zone.one_per_node);
+        // The scheduler puts such a pod only on nodes that carry the key.
+        assert!(!admits(
+            &zone,
+            "vk",
+            &node(&[("kubernetes.io/hostname", "vk")])
+        ));
+        assert!(admits(
+            &zone,
+            "n",
+            &node(&[("topology.kubernetes.io/zone", "a")])
+        ));
+        assert!(spread("kubernetes.io/hostname", "DoNotSchedule").one_per_node);
+        assert!(spread("topology.kubernetes.io/zone", "ScheduleAnyway").is_empty());
     }
 }

@@ -241,13 +241,16 @@ fn candidates(
 /// The provider a pod bursts to for `choice`: the first of its candidates (see
 /// [`candidates`]) that the pod is `eligible` for, that is not `excluded` (failed over
 /// from) and whose virtual node can take it. When none can, the pick names the first
-/// eligible candidate and why it cannot: its sibling rules or node constraints
-/// ([`Reason::Constraints`]) or no usable node ([`Reason::ProviderUnavailable`]); or,
+/// eligible candidate and why it cannot: its node constraints, or its one-per-node
+/// sibling rule with `burst_siblings` of its workload already burst
+/// ([`Reason::Constraints`]), or no usable node ([`Reason::ProviderUnavailable`]); or,
 /// when the pod is eligible for none, the first candidate and [`Reason::Ineligible`].
+#[allow(clippy::too_many_arguments)]
 pub fn choose_provider(
     choice: ProviderChoice,
     needs: &PodResources,
     constraints: &NodeConstraints,
+    burst_siblings: u32,
     excluded: &[Provider],
     pricing: &PricingConfig,
     capacity: &impl CapacityView,
@@ -258,7 +261,7 @@ pub fn choose_provider(
     for provider in order.iter().copied().filter(|p| eligible(*p)) {
         let node = if excluded.contains(&provider) {
             ProviderNode::Unusable
-        } else if constraints.spread_bound {
+        } else if constraints.one_per_node && burst_siblings > 0 {
             ProviderNode::Constrained
         } else {
             capacity.provider_node(provider, needs, constraints)
@@ -483,7 +486,8 @@ mod tests {
     static NO_CONSTRAINTS: NodeConstraints = NodeConstraints {
         node_selector: Vec::new(),
         required_terms: Vec::new(),
-        spread_bound: false,
+        topology_keys: Vec::new(),
+        one_per_node: false,
     };
 
     #[test]
@@ -876,6 +880,7 @@ mod tests {
             choice,
             needs,
             &NO_CONSTRAINTS,
+            0,
             &[],
             &pricing,
             capacity,
@@ -971,6 +976,7 @@ mod tests {
                 ProviderChoice::FargateThenAci,
                 &even,
                 constraints,
+                1,
                 excluded,
                 &pricing,
                 &both,
@@ -1000,14 +1006,26 @@ mod tests {
             choose(&[], &NO_CONSTRAINTS, &|_| false),
             (Provider::Fargate, Some(Reason::Ineligible))
         );
-        // Required anti-affinity or strict spread: no virtual node honours it.
+        // One per node, and a sibling is burst already: the virtual node holds no more.
         let bound = NodeConstraints {
-            spread_bound: true,
+            one_per_node: true,
             ..NodeConstraints::default()
         };
         assert_eq!(
             choose(&[], &bound, &|_| true),
             (Provider::Fargate, Some(Reason::Constraints))
         );
+        // The first of them may go.
+        let first = choose_provider(
+            ProviderChoice::FargateThenAci,
+            &even,
+            &bound,
+            0,
+            &[],
+            &pricing,
+            &both,
+            |_| true,
+        );
+        assert_eq!((first.provider, first.unusable), (Provider::Fargate, None));
     }
 }

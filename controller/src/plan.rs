@@ -290,6 +290,11 @@ impl Workload<'_> {
             self.provider,
             &pod.needs,
             &pod.constraints,
+            // Its siblings: the pod itself does not count against its own rule.
+            self.view
+                .counts
+                .burst
+                .saturating_sub(u32::from(pod.is_burst())),
             &self.policy.excluded_at(input.now_ms),
             &input.config.pricing,
             input.index,

@@ -728,6 +728,17 @@ impl RunUnderTest {
     /// Starts it with `config`, its Leases in `namespace`, logging to
     /// `e2e/.run/logs/<name>.log`; waits until the index synced and the node exists.
     pub async fn start(name: &str, namespace: &str, config: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(name, namespace, config, &[]).await
+    }
+
+    /// As [`Self::start`], with `env` added to its environment (the mock's
+    /// `SPILLWAY_MOCK_*` settings, say).
+    pub async fn start_with_env(
+        name: &str,
+        namespace: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config)?;
@@ -776,7 +787,7 @@ impl RunUnderTest {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let process = SpillwayProcess::start(&args, name, &[])?;
+        let process = SpillwayProcess::start(&args, name, env)?;
         let this = Self {
             process,
             admin_port,

@@ -40,11 +40,20 @@ struct Scenario {
 
 impl Scenario {
     async fn start(prefix: &str, config: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(prefix, config, &[]).await
+    }
+
+    /// As [`Self::start`], `env` added to `spillway run`'s environment.
+    async fn start_with_env(
+        prefix: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let serial = SERIAL.lock().await;
         let client = client().await?;
         regular_nodes_idle(&client, Duration::from_secs(90)).await?;
         let ns = TestNamespace::create(&client, prefix).await?;
-        let run = RunUnderTest::start(&ns.name, &ns.name, config).await?;
+        let run = RunUnderTest::start_with_env(&ns.name, &ns.name, config, env).await?;
         Ok(Self {
             deployments: Api::namespaced(client.clone(), &ns.name),
             pods: Api::namespaced(client.clone(), &ns.name),
@@ -1244,5 +1253,163 @@ async fn an_hpa_reading_burst_pods_usage_bursts_on_pressure_and_scales_them_in_f
     .await;
     with_placements(waited, pods, "web").await?;
     assert_eq!(deployments.get("web").await?.spec.replicas, Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn pods_a_provider_keeps_refusing_fail_over_to_the_next_provider_or_local()
+-> anyhow::Result<()> {
+    // The embedded mock node (advertised as Fargate) refuses every create for want of
+    // capacity; a kwok node stands in for a healthy ACI.
+    let scenario = Scenario::start_with_env(
+        "e2e-failover",
+        "failover:\n  afterSeconds: 5\n  cooldownSeconds: 120\n",
+        &[
+            ("SPILLWAY_MOCK_FAILURE_RATE", "1"),
+            ("SPILLWAY_MOCK_FAILURE_KIND", "unavailable"),
+        ],
+    )
+    .await?;
+    let (client, ns, run, deployments, pods) = scenario.parts();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let aci_node = format!("spillway-aci-{}", ns.name);
+    let mut aci = spillway_e2e::virtual_node(&aci_node)?;
+    aci.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("spillway.io/provider".into(), "aci".into());
+    aci.spec.as_mut().unwrap().taints.as_mut().unwrap()[0].value = Some("aci".into());
+    nodes.create(&PostParams::default(), &aci).await?;
+    let _aci_cleanup = spillway_e2e::NodeCleanupGuard(aci_node.clone());
+    wait_until("the ACI node Ready", Duration::from_secs(30), || async {
+        let conditions = nodes
+            .get(&aci_node)
+            .await?
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default();
+        Ok(conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Every replica is under pressure (max-local 0) and goes to Fargate first.
+    let annotations = |provider: &str| json!({"spillway.io/burst": "true", "spillway.io/max-local": "0", "spillway.io/provider": provider});
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("ordered", 2, "100m", annotations("fargate,aci"))?,
+        )
+        .await?;
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("solo", 1, "100m", annotations("fargate"))?,
+        )
+        .await?;
+    wait_until(
+        "the first replicas are bound to the refusing Fargate node",
+        Duration::from_secs(30),
+        || async {
+            let on_fargate = |p: &Vec<Placed>| p.iter().filter(|p| p.node == run.node_name).count();
+            Ok(on_fargate(&placed(pods, "ordered").await?) == 2
+                && on_fargate(&placed(pods, "solo").await?) == 1)
+        },
+    )
+    .await?;
+    let first: Vec<String> = [placed(pods, "ordered").await?, placed(pods, "solo").await?]
+        .concat()
+        .into_iter()
+        .map(|p| p.uid)
+        .collect();
+    wait_until(
+        "the node says on the pods that Fargate refuses them",
+        Duration::from_secs(30),
+        || async {
+            let list = pods.list(&ListParams::default()).await?;
+            let refused = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| {
+                                c.type_ == "spillway.io/ProviderRefused"
+                                    && c.status == "True"
+                                    && c.reason.as_deref() == Some("Unavailable")
+                            })
+                        })
+                })
+                .count();
+            Ok(refused == 3)
+        },
+    )
+    .await?;
+
+    // Handed back: the list's next provider for one, local for the other.
+    wait_until(
+        "replacements Running on ACI and on a regular node, the refused pods gone",
+        Duration::from_secs(90),
+        || async {
+            let ordered = placed(pods, "ordered").await?;
+            let solo = placed(pods, "solo").await?;
+            let gone = ordered.iter().chain(&solo).all(|p| !first.contains(&p.uid));
+            Ok(gone
+                && ordered.len() == 2
+                && ordered.iter().all(|p| p.running && p.node == aci_node)
+                && solo.len() == 1
+                && solo[0].running
+                && !solo[0].node.starts_with("spillway-"))
+        },
+    )
+    .await?;
+    let solo = placed(pods, "solo").await?;
+    assert_eq!(solo[0].placement.as_deref(), Some("local"));
+    assert_eq!(solo[0].reason.as_deref(), Some("provider-unavailable"));
+    for name in ["ordered", "solo"] {
+        let mark = deployments
+            .get(name)
+            .await?
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("spillway.io/failover")
+            .cloned()
+            .unwrap_or_default();
+        assert!(mark.starts_with("fargate="), "{name}: {mark:?}");
+        assert!(
+            event_reasons(&ns.name, name)?.contains(&"ProviderFailover".to_owned()),
+            "{name}: a ProviderFailover Event"
+        );
+    }
+    let metrics = run.metrics()?;
+    assert_eq!(
+        sample(
+            &metrics,
+            "spillway_provider_failovers_total{from=\"fargate\",to=\"aci\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "spillway_provider_failovers_total{from=\"fargate\",to=\"local\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spillway_provider_errors_total")
+                && l.contains("class=\"unavailable\"")),
+        "refusals counted by class"
+    );
     Ok(())
 }

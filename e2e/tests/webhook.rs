@@ -690,7 +690,7 @@ async fn replicas_go_only_to_a_virtual_node_that_can_take_them() -> anyhow::Resu
     create(
         "spread",
         "aci",
-        json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+        json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
             "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]}),
     )
     .await?;

@@ -266,6 +266,7 @@ pub fn evaluate_pod(
         policy.provider.unwrap_or(config.default_provider),
         &needs,
         &constraints,
+        view.as_ref().map_or(0, |v| v.counts.burst),
         &policy.excluded_at(now_ms),
         &config.pricing,
         index,
