@@ -226,16 +226,28 @@ struct Seen {
 }
 
 impl ControllerState {
-    /// Records a successful eviction: the workload waits for its replacement, and a
-    /// rebalance eviction counts against the per-minute limit.
+    /// Records a successful eviction: the workload waits for its replacement, and the
+    /// eviction counts against the per-minute limit (rebalance and overshoot share it).
     pub fn evicted(&mut self, workload: &str, uid: &str, cause: EvictionCause, now_ms: i64) {
+        let _ = cause;
         self.settling
             .entry(workload.to_owned())
             .or_default()
             .push(uid.to_owned());
-        if cause == EvictionCause::Rebalance {
-            self.recent_evictions.push_back(now_ms);
+        self.recent_evictions.push_back(now_ms);
+    }
+
+    /// How many more evictions `rebalance.maxEvictionsPerMinute` allows now.
+    fn evictions_left(&mut self, config: &OperatorConfig, now_ms: i64) -> usize {
+        while self
+            .recent_evictions
+            .front()
+            .is_some_and(|t| now_ms - t >= MINUTE_MS)
+        {
+            self.recent_evictions.pop_front();
         }
+        (config.rebalance.max_evictions_per_minute as usize)
+            .saturating_sub(self.recent_evictions.len())
     }
 
     /// Records that a PodDisruptionBudget refused evicting `uid`: it is left alone for
@@ -505,14 +517,18 @@ fn decide_replacement(
 
 /// Concurrent admissions (several webhook replicas) can leave a workload above
 /// `max-local` or `max-burst`: once that has lasted [`OVERSHOOT_GRACE_MS`] with the
-/// workload at its desired size, the newest surplus pods are evicted, each only if the
-/// decision puts its replacement on the other side.
+/// workload at its desired size, the newest surplus pod is evicted, with the rebalance's
+/// manners: only if the decision puts its replacement on the other side *and* it could
+/// run there (a regular node fits it, or a usable provider takes it), one pod per
+/// workload until its replacement is Running and Ready, and within
+/// `rebalance.maxEvictionsPerMinute` (shared with the rebalance).
 fn correct_overshoot(
     input: &PlanInput<'_>,
     workloads: &[Workload<'_>],
     state: &mut ControllerState,
     actions: &mut Vec<Action>,
 ) {
+    let mut left = state.evictions_left(input.config, input.now_ms);
     for workload in workloads {
         let counts = workload.view.counts;
         let cap_burst = workload
@@ -536,49 +552,50 @@ fn correct_overshoot(
             .overshoot_since
             .entry(workload.key.to_owned())
             .or_insert(input.now_ms);
-        if input.now_ms - since < OVERSHOOT_GRACE_MS {
+        if input.now_ms - since < OVERSHOOT_GRACE_MS || left == 0 {
             continue;
         }
-        state.overshoot_since.remove(workload.key);
         let mut newest: Vec<&&PodView> = workload.live().collect();
         newest.sort_by_key(|p| std::cmp::Reverse(p.created_ms));
-        let mut counts = counts;
-        let mut evict = |pod: &PodView, counts: PlacementCounts| {
+        let burst_surplus = newest
+            .iter()
+            .filter(|p| p.is_burst())
+            .take(surplus_burst as usize)
+            .find(|pod| {
+                let after = PlacementCounts {
+                    burst: counts.burst - 1,
+                    ..counts
+                };
+                decide_replacement(input, workload, pod, after).placement == Placement::Local
+                    && input
+                        .index
+                        .any_node_fits(&pod.needs, &pod.tolerations, &pod.constraints)
+            });
+        let local_surplus = || {
+            newest
+                .iter()
+                .filter(|p| !p.is_burst() && !p.node_disrupted)
+                .take(surplus_local as usize)
+                .find(|pod| {
+                    let after = PlacementCounts {
+                        local: counts.local - 1,
+                        ..counts
+                    };
+                    // A burst decision names a provider that can take the pod.
+                    matches!(
+                        decide_replacement(input, workload, pod, after).placement,
+                        Placement::Burst(_)
+                    )
+                })
+        };
+        if let Some(pod) = burst_surplus.or_else(local_surplus) {
+            state.overshoot_since.remove(workload.key);
             actions.push(Action::Evict {
                 pod: PodRef::of(pod),
                 workload: workload.key.to_owned(),
                 cause: EvictionCause::Overshoot,
             });
-            counts
-        };
-        for pod in newest
-            .iter()
-            .filter(|p| p.is_burst())
-            .take(surplus_burst as usize)
-        {
-            let after = PlacementCounts {
-                burst: counts.burst - 1,
-                ..counts
-            };
-            if decide_replacement(input, workload, pod, after).placement == Placement::Local {
-                counts = evict(pod, after);
-            }
-        }
-        for pod in newest
-            .iter()
-            .filter(|p| !p.is_burst() && !p.node_disrupted)
-            .take(surplus_local as usize)
-        {
-            let after = PlacementCounts {
-                local: counts.local - 1,
-                ..counts
-            };
-            if matches!(
-                decide_replacement(input, workload, pod, after).placement,
-                Placement::Burst(_)
-            ) {
-                counts = evict(pod, after);
-            }
+            left -= 1;
         }
     }
 }
@@ -608,14 +625,11 @@ fn rebalance(
     if !config.enabled || !(cooled_down || workloads.iter().any(backfilled)) {
         return;
     }
-    while state
-        .recent_evictions
-        .front()
-        .is_some_and(|t| input.now_ms - t >= MINUTE_MS)
-    {
-        state.recent_evictions.pop_front();
-    }
-    if state.recent_evictions.len() >= config.max_evictions_per_minute as usize {
+    let planned = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Evict { .. }))
+        .count();
+    if state.evictions_left(input.config, input.now_ms) <= planned {
         return;
     }
     tracing::debug!(

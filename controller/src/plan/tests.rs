@@ -366,13 +366,10 @@ fn overshoot_of_max_local_evicts_only_when_the_replacement_would_burst() {
     let mut state = ControllerState::default();
     cluster.plan(&mut state, T0 + 1000);
     let actions = cluster.plan(&mut state, T0 + 1000 + OVERSHOOT_GRACE_MS);
-    assert_eq!(
-        evictions(&actions),
-        vec![
-            ("l3", EvictionCause::Overshoot),
-            ("l2", EvictionCause::Overshoot)
-        ]
-    );
+    // One pod per workload until its replacement is Ready, the newest first.
+    assert_eq!(evictions(&actions), vec![("l3", EvictionCause::Overshoot)]);
+    state.evicted("ns/web", "uid-l3", EvictionCause::Overshoot, T0 + 11_000);
+    assert!(evictions(&cluster.plan(&mut state, T0 + 30_000)).is_empty());
     // With max-burst 0 the replacement would stay local: nothing to gain.
     let mut capped = Cluster::new(
         "16",
@@ -385,6 +382,34 @@ fn overshoot_of_max_local_evicts_only_when_the_replacement_would_burst() {
     let mut state = ControllerState::default();
     capped.plan(&mut state, T0 + 1000);
     assert!(evictions(&capped.plan(&mut state, T0 + 1000 + OVERSHOOT_GRACE_MS)).is_empty());
+}
+
+#[test]
+fn overshoot_correction_keeps_the_rebalance_limits_and_checks_the_replacement_can_run() {
+    // Two surplus burst pods, but no regular node has room for a replacement: evicting
+    // would only make a pod pend (or burst again).
+    let mut full = Cluster::new("2", 3, json!({"spillway.io/max-burst": "1"}));
+    full.pod("l1", Some("a"), "2", T0, json!({}));
+    full.pod("b1", Some("vk"), "1", T0, json!({}));
+    full.pod("b2", Some("vk"), "1", T0 + 500, json!({}));
+    let mut state = ControllerState::default();
+    full.plan(&mut state, T0 + 1000);
+    assert!(evictions(&full.plan(&mut state, T0 + 1000 + OVERSHOOT_GRACE_MS)).is_empty());
+    // Room, but the minute's evictions are spent (rebalance.maxEvictionsPerMinute 1).
+    let mut cluster = Cluster::new("8", 3, json!({"spillway.io/max-burst": "1"}));
+    cluster.config.rebalance.max_evictions_per_minute = 1;
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    cluster.pod("b1", Some("vk"), "1", T0, json!({}));
+    cluster.pod("b2", Some("vk"), "1", T0 + 500, json!({}));
+    let mut state = ControllerState::default();
+    state.evicted("ns/other", "uid-x", EvictionCause::Rebalance, T0);
+    state.settling.clear();
+    cluster.plan(&mut state, T0 + 1000);
+    assert!(evictions(&cluster.plan(&mut state, T0 + 1000 + OVERSHOOT_GRACE_MS)).is_empty());
+    assert_eq!(
+        evictions(&cluster.plan(&mut state, T0 + MIN + 1000)),
+        vec![("b2", EvictionCause::Overshoot)]
+    );
 }
 
 #[test]
