@@ -1,7 +1,7 @@
 //! A fault-injecting HTTP proxy of the tests' own in front of moto: it forwards AWS JSON
 //! API calls and, by operation (the `X-Amz-Target` header, e.g. `RunTask`), stalls them,
-//! answers `ThrottlingException`, refuses them as invalid (`ClientException`), or answers
-//! a 5xx, either for the next N calls of one
+//! answers `ThrottlingException`, refuses them as invalid (`ClientException`), answers a
+//! `RunTask` with a capacity failure, or answers a 5xx, either for the next N calls of one
 //! operation or for a share of all calls. The wire stays the real AWS protocol; only the
 //! answers the provider would see from a struggling AWS are forced.
 
@@ -28,6 +28,9 @@ pub enum Fault {
     /// `400 ClientException`: the request itself is refused, as ECS refuses an image or
     /// a task definition it cannot run.
     Refuse,
+    /// `200` with no task and a placement failure, as `RunTask` answers when Fargate has
+    /// no capacity for the task.
+    Capacity,
 }
 
 #[derive(Default)]
@@ -86,6 +89,12 @@ impl AwsFaultProxy {
             .extend(std::iter::repeat_n(fault, count));
     }
 
+    /// Drops the faults planned for `operation` that have not been used yet.
+    pub fn clear(&self, operation: &str) {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        rules.next.remove(operation);
+    }
+
     /// From now on each call is throttled with probability `throttle` and answered with
     /// a 5xx with probability `error`.
     pub fn set_shares(&self, throttle: f64, error: f64) {
@@ -120,10 +129,19 @@ fn operation(headers: &HeaderMap) -> String {
 }
 
 fn fault_response(fault: Fault) -> Response {
+    if fault == Fault::Capacity {
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(Body::from(
+                r#"{"tasks":[],"failures":[{"reason":"Capacity is unavailable at this time. Please try again later or in a different availability zone","detail":"injected by the test's fault proxy"}]}"#,
+            ))
+            .expect("a valid response");
+    }
     let (status, kind) = match fault {
         Fault::Throttle => (StatusCode::BAD_REQUEST, "ThrottlingException"),
         Fault::ServerError | Fault::Stall => (StatusCode::INTERNAL_SERVER_ERROR, "ServerException"),
-        Fault::Refuse => (StatusCode::BAD_REQUEST, "ClientException"),
+        Fault::Refuse | Fault::Capacity => (StatusCode::BAD_REQUEST, "ClientException"),
     };
     Response::builder()
         .status(status)

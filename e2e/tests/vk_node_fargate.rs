@@ -628,6 +628,82 @@ async fn pod_the_provider_refuses_ends_failed_with_a_reason() -> anyhow::Result<
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn a_runtask_capacity_failure_marks_the_pod_refused_not_failed() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-capacity").await?;
+    let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
+    let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
+    // Fargate has no capacity until the test says so: the pod waits, says so on its
+    // ProviderRefused condition (what the controller fails over by), and runs once
+    // capacity returns.
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    proxy.fail_next(
+        "RunTask",
+        100_000,
+        spillway_e2e::aws_fault_proxy::Fault::Capacity,
+    );
+    let args = node_args_via(&fx, &proxy.endpoint(), &[]);
+    let admin_port: u16 = args[args.iter().position(|a| a == "--admin-addr").unwrap() + 1]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()?;
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("waits", node_name, json!({}))?,
+    )
+    .await?;
+    wait_until(
+        "the pod carries ProviderRefused (Unavailable) and stays Pending",
+        Duration::from_secs(60),
+        || async {
+            let status = pods.get("waits").await?.status.unwrap_or_default();
+            anyhow::ensure!(
+                status.phase.as_deref() == Some("Pending"),
+                "no capacity: the pod must stay Pending: {status:?}; calls (forwarded, faulted): {:?}",
+                proxy.counts()
+            );
+            Ok(status.conditions.unwrap_or_default().iter().any(|c| {
+                c.type_ == "spillway.io/ProviderRefused"
+                    && c.status == "True"
+                    && c.reason.as_deref() == Some("Unavailable")
+                    && c.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("Capacity is unavailable"))
+            }))
+        },
+    )
+    .await?;
+    let metrics = spillway_e2e::metrics_text(admin_port)?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spillway_provider_errors_total")
+                && l.contains("class=\"unavailable\"")),
+        "{metrics}"
+    );
+    proxy.clear("RunTask");
+    wait_running(&pods, "waits", Duration::from_secs(120)).await?;
+    let status = pods.get("waits").await?.status.unwrap_or_default();
+    assert!(
+        !status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "spillway.io/ProviderRefused" && c.status == "True"),
+        "the condition goes once the pod runs"
+    );
+    assert_eq!(
+        running_tasks(aws, cluster).await?.len(),
+        1,
+        "one task, not one per attempt"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn a_pod_whose_configmap_is_missing_waits_for_it_without_a_task() -> anyhow::Result<()> {
     let fx = FargateFixture::new("e2e-waits").await?;
     let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
