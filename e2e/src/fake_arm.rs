@@ -43,6 +43,15 @@ impl Default for Behaviour {
     }
 }
 
+/// How the fake refuses a container group PUT, as ACI does when it has no room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutFault {
+    /// `409 ContainerGroupQuotaReached`: the subscription's quota of groups is used up.
+    Quota,
+    /// `503 ServiceUnavailable`: the region has no capacity or the service is down.
+    ServiceUnavailable,
+}
+
 /// A stored group and when it was created.
 struct Stored {
     body: Value,
@@ -80,6 +89,8 @@ struct ArmState {
     operations: Mutex<HashMap<String, Instant>>,
     /// How many of the next requests get a 429.
     throttle_next: Mutex<u64>,
+    /// Refusals for the next PUTs.
+    put_faults: Mutex<std::collections::VecDeque<PutFault>>,
     /// PUT bodies refused against the spec, with why.
     refused: Mutex<Vec<String>>,
     counts: Mutex<CallCounts>,
@@ -110,6 +121,7 @@ impl FakeArm {
             groups: Mutex::new(BTreeMap::new()),
             operations: Mutex::new(HashMap::new()),
             throttle_next: Mutex::new(0),
+            put_faults: Mutex::new(std::collections::VecDeque::new()),
             refused: Mutex::new(Vec::new()),
             counts: Mutex::new(CallCounts::default()),
             next_id: Mutex::new(0),
@@ -143,6 +155,16 @@ impl FakeArm {
     /// Answers the next `n` requests with `429` and `Retry-After: 1`.
     pub fn throttle_next(&self, n: u64) {
         *lock(&self.state.throttle_next) = n;
+    }
+
+    /// Refuses the next `n` container group PUTs with `fault`.
+    pub fn fail_next_puts(&self, n: usize, fault: PutFault) {
+        lock(&self.state.put_faults).extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// Drops the PUT refusals not used yet.
+    pub fn clear_put_faults(&self) {
+        lock(&self.state.put_faults).clear();
     }
 
     /// Calls seen so far.
@@ -327,6 +349,24 @@ async fn put_group(
 ) -> Response {
     if let Some(refusal) = gate(&state, &headers, &query, |c| &mut c.puts) {
         return refusal;
+    }
+    let fault = lock(&state.put_faults).pop_front();
+    match fault {
+        Some(PutFault::Quota) => {
+            return arm_error(
+                StatusCode::CONFLICT,
+                "ContainerGroupQuotaReached",
+                "Resource type 'Microsoft.ContainerInstance/containerGroups' container group quota 'StandardCores' exceeded in region (injected by the test)",
+            );
+        }
+        Some(PutFault::ServiceUnavailable) => {
+            return arm_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The requested resource is not available in the location at this moment (injected by the test)",
+            );
+        }
+        None => {}
     }
     let Ok(body): Result<Value, _> = serde_json::from_slice(&body) else {
         return arm_error(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
-use spillway_e2e::fake_arm::{Behaviour, FakeArm};
+use spillway_e2e::fake_arm::{Behaviour, FakeArm, PutFault};
 use spillway_e2e::{
     LogFollower, NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_until,
 };
@@ -340,5 +340,61 @@ async fn creates_beyond_the_quota_wait_pending_with_an_event() -> anyhow::Result
     assert_eq!(phase(&queued), Some("Pending"), "waiting, not failed");
     assert_eq!(fx.groups_by_pod().len(), 1, "no group beyond the quota");
     assert_eq!(fx.arm.counts().puts, 1);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn acis_quota_and_unavailable_answers_mark_the_pod_refused_not_failed() -> anyhow::Result<()>
+{
+    let fx = AciFixture::new("e2e-aci-full").await?;
+    let _node = fx.start_node()?;
+    let pods: Api<Pod> = Api::namespaced(fx.node.client.clone(), &fx.node.ns.name);
+    for (name, fault, condition_says) in [
+        ("over-quota", PutFault::Quota, "ContainerGroupQuotaReached"),
+        (
+            "no-capacity",
+            PutFault::ServiceUnavailable,
+            "ServiceUnavailable",
+        ),
+    ] {
+        fx.arm.fail_next_puts(100_000, fault);
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(name, &fx.node.node_name, json!({}))?,
+        )
+        .await?;
+        wait_until(
+            &format!("{name}: ProviderRefused (Unavailable) while Pending"),
+            Duration::from_secs(90),
+            || async {
+                let status = pods.get(name).await?.status.unwrap_or_default();
+                anyhow::ensure!(
+                    status.phase.as_deref() == Some("Pending"),
+                    "a refusal for want of room must not fail or start the pod: {status:?}"
+                );
+                Ok(status.conditions.unwrap_or_default().iter().any(|c| {
+                    c.type_ == "spillway.io/ProviderRefused"
+                        && c.status == "True"
+                        && c.reason.as_deref() == Some("Unavailable")
+                        && c.message
+                            .as_deref()
+                            .is_some_and(|m| m.contains(condition_says))
+                }))
+            },
+        )
+        .await?;
+        // Room again: it runs, as one group.
+        fx.arm.clear_put_faults();
+        wait_until(
+            &format!("{name} Running"),
+            Duration::from_secs(120),
+            || async { Ok(phase(&pods.get(name).await?) == Some("Running")) },
+        )
+        .await?;
+    }
+    let groups = fx.groups_by_pod();
+    assert_eq!(groups.len(), 2);
+    assert!(groups.values().all(|g| g.len() == 1), "one group per pod");
     Ok(())
 }
