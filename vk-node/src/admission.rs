@@ -65,7 +65,7 @@ impl Refusal {
                  serves the host it runs on and a virtual node has none: the pod is not \
                  started and stays Pending (a failed one would be recreated at once). Keep \
                  the DaemonSet off virtual nodes with a required node affinity \
-                 `type NotIn [virtual-kubelet]` (docs/limits.md)"
+                 `type NotIn [virtual-kubelet]` (docs/providers.md, DaemonSets)"
             ),
         }
     }
