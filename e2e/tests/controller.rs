@@ -1413,3 +1413,55 @@ async fn pods_a_provider_keeps_refusing_fail_over_to_the_next_provider_or_local(
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_pod_whose_own_constraints_rule_out_every_node_neither_spills_nor_loops()
+-> anyhow::Result<()> {
+    let scenario = Scenario::start("e2e-constrained", "pendingSpill:\n  afterSeconds: 2\n").await?;
+    let (_, _, run, deployments, pods) = scenario.parts();
+    // Under pressure (max-local 0), but the template asks for a disk no node has, the
+    // virtual node included: the replicas stay local (constraints) and pend.
+    let mut picky = deployment(
+        "picky",
+        2,
+        "100m",
+        json!({"spillway.io/burst": "true", "spillway.io/max-local": "0"}),
+    )?;
+    picky.spec.template.spec.as_mut().unwrap().node_selector =
+        Some([("disk".to_owned(), "ssd".to_owned())].into());
+    deployments.create(&PostParams::default(), &picky).await?;
+    wait_until("two replicas decided", Duration::from_secs(30), || async {
+        Ok(placed(pods, "picky").await?.len() == 2)
+    })
+    .await?;
+    let first: Vec<String> = placed(pods, "picky")
+        .await?
+        .into_iter()
+        .map(|p| p.uid)
+        .collect();
+    // Several pending-spill delays and controller passes later: nothing moved.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let now = placed(pods, "picky").await?;
+    assert_eq!(
+        now.iter().map(|p| p.uid.clone()).collect::<Vec<_>>(),
+        first,
+        "the same pods, none evicted or replaced"
+    );
+    for pod in &now {
+        assert_eq!(pod.placement.as_deref(), Some("local"));
+        assert_eq!(pod.reason.as_deref(), Some("constraints"), "{pod:?}");
+        assert!(pod.node.is_empty(), "pending: {pod:?}");
+    }
+    let metrics = run.metrics()?;
+    assert_eq!(sample(&metrics, "spillway_pending_spills_total"), Some(0.0));
+    assert_eq!(
+        sample(
+            &metrics,
+            "spillway_overshoot_evictions_total{result=\"evicted\"}"
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+    Ok(())
+}
