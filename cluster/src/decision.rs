@@ -124,6 +124,9 @@ pub enum Reason {
     /// Pressure, but the pod's own node selector, node affinity, anti-affinity or
     /// topology spread rules out every virtual node it could go to.
     Constraints,
+    /// The webhook never saw the pod (it failed open); the controller found it where it
+    /// runs and labelled it so.
+    Unadmitted,
 }
 
 impl Reason {
@@ -141,6 +144,7 @@ impl Reason {
             Reason::Pending => "pending",
             Reason::ProviderUnavailable => "provider-unavailable",
             Reason::Constraints => "constraints",
+            Reason::Unadmitted => "unadmitted",
         }
     }
 
@@ -158,6 +162,7 @@ impl Reason {
             "pending" => Reason::Pending,
             "provider-unavailable" => Reason::ProviderUnavailable,
             "constraints" => Reason::Constraints,
+            "unadmitted" => Reason::Unadmitted,
             _ => return None,
         })
     }

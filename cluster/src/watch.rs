@@ -26,8 +26,12 @@ pub type SharedIndex = Arc<RwLock<ClusterIndex>>;
 /// What else should happen as the watches change the index. Called under the index's
 /// write lock: keep it short.
 pub trait WatchObserver: Send + Sync + 'static {
-    /// A pod was added or updated in the index.
-    fn pod_applied(&self, _pod: &Pod) {}
+    /// A pod was added or updated in the index (`index` already has it).
+    fn pod_applied(&self, _pod: &Pod, _index: &ClusterIndex) {}
+    /// A pod left the index (deleted, or gone in a re-list), by its [`compact_uid`].
+    fn pod_removed(&self, _uid: u128) {}
+    /// Every watched kind has listed once: `index` holds the whole cluster.
+    fn index_synced(&self, _index: &ClusterIndex) {}
     /// The index changed.
     fn index_changed(&self, _index: &ClusterIndex) {}
 }
@@ -44,7 +48,7 @@ trait IndexedKind:
     type Key: Hash + Eq + Clone + Send;
     fn key(&self) -> Option<Self::Key>;
     fn apply(&self, observer: &dyn WatchObserver, index: &mut ClusterIndex);
-    fn remove(key: &Self::Key, index: &mut ClusterIndex);
+    fn remove(key: &Self::Key, observer: &dyn WatchObserver, index: &mut ClusterIndex);
 }
 
 fn ns_name(meta: &kube::api::ObjectMeta) -> Option<String> {
@@ -63,7 +67,7 @@ impl IndexedKind for Node {
     fn apply(&self, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_node(self);
     }
-    fn remove(key: &String, index: &mut ClusterIndex) {
+    fn remove(key: &String, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.delete_node(key);
     }
 }
@@ -75,10 +79,11 @@ impl IndexedKind for Pod {
     }
     fn apply(&self, observer: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_pod(self);
-        observer.pod_applied(self);
+        observer.pod_applied(self, index);
     }
-    fn remove(key: &u128, index: &mut ClusterIndex) {
+    fn remove(key: &u128, observer: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.delete_pod_compact(*key);
+        observer.pod_removed(*key);
     }
 }
 
@@ -90,7 +95,7 @@ impl IndexedKind for ReplicaSet {
     fn apply(&self, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_replicaset(self);
     }
-    fn remove(key: &String, index: &mut ClusterIndex) {
+    fn remove(key: &String, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.delete_replicaset(key);
     }
 }
@@ -103,7 +108,7 @@ impl IndexedKind for Deployment {
     fn apply(&self, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_deployment(self);
     }
-    fn remove(key: &String, index: &mut ClusterIndex) {
+    fn remove(key: &String, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         if let Some((ns, name)) = key.split_once('/') {
             index.delete_deployment(ns, name);
         }
@@ -118,7 +123,7 @@ impl IndexedKind for HorizontalPodAutoscaler {
     fn apply(&self, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         index.apply_hpa(self);
     }
-    fn remove(key: &String, index: &mut ClusterIndex) {
+    fn remove(key: &String, _: &dyn WatchObserver, index: &mut ClusterIndex) {
         if let Some((ns, name)) = key.split_once('/') {
             index.delete_hpa(ns, name);
         }
@@ -164,13 +169,14 @@ async fn run<K: IndexedKind>(
             }
             watcher::Event::InitDone => {
                 for gone in known.difference(&relisted) {
-                    K::remove(gone, &mut index);
+                    K::remove(gone, observer.as_ref(), &mut index);
                 }
                 known = std::mem::take(&mut relisted);
                 if first_sync {
                     first_sync = false;
                     if synced.fetch_add(1, Ordering::AcqRel) + 1 == WATCHED_KINDS {
                         readiness.set(true);
+                        observer.index_synced(&index);
                         tracing::info!(
                             pods = index.pod_count(),
                             nodes = index.node_count(),
@@ -187,7 +193,7 @@ async fn run<K: IndexedKind>(
             }
             watcher::Event::Delete(object) => {
                 if let Some(key) = object.key() {
-                    K::remove(&key, &mut index);
+                    K::remove(&key, observer.as_ref(), &mut index);
                     known.remove(&key);
                 }
             }

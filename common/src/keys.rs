@@ -54,6 +54,10 @@ pub const PLACEHOLDER_PRIORITY: i32 = -100;
 /// Label value of `app.kubernetes.io/managed-by` on objects Spillway creates.
 pub const MANAGED_BY: &str = "spillway";
 
+/// Pod annotation the controller writes on a pod of an opted-in workload that the
+/// webhook never saw (it fails open): `"true"`.
+pub const UNADMITTED: &str = "spillway.io/unadmitted";
+
 /// Pod condition the virtual node sets while its provider refuses to create the pod
 /// (capacity, quota, outage, throttling); its `lastTransitionTime` is the first refusal.
 /// The controller fails such pods over (DESIGN §4 "Failover").

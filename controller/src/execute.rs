@@ -190,6 +190,31 @@ impl Executor {
                 self.metrics.deletion_cost_repairs.inc();
                 tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), label, deletion_cost, "burst pod marked");
             }
+            Action::AdoptUnadmitted {
+                pod,
+                workload,
+                burst,
+            } => {
+                let mut annotations = json!({keys::UNADMITTED: "true"});
+                if burst {
+                    annotations[keys::POD_DELETION_COST] = json!(keys::BURST_DELETION_COST);
+                }
+                let placement = if burst { "burst" } else { "local" };
+                let patch = json!({"metadata": {
+                    "labels": {keys::PLACEMENT: placement, keys::REASON: "unadmitted"},
+                    "annotations": annotations
+                }});
+                self.pods(&pod)
+                    .patch(&pod.name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map_err(ActionError::MarkBurst)?;
+                let (namespace, name) = workload.split_once('/').unwrap_or(("", &workload));
+                self.metrics
+                    .unadmitted
+                    .with_label_values(&[namespace, name])
+                    .inc();
+                tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), %workload, placement, "pod the webhook never saw adopted (it failed open)");
+            }
             Action::Spill {
                 pod,
                 workload,

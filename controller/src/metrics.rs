@@ -29,6 +29,9 @@ pub struct ControllerMetrics {
     pub overshoot_evictions: IntCounterVec,
     /// `spillway_pending_spills_total`.
     pub pending_spills: IntCounter,
+    /// `spillway_unadmitted_pods_total{namespace,workload}`: pods of opted-in workloads
+    /// the webhook never saw (it failed open), found and labelled by the controller.
+    pub unadmitted: IntCounterVec,
     /// `spillway_provider_failovers_total{from,to}`: pods handed back because their
     /// provider kept refusing them; `to` is a provider or `local`.
     pub failovers: IntCounterVec,
@@ -108,6 +111,13 @@ impl ControllerMetrics {
                 "spillway_pending_spills_total",
                 "Unschedulable pods allowed onto the virtual node",
             )?,
+            unadmitted: IntCounterVec::new(
+                Opts::new(
+                    "spillway_unadmitted_pods_total",
+                    "Pods of opted-in workloads created without the webhook's decision (it failed open: down, unreachable, slow or not registered), found and labelled by the controller",
+                ),
+                &["namespace", "workload"],
+            )?,
             failovers: IntCounterVec::new(
                 Opts::new(
                     "spillway_provider_failovers_total",
@@ -170,6 +180,7 @@ impl ControllerMetrics {
         registry.register(Box::new(metrics.overshoot_evictions.clone()))?;
         registry.register(Box::new(metrics.pending_spills.clone()))?;
         registry.register(Box::new(metrics.failovers.clone()))?;
+        registry.register(Box::new(metrics.unadmitted.clone()))?;
         registry.register(Box::new(metrics.deletion_cost_repairs.clone()))?;
         registry.register(Box::new(metrics.actions_failed.clone()))?;
         registry.register(Box::new(metrics.leader.clone()))?;

@@ -121,6 +121,17 @@ pub enum Action {
         /// Why.
         cause: EvictionCause,
     },
+    /// Label a pod the webhook never saw with where it is (`spillway.io/placement`),
+    /// `spillway.io/reason: unadmitted` and the `spillway.io/unadmitted` mark, and, on a
+    /// virtual node, the low deletion cost.
+    AdoptUnadmitted {
+        /// The pod.
+        pod: PodRef,
+        /// `namespace/name` of its Deployment.
+        workload: String,
+        /// On a virtual node.
+        burst: bool,
+    },
     /// Add the toleration of `provider`'s virtual node and `spillway.io/reason: pending`.
     Spill {
         /// The pod.
@@ -368,6 +379,7 @@ fn group<'a>(input: &PlanInput<'a>) -> Vec<Workload<'a>> {
 pub fn plan(input: &PlanInput<'_>, state: &mut ControllerState) -> Vec<Action> {
     let workloads = group(input);
     let mut actions = Vec::new();
+    adopt_unadmitted(&workloads, &mut actions);
     repair_burst_pods(input, &mut actions);
     state.settling.retain(
         |key, evicted| match workloads.iter().find(|w| w.key == key) {
@@ -384,10 +396,29 @@ pub fn plan(input: &PlanInput<'_>, state: &mut ControllerState) -> Vec<Action> {
     actions
 }
 
+/// Pods of opted-in workloads the webhook never saw (it fails open) are labelled with
+/// where they are, so caps, budgets, status and metrics count them; a pending one is
+/// then spilled like any other.
+fn adopt_unadmitted(workloads: &[Workload<'_>], actions: &mut Vec<Action>) {
+    for workload in workloads {
+        for pod in workload.live().filter(|p| p.placement_label.is_none()) {
+            actions.push(Action::AdoptUnadmitted {
+                pod: PodRef::of(pod),
+                workload: workload.key.to_owned(),
+                burst: pod.virtual_node.is_some(),
+            });
+        }
+    }
+}
+
 /// Every burst pod carries the burst label and the low deletion cost, so ReplicaSets
 /// remove burst replicas first on scale-in; local pods are left as their owners wrote them.
 fn repair_burst_pods(input: &PlanInput<'_>, actions: &mut Vec<Action>) {
-    for pod in input.pods.iter().filter(|p| p.is_live() && p.is_burst()) {
+    for pod in input
+        .pods
+        .iter()
+        .filter(|p| p.is_live() && p.is_burst() && p.placement_label.is_some())
+    {
         let label = pod.virtual_node.is_some() && pod.placement_label.as_deref() != Some("burst");
         let deletion_cost = pod.deletion_cost.as_deref() != Some(keys::BURST_DELETION_COST);
         if label || deletion_cost {

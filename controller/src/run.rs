@@ -13,7 +13,7 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use prometheus::Registry;
 use spillway_cluster::index::ClusterIndex;
-use spillway_cluster::watch::{self, NoObserver, SharedIndex};
+use spillway_cluster::watch::{self, SharedIndex};
 use spillway_common::admin::{self, AdminArgs, Readiness};
 use spillway_common::config::{self, ConfigError, ConfigMetrics, OperatorConfig, SharedConfig};
 use spillway_common::leader::LeaderElection;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::execute::{Executor, FIELD_MANAGER};
 use crate::metrics::ControllerMetrics;
 use crate::plan::{self, ControllerState, PlanInput};
-use crate::pod_store::{self, PodStore};
+use crate::pod_store::{OptedInPods, PodStore};
 use crate::snapshot::PodView;
 use crate::status;
 
@@ -187,16 +187,15 @@ impl Controller {
         shutdown: &CancellationToken,
     ) -> Self {
         let index: SharedIndex = Arc::new(RwLock::new(ClusterIndex::new()));
+        let pods = PodStore::default();
+        let (synced, pods_synced) = tokio::sync::watch::channel(false);
         watch::spawn_all(
             client.clone(),
             index.clone(),
-            Arc::new(NoObserver),
+            Arc::new(OptedInPods::new(pods.clone(), synced)),
             readiness,
             shutdown.clone(),
         );
-        let pods = PodStore::default();
-        let (synced, pods_synced) = tokio::sync::watch::channel(false);
-        pod_store::spawn(client.clone(), pods.clone(), synced, shutdown.clone());
         Self {
             client,
             index,

@@ -77,6 +77,9 @@ pub struct PodView {
     /// Since when (ms) its virtual node's provider refuses to create it (the
     /// `spillway.io/ProviderRefused` condition), while Pending.
     pub provider_refused_since_ms: Option<i64>,
+    /// The webhook never saw it: no `spillway.io/placement`, or the controller's
+    /// `spillway.io/unadmitted` mark from when it adopted it.
+    pub unadmitted: bool,
     /// Its node carries Karpenter's `karpenter.sh/disrupted` taint: Karpenter is moving
     /// its pods, and Spillway leaves them to it.
     pub node_disrupted: bool,
@@ -191,6 +194,21 @@ impl PodRecord {
     pub fn uid(&self) -> &str {
         &self.uid
     }
+
+    /// Whether the webhook decided it (it carries `spillway.io/placement`).
+    pub fn admitted(&self) -> bool {
+        self.placement_label.is_some()
+    }
+
+    /// The UID of its controlling ReplicaSet.
+    pub fn owner_replicaset(&self) -> Option<&str> {
+        self.owner_replicaset.as_deref()
+    }
+
+    /// Its `spillway.io/*` annotations.
+    pub fn spillway_annotations(&self) -> &BTreeMap<String, String> {
+        &self.spillway_annotations
+    }
 }
 
 /// Whether a pod of `needs` is within `provider`'s largest size.
@@ -263,6 +281,8 @@ impl PodView {
             finished: record.finished,
             unschedulable_since_ms: record.unschedulable_since_ms,
             provider_refused_since_ms: record.provider_refused_since_ms,
+            unadmitted: record.placement_label.is_none()
+                || record.spillway_annotations.contains_key(keys::UNADMITTED),
             node_disrupted: node
                 .is_some_and(|n| index.node_has_taint(n, KARPENTER_DISRUPTED_TAINT)),
         }

@@ -41,6 +41,8 @@ pub struct WorkloadStatus {
     pub backfill: Option<u32>,
     /// Age in seconds of its oldest live burst replica; `None` without one.
     pub oldest_burst_seconds: Option<u64>,
+    /// Live replicas the webhook never saw (it failed open).
+    pub unadmitted: u32,
 }
 
 /// The cluster line.
@@ -78,8 +80,12 @@ pub fn compute(
     let costs = index.burst_usd_by_workload(pricing, config.default_provider.for_pricing());
     let mut newest: HashMap<&str, &PodView> = HashMap::new();
     let mut oldest_burst_ms: HashMap<&str, i64> = HashMap::new();
+    let mut unadmitted: HashMap<&str, u32> = HashMap::new();
     for pod in pods {
         if let Some(key) = pod.workload.as_deref() {
+            if pod.is_live() && pod.unadmitted {
+                *unadmitted.entry(key).or_default() += 1;
+            }
             let entry = newest.entry(key).or_insert(pod);
             if pod.created_ms > entry.created_ms {
                 *entry = pod;
@@ -136,6 +142,7 @@ pub fn compute(
                 oldest_burst_seconds: oldest_burst_ms
                     .get(view.key)
                     .map(|created| ((now_ms - created).max(0) / 1000) as u64),
+                unadmitted: unadmitted.get(view.key).copied().unwrap_or(0),
             })
         })
         .collect();
@@ -158,7 +165,7 @@ pub fn compute(
 
 /// The status as a table for people.
 pub fn table(status: &Status) -> String {
-    let mut rows: Vec<[String; 11]> = vec![[
+    let mut rows: Vec<[String; 12]> = vec![[
         "NAMESPACE".to_owned(),
         "WORKLOAD".to_owned(),
         "DESIRED".to_owned(),
@@ -170,6 +177,7 @@ pub fn table(status: &Status) -> String {
         "USD/HOUR".to_owned(),
         "OLDEST BURST".to_owned(),
         "BACKFILL".to_owned(),
+        "UNADMITTED".to_owned(),
     ]];
     for w in &status.workloads {
         rows.push([
@@ -186,9 +194,10 @@ pub fn table(status: &Status) -> String {
                 .map_or("-".to_owned(), |s| format!("{s}s")),
             w.backfill
                 .map_or("-".to_owned(), |n| format!("requested {n}")),
+            w.unadmitted.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..11)
+    let widths: Vec<usize> = (0..12)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

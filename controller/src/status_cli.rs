@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::pod_store;
 use clap::{Args, ValueEnum};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -12,7 +13,6 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use spillway_cluster::index::ClusterIndex;
 use spillway_common::config::{ConfigError, OperatorConfig};
-use spillway_common::keys;
 
 use crate::snapshot::PodView;
 use crate::status::{self, Status};
@@ -93,12 +93,7 @@ pub async fn read(args: &StatusArgs) -> Result<Status, StatusError> {
     pods.iter().for_each(|p| index.apply_pod(p));
     let views: Vec<PodView> = pods
         .iter()
-        .filter(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(keys::PLACEMENT))
-        })
+        .filter(|p| pod_store::wanted(p, &index, true))
         .filter_map(|p| PodView::from_pod(p, &index, config.default_provider))
         .collect();
     Ok(status::compute(

@@ -1465,3 +1465,151 @@ async fn a_pod_whose_own_constraints_rule_out_every_node_neither_spills_nor_loop
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn pods_the_webhook_never_saw_are_spilled_labelled_and_counted() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = client().await?;
+    regular_nodes_idle(&client, Duration::from_secs(90)).await?;
+    let ns = TestNamespace::create(&client, "e2e-unadmitted").await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let regular = regular_node_count(&client).await?;
+    // A nearly full cluster (each regular node keeps 400m free), and no webhook
+    // registered: Spillway is not running yet.
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("filler", regular, "3600m", json!({}))?,
+        )
+        .await?;
+    wait_until("filler Running", Duration::from_secs(60), || async {
+        let p = placed(&pods, "filler").await?;
+        Ok(p.len() == regular as usize && p.iter().all(|p| p.running))
+    })
+    .await?;
+    // An opted-in Deployment scaled past what fits: one replica per node runs, two pend,
+    // none labelled.
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment(
+                "web",
+                regular + 2,
+                "300m",
+                json!({"spillway.io/burst": "true"}),
+            )?,
+        )
+        .await?;
+    wait_until(
+        "web: one replica per node running, two pending, unlabelled",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == regular as usize + 2
+                && p.iter().filter(|p| p.running).count() == regular as usize
+                && p.iter().all(|p| p.placement.is_none()))
+        },
+    )
+    .await?;
+
+    // Spillway starts: the pending ones spill, every one is labelled and counted.
+    let run = RunUnderTest::start(&ns.name, &ns.name, "pendingSpill:\n  afterSeconds: 2\n").await?;
+    wait_until(
+        "the pending replicas spilled, the running ones labelled unadmitted",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "web").await?;
+            let spilled = p
+                .iter()
+                .filter(|p| p.running && p.node == run.node_name)
+                .count();
+            let local = p
+                .iter()
+                .filter(|p| {
+                    p.running
+                        && p.placement.as_deref() == Some("local")
+                        && p.reason.as_deref() == Some("unadmitted")
+                })
+                .count();
+            Ok(spilled == 2 && local == regular as usize)
+        },
+    )
+    .await?;
+    let spilled: Vec<Placed> = placed(&pods, "web")
+        .await?
+        .into_iter()
+        .filter(|p| p.node == run.node_name)
+        .collect();
+    for pod in &spilled {
+        assert_eq!(pod.reason.as_deref(), Some("pending"), "{pod:?}");
+    }
+    wait_until(
+        "the spilled ones marked burst with the low deletion cost",
+        Duration::from_secs(20),
+        || async {
+            Ok(placed(&pods, "web")
+                .await?
+                .iter()
+                .filter(|p| p.node == run.node_name)
+                .all(|p| {
+                    p.placement.as_deref() == Some("burst")
+                        && p.deletion_cost.as_deref() == Some("-1000")
+                }))
+        },
+    )
+    .await?;
+    let series = format!(
+        "spillway_unadmitted_pods_total{{namespace=\"{}\",workload=\"web\"}}",
+        ns.name
+    );
+    assert_eq!(
+        sample(&run.metrics()?, &series),
+        Some(f64::from(regular + 2))
+    );
+    let status = status_json(&ns.name)?;
+    assert_eq!(
+        status["workloads"][0]["unadmitted"],
+        json!(regular + 2),
+        "{status}"
+    );
+    assert_eq!(status["workloads"][0]["burst"], json!(2), "{status}");
+
+    // The registered webhook stops answering (its URL now leads nowhere): the apiserver
+    // fails open, and the controller still finds the new pods.
+    let dead = format!("https://127.0.0.1:{}/mutate", spillway_e2e::free_port()?);
+    kubectl(&[
+        "patch",
+        "mutatingwebhookconfiguration",
+        &run.webhook_name,
+        "--type",
+        "json",
+        "-p",
+        &json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": dead}])
+            .to_string(),
+    ])?;
+    scale(&deployments, "web", regular + 4).await?;
+    wait_until(
+        "the two new replicas spilled too",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(&pods, "web").await?;
+            Ok(p.len() == regular as usize + 4
+                && p.iter()
+                    .filter(|p| p.running && p.node == run.node_name)
+                    .count()
+                    == 4)
+        },
+    )
+    .await?;
+    assert_eq!(
+        sample(&run.metrics()?, &series),
+        Some(f64::from(regular + 4))
+    );
+    assert_eq!(
+        status_json(&ns.name)?["workloads"][0]["unadmitted"],
+        json!(regular + 4)
+    );
+    Ok(())
+}

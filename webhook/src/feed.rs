@@ -20,7 +20,7 @@ pub struct WebhookFeed {
 }
 
 impl WatchObserver for WebhookFeed {
-    fn pod_applied(&self, pod: &Pod) {
+    fn pod_applied(&self, pod: &Pod, _: &ClusterIndex) {
         if let Some(uid) = pod
             .metadata
             .annotations

@@ -85,9 +85,11 @@ impl Cluster {
             pod["metadata"]["annotations"][keys::POD_DELETION_COST] = json!("-1000");
         }
         merge(&mut pod, extra);
-        // A null in `extra` removes the annotation.
-        if let Some(annotations) = pod["metadata"]["annotations"].as_object_mut() {
-            annotations.retain(|_, v| !v.is_null());
+        // A null in `extra` removes the annotation or label.
+        for map in ["annotations", "labels"] {
+            if let Some(entries) = pod["metadata"][map].as_object_mut() {
+                entries.retain(|_, v| !v.is_null());
+            }
         }
         let pod: Pod = serde_json::from_value(pod).unwrap();
         self.index.apply_pod(&pod);
@@ -647,6 +649,48 @@ fn a_pod_its_provider_keeps_refusing_is_failed_over_after_the_mark() {
     let mut running = Cluster::new("8", 1, json!({}));
     running.pod("b1", Some("vk"), "1", T0, json!({}));
     assert!(failover_actions(&running.plan(&mut ControllerState::default(), T0 + MIN)).is_empty());
+}
+
+#[test]
+fn pods_the_webhook_never_saw_are_adopted_where_they_are_and_a_pending_one_spills() {
+    let mut cluster = Cluster::new("2", 4, json!({}));
+    let unlabelled = json!({"metadata": {"labels": {"spillway.io/placement": null}}});
+    cluster.pod("running", Some("a"), "1", T0, unlabelled.clone());
+    cluster.pod("on-vk", Some("vk"), "1", T0, unlabelled.clone());
+    let mut pending = unschedulable(T0);
+    merge(&mut pending, unlabelled);
+    cluster.pod("pending", None, "1", T0, pending);
+    cluster.pod("decided", Some("a"), "1", T0, json!({}));
+    let mut state = ControllerState::default();
+    let actions = cluster.plan(&mut state, T0 + 5 * MIN);
+    let mut adopted: Vec<(&str, bool)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::AdoptUnadmitted { pod, burst, .. } => Some((pod.name.as_str(), *burst)),
+            _ => None,
+        })
+        .collect();
+    adopted.sort();
+    assert_eq!(
+        adopted,
+        vec![("on-vk", true), ("pending", false), ("running", false)]
+    );
+    // The pending one, unschedulable past pendingSpill.afterSeconds, spills in the same
+    // pass (after its adoption); the burst one gets its deletion cost from the adoption,
+    // not a second patch.
+    assert_eq!(spills(&actions), vec!["pending"]);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::MarkBurst { pod, .. } if pod.name == "on-vk"))
+    );
+    let adopt_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::AdoptUnadmitted { pod, .. } if pod.name == "pending"));
+    let spill_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::Spill { .. }));
+    assert!(adopt_at < spill_at);
 }
 
 #[test]
