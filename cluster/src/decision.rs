@@ -243,33 +243,43 @@ fn candidates(
     all
 }
 
+/// What the provider choice reads about one pod and its workload.
+#[derive(Clone, Copy, Debug)]
+pub struct ProviderAsk<'a> {
+    /// The pod's effective requests.
+    pub needs: &'a PodResources,
+    /// What the pod asks of its node.
+    pub constraints: &'a NodeConstraints,
+    /// Replicas of its workload already burst (the pod itself not counted), for its
+    /// one-per-node rules.
+    pub burst_siblings: u32,
+    /// Providers the workload was failed over from, still in their cooldown.
+    pub excluded: &'a [Provider],
+}
+
 /// The provider a pod bursts to for `choice`: the first of its candidates (see
-/// [`candidates`]) that the pod is `eligible` for, that is not `excluded` (failed over
-/// from) and whose virtual node can take it. When none can, the pick names the first
+/// [`candidates`]) that the pod is `eligible` for, that its workload was not failed over
+/// from, and whose virtual node can take it. When none can, the pick names the first
 /// eligible candidate and why it cannot: its node constraints, or its one-per-node
-/// sibling rule with `burst_siblings` of its workload already burst
-/// ([`Reason::Constraints`]), or no usable node ([`Reason::ProviderUnavailable`]); or,
-/// when the pod is eligible for none, the first candidate and [`Reason::Ineligible`].
-#[allow(clippy::too_many_arguments)]
+/// sibling rule with a sibling already burst ([`Reason::Constraints`]), or no usable node
+/// ([`Reason::ProviderUnavailable`]); or, when the pod is eligible for none, the first
+/// candidate and [`Reason::Ineligible`].
 pub fn choose_provider(
     choice: ProviderChoice,
-    needs: &PodResources,
-    constraints: &NodeConstraints,
-    burst_siblings: u32,
-    excluded: &[Provider],
+    ask: &ProviderAsk<'_>,
     pricing: &PricingConfig,
     capacity: &impl CapacityView,
     eligible: impl Fn(Provider) -> bool,
 ) -> ProviderPick {
-    let order = candidates(choice, needs, pricing);
+    let order = candidates(choice, ask.needs, pricing);
     let mut fallback: Option<ProviderPick> = None;
     for provider in order.iter().copied().filter(|p| eligible(*p)) {
-        let node = if excluded.contains(&provider) {
+        let node = if ask.excluded.contains(&provider) {
             ProviderNode::Unusable
-        } else if constraints.one_per_node && burst_siblings > 0 {
+        } else if ask.constraints.one_per_node && ask.burst_siblings > 0 {
             ProviderNode::Constrained
         } else {
-            capacity.provider_node(provider, needs, constraints)
+            capacity.provider_node(provider, ask.needs, ask.constraints)
         };
         let unusable = match node {
             ProviderNode::Takes => {
@@ -881,16 +891,13 @@ mod tests {
         capacity: &VirtualNodes,
     ) -> (Provider, Option<Reason>) {
         let pricing = PricingConfig::default();
-        let pick = choose_provider(
-            choice,
+        let ask = ProviderAsk {
             needs,
-            &NO_CONSTRAINTS,
-            0,
-            &[],
-            &pricing,
-            capacity,
-            |_| true,
-        );
+            constraints: &NO_CONSTRAINTS,
+            burst_siblings: 0,
+            excluded: &[],
+        };
+        let pick = choose_provider(choice, &ask, &pricing, capacity, |_| true);
         (pick.provider, pick.unusable)
     }
 
@@ -977,12 +984,15 @@ mod tests {
         let choose = |excluded: &[Provider],
                       constraints: &NodeConstraints,
                       eligible: &dyn Fn(Provider) -> bool| {
+            let ask = ProviderAsk {
+                needs: &even,
+                constraints,
+                burst_siblings: 1,
+                excluded,
+            };
             let p = choose_provider(
                 ProviderChoice::FargateThenAci,
-                &even,
-                constraints,
-                1,
-                excluded,
+                &ask,
                 &pricing,
                 &both,
                 eligible,
@@ -1021,12 +1031,15 @@ mod tests {
             (Provider::Fargate, Some(Reason::Constraints))
         );
         // The first of them may go.
+        let alone = ProviderAsk {
+            needs: &even,
+            constraints: &bound,
+            burst_siblings: 0,
+            excluded: &[],
+        };
         let first = choose_provider(
             ProviderChoice::FargateThenAci,
-            &even,
-            &bound,
-            0,
-            &[],
+            &alone,
             &pricing,
             &both,
             |_| true,

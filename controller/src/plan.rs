@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use spillway_cluster::decision::{
-    self, BudgetFacts, Decision, Placement, PlacementCounts, PodFacts, ProviderPick, Reason,
-    choose_provider,
+    self, BudgetFacts, Decision, Placement, PlacementCounts, PodFacts, ProviderAsk, ProviderPick,
+    Reason, choose_provider,
 };
 use spillway_cluster::index::{ClusterIndex, WorkloadView};
 use spillway_cluster::policy::{self, WorkloadPolicy};
@@ -23,6 +23,7 @@ use spillway_common::pod_resources::PodResources;
 use crate::snapshot::PodView;
 
 pub mod backfill;
+mod failover;
 
 pub use backfill::{BackfillKind, BackfillObserved};
 
@@ -309,16 +310,20 @@ impl Workload<'_> {
     /// The provider a replica like `pod` of this workload would burst to now, and why
     /// it cannot, if it cannot.
     fn provider_for(&self, input: &PlanInput<'_>, pod: &PodView) -> ProviderPick {
-        choose_provider(
-            self.provider,
-            &pod.needs,
-            &pod.constraints,
-            // Its siblings: the pod itself does not count against its own rule.
-            self.view
+        let ask = ProviderAsk {
+            needs: &pod.needs,
+            constraints: &pod.constraints,
+            // The pod itself does not count against its own rule.
+            burst_siblings: self
+                .view
                 .counts
                 .burst
                 .saturating_sub(u32::from(pod.is_burst())),
-            &self.policy.excluded_at(input.now_ms),
+            excluded: &self.policy.excluded_at(input.now_ms),
+        };
+        choose_provider(
+            self.provider,
+            &ask,
             &input.config.pricing,
             input.index,
             |p| pod.may_use(p),
@@ -387,7 +392,7 @@ pub fn plan(input: &PlanInput<'_>, state: &mut ControllerState) -> Vec<Action> {
             None => false,
         },
     );
-    fail_over(input, &workloads, &mut actions);
+    failover::fail_over(input, &workloads, &mut actions);
     correct_overshoot(input, &workloads, state, &mut actions);
     rebalance(input, &workloads, state, &mut actions);
     spill_pending(input, &workloads, &mut actions);
@@ -428,77 +433,6 @@ fn repair_burst_pods(input: &PlanInput<'_>, actions: &mut Vec<Action>) {
                 deletion_cost,
             });
         }
-    }
-}
-
-/// Burst pods their provider has refused to create for `failover.afterSeconds` are
-/// handed back, in two passes so the webhook has seen the first: the workload's
-/// Deployment is marked to avoid that provider for `failover.cooldownSeconds` (one
-/// `ProviderFailover` Event), then, with the mark in force, the pods are evicted and
-/// their replacements decided without it (the next provider the workload allows, else
-/// local).
-fn fail_over(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mut Vec<Action>) {
-    let config = &input.config.failover;
-    let after_ms = config.after_seconds as i64 * 1000;
-    for workload in workloads {
-        let excluded = workload.policy.excluded_at(input.now_ms);
-        let mut exclude_now: Vec<Provider> = Vec::new();
-        let refused = workload.live().filter(|p| {
-            p.virtual_node.is_some()
-                && p.provider_refused_since_ms
-                    .is_some_and(|since| input.now_ms - since >= after_ms)
-        });
-        for pod in refused {
-            let Some(from) = pod.provider else { continue };
-            if !excluded.contains(&from) {
-                if !exclude_now.contains(&from) {
-                    exclude_now.push(from);
-                }
-                continue;
-            }
-            let pick = workload.provider_for(input, pod);
-            let to = match pick.unusable {
-                None => pick.provider.to_string(),
-                Some(_) => "local".to_owned(),
-            };
-            actions.push(Action::FailOver {
-                pod: PodRef::of(pod),
-                workload: workload.key.to_owned(),
-                from,
-                to,
-            });
-        }
-        if exclude_now.is_empty() {
-            continue;
-        }
-        let until = input.now_ms + config.cooldown_seconds as i64 * 1000;
-        let mut entries: Vec<(Provider, i64)> = workload
-            .policy
-            .failed_over
-            .iter()
-            .copied()
-            .filter(|(p, until)| *until > input.now_ms && !exclude_now.contains(p))
-            .collect();
-        entries.extend(exclude_now.iter().map(|p| (*p, until)));
-        actions.push(Action::ExcludeProviders {
-            workload: workload.key.to_owned(),
-            value: policy::format_failover(&entries),
-        });
-        let names: Vec<&str> = exclude_now.iter().map(|p| p.as_str()).collect();
-        actions.push(Action::Event {
-            workload: workload.key.to_owned(),
-            uid: workload.view.uid.to_owned(),
-            reason: EventReason::ProviderFailover,
-            note: format!(
-                "{} refused to create replicas for {}s or more (see the pods' {} condition); \
-                 they are handed back and new replicas avoid it for {}s",
-                names.join(" and "),
-                config.after_seconds,
-                keys::PROVIDER_REFUSED_CONDITION,
-                config.cooldown_seconds
-            ),
-            warning: true,
-        });
     }
 }
 

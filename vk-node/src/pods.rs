@@ -15,6 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use rand::Rng;
 use serde_json::Value;
+use spillway_common::keys;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, NodeAdmission, Refusal};
@@ -23,7 +24,6 @@ use crate::metrics::NodeMetrics;
 use crate::node::{self, NodeSpec};
 use crate::provider::{Provider, ProviderError, RemoteContainerState, RemotePhase, RemoteStatus};
 use crate::status::{self, AfterStop, StatusContext, TerminalPhase};
-use spillway_common::keys;
 
 /// Timing and limits of the pod controller.
 #[derive(Clone, Debug)]

@@ -14,7 +14,8 @@ use crate::review::{AdmissionRequest, AdmissionResponse};
 use spillway_cluster::constraints::NodeConstraints;
 use spillway_cluster::decision::PlacementCounts;
 use spillway_cluster::decision::{
-    self, BudgetFacts, Decision, HpaFacts, Placement, PodFacts, Reason, choose_provider,
+    self, BudgetFacts, Decision, HpaFacts, Placement, PodFacts, ProviderAsk, Reason,
+    choose_provider,
 };
 use spillway_cluster::index::ClusterIndex;
 use spillway_cluster::policy;
@@ -262,12 +263,15 @@ pub fn evaluate_pod(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
+    let ask = ProviderAsk {
+        needs: &needs,
+        constraints: &constraints,
+        burst_siblings: view.as_ref().map_or(0, |v| v.counts.burst),
+        excluded: &policy.excluded_at(now_ms),
+    };
     let pick = choose_provider(
         policy.provider.unwrap_or(config.default_provider),
-        &needs,
-        &constraints,
-        view.as_ref().map_or(0, |v| v.counts.burst),
-        &policy.excluded_at(now_ms),
+        &ask,
         &config.pricing,
         index,
         |p| eligibility::check(pod, &needs, p).is_empty(),
