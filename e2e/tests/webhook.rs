@@ -729,6 +729,32 @@ async fn replicas_go_only_to_a_virtual_node_that_can_take_them() -> anyhow::Resu
     tokio::time::sleep(Duration::from_secs(2)).await;
     create("gone", "fargate", json!({})).await?;
     assert_eq!(wait_placed("gone").await?, local("provider-unavailable"));
+    // A Fargate node that is there but NotReady (no kwok behind it, its Ready condition
+    // written False, as when a node's heartbeat stops) takes nothing either.
+    let mut not_ready = virtual_node(&fargate_node)?;
+    not_ready
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("kwok.x-k8s.io/node");
+    nodes.create(&PostParams::default(), &not_ready).await?;
+    let status = json!({"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "no heartbeat"}
+    ]}});
+    nodes
+        .patch_status(
+            &fargate_node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(status),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    create("not-ready", "fargate", json!({})).await?;
+    assert_eq!(
+        wait_placed("not-ready").await?,
+        local("provider-unavailable")
+    );
     webhook.process.kill()?;
     Ok(())
 }
