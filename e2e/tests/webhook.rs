@@ -658,7 +658,11 @@ async fn replicas_go_only_to_a_virtual_node_that_can_take_them() -> anyhow::Resu
         let deployments = deployments.clone();
         async move {
             let annotations = json!({"spillway.io/burst": "true", "spillway.io/max-local": "0", "spillway.io/provider": provider});
-            let mut d = deployment(name, 1, "100m", annotations)?;
+            let mut d = deployment(name, 1, "100m", annotations.clone())?;
+            // On the template too: the pod carries its policy itself, so a webhook whose
+            // watch has not shown the Deployment yet (a loaded machine) decides the same.
+            d.spec.template.metadata.as_mut().unwrap().annotations =
+                Some(serde_json::from_value(annotations)?);
             let mut template = serde_json::to_value(d.spec.template.spec.take())?;
             for (k, v) in spec.as_object().into_iter().flatten() {
                 template[k] = v.clone();
