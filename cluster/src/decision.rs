@@ -233,9 +233,8 @@ fn candidates(
     }
     let mut all = vec![Provider::Fargate, Provider::Aci];
     let price = |p: Provider| {
-        let (max_cpu, max_memory) = eligibility::provider_max(p);
-        let fits = needs.cpu_millis <= max_cpu && needs.memory_bytes <= max_memory;
-        fits.then(|| cost::hourly_usd(needs, p, pricing))
+        eligibility::within_largest_size(needs, p)
+            .then(|| cost::hourly_usd(needs, p, pricing))
             .flatten()
             .unwrap_or(f64::INFINITY)
     };

@@ -72,6 +72,12 @@ impl Ineligible {
     }
 }
 
+/// Whether a pod of `needs` is within `provider`'s largest size.
+pub fn within_largest_size(needs: &PodResources, provider: Provider) -> bool {
+    let (max_cpu, max_memory) = provider_max(provider);
+    needs.cpu_millis <= max_cpu && needs.memory_bytes <= max_memory
+}
+
 /// The largest pod `provider` can run: (millicores, bytes).
 pub fn provider_max(provider: Provider) -> (u64, u64) {
     match provider {
@@ -178,8 +184,7 @@ pub fn check(pod: &Pod, needs: &PodResources, provider: Provider) -> Vec<Ineligi
     if all_containers(pod).any(asks_for_gpu) {
         reasons.push(Ineligible::Gpu);
     }
-    let (max_cpu, max_memory) = provider_max(provider);
-    if needs.cpu_millis > max_cpu || needs.memory_bytes > max_memory {
+    if !within_largest_size(needs, provider) {
         reasons.push(Ineligible::TooLarge);
     }
     if provider == Provider::Aci && beyond_aci_group_limits(pod) {

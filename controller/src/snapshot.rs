@@ -211,12 +211,6 @@ impl PodRecord {
     }
 }
 
-/// Whether a pod of `needs` is within `provider`'s largest size.
-fn fits_provider(needs: &PodResources, provider: Provider) -> bool {
-    let (max_cpu, max_memory) = eligibility::provider_max(provider);
-    needs.cpu_millis <= max_cpu && needs.memory_bytes <= max_memory
-}
-
 impl PodView {
     /// Projects `pod` (see [`Self::from_record`]).
     pub fn from_pod(
@@ -257,7 +251,7 @@ impl PodView {
             .unwrap_or(default_provider);
         let fits = [Provider::Fargate, Provider::Aci]
             .into_iter()
-            .any(|p| provider.allows(p) && fits_provider(&record.needs, p));
+            .any(|p| provider.allows(p) && eligibility::within_largest_size(&record.needs, p));
         Self {
             namespace: record.namespace.to_string(),
             name: record.name.to_string(),
@@ -291,7 +285,7 @@ impl PodView {
     /// Whether it may burst to `provider` (the rules the controller can check: those
     /// that hold everywhere, and the provider's largest size).
     pub fn may_use(&self, provider: Provider) -> bool {
-        !self.ineligible_anywhere && fits_provider(&self.needs, provider)
+        !self.ineligible_anywhere && eligibility::within_largest_size(&self.needs, provider)
     }
 
     /// Counts towards its workload: not finished and not being deleted.

@@ -862,14 +862,22 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
 /// A virtual node object that kwok keeps Ready (its pods Running), standing in for a
 /// virtual kubelet where only the Node's labels and taint matter.
 pub fn virtual_node(name: &str) -> anyhow::Result<k8s_openapi::api::core::v1::Node> {
+    virtual_node_of(name, "fargate")
+}
+
+/// [`virtual_node`] for `provider` (its label and taint value).
+pub fn virtual_node_of(
+    name: &str,
+    provider: &str,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Node> {
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {"type": "virtual-kubelet", "spillway.io/provider": "fargate",
+            "labels": {"type": "virtual-kubelet", "spillway.io/provider": provider,
                        "kubernetes.io/role": "agent", "kubernetes.io/os": "linux", "kubernetes.io/hostname": name}
         },
-        "spec": {"taints": [{"key": "virtual-kubelet.io/provider", "value": "fargate", "effect": "NoSchedule"}]},
+        "spec": {"taints": [{"key": "virtual-kubelet.io/provider", "value": provider, "effect": "NoSchedule"}]},
         "status": {"allocatable": {"cpu": "100", "memory": "400Gi", "pods": "500"},
                    "capacity": {"cpu": "100", "memory": "400Gi", "pods": "500"}}
     }))?)

@@ -1281,14 +1281,12 @@ async fn pods_a_provider_keeps_refusing_fail_over_to_the_next_provider_or_local(
     let (client, ns, run, deployments, pods) = scenario.parts();
     let nodes: Api<Node> = Api::all(client.clone());
     let aci_node = format!("spillway-aci-{}", ns.name);
-    let mut aci = spillway_e2e::virtual_node(&aci_node)?;
-    aci.metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert("spillway.io/provider".into(), "aci".into());
-    aci.spec.as_mut().unwrap().taints.as_mut().unwrap()[0].value = Some("aci".into());
-    nodes.create(&PostParams::default(), &aci).await?;
+    nodes
+        .create(
+            &PostParams::default(),
+            &spillway_e2e::virtual_node_of(&aci_node, "aci")?,
+        )
+        .await?;
     let _aci_cleanup = spillway_e2e::NodeCleanupGuard(aci_node.clone());
     wait_until("the ACI node Ready", Duration::from_secs(30), || async {
         let conditions = nodes

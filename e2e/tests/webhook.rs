@@ -13,7 +13,7 @@ use serde_json::json;
 use spillway_e2e::hostile_clients::HostileClients;
 use spillway_e2e::{
     NodeCleanupGuard, TestNamespace, WebhookUnderTest, client, deployment, scale, virtual_node,
-    wait_until,
+    virtual_node_of, wait_until,
 };
 
 /// Tests that put a fargate virtual node in the cluster, or burst pods onto one, run one
@@ -447,14 +447,9 @@ async fn provider_auto_sends_each_pod_to_the_cheaper_usable_node() -> anyhow::Re
         .create(&PostParams::default(), &virtual_node(&fargate_node)?)
         .await?;
     let _fargate_cleanup = NodeCleanupGuard(fargate_node.clone());
-    let mut aci = virtual_node(&aci_node)?;
-    aci.metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert("spillway.io/provider".into(), "aci".into());
-    aci.spec.as_mut().unwrap().taints.as_mut().unwrap()[0].value = Some("aci".into());
-    nodes.create(&PostParams::default(), &aci).await?;
+    nodes
+        .create(&PostParams::default(), &virtual_node_of(&aci_node, "aci")?)
+        .await?;
     let _aci_cleanup = NodeCleanupGuard(aci_node.clone());
     wait_until(
         "both virtual nodes Ready",
@@ -618,14 +613,9 @@ async fn replicas_go_only_to_a_virtual_node_that_can_take_them() -> anyhow::Resu
     );
     nodes.create(&PostParams::default(), &fargate).await?;
     let _fargate_cleanup = NodeCleanupGuard(fargate_node.clone());
-    let mut aci = virtual_node(&aci_node)?;
-    aci.metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert("spillway.io/provider".into(), "aci".into());
-    aci.spec.as_mut().unwrap().taints.as_mut().unwrap()[0].value = Some("aci".into());
-    nodes.create(&PostParams::default(), &aci).await?;
+    nodes
+        .create(&PostParams::default(), &virtual_node_of(&aci_node, "aci")?)
+        .await?;
     let _aci_cleanup = NodeCleanupGuard(aci_node.clone());
     wait_until(
         "both virtual nodes Ready",
