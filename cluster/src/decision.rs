@@ -12,23 +12,25 @@ use spillway_common::pod_resources::PodResources;
 use crate::constraints::NodeConstraints;
 use crate::policy::WorkloadPolicy;
 
-/// Sums over Ready, schedulable, non-virtual nodes.
+/// Sums over Ready, schedulable, non-virtual nodes. Exact (128 bits hold any number of
+/// `u64` requests), so one absurd request (`16Ei`) neither saturates a sum nor, once gone,
+/// takes the other pods' requests away with it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CapacityTotals {
     /// Allocatable millicores.
-    pub allocatable_cpu: u64,
+    pub allocatable_cpu: u128,
     /// Allocatable bytes.
-    pub allocatable_memory: u64,
+    pub allocatable_memory: u128,
     /// Millicores requested by pods bound to those nodes.
-    pub requested_cpu: u64,
+    pub requested_cpu: u128,
     /// Bytes requested by pods bound to those nodes.
-    pub requested_memory: u64,
+    pub requested_memory: u128,
 }
 
 impl CapacityTotals {
     /// Request utilization of CPU and memory (0 when nothing is allocatable).
     pub fn utilization(&self) -> (f64, f64) {
-        let ratio = |requested: u64, allocatable: u64| {
+        let ratio = |requested: u128, allocatable: u128| {
             if allocatable == 0 {
                 0.0
             } else {
@@ -335,8 +337,8 @@ pub struct Decision {
 
 /// Whether `(requested + needs) / allocatable ≥ threshold` for CPU or memory.
 fn over_threshold(totals: CapacityTotals, needs: &PodResources, threshold: f64) -> bool {
-    let ratio = |requested: u64, extra: u64, allocatable: u64| {
-        (requested + extra) as f64 / allocatable as f64
+    let ratio = |requested: u128, extra: u64, allocatable: u128| {
+        (requested + u128::from(extra)) as f64 / allocatable as f64
     };
     ratio(
         totals.requested_cpu,
@@ -460,7 +462,7 @@ mod tests {
             totals: CapacityTotals {
                 allocatable_cpu: 10_000,
                 allocatable_memory: 100 << 30,
-                requested_cpu,
+                requested_cpu: requested_cpu.into(),
                 requested_memory: 0,
             },
             fits,

@@ -64,10 +64,10 @@ struct NodeEntry {
     allocatable_pods: u64,
     /// Its labels, for the pods' node selectors and affinity.
     labels: Vec<(Box<str>, Box<str>)>,
-    allocatable_cpu: u64,
-    allocatable_memory: u64,
-    requested_cpu: u64,
-    requested_memory: u64,
+    allocatable_cpu: u128,
+    allocatable_memory: u128,
+    requested_cpu: u128,
+    requested_memory: u128,
     taints: Vec<CompactTaint>,
 }
 
@@ -86,11 +86,11 @@ impl NodeEntry {
 
     /// Free allocatable holds `needs`, and a pod more fits its pod count.
     fn has_room_for(&self, needs: &PodResources) -> bool {
-        self.allocatable_cpu.saturating_sub(self.requested_cpu) >= needs.cpu_millis
+        self.allocatable_cpu.saturating_sub(self.requested_cpu) >= u128::from(needs.cpu_millis)
             && self
                 .allocatable_memory
                 .saturating_sub(self.requested_memory)
-                >= needs.memory_bytes
+                >= u128::from(needs.memory_bytes)
             && (self.allocatable_pods == 0 || u64::from(self.running_pods) < self.allocatable_pods)
     }
 
@@ -373,8 +373,8 @@ impl ClusterIndex {
             .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
             .collect();
         entry.allocatable_pods = quantity_of(allocatable, "pods", quantity::count);
-        entry.allocatable_cpu = quantity_of(allocatable, "cpu", quantity::cpu_millis);
-        entry.allocatable_memory = quantity_of(allocatable, "memory", quantity::bytes);
+        entry.allocatable_cpu = quantity_of(allocatable, "cpu", quantity::cpu_millis).into();
+        entry.allocatable_memory = quantity_of(allocatable, "memory", quantity::bytes).into();
         entry.taints = taints;
         self.add_node_to_totals(slot, 1);
     }
@@ -392,13 +392,13 @@ impl ClusterIndex {
     }
 
     fn account_pod(&mut self, uid: u128, entry: PodEntry, sign: i8) {
-        // Saturating: a hostile request near u64::MAX must not wrap a node's sum round to
-        // something small.
-        let delta = |value: &mut u64, by: u64| {
+        // Exact in 128 bits: a hostile request near u64::MAX neither saturates a sum nor
+        // takes other pods' requests with it when it goes.
+        let delta = |value: &mut u128, by: u64| {
             *value = if sign > 0 {
-                value.saturating_add(by)
+                *value + u128::from(by)
             } else {
-                value.saturating_sub(by)
+                value.saturating_sub(u128::from(by))
             }
         };
         let count = |value: &mut u32| {
@@ -1011,7 +1011,7 @@ mod tests {
     }
 
     #[test]
-    fn hostile_requests_saturate_the_sums_instead_of_wrapping() {
+    fn hostile_requests_keep_the_sums_exact_and_take_nothing_with_them() {
         let mut index = ClusterIndex::new();
         index.apply_node(&node("a", "4", "16Gi"));
         let huge = |uid: &str| {
@@ -1029,14 +1029,32 @@ mod tests {
             );
             p
         };
+        let mut ordinary = pod("p3", Some("a"), "rs1", "1");
+        ordinary.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert(
+                "memory".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("8Gi".into()),
+            );
+        index.apply_pod(&ordinary);
         index.apply_pod(&huge("p1"));
         index.apply_pod(&huge("p2"));
-        // 20 EiB does not fit in u64: the sum stays at the top, never wraps to little.
-        assert_eq!(index.totals().requested_memory, u64::MAX);
+        // 20 EiB does not fit in u64: the sum is exact, never wrapped nor stuck at the top.
+        assert_eq!(
+            index.totals().requested_memory,
+            (8u128 << 30) + 2 * (10u128 << 60)
+        );
         assert!(index.totals().utilization().1 >= 1.0);
         index.delete_pod("p1");
         index.delete_pod("p2");
-        assert_eq!(index.totals().requested_memory, 0);
+        // The ordinary pod's request is still there: memory pressure did not vanish.
+        assert_eq!(index.totals().requested_memory, 8u128 << 30);
+        assert!((index.totals().utilization().1 - 0.5).abs() < 1e-9);
     }
 
     #[test]

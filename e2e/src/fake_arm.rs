@@ -94,6 +94,8 @@ struct ArmState {
     /// PUT bodies refused against the spec, with why.
     refused: Mutex<Vec<String>>,
     counts: Mutex<CallCounts>,
+    /// Every request's method and path, as received (before routing).
+    seen: Mutex<Vec<String>>,
     next_id: Mutex<u64>,
 }
 
@@ -124,6 +126,7 @@ impl FakeArm {
             put_faults: Mutex::new(std::collections::VecDeque::new()),
             refused: Mutex::new(Vec::new()),
             counts: Mutex::new(CallCounts::default()),
+            seen: Mutex::new(Vec::new()),
             next_id: Mutex::new(0),
         });
         let group_path = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerInstance/containerGroups";
@@ -139,6 +142,7 @@ impl FakeArm {
             )
             .route("/fake/operations/{id}", get(operation))
             .route("/fake/deletions/{id}", get(deletion))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -170,6 +174,11 @@ impl FakeArm {
     /// Calls seen so far.
     pub fn counts(&self) -> CallCounts {
         lock(&self.state.counts).clone()
+    }
+
+    /// Every request so far, as `METHOD /path` (the path as received, query left out).
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.state.seen).clone()
     }
 
     /// PUT bodies the spec refused, with the reasons.
@@ -534,6 +543,16 @@ async fn deletion(
         return refusal;
     }
     StatusCode::OK.into_response()
+}
+
+/// Notes each request before it is routed.
+async fn record(
+    State(state): State<Arc<ArmState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    lock(&state.seen).push(format!("{} {}", request.method(), request.uri().path()));
+    next.run(request).await
 }
 
 async fn logs(

@@ -326,6 +326,32 @@ pub fn vk_node_args(node: &str, provider: &str) -> anyhow::Result<Vec<String>> {
     ])
 }
 
+/// The `--kubelet-listen` address among a node's flags.
+pub fn kubelet_listen_addr(args: &[String]) -> anyhow::Result<String> {
+    args.iter()
+        .position(|a| a == "--kubelet-listen")
+        .and_then(|at| args.get(at + 1))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no --kubelet-listen among {args:?}"))
+}
+
+/// GET `path` (sent as written, escapes kept) on a node's kubelet API as the apiserver
+/// calls it (its kubelet client certificate): status code and body.
+pub async fn kubelet_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let pki = run_dir().join("pki");
+    let mut pem = std::fs::read(pki.join("apiserver-kubelet-client.crt"))?;
+    pem.extend(std::fs::read(pki.join("apiserver-kubelet-client.key"))?);
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(
+            pki.join("ca.crt"),
+        )?)?)
+        .identity(reqwest::Identity::from_pem(&pem)?)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let response = client.get(format!("https://{addr}{path}")).send().await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
 /// The test bed's kubectl with `args`; returns stdout, failing on a non-zero exit.
 pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
     let output = std::process::Command::new(repo_root().join("e2e/.build/bin/kubectl"))

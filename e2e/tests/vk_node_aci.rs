@@ -13,7 +13,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use spillway_e2e::fake_arm::{Behaviour, FakeArm, PutFault};
 use spillway_e2e::{
-    LogFollower, NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_until,
+    LogFollower, NodeFixture, SpillwayProcess, kubectl, kubelet_get, kubelet_listen_addr,
+    pod_on_node, vk_node_args, wait_until,
 };
 
 const TOKEN: &str = "e2e-arm-token";
@@ -183,6 +184,40 @@ async fn aci_pods_run_with_secure_env_ips_and_logs_and_are_deleted() -> anyhow::
     assert!(
         stamped.starts_with("20") && stamped.ends_with("Z app line 5\n"),
         "{stamped}"
+    );
+
+    // A container name that walks up the ARM path, sent straight to the kubelet API with a
+    // credential it accepts: 404, and ARM sees no request outside the container's logs.
+    let addr = kubelet_listen_addr(&fx.args)?;
+    for container in [
+        "..%2F..%2F..%2F..%2Fproviders%2FMicrosoft.Authorization",
+        "app%2F..%2F..%2F..%2F..",
+        "sidecar",
+    ] {
+        let (code, body) = kubelet_get(
+            &addr,
+            &format!("/containerLogs/{}/web/{container}", ns.name),
+        )
+        .await?;
+        assert_eq!(code, 404, "{container}: {body}");
+    }
+    let (code, body) = kubelet_get(&addr, &format!("/containerLogs/{}/web/app", ns.name)).await?;
+    assert_eq!((code, body.lines().count()), (200, 5), "{body}");
+    let stray: Vec<String> = fx
+        .arm
+        .requests()
+        .into_iter()
+        .filter(|request| {
+            let path = request.split_once(' ').map_or("", |(_, path)| path);
+            let in_groups = path.contains("/providers/Microsoft.ContainerInstance/containerGroups");
+            let container_ok =
+                !path.contains("/containers/") || path.ends_with("/containers/app/logs");
+            !(path.starts_with("/fake/") || (in_groups && container_ok))
+        })
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "ARM was asked for something besides groups and the app container's logs: {stray:?}"
     );
 
     // Deleting the pod deletes its group, then the Pod goes.

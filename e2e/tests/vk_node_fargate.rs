@@ -1232,3 +1232,283 @@ async fn a_hung_status_call_does_not_hold_up_new_pods() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// The peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// `kubectl logs -f` read on a thread: how many lines came, and the lines that are not
+/// the bulk (`lines` starting with a digit are counted, not kept).
+struct BulkFollower {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<(usize, Vec<String>)>>,
+}
+
+impl BulkFollower {
+    fn start(namespace: &str, pod: &str) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new(
+            spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"),
+        )
+        .arg("--kubeconfig")
+        .arg(spillway_e2e::run_dir().join("kubeconfig"))
+        .args(["logs", "-f", "-n", namespace, pod])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("kubectl's stdout was not piped"))?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((0, Vec::new())));
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut seen = into.lock().unwrap_or_else(|p| p.into_inner());
+                seen.0 += 1;
+                if !line.starts_with(|c: char| c.is_ascii_digit()) {
+                    seen.1.push(line);
+                }
+            }
+        });
+        Ok(Self { child, seen })
+    }
+
+    /// Lines so far, and the ones kept.
+    fn seen(&self) -> (usize, Vec<String>) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for BulkFollower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn two_hundred_megabytes_of_logs_are_streamed_in_little_memory() -> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-huge-log").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let node = fx.start_node()?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("chatty", node_name, json!({}))?,
+    )
+    .await?;
+    wait_running(&pods, "chatty", Duration::from_secs(60)).await?;
+    let uid = pods.get("chatty").await?.metadata.uid.unwrap_or_default();
+    let task = running_tasks(&fx.aws, &fx.cluster).await?[&uid][0].clone();
+    let task_id = task
+        .task_arn()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let (group, stream) = (
+        format!("/spillway/{}", fx.cluster),
+        format!("spillway/app/{task_id}"),
+    );
+    fx.aws
+        .logs
+        .create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .send()
+        .await?;
+    // 200 MB: 200 batches of 1,000 lines of 1,000 bytes.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64
+        - 3_600_000;
+    let filler = "x".repeat(991);
+    for batch in 0..200 {
+        let events = (0..1_000).map(|i| {
+            let n = batch * 1_000 + i;
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(start + n as i64 / 100)
+                .message(format!("{n:07} {filler}"))
+                .build()
+        });
+        fx.aws
+            .logs
+            .put_log_events()
+            .log_group_name(&group)
+            .log_stream_name(&stream)
+            .set_log_events(Some(events.collect::<Result<Vec<_>, _>>()?))
+            .send()
+            .await?;
+    }
+    let before = peak_rss(node.child.id())?;
+
+    // Five followers and a plain read at once, while a new pod starts.
+    let followers: Vec<BulkFollower> = (0..5)
+        .map(|_| BulkFollower::start(&ns.name, "chatty"))
+        .collect::<anyhow::Result<_>>()?;
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("newcomer", node_name, json!({}))?,
+    )
+    .await?;
+    let plain = kubectl(&["logs", "-n", &ns.name, "chatty"])?;
+    let cap = spillway_vk_node::provider::LOG_READ_CAP_BYTES;
+    let last = plain.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("spillway: the virtual node stopped this read at 10485760 bytes"),
+        "the last line says where the read stopped: {last}"
+    );
+    assert!(
+        plain.len() <= cap + last.len() + 1 && plain.len() > cap - 2_000,
+        "{} bytes",
+        plain.len()
+    );
+    assert!(plain.starts_with("0000000 x"), "from the head");
+    wait_running(&pods, "newcomer", Duration::from_secs(60)).await?;
+
+    // Each follower got the capped head and the notice; lines written now arrive, each
+    // once, and nothing of the old log comes again.
+    wait_until(
+        "every follower to reach the end of its capped read",
+        Duration::from_secs(180),
+        || async {
+            Ok(followers
+                .iter()
+                .all(|f| f.seen().1.iter().any(|l| l.starts_with("spillway: "))))
+        },
+    )
+    .await?;
+    let counted: Vec<usize> = followers.iter().map(|f| f.seen().0).collect();
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let events = (1..=3).map(|i| {
+        aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+            .timestamp(later + i)
+            .message(format!("after {i}"))
+            .build()
+    });
+    fx.aws
+        .logs
+        .put_log_events()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .set_log_events(Some(events.collect::<Result<Vec<_>, _>>()?))
+        .send()
+        .await?;
+    wait_until(
+        "the new lines at every follower",
+        Duration::from_secs(60),
+        || async { Ok(followers.iter().all(|f| f.seen().1.len() >= 4)) },
+    )
+    .await?;
+    for (follower, before) in followers.iter().zip(counted) {
+        let (count, kept) = follower.seen();
+        assert!(kept[0].ends_with("following from the newest line"), "{kept:?}");
+        assert_eq!(kept[1..], ["after 1", "after 2", "after 3"], "{kept:?}");
+        assert_eq!(count, before + 3, "only the new lines came after the notice");
+    }
+    let peak = peak_rss(node.child.id())?;
+    eprintln!(
+        "node peak RSS: {:.1} MiB before the reads, {:.1} MiB after",
+        before as f64 / 1048576.0,
+        peak as f64 / 1048576.0
+    );
+    assert!(
+        peak < 256 * 1024 * 1024,
+        "the node's peak RSS was {:.1} MiB",
+        peak as f64 / 1048576.0
+    );
+    drop(followers);
+    // moto keeps logs in memory: give it back.
+    fx.aws
+        .logs
+        .delete_log_group()
+        .log_group_name(&group)
+        .send()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_node_without_a_cluster_id_names_its_tasks_after_kube_system_and_refuses_default()
+-> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-cluster-id").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    // The fixture's flags name no cluster id.
+    assert!(!fx.args.iter().any(|a| a == "--cluster-id"));
+    let _node = fx.start_node()?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("named", node_name, json!({}))?,
+    )
+    .await?;
+    wait_running(&pods, "named", Duration::from_secs(60)).await?;
+    let kube_system = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?;
+    let hex: String = kube_system
+        .metadata
+        .uid
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    let expected = format!("k8s-{}", hex.to_ascii_lowercase());
+    let uid = pods.get("named").await?.metadata.uid.unwrap_or_default();
+    let task = running_tasks(&fx.aws, &fx.cluster).await?[&uid][0].clone();
+    let tag = task
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("spillway.io/cluster-id"))
+        .and_then(|t| t.value())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(tag, expected);
+    assert!(
+        task.started_by()
+            .unwrap_or_default()
+            .starts_with(&format!("{expected}_")),
+        "{:?}",
+        task.started_by()
+    );
+
+    // The literal default, shared by every old install, is refused at start…
+    let mut shared = fx.args.clone();
+    shared.extend(["--cluster-id".to_owned(), "default".to_owned()]);
+    let mut refused = std::process::Command::new(spillway_e2e::spillway_binary()?)
+        .args(&shared)
+        .env("KUBECONFIG", spillway_e2e::run_dir().join("kubeconfig"))
+        .envs(AWS_ENV)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let exited = wait_until("the node to refuse to start", Duration::from_secs(30), || {
+        let status = refused.try_wait().map_err(anyhow::Error::from);
+        async move { Ok(status?.is_some()) }
+    })
+    .await;
+    if exited.is_err() {
+        let _ = refused.kill();
+    }
+    let output = refused.wait_with_output()?;
+    exited?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started on the shared default");
+    assert!(
+        stderr.contains("--cluster-id default") && stderr.contains("--allow-default-cluster-id"),
+        "{stderr}"
+    );
+    Ok(())
+}

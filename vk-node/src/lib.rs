@@ -4,6 +4,7 @@
 
 pub mod aci;
 pub mod admission;
+pub mod cluster_id;
 pub mod env;
 pub mod env_refs;
 pub mod explain;

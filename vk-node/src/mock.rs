@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use rand::Rng;
 
 use crate::provider::{
-    ContainerUsage, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
+    ContainerUsage, LogChunk, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
     RemoteContainerState, RemotePhase, RemoteStatus,
 };
 use crate::resource_usage::CpuMeter;
@@ -334,7 +334,8 @@ impl Provider for MockProvider {
         pod_uid: &str,
         container: &str,
         options: &LogOptions,
-    ) -> Result<Vec<LogLine>, ProviderError> {
+        _from: Option<&str>,
+    ) -> Result<LogChunk, ProviderError> {
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         let object = objects
             .get(pod_uid)
@@ -354,7 +355,10 @@ impl Provider for MockProvider {
             })
             .collect();
         let tail = options.tail_lines.unwrap_or(lines.len()).min(lines.len());
-        Ok(lines[lines.len() - tail..].to_vec())
+        Ok(LogChunk {
+            lines: lines[lines.len() - tail..].to_vec(),
+            ..LogChunk::default()
+        })
     }
 }
 

@@ -139,6 +139,26 @@ pub struct LogOptions {
     pub timestamps: bool,
 }
 
+/// The most a log read holds or sends unasked (10 MiB): a tail is read into at most this
+/// many bytes (older lines are left out), and a read that names neither `limitBytes` nor
+/// `tailLines` stops here, saying so in its last line.
+pub const LOG_READ_CAP_BYTES: usize = 10 * 1024 * 1024;
+
+/// What one log read returns: some lines, and where to go on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogChunk {
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// More of this read is there now: pass it back as `from` for the next page.
+    pub more: Option<String>,
+    /// Where lines written after these begin: pass it back as `from` to follow the log.
+    /// `None` when the provider cannot resume a read (a follower then re-reads and skips
+    /// what it sent).
+    pub resume: Option<String>,
+    /// Older lines of a tail were left out to stay within [`LOG_READ_CAP_BYTES`].
+    pub cut: bool,
+}
+
 /// One log line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogLine {
@@ -198,13 +218,17 @@ pub trait Provider: Send + Sync + 'static {
         pod_uids: &[String],
     ) -> impl Future<Output = Result<HashMap<String, RemoteStatus>, ProviderError>> + Send;
 
-    /// Log lines of one container.
+    /// One read of a container's log: the first page of what `options` ask when `from`
+    /// is `None`, else the page at `from` (a [`LogChunk::more`] or [`LogChunk::resume`] of
+    /// an earlier chunk). A page is bounded (a provider never gathers a whole log in
+    /// memory); `limit_bytes` is the caller's business.
     fn logs(
         &self,
         pod_uid: &str,
         container: &str,
         options: &LogOptions,
-    ) -> impl Future<Output = Result<Vec<LogLine>, ProviderError>> + Send;
+        from: Option<&str>,
+    ) -> impl Future<Output = Result<LogChunk, ProviderError>> + Send;
 
     /// Resource usage of the given pods (keyed by pod UID). A pod the provider has no data
     /// for yet is absent from the map, never reported as zero. Providers that measure

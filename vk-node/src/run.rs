@@ -323,8 +323,18 @@ async fn run_node(
             .await
         }
         ProviderKind::Aci => {
-            let settings = aci_settings_from_args(&options.aci, &options.fargate, &name)
-                .map_err(RunError::Provider)?;
+            let client = kube::Client::try_default().await?;
+            let cluster_id = crate::cluster_id::resolve(
+                options.fargate.cluster_id.as_deref(),
+                options.fargate.allow_default_cluster_id,
+                &client,
+            )
+            .await
+            .map_err(RunError::Provider)?;
+            tracing::info!(node = %name, %cluster_id, "cluster id at ACI");
+            let settings =
+                aci_settings_from_args(&options.aci, &options.fargate, &name, &cluster_id)
+                    .map_err(RunError::Provider)?;
             let provider = AciProvider::from_args(&options.aci, settings)
                 .await
                 .map_err(RunError::Provider)?;

@@ -52,6 +52,29 @@ pub trait ArmApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, ProviderError>> + Send;
 }
 
+/// Everything but unreserved characters (RFC 3986) is escaped in a path segment, so a
+/// name cannot end its segment (`/`, `?`, `#`). A name of dots alone would still be a dot
+/// segment (URL parsers read `%2E%2E` as `..`): [`named_segment`] refuses those.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `value` as one URL path segment of an ARM resource ID.
+fn path_segment(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, SEGMENT).to_string()
+}
+
+/// `value` as a path segment naming something: refused when it is empty or dots alone.
+fn named_segment(value: &str) -> Result<String, ProviderError> {
+    if value.is_empty() || value.chars().all(|c| c == '.') {
+        return Err(ProviderError::Invalid(format!(
+            "{value:?} cannot name a container"
+        )));
+    }
+    Ok(path_segment(value))
+}
+
 /// How hard a call tries.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
@@ -211,12 +234,18 @@ impl<T: TokenSource> ArmClient<T> {
     fn groups_url(&self) -> String {
         format!(
             "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerInstance/containerGroups",
-            self.endpoint, self.subscription_id, self.resource_group
+            self.endpoint,
+            path_segment(&self.subscription_id),
+            path_segment(&self.resource_group)
         )
     }
 
     fn group_url(&self, name: &str) -> String {
-        format!("{}/{name}?api-version={API_VERSION}", self.groups_url())
+        format!(
+            "{}/{}?api-version={API_VERSION}",
+            self.groups_url(),
+            path_segment(name)
+        )
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -393,8 +422,10 @@ impl<T: TokenSource> ArmApi for ArmClient<T> {
         tail: Option<usize>,
     ) -> Result<String, ProviderError> {
         let mut url = format!(
-            "{}/{name}/containers/{container}/logs?api-version={API_VERSION}&timestamps=true",
-            self.groups_url()
+            "{}/{}/containers/{}/logs?api-version={API_VERSION}&timestamps=true",
+            self.groups_url(),
+            path_segment(name),
+            named_segment(container)?
         );
         if let Some(tail) = tail {
             url.push_str(&format!("&tail={tail}"));
@@ -414,6 +445,27 @@ impl<T: TokenSource> ArmApi for ArmClient<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_stay_inside_their_path_segment() {
+        assert_eq!(path_segment("spillway-u1_x"), "spillway-u1_x");
+        assert_eq!(path_segment("../../x"), "%2E%2E%2F%2E%2E%2Fx");
+        assert_eq!(path_segment("a?b#c"), "a%3Fb%23c");
+        let url = url::Url::parse(&format!(
+            "https://arm.invalid/groups/g/containers/{}/logs",
+            path_segment("../../../../subscriptions")
+        ))
+        .unwrap();
+        assert_eq!(
+            url.path_segments().unwrap().count(),
+            5,
+            "no segment walked up: {url}"
+        );
+        for dots in ["", ".", ".."] {
+            assert!(named_segment(dots).is_err(), "{dots:?}");
+        }
+        assert_eq!(named_segment("app").unwrap(), "app");
+    }
 
     #[test]
     fn errors_map_to_what_the_node_does_with_them() {

@@ -21,7 +21,7 @@ use super::status::{log_lines, remote_status};
 use super::translate::{self, AciSettings, TranslateError};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::provider::{
-    LogLine, LogOptions, Provider, ProviderError, RemotePhase, RemoteStatus, pod_uid,
+    LogChunk, LogOptions, Provider, ProviderError, RemotePhase, RemoteStatus, pod_uid,
 };
 
 /// ACI flags (the cluster id and default sizes are shared with Fargate: `--cluster-id`,
@@ -163,6 +163,7 @@ pub fn settings_from_args(
     args: &AciArgs,
     fargate: &crate::fargate::provider::FargateArgs,
     node_name: &str,
+    cluster_id: &str,
 ) -> Result<AciSettings, String> {
     use spillway_common::quantity;
     let default_cpu_millis =
@@ -184,7 +185,7 @@ pub fn settings_from_args(
         location: args.aci_location.clone(),
         subnet_ids: args.aci_subnet_ids.clone(),
         node_name: node_name.to_owned(),
-        cluster_id: fargate.cluster_id.clone(),
+        cluster_id: cluster_id.to_owned(),
         default_cpu_millis,
         default_memory_bytes,
         price: spillway_common::config::PricingConfig::default().aci,
@@ -370,7 +371,8 @@ impl<A: ArmApi> Provider for AciProvider<A> {
         pod_uid: &str,
         container: &str,
         options: &LogOptions,
-    ) -> Result<Vec<LogLine>, ProviderError> {
+        _from: Option<&str>,
+    ) -> Result<LogChunk, ProviderError> {
         let name = self.recorded(pod_uid).ok_or_else(|| {
             ProviderError::NotFound(format!("no container group for pod {pod_uid}"))
         })?;
@@ -378,6 +380,8 @@ impl<A: ArmApi> Provider for AciProvider<A> {
             .api
             .container_logs(&name, container, options.tail_lines)
             .await?;
+        // ARM serves a container's log whole (bounded by ACI itself) and has no cursor:
+        // one chunk, which a follower re-reads.
         let mut lines = log_lines(&content);
         if let Some(since) = options.since_seconds {
             let from = spillway_common::time::now_millis() - since.saturating_mul(1000);
@@ -390,7 +394,10 @@ impl<A: ArmApi> Provider for AciProvider<A> {
                 bytes <= limit
             });
         }
-        Ok(lines)
+        Ok(LogChunk {
+            lines,
+            ..LogChunk::default()
+        })
     }
 }
 
@@ -551,9 +558,10 @@ mod tests {
         let node = provider(FakeArm::default(), "spillway-aci", "prod");
         node.create(&pod("u1")).await.unwrap();
         let all = node
-            .logs("u1", "app", &LogOptions::default())
+            .logs("u1", "app", &LogOptions::default(), None)
             .await
-            .unwrap();
+            .unwrap()
+            .lines;
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].message, "two");
         let limited = node
@@ -564,9 +572,11 @@ mod tests {
                     limit_bytes: Some(4),
                     ..LogOptions::default()
                 },
+                None,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .lines;
         assert_eq!(limited.len(), 1);
     }
 }

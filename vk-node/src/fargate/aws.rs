@@ -190,20 +190,43 @@ pub struct LogPage {
 /// DescribeTasks/ListTasks/StopTask 20/s, RegisterTaskDefinition ~1/s; Secrets Manager
 /// and GetLogEvents have similar or higher limits).
 struct Limits {
-    run_task: DefaultDirectRateLimiter,
-    read: DefaultDirectRateLimiter,
-    stop_task: DefaultDirectRateLimiter,
-    register: DefaultDirectRateLimiter,
-    secrets: DefaultDirectRateLimiter,
-    logs: DefaultDirectRateLimiter,
-    metrics: DefaultDirectRateLimiter,
+    run_task: Bucket,
+    read: Bucket,
+    stop_task: Bucket,
+    register: Bucket,
+    secrets: Bucket,
+    logs: Bucket,
+    metrics: Bucket,
 }
 
-fn per_second(n: u32) -> DefaultDirectRateLimiter {
-    RateLimiter::direct(Quota::per_second(
-        NonZeroU32::new(n).expect("quota above zero"),
-    ))
+/// One token bucket, and how long a call may wait for it (`None`: as long as it takes).
+struct Bucket {
+    limiter: DefaultDirectRateLimiter,
+    max_wait: Option<Duration>,
 }
+
+impl Bucket {
+    /// A call that cannot have a token within `wait` fails `Throttled` instead of queueing.
+    fn within(self, wait: Duration) -> Self {
+        Self {
+            max_wait: Some(wait),
+            ..self
+        }
+    }
+}
+
+fn per_second(n: u32) -> Bucket {
+    Bucket {
+        limiter: RateLimiter::direct(Quota::per_second(
+            NonZeroU32::new(n).expect("quota above zero"),
+        )),
+        max_wait: None,
+    }
+}
+
+/// The longest a log read waits for the node's `GetLogEvents` budget: log readers queue
+/// behind each other, never without end (a caller sees 429 and tries again).
+pub const LOG_BUDGET_WAIT: Duration = Duration::from_secs(10);
 
 impl Limits {
     fn new() -> Self {
@@ -213,7 +236,7 @@ impl Limits {
             stop_task: per_second(15),
             register: per_second(1),
             secrets: per_second(10),
-            logs: per_second(5),
+            logs: per_second(5).within(LOG_BUDGET_WAIT),
             // GetMetricData allows 50/s; a scrape needs one call per 250 containers.
             metrics: per_second(5),
         }
@@ -305,7 +328,7 @@ impl AwsApi {
     async fn call<T, F, Fut>(
         &self,
         op: &str,
-        limiter: &DefaultDirectRateLimiter,
+        bucket: &Bucket,
         attempt: F,
     ) -> Result<T, ProviderError>
     where
@@ -315,7 +338,19 @@ impl AwsApi {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            limiter.until_ready().await;
+            match bucket.max_wait {
+                None => bucket.limiter.until_ready().await,
+                Some(wait) => {
+                    if tokio::time::timeout(wait, bucket.limiter.until_ready())
+                        .await
+                        .is_err()
+                    {
+                        return Err(ProviderError::Throttled(format!(
+                            "{op}: the node's own budget for it had no room within {wait:?}"
+                        )));
+                    }
+                }
+            }
             let started = Instant::now();
             // A hung connection counts as a transient failure, retried like one.
             let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt()).await {

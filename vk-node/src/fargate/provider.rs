@@ -20,14 +20,14 @@ use super::translate::{self, EnvLookup, FargateSettings};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::metrics::NodeMetrics;
 use crate::provider::{
-    ContainerUsage, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
+    ContainerUsage, LOG_READ_CAP_BYTES, LogChunk, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
     RemoteContainerState, RemotePhase, RemoteStatus,
 };
 use crate::resource_usage::CpuMeter;
 
-/// The most lines one log request returns (a 1,000,000-line pod is read in pages of
-/// 10,000; beyond that the caller should use `tailLines` or `sinceSeconds`).
-const MAX_LOG_LINES: usize = 1_000_000;
+/// Events asked per `GetLogEvents` page (CloudWatch also stops a page at 1 MB): what one
+/// page of a log read holds in memory at most.
+const LOG_PAGE_EVENTS: usize = 2_000;
 
 /// The cluster's name in a cluster name or ARN (Container Insights' `ClusterName`).
 fn cluster_name(cluster: &str) -> &str {
@@ -115,12 +115,16 @@ pub struct FargateArgs {
     #[arg(long, default_value = "default", env = "SPILLWAY_ECS_CLUSTER")]
     pub ecs_cluster: String,
     /// This Kubernetes cluster's id, in every task's `startedBy` and tags, in secret names
-    /// and in every ACI container group's tags: give each cluster sharing an ECS cluster,
-    /// an account or an ACI resource group its own, and they never adopt or stop each
-    /// other's tasks or groups.
-    #[arg(long, default_value = "default", env = "SPILLWAY_CLUSTER_ID",
-        value_parser = cluster_id)]
-    pub cluster_id: String,
+    /// and in every ACI container group's tags: clusters sharing an ECS cluster, an account
+    /// or an ACI resource group never adopt or stop each other's tasks or groups while
+    /// their ids differ. Unset: derived from the kube-system namespace's UID
+    /// (`k8s-<12 hex digits>`), unique to this cluster.
+    #[arg(long, env = "SPILLWAY_CLUSTER_ID", value_parser = cluster_id)]
+    pub cluster_id: Option<String>,
+    /// Accept `--cluster-id default`, the id every install once shared (only when the
+    /// tasks and groups already running under it are this cluster's).
+    #[arg(long, env = "SPILLWAY_ALLOW_DEFAULT_CLUSTER_ID")]
+    pub allow_default_cluster_id: bool,
     /// Subnet ids for task ENIs (comma-separated).
     #[arg(long, value_delimiter = ',', env = "SPILLWAY_SUBNETS")]
     pub subnets: Vec<String>,
@@ -181,11 +185,18 @@ impl FargateProvider<AwsApi> {
         node_name: &str,
         metrics: NodeMetrics,
     ) -> Result<Self, String> {
-        let settings = settings_from_args(args, node_name)?;
-        let api = AwsApi::new(&args.aws_region, args.aws_endpoint.as_deref(), metrics).await;
         let client = kube::Client::try_default()
             .await
             .map_err(|e| e.to_string())?;
+        let cluster_id = crate::cluster_id::resolve(
+            args.cluster_id.as_deref(),
+            args.allow_default_cluster_id,
+            &client,
+        )
+        .await?;
+        tracing::info!(node = node_name, %cluster_id, "cluster id at Fargate");
+        let settings = settings_from_args(args, node_name, &cluster_id)?;
+        let api = AwsApi::new(&args.aws_region, args.aws_endpoint.as_deref(), metrics).await;
         Ok(Self::new(api, settings, Some(client)))
     }
 }
@@ -205,8 +216,12 @@ fn cluster_id(value: &str) -> Result<String, String> {
     }
 }
 
-/// Validated settings from flags; errors name the flag.
-pub fn settings_from_args(args: &FargateArgs, node_name: &str) -> Result<FargateSettings, String> {
+/// Validated settings from flags and the resolved cluster id; errors name the flag.
+pub fn settings_from_args(
+    args: &FargateArgs,
+    node_name: &str,
+    cluster_id: &str,
+) -> Result<FargateSettings, String> {
     if args.subnets.is_empty() {
         return Err("--subnets: at least one subnet id is required for awsvpc tasks".into());
     }
@@ -227,7 +242,7 @@ pub fn settings_from_args(args: &FargateArgs, node_name: &str) -> Result<Fargate
         log_group: args.log_group.clone(),
         region: args.aws_region.clone(),
         node_name: node_name.to_owned(),
-        cluster_id: args.cluster_id.clone(),
+        cluster_id: cluster_id.to_owned(),
         default_cpu_millis,
         default_memory_bytes,
         price: PricingConfig::default().fargate,
@@ -447,60 +462,75 @@ impl<E: EcsApi> FargateProvider<E> {
         Ok(())
     }
 
-    /// Every line from the head, page after page (a page holds at most 10,000 events or
-    /// 1 MB), until the stream ends or `limit_bytes` is covered.
-    async fn log_head(
+    /// One page forward: from the head of the stream (after `start_ms`) when `token` is
+    /// `None`, else from where `token` points.
+    async fn log_forward(
         &self,
         mut query: LogPageQuery,
-        limit_bytes: Option<usize>,
-    ) -> Result<Vec<LogLine>, ProviderError> {
+        token: Option<&str>,
+    ) -> Result<LogChunk, ProviderError> {
         query.from_head = true;
-        let mut lines = Vec::new();
-        let mut bytes = 0usize;
-        loop {
-            let page = self.api.log_page(&query).await?;
-            bytes += page
-                .lines
-                .iter()
-                .map(|l| l.message.len() + 1)
-                .sum::<usize>();
-            let empty = page.lines.is_empty();
-            lines.extend(page.lines);
-            let end = empty
-                || page.forward_token.is_none()
-                || page.forward_token == query.token
-                || limit_bytes.is_some_and(|limit| bytes >= limit)
-                || lines.len() >= MAX_LOG_LINES;
-            if end {
-                return Ok(lines);
-            }
-            query.token = page.forward_token;
-        }
+        query.limit = Some(LOG_PAGE_EVENTS);
+        query.token = token.map(str::to_owned);
+        let page = self.api.log_page(&query).await?;
+        // CloudWatch hands back the token it was given once the stream has no more.
+        let advanced = page.forward_token.is_some() && page.forward_token != query.token;
+        let more = if page.lines.is_empty() || !advanced {
+            None
+        } else {
+            page.forward_token.clone()
+        };
+        Ok(LogChunk {
+            lines: page.lines,
+            more,
+            resume: page.forward_token.or(query.token),
+            cut: false,
+        })
     }
 
-    /// The last `tail` lines, reading older pages until there are enough.
+    /// The last `tail` lines, reading older pages until there are enough, within
+    /// [`LOG_READ_CAP_BYTES`]; resumes after the newest line.
     async fn log_tail(
         &self,
         mut query: LogPageQuery,
         tail: usize,
-    ) -> Result<Vec<LogLine>, ProviderError> {
-        let tail = tail.min(MAX_LOG_LINES);
+    ) -> Result<LogChunk, ProviderError> {
         query.from_head = false;
-        query.limit = Some(tail.min(10_000));
-        let mut lines: Vec<LogLine> = Vec::new();
+        query.limit = Some(tail.clamp(1, LOG_PAGE_EVENTS));
+        let mut newest_first: Vec<LogLine> = Vec::new();
+        let (mut bytes, mut cut) = (0usize, false);
+        let mut resume = None;
         loop {
             let page = self.api.log_page(&query).await?;
+            if resume.is_none() {
+                resume = page.forward_token.clone();
+            }
             let empty = page.lines.is_empty();
-            let mut older = page.lines;
-            older.append(&mut lines);
-            lines = older;
+            for line in page.lines.into_iter().rev() {
+                if newest_first.len() == tail {
+                    break;
+                }
+                let size = line.message.len() + 1;
+                if bytes + size > LOG_READ_CAP_BYTES {
+                    cut = true;
+                    break;
+                }
+                bytes += size;
+                newest_first.push(line);
+            }
             let end = empty
-                || lines.len() >= tail
+                || cut
+                || newest_first.len() >= tail
                 || page.backward_token.is_none()
                 || page.backward_token == query.token;
             if end {
-                let skip = lines.len().saturating_sub(tail);
-                return Ok(lines.split_off(skip));
+                newest_first.reverse();
+                return Ok(LogChunk {
+                    lines: newest_first,
+                    more: None,
+                    resume,
+                    cut,
+                });
             }
             query.token = page.backward_token;
         }
@@ -763,7 +793,8 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
         pod_uid: &str,
         container: &str,
         options: &LogOptions,
-    ) -> Result<Vec<LogLine>, ProviderError> {
+        from: Option<&str>,
+    ) -> Result<LogChunk, ProviderError> {
         let record = self
             .tasks
             .lock()
@@ -787,9 +818,10 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
             start_ms,
             ..LogPageQuery::default()
         };
-        match options.tail_lines {
-            Some(tail) => self.log_tail(query, tail).await,
-            None => self.log_head(query, options.limit_bytes).await,
+        match (from, options.tail_lines) {
+            (Some(token), _) => self.log_forward(query, Some(token)).await,
+            (None, Some(tail)) => self.log_tail(query, tail).await,
+            (None, None) => self.log_forward(query, None).await,
         }
     }
 }
@@ -1145,22 +1177,74 @@ mod tests {
             })
             .collect();
         *provider.api.log_lines.lock().unwrap() = lines.clone();
-        let read = |tail: Option<usize>, limit_bytes: Option<usize>| {
+        // A whole read, page after page; how many pages it took.
+        let read = |tail: Option<usize>| {
             let provider = &provider;
             async move {
                 let options = LogOptions {
                     tail_lines: tail,
-                    limit_bytes,
                     ..LogOptions::default()
                 };
-                provider.logs("a", "app", &options).await.unwrap()
+                let mut chunk = provider.logs("a", "app", &options, None).await.unwrap();
+                let (mut all, mut pages) = (Vec::new(), 1);
+                loop {
+                    all.append(&mut chunk.lines);
+                    let Some(more) = chunk.more.take() else {
+                        return (all, pages, chunk.resume);
+                    };
+                    chunk = provider
+                        .logs("a", "app", &options, Some(&more))
+                        .await
+                        .unwrap();
+                    pages += 1;
+                }
             }
         };
-        assert_eq!(read(None, None).await, lines, "all four pages, in order");
-        assert_eq!(read(Some(5), None).await, lines[5..].to_vec());
-        assert_eq!(read(Some(50), None).await, lines);
-        // limitBytes stops the paging once covered (the renderer cuts the rest).
-        assert_eq!(read(None, Some(14)).await.len(), 3);
+        let (all, pages, resume) = read(None).await;
+        assert_eq!(all, lines, "all four pages, in order");
+        assert!(pages >= 4, "one page at a time, never all at once: {pages}");
+        assert_eq!(read(Some(5)).await.0, lines[5..].to_vec());
+        let (tail, _, tail_resume) = read(Some(50)).await;
+        assert_eq!(tail, lines);
+        // Following resumes after the newest line: only lines written later come.
+        assert_eq!(resume.as_deref(), Some("f:10"));
+        assert_eq!(tail_resume.as_deref(), Some("f:10"));
+        provider.api.log_lines.lock().unwrap().push(LogLine {
+            timestamp_ms: 2000,
+            message: "new".into(),
+        });
+        let followed = provider
+            .logs("a", "app", &LogOptions::default(), resume.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(followed.lines.len(), 1);
+        assert_eq!(followed.lines[0].message, "new");
+    }
+
+    #[tokio::test]
+    async fn a_tail_is_held_within_the_read_cap() {
+        let provider = provider();
+        provider.create(&pod("a")).await.unwrap();
+        // Four lines of a third of the cap each: only the newest two fit.
+        let big = "x".repeat(LOG_READ_CAP_BYTES / 3);
+        *provider.api.log_lines.lock().unwrap() = (0..4)
+            .map(|i| LogLine {
+                timestamp_ms: i,
+                message: format!("{i}{big}"),
+            })
+            .collect();
+        let options = LogOptions {
+            tail_lines: Some(4),
+            ..LogOptions::default()
+        };
+        let chunk = provider.logs("a", "app", &options, None).await.unwrap();
+        assert!(chunk.cut);
+        let firsts: Vec<char> = chunk
+            .lines
+            .iter()
+            .filter_map(|l| l.message.chars().next())
+            .collect();
+        assert_eq!(firsts, vec!['2', '3'], "the newest lines, oldest first");
     }
 
     #[tokio::test]

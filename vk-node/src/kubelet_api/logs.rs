@@ -1,6 +1,10 @@
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with `tailLines`, `sinceSeconds`,
-//! `limitBytes`, `timestamps` and `follow` (polling the provider).
+//! `limitBytes`, `timestamps` and `follow`. A log is streamed page by page as the provider
+//! reads it, never gathered whole: a read that names neither `limitBytes` nor `tailLines`
+//! stops at [`LOG_READ_CAP_BYTES`] and says so in its last line, reads run a few at a
+//! time, and a follower polls from where the provider says new lines begin.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -8,14 +12,23 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use spillway_common::tls::ClientIdentity;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ApiState, error_response};
-use crate::provider::{LogLine, LogOptions, Provider};
+use crate::provider::{LOG_READ_CAP_BYTES, LogChunk, LogLine, LogOptions, Provider, ProviderError};
 
 /// How often `follow=true` polls the provider for new lines.
 pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reads (the part of a request before it follows) served at once; a further one waits
+/// up to [`LOG_READ_QUEUE_WAIT`], then is answered 429.
+pub const MAX_LOG_READS: usize = 4;
+
+/// How long a read waits for one of the [`MAX_LOG_READS`] places.
+pub const LOG_READ_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Query parameters of a log request, as the apiserver sends them.
 #[derive(Debug, Default, Deserialize)]
@@ -96,20 +109,222 @@ fn format_line(line: &LogLine, timestamps: bool) -> String {
 
 /// Renders lines, cutting at `limit_bytes`.
 pub fn render(lines: &[LogLine], timestamps: bool, limit_bytes: Option<usize>) -> String {
+    render_within(lines, timestamps, limit_bytes.unwrap_or(usize::MAX)).0
+}
+
+/// Renders lines into at most `room` bytes (cut on a character boundary); whether
+/// something was left out.
+pub fn render_within(lines: &[LogLine], timestamps: bool, room: usize) -> (String, bool) {
     let mut out = String::new();
     for line in lines {
         out.push_str(&format_line(line, timestamps));
-    }
-    if let Some(limit) = limit_bytes
-        && out.len() > limit
-    {
-        let mut cut = limit;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
+        if out.len() > room {
+            let mut cut = room;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            return (out, true);
         }
-        out.truncate(cut);
     }
-    out
+    (out, false)
+}
+
+/// How many bytes a request may send, and whether the bound is the node's own (then the
+/// response says where it stopped) or the client's `limitBytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteBudget {
+    /// Bytes at most.
+    pub cap: usize,
+    /// The node's default, not asked for.
+    pub ours: bool,
+}
+
+impl ByteBudget {
+    /// The client's `limitBytes`; else, without `tailLines` either, the node's cap (a
+    /// tail is bounded by its lines, and the provider holds it within the cap).
+    pub fn of(query: &LogQuery) -> Self {
+        match (query.limit_bytes, query.tail_lines) {
+            (Some(limit), _) => Self {
+                cap: limit,
+                ours: false,
+            },
+            (None, Some(_)) => Self {
+                cap: usize::MAX,
+                ours: false,
+            },
+            (None, None) => Self {
+                cap: LOG_READ_CAP_BYTES,
+                ours: true,
+            },
+        }
+    }
+}
+
+/// The last line of a read the node stopped at its cap.
+pub fn cap_notice(follow: bool) -> String {
+    let then = if follow {
+        "following from the newest line"
+    } else {
+        "ask with --limit-bytes or --tail for another part"
+    };
+    format!(
+        "spillway: the virtual node stopped this read at {LOG_READ_CAP_BYTES} bytes, its \
+         cap for a read that names neither --limit-bytes nor --tail; {then}\n"
+    )
+}
+
+/// The last line of a tail whose older lines the node left out.
+pub fn tail_cut_notice() -> String {
+    format!(
+        "spillway: older lines of this tail were left out to stay within {LOG_READ_CAP_BYTES} \
+         bytes\n"
+    )
+}
+
+/// Where a stream goes after what it holds.
+#[derive(Debug)]
+enum Next {
+    /// The next page of the read.
+    Page(String),
+    /// Poll for new lines from here; `None`: the provider cannot resume, so re-read and
+    /// skip what was sent.
+    Follow(Option<String>),
+    /// The read stopped short at the cap: find where the log ends now, then follow.
+    FollowFromEnd,
+    /// Nothing more.
+    End,
+}
+
+/// One response's stream: pages in, text out, within its budget.
+struct LogStream<P> {
+    provider: Arc<P>,
+    uid: String,
+    container: String,
+    options: LogOptions,
+    follow: bool,
+    budget: ByteBudget,
+    sent: usize,
+    /// For providers without a resume point: the newest lines read.
+    mark: FollowMark,
+    pending: Option<LogChunk>,
+    next: Next,
+    /// One of the [`MAX_LOG_READS`] places, held until the read is done.
+    read_place: Option<OwnedSemaphorePermit>,
+    /// One of the [`MAX_FOLLOWERS`] places, held while the stream is open.
+    _follower: Option<OwnedSemaphorePermit>,
+}
+
+impl<P: Provider> LogStream<P> {
+    /// Renders a chunk within the budget and decides what comes after it.
+    fn take(&mut self, chunk: LogChunk) -> String {
+        let lines = if self.follow && chunk.resume.is_none() {
+            let (new, mark) = unsent(chunk.lines, self.mark);
+            self.mark = mark;
+            new
+        } else {
+            chunk.lines
+        };
+        let room = self.budget.cap.saturating_sub(self.sent);
+        let (mut text, full) = render_within(&lines, self.options.timestamps, room);
+        self.sent += text.len();
+        if full {
+            if self.budget.ours {
+                text.push_str(&cap_notice(self.follow));
+            }
+            self.next = if self.follow && self.budget.ours {
+                Next::FollowFromEnd
+            } else {
+                Next::End
+            };
+            return text;
+        }
+        if chunk.cut && !self.follow {
+            text.push_str(&tail_cut_notice());
+        }
+        self.next = match (chunk.more, self.follow) {
+            (Some(more), _) => Next::Page(more),
+            (None, true) => Next::Follow(chunk.resume),
+            (None, false) => Next::End,
+        };
+        text
+    }
+
+    /// The next piece of the response; `None` ends it.
+    async fn next_piece(&mut self) -> Option<String> {
+        loop {
+            if let Some(chunk) = self.pending.take() {
+                let text = self.take(chunk);
+                if !text.is_empty() {
+                    return Some(text);
+                }
+                continue;
+            }
+            match std::mem::replace(&mut self.next, Next::End) {
+                Next::End => return None,
+                Next::Page(token) => match self.read(Some(&token), &self.options).await {
+                    Ok(chunk) => self.pending = Some(chunk),
+                    Err(error) => return Some(format!("spillway: the log read stopped: {error}\n")),
+                },
+                Next::FollowFromEnd => {
+                    self.read_place = None;
+                    let newest = LogOptions {
+                        tail_lines: Some(0),
+                        ..self.options.clone()
+                    };
+                    match self.read(None, &newest).await {
+                        Ok(chunk) => self.next = Next::Follow(chunk.resume),
+                        Err(error) => return Some(format!("spillway: the log read stopped: {error}\n")),
+                    }
+                }
+                Next::Follow(from) => {
+                    self.read_place = None;
+                    tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
+                    // A re-read (no resume point) asks for the whole log again, as before.
+                    let options = LogOptions {
+                        timestamps: self.options.timestamps,
+                        ..LogOptions::default()
+                    };
+                    match self.read(from.as_deref(), &options).await {
+                        Ok(chunk) => self.pending = Some(chunk),
+                        Err(ProviderError::NotFound(_)) => return None,
+                        // Throttled or a passing failure: poll again next time.
+                        Err(error) => {
+                            tracing::debug!(%error, "log follow poll failed");
+                            self.next = Next::Follow(from);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read(&self, from: Option<&str>, options: &LogOptions) -> Result<LogChunk, ProviderError> {
+        self.provider
+            .logs(&self.uid, &self.container, options, from)
+            .await
+    }
+}
+
+/// Whether `container` is one of the pod's containers (init and ephemeral included).
+fn has_container(pod: &Pod, container: &str) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers.iter().any(|c| c.name == container)
+            || spec
+                .init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container)
+            || spec
+                .ephemeral_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container)
+    })
+}
+
+fn too_many(message: String) -> Response {
+    (StatusCode::TOO_MANY_REQUESTS, message).into_response()
 }
 
 pub(super) async fn container_logs<P: Provider>(
@@ -122,18 +337,52 @@ pub(super) async fn container_logs<P: Provider>(
     if let Some(refused) = state.guard(who, &headers, "proxy").await {
         return refused;
     }
-    let uid = state
+    let found = state
         .directory
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(&format!("{namespace}/{pod}"))
-        .and_then(|pod| pod.metadata.uid.clone());
-    let Some(uid) = uid else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{pod} is not on this node"),
-        )
-            .into_response();
+        .map(|found| (found.metadata.uid.clone(), has_container(found, &container)));
+    let uid = match found {
+        Some((Some(uid), true)) => uid,
+        Some((Some(_), false)) => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("container {container:?} is not in pod {namespace}/{pod}"),
+            )
+                .into_response();
+        }
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("pod {namespace}/{pod} is not on this node"),
+            )
+                .into_response();
+        }
+    };
+    let follower = if query.follow {
+        let Ok(place) = state.followers.clone().try_acquire_owned() else {
+            return too_many(format!(
+                "more than {MAX_FOLLOWERS} log streams are open on this node; try again later"
+            ));
+        };
+        Some(place)
+    } else {
+        None
+    };
+    let read_place = match tokio::time::timeout(
+        LOG_READ_QUEUE_WAIT,
+        state.log_reads.clone().acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(place)) => place,
+        _ => {
+            return too_many(format!(
+                "{MAX_LOG_READS} log reads are running on this node and none ended within \
+                 {LOG_READ_QUEUE_WAIT:?}; try again later"
+            ));
+        }
     };
     let options = LogOptions {
         tail_lines: query.tail_lines,
@@ -141,42 +390,36 @@ pub(super) async fn container_logs<P: Provider>(
         limit_bytes: query.limit_bytes,
         timestamps: query.timestamps,
     };
-    let lines = match state.provider.logs(&uid, &container, &options).await {
-        Ok(lines) => lines,
+    // The first page is read before answering, so a missing task or a refusal is the
+    // response's status rather than a line in a 200.
+    let first = match state.provider.logs(&uid, &container, &options, None).await {
+        Ok(chunk) => chunk,
         Err(error) => return error_response(error),
     };
-    let first = render(&lines, options.timestamps, options.limit_bytes);
-    if !query.follow {
-        return (StatusCode::OK, [("content-type", "text/plain")], first).into_response();
-    }
-    let Ok(permit) = state.followers.clone().try_acquire_owned() else {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("more than {MAX_FOLLOWERS} log streams are open on this node; try again later"),
-        )
-            .into_response();
+    let stream = LogStream {
+        provider: state.provider.clone(),
+        uid,
+        container,
+        options,
+        follow: query.follow,
+        budget: ByteBudget::of(&query),
+        sent: 0,
+        mark: FollowMark::default(),
+        pending: Some(first),
+        next: Next::End,
+        read_place: Some(read_place),
+        _follower: follower,
     };
-    let (_, mark) = unsent(lines, FollowMark::default());
-    let initial = futures::stream::once(async move { Ok::<_, std::io::Error>(first) });
-    let provider = state.provider.clone();
-    let follow = futures::stream::unfold(mark, move |mark| {
-        let provider = provider.clone();
-        let uid = uid.clone();
-        let container = container.clone();
-        // Held for as long as the stream is open.
-        let _permit = &permit;
-        async move {
-            tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
-            let options = LogOptions {
-                timestamps: query.timestamps,
-                ..LogOptions::default()
-            };
-            let lines = provider.logs(&uid, &container, &options).await.ok()?;
-            let (new, next) = unsent(lines, mark);
-            Some((Ok(render(&new, query.timestamps, None)), next))
-        }
+    let body = futures::stream::unfold(stream, |mut stream| async move {
+        let piece = stream.next_piece().await?;
+        Some((Ok::<_, std::io::Error>(piece), stream))
     });
-    Body::from_stream(futures::StreamExt::chain(initial, follow)).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

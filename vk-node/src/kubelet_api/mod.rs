@@ -27,7 +27,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use spillway_common::tls::ClientIdentity;
 
-pub use logs::{FOLLOW_POLL_INTERVAL, FollowMark, LogQuery, MAX_FOLLOWERS, render, unsent};
+pub use logs::{
+    ByteBudget, FOLLOW_POLL_INTERVAL, FollowMark, LOG_READ_QUEUE_WAIT, LogQuery, MAX_FOLLOWERS,
+    MAX_LOG_READS, render, unsent,
+};
 pub use stats::UsageSampler;
 
 use crate::kubelet_authn::{Authenticator, bearer_token};
@@ -48,6 +51,7 @@ pub(crate) struct ApiState<P> {
     provider: Arc<P>,
     directory: PodDirectory,
     followers: Arc<tokio::sync::Semaphore>,
+    log_reads: Arc<tokio::sync::Semaphore>,
     checks: Arc<CallerChecks>,
     usage: Arc<UsageSampler<P>>,
 }
@@ -58,6 +62,7 @@ impl<P> Clone for ApiState<P> {
             provider: self.provider.clone(),
             directory: self.directory.clone(),
             followers: self.followers.clone(),
+            log_reads: self.log_reads.clone(),
             checks: self.checks.clone(),
             usage: self.usage.clone(),
         }
@@ -95,6 +100,7 @@ pub fn router<P: Provider>(
             provider,
             directory,
             followers: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS)),
+            log_reads: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_READS)),
             checks,
             usage,
         })

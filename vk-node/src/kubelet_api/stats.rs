@@ -156,7 +156,7 @@ mod tests {
 
     use k8s_openapi::api::core::v1::Pod;
 
-    use crate::provider::{ContainerUsage, LogLine, LogOptions, PodUsage, RemoteStatus};
+    use crate::provider::{ContainerUsage, LogChunk, LogOptions, PodUsage, RemoteStatus};
 
     /// A provider that only measures: one container at 0.5 cores, or never answers.
     #[derive(Default)]
@@ -189,8 +189,9 @@ mod tests {
             _: &str,
             _: &str,
             _: &LogOptions,
-        ) -> Result<Vec<LogLine>, ProviderError> {
-            Ok(Vec::new())
+            _: Option<&str>,
+        ) -> Result<LogChunk, ProviderError> {
+            Ok(LogChunk::default())
         }
         async fn usage(&self, pods: &[Pod]) -> Result<HashMap<String, PodUsage>, ProviderError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
