@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use rand::Rng;
 
 use crate::provider::{
-    ContainerUsage, LogChunk, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
-    RemoteContainerState, RemotePhase, RemoteStatus,
+    ContainerUsage, LogChunk, LogLine, LogOptions, PodUsage, Provider, ProviderError,
+    RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus,
 };
 use crate::resource_usage::CpuMeter;
 

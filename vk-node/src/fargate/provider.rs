@@ -20,8 +20,8 @@ use super::translate::{self, EnvLookup, FargateSettings};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::metrics::NodeMetrics;
 use crate::provider::{
-    ContainerUsage, LOG_READ_CAP_BYTES, LogChunk, LogLine, LogOptions, PodUsage, Provider, ProviderError, RemoteContainer,
-    RemoteContainerState, RemotePhase, RemoteStatus,
+    ContainerUsage, LOG_READ_CAP_BYTES, LogChunk, LogLine, LogOptions, PodUsage, Provider,
+    ProviderError, RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus,
 };
 use crate::resource_usage::CpuMeter;
 

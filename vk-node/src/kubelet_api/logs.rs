@@ -230,13 +230,21 @@ impl<P: Provider> LogStream<P> {
         self.sent += text.len();
         if full {
             if self.budget.ours {
-                text.push_str(&cap_notice(self.follow));
+                // The notice is a line of its own, after the cut one.
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                if self.follow {
+                    // The cap bounds the read of what is there; new lines flow on, from
+                    // where the log ends once the notice is sent (said after the jump, so
+                    // nothing written after it is lost).
+                    self.budget.cap = usize::MAX;
+                    self.next = Next::FollowFromEnd;
+                    return text;
+                }
+                text.push_str(&cap_notice(false));
             }
-            self.next = if self.follow && self.budget.ours {
-                Next::FollowFromEnd
-            } else {
-                Next::End
-            };
+            self.next = Next::End;
             return text;
         }
         if chunk.cut && !self.follow {
@@ -264,7 +272,9 @@ impl<P: Provider> LogStream<P> {
                 Next::End => return None,
                 Next::Page(token) => match self.read(Some(&token), &self.options).await {
                     Ok(chunk) => self.pending = Some(chunk),
-                    Err(error) => return Some(format!("spillway: the log read stopped: {error}\n")),
+                    Err(error) => {
+                        return Some(format!("spillway: the log read stopped: {error}\n"));
+                    }
                 },
                 Next::FollowFromEnd => {
                     self.read_place = None;
@@ -273,8 +283,13 @@ impl<P: Provider> LogStream<P> {
                         ..self.options.clone()
                     };
                     match self.read(None, &newest).await {
-                        Ok(chunk) => self.next = Next::Follow(chunk.resume),
-                        Err(error) => return Some(format!("spillway: the log read stopped: {error}\n")),
+                        Ok(chunk) => {
+                            self.next = Next::Follow(chunk.resume);
+                            return Some(cap_notice(true));
+                        }
+                        Err(error) => {
+                            return Some(format!("spillway: the log read stopped: {error}\n"));
+                        }
                     }
                 }
                 Next::Follow(from) => {
@@ -299,7 +314,11 @@ impl<P: Provider> LogStream<P> {
         }
     }
 
-    async fn read(&self, from: Option<&str>, options: &LogOptions) -> Result<LogChunk, ProviderError> {
+    async fn read(
+        &self,
+        from: Option<&str>,
+        options: &LogOptions,
+    ) -> Result<LogChunk, ProviderError> {
         self.provider
             .logs(&self.uid, &self.container, options, from)
             .await
@@ -370,20 +389,18 @@ pub(super) async fn container_logs<P: Provider>(
     } else {
         None
     };
-    let read_place = match tokio::time::timeout(
-        LOG_READ_QUEUE_WAIT,
-        state.log_reads.clone().acquire_owned(),
-    )
-    .await
-    {
-        Ok(Ok(place)) => place,
-        _ => {
-            return too_many(format!(
-                "{MAX_LOG_READS} log reads are running on this node and none ended within \
+    let read_place =
+        match tokio::time::timeout(LOG_READ_QUEUE_WAIT, state.log_reads.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(place)) => place,
+            _ => {
+                return too_many(format!(
+                    "{MAX_LOG_READS} log reads are running on this node and none ended within \
                  {LOG_READ_QUEUE_WAIT:?}; try again later"
-            ));
-        }
-    };
+                ));
+            }
+        };
     let options = LogOptions {
         tail_lines: query.tail_lines,
         since_seconds: query.since_seconds,
@@ -425,6 +442,152 @@ pub(super) async fn container_logs<P: Provider>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use crate::provider::RemoteStatus;
+
+    /// A provider whose log is `lines`, served in pages of two with index tokens, as
+    /// CloudWatch does (a forward token at the end comes back unchanged).
+    #[derive(Default)]
+    struct Paged {
+        lines: Mutex<Vec<LogLine>>,
+        reads: Mutex<Vec<Option<String>>>,
+    }
+
+    impl Provider for Paged {
+        fn name(&self) -> &'static str {
+            "paged"
+        }
+        async fn create(&self, _: &Pod) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str, _: i64) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn list(&self) -> Result<HashMap<String, RemoteStatus>, ProviderError> {
+            Ok(HashMap::new())
+        }
+        async fn statuses(
+            &self,
+            _: &[String],
+        ) -> Result<HashMap<String, RemoteStatus>, ProviderError> {
+            Ok(HashMap::new())
+        }
+        async fn logs(
+            &self,
+            _: &str,
+            _: &str,
+            options: &LogOptions,
+            from: Option<&str>,
+        ) -> Result<LogChunk, ProviderError> {
+            self.reads.lock().unwrap().push(from.map(str::to_owned));
+            let all = self.lines.lock().unwrap().clone();
+            let (start, end) = match (from, options.tail_lines) {
+                (Some(at), _) => {
+                    let at: usize = at.parse().unwrap();
+                    (at, (at + 2).min(all.len()))
+                }
+                (None, Some(tail)) => (all.len().saturating_sub(tail), all.len()),
+                (None, None) => (0, 2.min(all.len())),
+            };
+            Ok(LogChunk {
+                lines: all[start..end].to_vec(),
+                more: (end > start && options.tail_lines.is_none()).then(|| end.to_string()),
+                resume: Some(end.to_string()),
+                cut: false,
+            })
+        }
+    }
+
+    fn stream(provider: Arc<Paged>, follow: bool, budget: ByteBudget) -> LogStream<Paged> {
+        LogStream {
+            provider,
+            uid: "u".into(),
+            container: "app".into(),
+            options: LogOptions::default(),
+            follow,
+            budget,
+            sent: 0,
+            mark: FollowMark::default(),
+            pending: None,
+            next: Next::Page("0".into()),
+            read_place: None,
+            _follower: None,
+        }
+    }
+
+    fn numbered(from: usize, to: usize) -> Vec<LogLine> {
+        (from..to).map(|i| at(i as i64, &format!("l{i}"))).collect()
+    }
+
+    #[tokio::test]
+    async fn a_read_is_sent_page_by_page_and_stops_at_the_cap_saying_so() {
+        let provider = Arc::new(Paged::default());
+        *provider.lines.lock().unwrap() = numbered(0, 10);
+        // Each line is 3 bytes: the cap of 10 ends amid the fourth.
+        let mut read = stream(
+            provider.clone(),
+            false,
+            ByteBudget {
+                cap: 10,
+                ours: true,
+            },
+        );
+        let mut pieces = Vec::new();
+        while let Some(piece) = read.next_piece().await {
+            pieces.push(piece);
+        }
+        assert_eq!(pieces[0], "l0\nl1\n", "the first page alone");
+        let text = pieces.concat();
+        assert!(text.starts_with("l0\nl1\nl2\nl\nspillway: "), "{text}");
+        assert!(text.ends_with("for another part\n"), "{text}");
+        assert_eq!(
+            provider.reads.lock().unwrap().len(),
+            2,
+            "no page read beyond the cap"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follow_past_the_cap_jumps_to_the_end_and_sends_only_new_lines() {
+        let provider = Arc::new(Paged::default());
+        *provider.lines.lock().unwrap() = numbered(0, 10);
+        let mut follow = stream(
+            provider.clone(),
+            true,
+            ByteBudget {
+                cap: 10,
+                ours: true,
+            },
+        );
+        let mut text = String::new();
+        while !text.contains("following from the newest line") {
+            text.push_str(&follow.next_piece().await.unwrap());
+        }
+        provider.lines.lock().unwrap().extend(numbered(10, 12));
+        let new = follow.next_piece().await.unwrap();
+        assert_eq!(new, "l10\nl11\n");
+    }
+
+    #[tokio::test]
+    async fn the_clients_limit_ends_even_a_follow_without_a_notice() {
+        let provider = Arc::new(Paged::default());
+        *provider.lines.lock().unwrap() = numbered(0, 10);
+        let mut follow = stream(
+            provider,
+            true,
+            ByteBudget {
+                cap: 7,
+                ours: false,
+            },
+        );
+        let mut text = String::new();
+        while let Some(piece) = follow.next_piece().await {
+            text.push_str(&piece);
+        }
+        assert_eq!(text, "l0\nl1\nl");
+    }
 
     fn at(ms: i64, message: &str) -> LogLine {
         LogLine {
