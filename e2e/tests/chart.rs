@@ -285,7 +285,10 @@ fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
             "/controller/fargate/subnets/0",
         ),
         // The id every old install shared: two clusters with it stop each other's tasks.
-        ("controller:\n  clusterId: default\n", "/controller/clusterId"),
+        (
+            "controller:\n  clusterId: default\n",
+            "/controller/clusterId",
+        ),
     ];
     for (i, (yaml, key)) in cases.iter().enumerate() {
         let file = values_file(dir.path(), &format!("bad-{i}.yaml"), yaml)?;

@@ -807,3 +807,86 @@ async fn a_daemonset_that_tolerates_everything_never_churns_on_the_virtual_node(
     daemonsets.delete("agent", &DeleteParams::default()).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn pods_bound_by_hand_beyond_the_nodes_allocatable_are_refused_out_of_cpu()
+-> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-room", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    // The node advertises the default 100 vCPU.
+    let args = vk_node_args(node_name, "mock")?;
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_until("node registered", Duration::from_secs(30), || async {
+        Ok(nodes.get_opt(node_name).await?.is_some())
+    })
+    .await?;
+    let sixteen = |name: String| {
+        pod_on_node(
+            &name,
+            node_name,
+            json!({"containers": [{"name": "app", "image": "nginx:1.27",
+                "resources": {"requests": {"cpu": "16", "memory": "32Gi"}}}]}),
+        )
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for i in 0..10 {
+        pods.create(&PostParams::default(), &sixteen(format!("big-{i}"))?)
+            .await?;
+    }
+    // Six fit in 100 vCPU; the other four fail as a kubelet fails them.
+    let phases = || async {
+        let list = pods.list(&Default::default()).await?;
+        let of = |phase: &str| {
+            list.items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase))
+                .count()
+        };
+        let out_of_cpu: Vec<String> = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("OutOfcpu"))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        anyhow::Ok((of("Running"), of("Failed"), out_of_cpu))
+    };
+    wait_until(
+        "six Running, four Failed",
+        Duration::from_secs(60),
+        || async {
+            let (running, failed, _) = phases().await?;
+            Ok(running == 6 && failed == 4)
+        },
+    )
+    .await?;
+    let (_, _, out_of_cpu) = phases().await?;
+    assert_eq!(out_of_cpu.len(), 4, "{out_of_cpu:?}");
+    let refused = pods.get(&out_of_cpu[0]).await?;
+    let message = refused.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        message.contains(
+            "Node didn't have enough resource: cpu, requested: 16000, used: 96000, capacity: 100000"
+        ),
+        "{message}"
+    );
+    // A running pod gone gives its room back: the next one fits.
+    let running = pods
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .and_then(|p| p.metadata.name)
+        .unwrap_or_default();
+    pods.delete(&running, &DeleteParams::default()).await?;
+    wait_until("the deleted pod gone", Duration::from_secs(60), || async {
+        Ok(pods.get_opt(&running).await?.is_none())
+    })
+    .await?;
+    pods.create(&PostParams::default(), &sixteen("after".into())?)
+        .await?;
+    wait_running(&pods, "after", Duration::from_secs(30)).await?;
+    Ok(())
+}

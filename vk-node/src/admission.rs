@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, Toleration};
 use spillway_common::config::Provider;
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
-use spillway_common::pod_resources;
+use spillway_common::pod_resources::{self, PodResources};
 
 /// Why the node refuses a pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +29,18 @@ pub enum Refusal {
         /// The DaemonSet's name.
         name: String,
     },
+    /// Its requests exceed what the node has left, as a kubelet refuses a pod bound past
+    /// its allocatable (pods bound by hand skip the scheduler that would have checked).
+    OutOf {
+        /// `cpu` (millicores), `memory` (bytes) or `pods`.
+        resource: &'static str,
+        /// What the pod asks.
+        requested: u64,
+        /// What the node's admitted pods hold.
+        used: u64,
+        /// The node's allocatable.
+        capacity: u64,
+    },
 }
 
 impl Refusal {
@@ -39,6 +51,11 @@ impl Refusal {
             Refusal::Ineligible(_) => "Ineligible",
             Refusal::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
             Refusal::DaemonSet { .. } => DAEMONSET_REASON,
+            Refusal::OutOf { resource, .. } => match *resource {
+                "cpu" => "OutOfcpu",
+                "memory" => "OutOfmemory",
+                _ => "OutOfpods",
+            },
         }
     }
 
@@ -67,8 +84,73 @@ impl Refusal {
                  the DaemonSet off virtual nodes with a required node affinity \
                  `type NotIn [virtual-kubelet]` (docs/providers.md, DaemonSets)"
             ),
+            // The kubelet's own wording.
+            Refusal::OutOf {
+                resource,
+                requested,
+                used,
+                capacity,
+            } => format!(
+                "Pod was rejected: Node didn't have enough resource: {resource}, requested: \
+                 {requested}, used: {used}, capacity: {capacity}"
+            ),
         }
     }
+}
+
+/// What a node offers: its advertised allocatable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeRoom {
+    /// Millicores.
+    pub cpu_millis: u64,
+    /// Bytes.
+    pub memory_bytes: u64,
+    /// Pods.
+    pub pods: u64,
+}
+
+/// What the pods a node admitted hold (requests of those not finished).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeUse {
+    /// Millicores.
+    pub cpu_millis: u64,
+    /// Bytes.
+    pub memory_bytes: u64,
+    /// Pods.
+    pub pods: u64,
+}
+
+impl NodeUse {
+    /// Adds one admitted pod's requests.
+    pub fn add(&mut self, needs: &PodResources) {
+        self.cpu_millis = self.cpu_millis.saturating_add(needs.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_add(needs.memory_bytes);
+        self.pods += 1;
+    }
+}
+
+/// Whether a pod needing `needs` fits beside `used` within `room`, checked as a kubelet
+/// does: pods, then CPU, then memory.
+pub fn check_room(needs: &PodResources, used: NodeUse, room: NodeRoom) -> Result<(), Refusal> {
+    let over = |resource, requested: u64, used: u64, capacity: u64| {
+        (used.saturating_add(requested) > capacity).then_some(Refusal::OutOf {
+            resource,
+            requested,
+            used,
+            capacity,
+        })
+    };
+    let refusal = over("pods", 1, used.pods, room.pods)
+        .or_else(|| over("cpu", needs.cpu_millis, used.cpu_millis, room.cpu_millis))
+        .or_else(|| {
+            over(
+                "memory",
+                needs.memory_bytes,
+                used.memory_bytes,
+                room.memory_bytes,
+            )
+        });
+    refusal.map_or(Ok(()), Err)
 }
 
 /// The pod status `reason` of a parked DaemonSet pod.
@@ -262,6 +344,57 @@ mod tests {
         assert!(
             message.contains("type NotIn [virtual-kubelet]"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_pod_beyond_the_nodes_room_is_refused_as_a_kubelet_would() {
+        let room = NodeRoom {
+            cpu_millis: 100_000,
+            memory_bytes: 400 << 30,
+            pods: 500,
+        };
+        let sixteen = PodResources {
+            cpu_millis: 16_000,
+            memory_bytes: 32 << 30,
+            ..PodResources::default()
+        };
+        let mut used = NodeUse::default();
+        let mut admitted = 0;
+        for _ in 0..200 {
+            if check_room(&sixteen, used, room).is_ok() {
+                used.add(&sixteen);
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 6, "100 vCPU hold six pods of 16");
+        let refusal = check_room(&sixteen, used, room).unwrap_err();
+        assert_eq!(refusal.reason(), "OutOfcpu");
+        assert_eq!(
+            refusal.message("n"),
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 16000, \
+             used: 96000, capacity: 100000"
+        );
+        let big_memory = PodResources {
+            cpu_millis: 1,
+            memory_bytes: 500 << 30,
+            ..PodResources::default()
+        };
+        assert_eq!(
+            check_room(&big_memory, NodeUse::default(), room)
+                .unwrap_err()
+                .reason(),
+            "OutOfmemory"
+        );
+        let full = NodeUse {
+            pods: 500,
+            ..NodeUse::default()
+        };
+        assert_eq!(
+            check_room(&PodResources::default(), full, room)
+                .unwrap_err()
+                .reason(),
+            "OutOfpods"
         );
     }
 

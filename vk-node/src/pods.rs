@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use rand::Rng;
 use serde_json::Value;
-use spillway_common::keys;
+use spillway_common::{keys, pod_resources};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, NodeAdmission, Refusal};
@@ -507,7 +507,11 @@ impl<P: Provider> PodController<P> {
     /// Node-side admission of a newly seen pod: a refused one turns Failed with the
     /// reason (pod status and Event) and is never created at the provider.
     async fn admit(&self, tracked: &mut Tracked) {
-        let Err(refusal) = self.admission.admit(&tracked.pod) else {
+        let Err(refusal) = self
+            .admission
+            .admit(&tracked.pod)
+            .and_then(|()| self.check_room(&tracked.pod))
+        else {
             return;
         };
         tracked.refused = true;
@@ -531,6 +535,40 @@ impl<P: Provider> PodController<P> {
             status::provider_failed_status(refusal.reason(), &message),
         )
         .await;
+    }
+
+    /// Whether the pod fits what the node advertises beside the pods it admitted (not
+    /// refused, not finished). A pod an earlier process started is counted, not refused:
+    /// it runs already.
+    fn check_room(&self, pod: &Pod) -> Result<(), Refusal> {
+        let started_before = pod
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase.as_deref() == Some("Running") || s.start_time.is_some());
+        if started_before {
+            return Ok(());
+        }
+        let room = admission::NodeRoom {
+            cpu_millis: u64::from(self.node.max_vcpu) * 1000,
+            memory_bytes: spillway_common::quantity::bytes(&self.node.max_memory)
+                .unwrap_or(u64::MAX),
+            pods: u64::from(self.node.max_pods),
+        };
+        let mut used = admission::NodeUse::default();
+        for other in self.tracked.values() {
+            if other.refused || other.lifecycle == Lifecycle::Terminal {
+                continue;
+            }
+            if let Some(spec) = other.pod.spec.as_ref() {
+                used.add(&pod_resources::effective(spec));
+            }
+        }
+        let needs = pod
+            .spec
+            .as_ref()
+            .map(pod_resources::effective)
+            .unwrap_or_default();
+        admission::check_room(&needs, used, room)
     }
 
     /// A DaemonSet pod ends Pending for good: one Warning Event and a status that says
