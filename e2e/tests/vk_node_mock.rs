@@ -890,3 +890,67 @@ async fn pods_bound_by_hand_beyond_the_nodes_allocatable_are_refused_out_of_cpu(
     wait_running(&pods, "after", Duration::from_secs(30)).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn an_embedded_node_that_fails_to_start_is_logged_retried_and_shown_down()
+-> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-node-up", "mock").await?;
+    let (ns, node_name) = (&fixture.ns, &fixture.node_name);
+    let admin_port = |args: &[String]| -> anyhow::Result<u16> {
+        let at = args.iter().position(|a| a == "--admin-addr").unwrap_or(0);
+        Ok(args[at + 1]
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .parse()?)
+    };
+    // A controller whose one embedded Fargate node cannot start (no subnets): the
+    // controller stays up, says why at once, tries again with back-off, and the node's
+    // gauge says 0.
+    let broken_name = format!("{node_name}-broken");
+    let mut broken = vk_node_args(&broken_name, "fargate")?;
+    broken[0] = "controller".into();
+    let broken_admin = admin_port(&broken)?;
+    let log = format!("ctl-broken-{}", ns.name);
+    let mut broken_process = SpillwayProcess::start(&broken, &log, &[])?;
+    wait_until(
+        "two failed starts in the log",
+        Duration::from_secs(30),
+        || async {
+            let text = std::fs::read_to_string(spillway_e2e::log_path(&log)).unwrap_or_default();
+            Ok(text.matches("virtual node failed").count() >= 2)
+        },
+    )
+    .await?;
+    let text = std::fs::read_to_string(spillway_e2e::log_path(&log))?;
+    assert!(
+        text.contains("--subnets"),
+        "the log says what is wrong: {text}"
+    );
+    assert!(
+        broken_process.child.try_wait()?.is_none(),
+        "the controller keeps running"
+    );
+    let metrics = spillway_e2e::metrics_text(broken_admin)?;
+    assert!(
+        metrics.contains(&format!(
+            "spillway_virtual_node_up{{node=\"{broken_name}\",provider=\"fargate\"}} 0"
+        )),
+        "{metrics}"
+    );
+
+    // A node that runs says 1.
+    let mut working = vk_node_args(node_name, "mock")?;
+    working[0] = "controller".into();
+    let working_admin = admin_port(&working)?;
+    let _working = SpillwayProcess::start(&working, &format!("ctl-up-{}", ns.name), &[])?;
+    let up = format!("spillway_virtual_node_up{{node=\"{node_name}\",provider=\"mock\"}} 1");
+    wait_until("the mock node up", Duration::from_secs(30), || async {
+        Ok(spillway_e2e::metrics_text(working_admin)
+            .unwrap_or_default()
+            .contains(&up))
+    })
+    .await?;
+    Ok(())
+}

@@ -1,6 +1,8 @@
 //! The virtual node's Prometheus metrics (DESIGN §6).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Provider and node metrics, registered once per process.
 #[derive(Clone, Debug)]
@@ -16,6 +18,10 @@ pub struct NodeMetrics {
     /// `spillway_provider_errors_total{provider,class}`: failed provider calls by class
     /// (`unavailable`, `throttled`, `transient`, `invalid`, `not-found`).
     pub errors: IntCounterVec,
+    /// `spillway_virtual_node_up{node,provider}`: 1 while this process drives the node
+    /// (leader, registered, serving); 0 while it starts, waits for leadership, or failed
+    /// and is retrying.
+    pub up: IntGaugeVec,
 }
 
 impl NodeMetrics {
@@ -51,12 +57,20 @@ impl NodeMetrics {
                 ),
                 &["provider", "class"],
             )?,
+            up: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_virtual_node_up",
+                    "1 while this process drives the virtual node (leader, registered, serving); 0 while it starts, waits for leadership, or failed and is retrying",
+                ),
+                &["node", "provider"],
+            )?,
         };
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.durations.clone()))?;
         registry.register(Box::new(metrics.pods.clone()))?;
         registry.register(Box::new(metrics.degraded.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;
+        registry.register(Box::new(metrics.up.clone()))?;
         Ok(metrics)
     }
 

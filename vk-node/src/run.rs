@@ -271,7 +271,7 @@ pub async fn run_embedded(
         options
             .kubelet_listen
             .set_port(options.kubelet_listen.port() + i as u16);
-        run_node(
+        supervise(
             *kind,
             options,
             metrics.clone(),
@@ -284,6 +284,63 @@ pub async fn run_embedded(
         .into_iter()
         .collect::<Result<Vec<()>, _>>()
         .map(|_| ())
+}
+
+/// The first wait before an embedded node that failed is started again; doubled after
+/// each failure up to [`NODE_RESTART_MAX`].
+const NODE_RESTART_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between starts of a failing embedded node.
+const NODE_RESTART_MAX: Duration = Duration::from_secs(300);
+
+/// Runs one embedded node, starting it again with back-off whenever it fails (its
+/// siblings and the controller go on): the failure is logged when it happens and
+/// `spillway_virtual_node_up` says 0 meanwhile. Leadership lost still ends the process.
+async fn supervise(
+    kind: ProviderKind,
+    options: NodeOptions,
+    metrics: NodeMetrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let name = node_name(kind, &options);
+    let up = metrics.up.with_label_values(&[&name, kind.as_str()]);
+    let mut wait = NODE_RESTART_FIRST;
+    loop {
+        up.set(0);
+        let started = tokio::time::Instant::now();
+        let result = run_node(
+            kind,
+            options.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(RunError::LeadershipLost) => return Err(RunError::LeadershipLost),
+            Err(error) => {
+                up.set(0);
+                tracing::error!(
+                    node = %name,
+                    provider = kind.as_str(),
+                    %error,
+                    retry_in = ?wait,
+                    "virtual node failed; starting it again after the wait"
+                );
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // A node that ran long before failing starts over from the first wait.
+        wait = if started.elapsed() > NODE_RESTART_MAX {
+            NODE_RESTART_FIRST
+        } else {
+            (wait * 2).min(NODE_RESTART_MAX)
+        };
+    }
 }
 
 async fn run_node(
@@ -451,9 +508,12 @@ async fn run_with<P: Provider>(
         ..ControllerSettings::default()
     };
     readiness.set(true);
+    let up = metrics.up.with_label_values(&[&spec.name, kind.as_str()]);
+    up.set(1);
     PodController::new(client, provider, spec, settings, metrics, directory)
         .run(lost.clone())
         .await;
+    up.set(0);
     readiness.set(false);
     if lost.is_cancelled() && !shutdown.is_cancelled() {
         return Err(RunError::LeadershipLost);
