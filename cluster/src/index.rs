@@ -148,6 +148,10 @@ struct DeploymentEntry {
     replicas: u32,
     /// Only the `spillway.io/*` annotations, to stay compact.
     annotations: BTreeMap<String, String>,
+    /// The pod template's `spillway.io/*` annotations (they win over the Deployment's).
+    template_annotations: BTreeMap<String, String>,
+    /// Its policy opts it in (read from both sets of annotations).
+    opted_in: bool,
     replicasets: Vec<u32>,
     hpa: Option<HpaFacts>,
 }
@@ -161,6 +165,8 @@ pub struct WorkloadView<'a> {
     pub uid: &'a str,
     /// Its `spillway.io/*` annotations.
     pub annotations: &'a BTreeMap<String, String>,
+    /// Its pod template's `spillway.io/*` annotations (they win over its own).
+    pub template_annotations: &'a BTreeMap<String, String>,
     /// `spec.replicas`.
     pub replicas: u32,
     /// Its HPA, when one targets it.
@@ -599,14 +605,27 @@ impl ClusterIndex {
             .replicas
             .map(|r| r.max(0) as u32)
             .unwrap_or(1);
-        entry.annotations = deployment
-            .metadata
-            .annotations
-            .iter()
-            .flatten()
-            .filter(|(k, _)| k.starts_with("spillway.io/"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let ours = |annotations: Option<&BTreeMap<String, String>>| {
+            annotations
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("spillway.io/"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        entry.annotations = ours(deployment.metadata.annotations.as_ref());
+        entry.template_annotations = ours(
+            deployment
+                .spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref()),
+        );
+        entry.opted_in =
+            crate::policy::read(Some(&entry.annotations), Some(&entry.template_annotations))
+                .0
+                .opted_in;
     }
 
     /// Forgets a Deployment (its slot stays while ReplicaSets or an HPA point at it).
@@ -615,6 +634,8 @@ impl ClusterIndex {
             let entry = &mut self.deployments[slot as usize];
             entry.exists = false;
             entry.annotations.clear();
+            entry.template_annotations.clear();
+            entry.opted_in = false;
             self.release_deployment(slot);
         }
     }
@@ -688,6 +709,7 @@ impl ClusterIndex {
             key: &entry.key,
             uid: &entry.uid,
             annotations: &entry.annotations,
+            template_annotations: &entry.template_annotations,
             replicas: entry.replicas,
             hpa,
             counts,
@@ -699,9 +721,23 @@ impl ClusterIndex {
         (0..self.deployments.len() as u32).filter_map(|slot| self.workload_at(slot))
     }
 
-    /// Estimated USD per hour of the counted burst pods, of one workload (`namespace/name`)
-    /// or of the whole cluster (`None`), priced at the provider of the virtual node each
-    /// runs on (`default_provider` while unbound).
+    /// Whether a burst pod is spend: owned (through its ReplicaSet) by a Deployment that
+    /// exists and is opted in, and bound to a virtual node or not bound yet (a decision
+    /// in flight, about to bill). A `placement: burst` label on any other pod (a pod of
+    /// no opted-in workload, or one running on a regular node) spends nothing, so no one
+    /// can exhaust the budget by labelling pods.
+    fn bills(&self, pod: &PodEntry) -> bool {
+        let opted_in = self
+            .deployment_of(pod)
+            .map(|slot| &self.deployments[slot as usize])
+            .is_some_and(|d| d.exists && d.opted_in);
+        let on_virtual = pod.node == NO_SLOT || self.nodes[pod.node as usize].is_virtual;
+        opted_in && on_virtual
+    }
+
+    /// Estimated USD per hour of the burst pods that bill ([`Self::bills`]), of one
+    /// workload (`namespace/name`) or of the whole cluster (`None`), priced at the
+    /// provider of the virtual node each runs on (`default_provider` while unbound).
     pub fn burst_usd_per_hour(
         &self,
         workload: Option<&str>,
@@ -718,6 +754,7 @@ impl ClusterIndex {
         self.burst_pods
             .iter()
             .filter_map(|uid| self.pods.get(uid))
+            .filter(|pod| self.bills(pod))
             .filter(|pod| slot.is_none() || self.deployment_of(pod) == slot)
             .filter_map(|pod| {
                 cost::hourly_usd(
@@ -736,7 +773,12 @@ impl ClusterIndex {
         default_provider: Provider,
     ) -> HashMap<(&str, Provider), f64> {
         let mut out = HashMap::new();
-        for pod in self.burst_pods.iter().filter_map(|uid| self.pods.get(uid)) {
+        for pod in self
+            .burst_pods
+            .iter()
+            .filter_map(|uid| self.pods.get(uid))
+            .filter(|pod| self.bills(pod))
+        {
             let Some(slot) = self.deployment_of(pod) else {
                 continue;
             };
@@ -1310,6 +1352,69 @@ mod tests {
         assert_eq!(index.slots_in_use(), (0, 0, 0));
         assert!(index.nodes.len() <= 1 && index.replicasets.len() <= 1);
         assert!(index.deployments.len() <= 1);
+    }
+
+    #[test]
+    fn only_burst_pods_that_bill_spend_the_budget() {
+        let mut index = ClusterIndex::new();
+        let mut vnode = node("vk", "100", "1Ti");
+        vnode.metadata.labels = Some(
+            [
+                ("type".to_string(), "virtual-kubelet".to_string()),
+                ("spillway.io/provider".to_string(), "fargate".to_string()),
+            ]
+            .into(),
+        );
+        index.apply_node(&vnode);
+        index.apply_node(&node("a", "4", "16Gi"));
+        let (d, rs) = deployment();
+        index.apply_deployment(&d);
+        index.apply_replicaset(&rs);
+        let labelled = |mut pod: Pod| {
+            pod.metadata.labels =
+                Some([("spillway.io/placement".to_string(), "burst".to_string())].into());
+            pod
+        };
+        let pricing = PricingConfig::default();
+        let spent =
+            |index: &ClusterIndex| index.burst_usd_per_hour(None, &pricing, Provider::Fargate);
+        // The opted-in workload's pods on the virtual node, and one not bound yet, bill.
+        index.apply_pod(&pod("on-vk", Some("vk"), "rs1", "1"));
+        index.apply_pod(&labelled(pod("pending", None, "rs1", "1")));
+        let billing = spent(&index);
+        assert!(billing > 0.0);
+        // A labelled pod on a regular node, one of no workload, and one of a workload
+        // that is not opted in spend nothing.
+        index.apply_pod(&labelled(pod("on-a", Some("a"), "rs1", "1")));
+        let mut stray: Pod = labelled(pod("stray", None, "rs-none", "4"));
+        stray.metadata.namespace = Some("elsewhere".into());
+        stray.metadata.owner_references = None;
+        index.apply_pod(&stray);
+        let (mut quiet, mut quiet_rs) = deployment();
+        quiet.metadata.name = Some("quiet".into());
+        quiet.metadata.uid = Some("d2".into());
+        quiet.metadata.annotations = None;
+        quiet_rs.metadata.uid = Some("rs2".into());
+        quiet_rs.metadata.name = Some("quiet-abc".into());
+        quiet_rs.metadata.owner_references.as_mut().unwrap()[0].name = "quiet".into();
+        quiet_rs.metadata.owner_references.as_mut().unwrap()[0].uid = "d2".into();
+        index.apply_deployment(&quiet);
+        index.apply_replicaset(&quiet_rs);
+        index.apply_pod(&pod("quiet-on-vk", Some("vk"), "rs2", "4"));
+        assert!((spent(&index) - billing).abs() < 1e-12, "{}", spent(&index));
+        // Opting in through the pod template counts it.
+        quiet.spec.template.metadata = Some(
+            serde_json::from_value(json!({"annotations": {"spillway.io/burst": "true"}})).unwrap(),
+        );
+        index.apply_deployment(&quiet);
+        assert!(spent(&index) > billing);
+        assert!(
+            index
+                .workload("ns", "quiet")
+                .unwrap()
+                .template_annotations
+                .contains_key("spillway.io/burst")
+        );
     }
 
     #[test]

@@ -345,14 +345,11 @@ impl Workload<'_> {
     }
 }
 
-/// The workload's policy: the Deployment's annotations overlaid with its newest pod's
-/// (the pod template wins, as in the webhook).
-fn workload_policy(view: &WorkloadView<'_>, pods: &[&PodView]) -> WorkloadPolicy {
-    let template = pods
-        .iter()
-        .max_by_key(|p| p.created_ms)
-        .map(|p| &p.spillway_annotations);
-    policy::read(Some(view.annotations), template).0
+/// The workload's policy: the Deployment's annotations overlaid with its pod template's
+/// (the template wins, as in the webhook). Never read from a pod: anyone who may create
+/// pods could otherwise set a workload's policy with one labelled pod.
+fn workload_policy(view: &WorkloadView<'_>) -> WorkloadPolicy {
+    policy::read(Some(view.annotations), Some(view.template_annotations)).0
 }
 
 fn group<'a>(input: &PlanInput<'a>) -> Vec<Workload<'a>> {
@@ -365,7 +362,7 @@ fn group<'a>(input: &PlanInput<'a>) -> Vec<Workload<'a>> {
     let mut out = Vec::new();
     for view in input.index.workloads() {
         let pods = pods_by_workload.remove(view.key).unwrap_or_default();
-        let policy = workload_policy(&view, &pods);
+        let policy = workload_policy(&view);
         if !policy.opted_in {
             continue;
         }

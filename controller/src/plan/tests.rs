@@ -961,3 +961,17 @@ fn overshoot_never_evicts_a_pod_karpenter_is_disrupting() {
     cluster.plan(&mut state, T0 + MIN);
     assert!(evictions(&cluster.plan(&mut state, T0 + 2 * MIN)).is_empty());
 }
+
+#[test]
+fn a_pods_own_annotations_never_set_its_workloads_policy() {
+    // The Deployment (and its template) set no cap; the newest pod says max-burst 0.
+    let mut cluster = Cluster::new("2", 4, json!({}));
+    let mut says_no_burst = unschedulable(T0);
+    merge(
+        &mut says_no_burst,
+        json!({"metadata": {"annotations": {"spillway.io/max-burst": "0"}}}),
+    );
+    cluster.pod("p1", None, "1", T0, says_no_burst);
+    let mut state = ControllerState::default();
+    assert_eq!(spills(&cluster.plan(&mut state, T0 + 62_000)), vec!["p1"]);
+}
