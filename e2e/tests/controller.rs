@@ -1618,3 +1618,130 @@ async fn pods_the_webhook_never_saw_are_spilled_labelled_and_counted() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn spillway_run_removes_a_crashed_runs_registration_and_never_takes_anothers()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let _serial = SERIAL.lock().await;
+    let client = spillway_e2e::client().await?;
+    let ns = spillway_e2e::TestNamespace::create(&client, "e2e-run-reg").await?;
+    let registrations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    let dead_pid = (4_000_000..4_194_303)
+        .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .expect("a free pid");
+    // Never matches a namespace: it only has to exist.
+    let registration = |name: &str, labels: serde_json::Value, owner: &str| {
+        serde_json::from_value::<MutatingWebhookConfiguration>(json!({
+            "metadata": {"name": name, "labels": labels,
+                "annotations": {"spillway.io/run-owner": owner}},
+            "webhooks": [{"name": "burst.spillway.io",
+                "clientConfig": {"url": "https://127.0.0.1:1/mutate"},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {"spillway.e2e/never": "true"}},
+                "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore"}]
+        }))
+    };
+    let leftover = format!("spillway-leftover-{}", ns.name);
+    let running_elsewhere = format!("spillway-elsewhere-{}", ns.name);
+    let managed = json!({"app.kubernetes.io/managed-by": "spillway-run"});
+    registrations
+        .create(
+            &PostParams::default(),
+            &registration(
+                &leftover,
+                managed.clone(),
+                &format!("{}/{dead_pid}", host.trim()),
+            )?,
+        )
+        .await?;
+    registrations
+        .create(
+            &PostParams::default(),
+            &registration(
+                &running_elsewhere,
+                managed,
+                &format!("{}/{dead_pid}", "another-host"),
+            )?,
+        )
+        .await?;
+
+    // A run removes the one a crashed run on this host left, not another host's.
+    let run = RunUnderTest::start(&ns.name, &ns.name, "").await?;
+    wait_until(
+        "the leftover registration removed",
+        Duration::from_secs(30),
+        || async { Ok(registrations.get_opt(&leftover).await?.is_none()) },
+    )
+    .await?;
+    assert!(registrations.get_opt(&running_elsewhere).await?.is_some());
+    let ours = registrations
+        .get(&run.webhook_name)
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        ours.get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("spillway-run")
+    );
+    let mut run = run;
+    run.terminate()?;
+
+    // A registration of that name someone else made (the chart's) is never overwritten:
+    // spillway run stops and says so.
+    let foreign = format!("spillway-foreign-{}", ns.name);
+    registrations
+        .create(
+            &PostParams::default(),
+            &registration(
+                &foreign,
+                json!({"app.kubernetes.io/managed-by": "Helm"}),
+                "",
+            )?,
+        )
+        .await?;
+    let config = tempfile::NamedTempFile::new()?;
+    let port = spillway_e2e::free_port()?;
+    let log = format!("run-foreign-{}", ns.name);
+    let args: Vec<String> = [
+        "run",
+        "--webhook-url",
+        &format!("https://127.0.0.1:{port}/mutate"),
+        "--webhook-name",
+        &foreign,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--config",
+        &config.path().display().to_string(),
+        "--leader-election-namespace",
+        &ns.name,
+        "--admin-addr",
+        &format!("127.0.0.1:{}", spillway_e2e::free_port()?),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut refused = spillway_e2e::SpillwayProcess::start(&args, &log, &[])?;
+    wait_until("spillway run to stop", Duration::from_secs(30), || {
+        let exited = refused.child.try_wait().map_err(anyhow::Error::from);
+        async move { Ok(exited?.is_some()) }
+    })
+    .await?;
+    let text = std::fs::read_to_string(spillway_e2e::log_path(&log))?;
+    assert!(text.contains("was not made by spillway run"), "{text}");
+    let kept = registrations.get(&foreign).await?;
+    assert_eq!(
+        kept.webhooks.unwrap_or_default()[0]
+            .client_config
+            .url
+            .as_deref(),
+        Some("https://127.0.0.1:1/mutate"),
+        "the foreign registration is unchanged"
+    );
+    for name in [&running_elsewhere, &foreign] {
+        let _ = registrations.delete(name, &Default::default()).await;
+    }
+    Ok(())
+}

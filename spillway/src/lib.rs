@@ -4,6 +4,7 @@ mod admit;
 mod check_config;
 mod explain_pod;
 pub mod run_all;
+pub mod run_registration;
 
 use std::process::ExitCode;
 

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::run_registration as registration;
 use anyhow::{Context, bail};
 use base64::Engine;
 use clap::Args;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use prometheus::Registry;
 use serde_json::json;
 use spillway_common::admin::{self, Readiness};
@@ -92,7 +93,9 @@ pub fn webhook_configuration(name: &str, url: &str, ca_pem: &str) -> serde_json:
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "spillway-run"}},
+        "metadata": {"name": name,
+            "labels": {registration::MANAGED_BY_KEY: registration::MANAGED_BY},
+            "annotations": {registration::OWNER_ANNOTATION: registration::this_owner()}},
         "webhooks": [{
             "name": "burst.spillway.io",
             "clientConfig": {
@@ -110,6 +113,26 @@ pub fn webhook_configuration(name: &str, url: &str, ca_pem: &str) -> serde_json:
             "timeoutSeconds": 2
         }]
     })
+}
+
+/// A temporary directory only this user may enter (0700), removed when dropped.
+fn private_dir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Writes a private key readable by this user only (0600 from the start, never wider).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
 }
 
 /// PEM of DER certificates.
@@ -150,7 +173,7 @@ async fn default_kubelet_tls(nodes: &mut EmbeddedNodesArgs, dir: &Path) -> anyho
         )?;
         let (cert, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
         std::fs::write(&cert, &pki.cert_pem)?;
-        std::fs::write(&key, &pki.key_pem)?;
+        write_private(&key, &pki.key_pem)?;
         options.kubelet_tls_cert = Some(cert);
         options.kubelet_tls_key = Some(key);
         tracing::info!(address = %options.node_address, "kubelet API serves a self-made certificate");
@@ -173,7 +196,7 @@ async fn default_kubelet_tls(nodes: &mut EmbeddedNodesArgs, dir: &Path) -> anyho
 
 /// Runs everything until `shutdown`.
 pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir().context("creating a directory for the self-made certificate")?;
+    let dir = private_dir().context("creating a directory for the self-made certificate")?;
     default_kubelet_tls(&mut args.controller.nodes, dir.path()).await?;
     let (tls, registration) = match (&args.tls_cert, &args.tls_key, &args.webhook_url) {
         (Some(cert), Some(key), _) => (
@@ -190,7 +213,7 @@ pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
                 .with_context(|| format!("making a serving certificate for {host:?}"))?;
             let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
             std::fs::write(&cert, &pki.cert_pem)?;
-            std::fs::write(&key, &pki.key_pem)?;
+            write_private(&key, &pki.key_pem)?;
             (
                 TlsFiles {
                     cert,
@@ -231,19 +254,8 @@ pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
     }
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(configuration) = &registration {
-        webhooks
-            .patch(
-                &args.webhook_name,
-                &PatchParams::apply("spillway-run").force(),
-                &Patch::Apply(configuration),
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "registering MutatingWebhookConfiguration {}",
-                    args.webhook_name
-                )
-            })?;
+        registration::remove_leftovers(&webhooks, &args.webhook_name).await;
+        registration::register(&webhooks, &args.webhook_name, configuration).await?;
         tracing::info!(name = %args.webhook_name, url = ?args.webhook_url, "webhook registered");
     }
     let options = ServeOptions {
@@ -345,6 +357,18 @@ mod tests {
         assert_eq!(lines[0], "-----BEGIN CERTIFICATE-----");
         assert_eq!(lines[1].len(), 64);
         assert_eq!(lines.last(), Some(&"-----END CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn keys_and_their_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = private_dir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path()), 0o700);
+        let key = dir.path().join("tls.key");
+        write_private(&key, "secret").unwrap();
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "secret");
     }
 
     #[test]
