@@ -691,7 +691,11 @@ pub fn kubeconfig_for_service_account(account: &str) -> anyhow::Result<PathBuf> 
     static APPLY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     {
         let _one_at_a_time = APPLY.lock().unwrap_or_else(|p| p.into_inner());
-        for file in ["deploy/rbac.yaml", "deploy/virtual-node-policy.yaml"] {
+        for file in [
+            "deploy/rbac.yaml",
+            "deploy/virtual-node-policy.yaml",
+            "deploy/controller-policy.yaml",
+        ] {
             kubectl(&["apply", "-f", &repo_root().join(file).display().to_string()])?;
         }
     }

@@ -190,6 +190,31 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         .unwrap();
     assert!(rule.contains("['spillway-fargate']"), "{rule}");
     assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    // The controller's account may write only Spillway's fields of a pod, and create only
+    // its virtual nodes.
+    let updates = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "spillway-controller-pod-updates",
+    )?;
+    assert_eq!(updates["spec"]["failurePolicy"], "Fail");
+    assert!(
+        updates["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("system:serviceaccount:spillway-system:spillway-controller")
+    );
+    let names = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "spillway-virtual-node-names",
+    )?;
+    assert!(
+        names["spec"]["validations"][0]["expression"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("['spillway-fargate']")
+    );
     for kind in ["ServiceMonitor", "PrometheusRule", "Certificate", "Issuer"] {
         assert!(
             docs.iter().all(|d| d["kind"] != kind),

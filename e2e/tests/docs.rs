@@ -57,6 +57,8 @@ fn clean_slate() {
         .arg("-f")
         .arg(repo_root().join("deploy/virtual-node-policy.yaml"))
         .arg("-f")
+        .arg(repo_root().join("deploy/controller-policy.yaml"))
+        .arg("-f")
         .arg(repo_root().join("deploy/rbac.yaml"))
         .args(["--ignore-not-found", "--wait", "--timeout=90s"])
         .output();

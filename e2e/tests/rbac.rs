@@ -269,3 +269,120 @@ fn can_i(account: &str, verb: &str, resource: &str) -> anyhow::Result<bool> {
             .output()?;
     Ok(String::from_utf8_lossy(&output.stdout).trim() == "yes")
 }
+
+/// A client that authenticates as `spillway-system/<account>`.
+async fn client_as(account: &str) -> anyhow::Result<kube::Client> {
+    let path = spillway_e2e::kubeconfig_for_service_account(account)?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn the_controllers_account_may_write_only_spillways_fields_of_a_pod() -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let admin = spillway_e2e::client().await?;
+    let ns = spillway_e2e::TestNamespace::create(&admin, "e2e-ctl-policy").await?;
+    let controller = client_as("spillway-controller").await?;
+    // RBAC lets it patch any pod, and create any Node...
+    assert!(can_i("spillway-controller", "patch", "pods")?);
+    assert!(can_i("spillway-controller", "create", "nodes")?);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    let mut victim = pod_on_node("victim", "kwok-node-0", json!({}))?;
+    victim.spec.as_mut().unwrap().tolerations = None;
+    pods.create(&PostParams::default(), &victim).await?;
+    let as_controller: Api<Pod> = Api::namespaced(controller.clone(), &ns.name);
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    // ...the policy only what Spillway writes. Each refused change is sent as a dry run,
+    // so a missing policy would show as an accepted patch, not a changed pod.
+    let refused = [
+        (
+            json!({"spec": {"containers": [{"name": "app", "image": "attacker/miner:1"}]}}),
+            "containers",
+        ),
+        (json!({"metadata": {"labels": {"app": "taken"}}}), "labels"),
+        (
+            json!({"metadata": {"annotations": {"prometheus.io/scrape": "false"}}}),
+            "annotations",
+        ),
+        (
+            json!({"metadata": {"finalizers": ["attacker.example/keep"]}}),
+            "finalizers",
+        ),
+        (
+            json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "0e0b0f1e-0000-4000-8000-000000000000"}]}}),
+            "owner references",
+        ),
+    ];
+    for (patch, what) in &refused {
+        // The apiserver enforces a new policy once it compiled it: a few seconds at most.
+        let mut answer = Ok(());
+        for _ in 0..20 {
+            answer = as_controller
+                .patch("victim", &dry_run, &Patch::Strategic(patch.clone()))
+                .await
+                .map(|_| ());
+            if answer.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let error = answer.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains("Spillway controller may"),
+            "changing {what} was not refused: {error:?}"
+        );
+    }
+    // What Spillway writes goes through.
+    as_controller
+        .patch(
+            "victim",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({
+                "metadata": {
+                    "labels": {"spillway.io/placement": "local", "spillway.io/reason": "unadmitted"},
+                    "annotations": {"controller.kubernetes.io/pod-deletion-cost": "100", "spillway.io/unadmitted": "true"}
+                },
+                "spec": {"tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "fargate", "effect": "NoSchedule"}]}
+            })),
+        )
+        .await?;
+    let labels = pods
+        .get("victim")
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("spillway.io/reason").map(String::as_str),
+        Some("unadmitted")
+    );
+    // Nodes only under the virtual nodes' names.
+    let nodes: Api<Node> = Api::all(controller);
+    let node = |name: &str| -> anyhow::Result<Node> {
+        Ok(serde_json::from_value(json!({"metadata": {"name": name}}))?)
+    };
+    let create_dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let refused_node = nodes
+        .create(&create_dry, &node("kwok-node-impostor")?)
+        .await;
+    let error = refused_node
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("Spillway may create only its virtual nodes"),
+        "{error:?}"
+    );
+    nodes.create(&create_dry, &node("spillway-aci")?).await?;
+    pods.delete("victim", &DeleteParams::default().grace_period(0))
+        .await?;
+    Ok(())
+}
