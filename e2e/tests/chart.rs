@@ -223,6 +223,20 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
     }
 
     let docs = render("spillway", "spillway-system", &[&all_options()])?;
+    // With allowedNamespaces, Secrets and ConfigMaps are read in those namespaces only.
+    let node_role = find(&docs, "ClusterRole", "spillway-virtual-node")?;
+    assert!(
+        !node_role["rules"].to_string().contains("secrets"),
+        "{}",
+        node_role["rules"]
+    );
+    let mut reads: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "spillway-virtual-node-refs")
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+        .collect();
+    reads.sort();
+    assert_eq!(reads, ["default", "kube-public"]);
     assert_safe_webhook(&docs, "spillway", "spillway-system")?;
     assert_restricted(&docs);
     assert_no_wildcard_rbac(&docs);
@@ -257,7 +271,7 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
     let args = pod["spec"]["containers"][0]["args"].to_string();
     for flag in [
         "--cluster-id=prod-eu-1",
-        "--allowed-namespaces=shop,checkout",
+        "--allowed-namespaces=default,kube-public",
     ] {
         assert!(args.contains(flag), "{flag} missing: {args}");
     }
