@@ -24,6 +24,15 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     /// Connections held at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one source address may hold at once; beyond it a new one is closed at
+    /// once, so one client cannot take every slot of [`Self::max_connections`].
+    pub max_connections_per_source: usize,
+    /// A connection must send its first request within this (an HTTP/2 client that opens
+    /// a connection and never a stream is closed then, not after the idle timeout).
+    pub first_request_timeout: Duration,
+    /// HTTP/2 keep-alive: a PING after this much silence, the connection closed when its
+    /// answer does not come within the same time (a peer that vanished is noticed).
+    pub http2_keep_alive: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// HTTP/2 streams a client may reset before they were served, per connection
@@ -40,9 +49,63 @@ impl Default for ConnLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_connections: 4096,
+            max_connections_per_source: 1024,
+            first_request_timeout: Duration::from_secs(10),
+            http2_keep_alive: Duration::from_secs(30),
             max_concurrent_streams: 256,
             max_pending_reset_streams: 32,
             drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connections held per source address, within a cap.
+#[derive(Debug, Default)]
+pub struct PerSource {
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection counted against its source; released when dropped.
+#[derive(Debug)]
+pub struct SourceSlot {
+    sources: std::sync::Arc<PerSource>,
+    source: std::net::IpAddr,
+}
+
+impl PerSource {
+    /// A slot for one more connection from `source`, unless it holds `cap` already.
+    pub fn take(
+        self: &std::sync::Arc<Self>,
+        source: std::net::IpAddr,
+        cap: usize,
+    ) -> Option<SourceSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(source).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            source,
+        })
+    }
+
+    /// Connections `source` holds now.
+    pub fn held(&self, source: std::net::IpAddr) -> usize {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(&source).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut held = self.sources.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.source);
+            }
         }
     }
 }

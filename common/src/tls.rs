@@ -291,6 +291,7 @@ impl TlsServer {
         ));
         let limits = Arc::new(self.limits.clone());
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        let per_source = Arc::new(crate::conn_limits::PerSource::default());
         let connections = TaskTracker::new();
         let mut backoff = AcceptBackoff::default();
         loop {
@@ -318,12 +319,21 @@ impl TlsServer {
                     }
                 },
             };
+            // One source may not hold every slot: beyond its share, closed at once.
+            let Some(source_slot) =
+                per_source.take(peer.ip(), limits.max_connections_per_source.max(1))
+            else {
+                tracing::debug!(%peer, "connection closed: its source holds its share of connections");
+                drop(stream);
+                continue;
+            };
             // Small request/response exchanges must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
             let (acceptor, app) = (self.acceptor.clone(), app.clone());
             let (shutdown, limits) = (shutdown.clone(), limits.clone());
             connections.spawn(async move {
                 let _permit = permit;
+                let _source_slot = source_slot;
                 let handshake =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
                 let tls = match handshake.await {
@@ -344,10 +354,20 @@ impl TlsServer {
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(|leaf| ClientIdentity::from_der(leaf));
-                let service = TowerToHyperService::new(match identity {
+                let app = match identity {
                     Some(identity) => app.layer(axum::Extension(identity)),
                     None => app,
-                });
+                };
+                // Notes the first request, for the first-request deadline.
+                let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let noted = asked.clone();
+                let app = app.layer(axum::middleware::from_fn(
+                    move |request: axum::extract::Request, next: axum::middleware::Next| {
+                        noted.store(true, std::sync::atomic::Ordering::Relaxed);
+                        next.run(request)
+                    },
+                ));
+                let service = TowerToHyperService::new(app);
                 let io = TokioIo::new(IdleTimeout::new(tls, limits.idle_timeout));
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder
@@ -359,17 +379,31 @@ impl TlsServer {
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(limits.max_concurrent_streams)
                     .max_pending_accept_reset_streams(limits.max_pending_reset_streams)
-                    .max_local_error_reset_streams(limits.max_pending_reset_streams);
+                    .max_local_error_reset_streams(limits.max_pending_reset_streams)
+                    .keep_alive_interval(Some(limits.http2_keep_alive))
+                    .keep_alive_timeout(limits.http2_keep_alive);
                 let connection = builder.serve_connection_with_upgrades(io, service);
                 tokio::pin!(connection);
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    _ = shutdown.cancelled() => {
-                        // Finish what is in flight, take nothing new.
-                        connection.as_mut().graceful_shutdown();
-                        match tokio::time::timeout(limits.drain_timeout, connection.as_mut()).await {
-                            Ok(result) => result,
-                            Err(_) => return,
+                let first_request_due = tokio::time::sleep(limits.first_request_timeout);
+                tokio::pin!(first_request_due);
+                let mut waiting_for_first = true;
+                let result = loop {
+                    tokio::select! {
+                        result = connection.as_mut() => break result,
+                        _ = &mut first_request_due, if waiting_for_first => {
+                            waiting_for_first = false;
+                            if !asked.load(std::sync::atomic::Ordering::Relaxed) {
+                                tracing::debug!(%peer, "no request within the first-request deadline; closing");
+                                return;
+                            }
+                        }
+                        _ = shutdown.cancelled() => {
+                            // Finish what is in flight, take nothing new.
+                            connection.as_mut().graceful_shutdown();
+                            match tokio::time::timeout(limits.drain_timeout, connection.as_mut()).await {
+                                Ok(result) => break result,
+                                Err(_) => return,
+                            }
                         }
                     }
                 };
@@ -739,6 +773,75 @@ mod tests {
         assert!(
             matches!(served, Ok(Ok(true))),
             "the third one is served once a slot frees"
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn one_source_holds_at_most_its_share_of_connections() {
+        let limits = ConnLimits {
+            max_connections: 16,
+            max_connections_per_source: 2,
+            ..ConnLimits::default()
+        };
+        let (addr, pki, shutdown, _task) = limited_server(limits).await;
+        let first = tls_connect(addr, &pki.ca_pem).await.unwrap();
+        let _second = tls_connect(addr, &pki.ca_pem).await.unwrap();
+        // The third from the same address is closed at once, though slots are free.
+        let third = tls_connect(addr, &pki.ca_pem).await;
+        assert!(
+            third.is_err(),
+            "a third connection from one source was served"
+        );
+        drop(first);
+        // Its share frees as its connections close.
+        let mut again = None;
+        for _ in 0..50 {
+            if let Ok(tls) = tls_connect(addr, &pki.ca_pem).await {
+                again = Some(tls);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(again.is_some(), "a freed share is served again");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_asks_is_closed_at_the_first_request_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let limits = ConnLimits {
+            first_request_timeout: Duration::from_millis(300),
+            ..ConnLimits::default()
+        };
+        let (addr, pki, shutdown, _task) = limited_server(limits).await;
+        let mut silent = tls_connect(addr, &pki.ca_pem).await.unwrap();
+        assert!(
+            closed_within(&mut silent, Duration::from_secs(3)).await,
+            "a connection that sent no request was kept past the deadline"
+        );
+        // One that asks at once is served and kept past it.
+        let mut asking = tls_connect(addr, &pki.ca_pem).await.unwrap();
+        asking
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 512];
+        let n = tokio::io::AsyncReadExt::read(&mut asking, &mut buffer)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buffer[..n]).contains("hello"));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        asking
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::io::AsyncReadExt::read(&mut asking, &mut buffer)
+            .await
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buffer[..n]).contains("hello"),
+            "a connection that asked was closed at the deadline"
         );
         shutdown.cancel();
     }

@@ -308,9 +308,11 @@ async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> an
     let webhook = WebhookUnderTest::start(&format!("webhook-{}", ns.name), "").await?;
     let _hook = webhook.register_in(&client, &ns.name).await?;
 
-    // 1,000 connections that finish their handshake and then say nothing, and 50
-    // slowloris clients: a header byte every 500 ms, never the end of the headers.
-    let hostile = HostileClients::open(webhook.port, &webhook.ca_pem, 1000, 50).await?;
+    // 900 connections that finish their handshake and then say nothing, and 50 slowloris
+    // clients: a header byte every 500 ms, never the end of the headers. (On the test bed
+    // they share the apiserver's source address, so they stay below the per-source share
+    // of 1,024 that keeps one real client from holding every slot.)
+    let hostile = HostileClients::open(webhook.port, &webhook.ca_pem, 900, 50).await?;
 
     // Meanwhile the apiserver's reviews: every pod of an opted-in Deployment is answered.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
@@ -335,7 +337,7 @@ async fn idle_connections_and_slow_clients_do_not_keep_the_apiserver_out() -> an
         "pods admitted without the webhook's answer: {unanswered:?}"
     );
     // The slow clients were cut off by the header timeout (10 s), not served forever.
-    assert_eq!(hostile.idle_count(), 1000);
+    assert_eq!(hostile.idle_count(), 900);
     for lasted in hostile.slow_client_lifetimes().await? {
         assert!(
             lasted < Duration::from_secs(30),

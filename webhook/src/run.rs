@@ -50,6 +50,12 @@ pub struct WebhookArgs {
     #[arg(long, default_value_t = 4096, env = "SPILLWAY_MAX_CONNECTIONS",
         value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+    /// Connections one source address may hold at once (a further one is closed at once),
+    /// so one client cannot take every slot; a connection must send its first request
+    /// within 10 s.
+    #[arg(long, default_value_t = 1024, env = "SPILLWAY_MAX_CONNECTIONS_PER_SOURCE",
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections_per_source: u64,
     /// On SIGTERM, seconds the webhook keeps answering after /readyz turned false (so the
     /// Service stops sending it reviews first); then in-flight reviews finish and it exits.
     #[arg(long, default_value_t = 5, env = "SPILLWAY_SHUTDOWN_DELAY_SECONDS",
@@ -135,6 +141,8 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> Result<(), S
         reload_interval: interval,
         limits: ConnLimits {
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_source: usize::try_from(args.max_connections_per_source)
+                .unwrap_or(usize::MAX),
             ..ConnLimits::default()
         },
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
