@@ -222,6 +222,17 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         );
     }
 
+    // The install notes warn loudly while every namespace may use the virtual nodes.
+    let chart = chart_dir().display().to_string();
+    let notes = |extra: &[&str]| -> anyhow::Result<String> {
+        let mut args = vec!["install", "--dry-run=client", "notes", &chart];
+        args.extend(extra);
+        let out = helm(&args)?;
+        Ok(out[out.find("NOTES:").unwrap_or(0)..].to_owned())
+    };
+    assert!(notes(&[])?.contains("WARNING: controller.allowedNamespaces is empty"));
+    let all = all_options().display().to_string();
+    assert!(!notes(&["--values", &all])?.contains("WARNING"));
     let docs = render("spillway", "spillway-system", &[&all_options()])?;
     // With allowedNamespaces, Secrets and ConfigMaps are read in those namespaces only.
     let node_role = find(&docs, "ClusterRole", "spillway-virtual-node")?;
