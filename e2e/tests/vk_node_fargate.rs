@@ -837,7 +837,11 @@ async fn a_crash_between_the_secret_and_run_task_leaks_nothing() -> anyhow::Resu
         )
         .await?;
     }
-    let prefix = format!("spillway/default/{node_name}/");
+    // The node names no cluster id: it derives one from kube-system's UID.
+    let prefix = format!(
+        "spillway/{}/{node_name}/",
+        derived_cluster_id(client).await?
+    );
     wait_until(
         "both secrets written, RunTask hanging",
         Duration::from_secs(60),
@@ -1233,6 +1237,23 @@ async fn a_hung_status_call_does_not_hold_up_new_pods() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster id a node derives when given none: `k8s-` and the first 12 hex digits of
+/// the kube-system namespace's UID (computed here from the UID, not by the node's code).
+async fn derived_cluster_id(client: &kube::Client) -> anyhow::Result<String> {
+    let kube_system = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?;
+    let hex: String = kube_system
+        .metadata
+        .uid
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    Ok(format!("k8s-{}", hex.to_ascii_lowercase()))
+}
+
 /// The peak resident memory of a process (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -1470,18 +1491,7 @@ async fn a_node_without_a_cluster_id_names_its_tasks_after_kube_system_and_refus
     )
     .await?;
     wait_running(&pods, "named", Duration::from_secs(60)).await?;
-    let kube_system = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .get("kube-system")
-        .await?;
-    let hex: String = kube_system
-        .metadata
-        .uid
-        .unwrap_or_default()
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(12)
-        .collect();
-    let expected = format!("k8s-{}", hex.to_ascii_lowercase());
+    let expected = derived_cluster_id(client).await?;
     let uid = pods.get("named").await?.metadata.uid.unwrap_or_default();
     let task = running_tasks(&fx.aws, &fx.cluster).await?[&uid][0].clone();
     let tag = task
