@@ -368,6 +368,24 @@ pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// Starts `kubectl logs -f` of a pod: the process and its piped stdout.
+pub fn kubectl_logs_follow(
+    namespace: &str,
+    pod: &str,
+) -> anyhow::Result<(std::process::Child, std::process::ChildStdout)> {
+    let mut child = std::process::Command::new(repo_root().join("e2e/.build/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(run_dir().join("kubeconfig"))
+        .args(["logs", "-f", "-n", namespace, pod])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("kubectl's stdout was not piped"))?;
+    Ok((child, stdout))
+}
+
 /// `kubectl logs -f` of a pod, read on a thread of its own until it has `lines` lines.
 pub struct LogFollower {
     child: std::process::Child,
@@ -377,16 +395,7 @@ pub struct LogFollower {
 impl LogFollower {
     /// Starts following `pod` in `namespace`.
     pub fn start(namespace: &str, pod: &str, lines: usize) -> anyhow::Result<Self> {
-        let mut child = std::process::Command::new(repo_root().join("e2e/.build/bin/kubectl"))
-            .arg("--kubeconfig")
-            .arg(run_dir().join("kubeconfig"))
-            .args(["logs", "-f", "-n", namespace, pod])
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("kubectl's stdout was not piped"))?;
+        let (child, stdout) = kubectl_logs_follow(namespace, pod)?;
         let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             std::io::BufReader::new(stdout)

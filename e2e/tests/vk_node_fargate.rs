@@ -1123,35 +1123,10 @@ async fn two_hundred_pods_all_run_through_throttling_and_server_errors() -> anyh
 #[ignore = "needs the test bed: run `make test`"]
 async fn a_log_of_twenty_thousand_lines_is_served_whole_and_tails_exactly() -> anyhow::Result<()> {
     let fx = FargateFixture::new("e2e-long-log").await?;
-    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let (client, ns) = (&fx.node.client, &fx.node.ns);
     let _node = fx.start_node()?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    pods.create(
-        &PostParams::default(),
-        &pod_on_node("chatty", node_name, json!({}))?,
-    )
-    .await?;
-    wait_running(&pods, "chatty", Duration::from_secs(60)).await?;
-    let uid = pods.get("chatty").await?.metadata.uid.unwrap_or_default();
-    let task = running_tasks(&fx.aws, &fx.cluster).await?[&uid][0].clone();
-    let task_id = task
-        .task_arn()
-        .unwrap_or_default()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let (group, stream) = (
-        format!("/spillway/{}", fx.cluster),
-        format!("spillway/app/{task_id}"),
-    );
-    fx.aws
-        .logs
-        .create_log_stream()
-        .log_group_name(&group)
-        .log_stream_name(&stream)
-        .send()
-        .await?;
+    let (group, stream) = chatty_log_stream(&fx, &pods).await?;
     // 20,000 lines, ten to a millisecond (so pages end amid equal timestamps), in two
     // batches of 10,000 (CloudWatch's limit per call and per page).
     let start = std::time::SystemTime::now()
@@ -1237,6 +1212,41 @@ async fn a_hung_status_call_does_not_hold_up_new_pods() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs pod `chatty` on the fixture's node and creates the log stream its `app`
+/// container writes to (awslogs' `spillway/<container>/<task id>`): group and stream.
+async fn chatty_log_stream(
+    fx: &FargateFixture,
+    pods: &Api<Pod>,
+) -> anyhow::Result<(String, String)> {
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("chatty", &fx.node.node_name, json!({}))?,
+    )
+    .await?;
+    wait_running(pods, "chatty", Duration::from_secs(60)).await?;
+    let uid = pods.get("chatty").await?.metadata.uid.unwrap_or_default();
+    let task = running_tasks(&fx.aws, &fx.cluster).await?[&uid][0].clone();
+    let task_id = task
+        .task_arn()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let (group, stream) = (
+        format!("/spillway/{}", fx.cluster),
+        format!("spillway/app/{task_id}"),
+    );
+    fx.aws
+        .logs
+        .create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .send()
+        .await?;
+    Ok((group, stream))
+}
+
 /// The cluster id a node derives when given none: `k8s-` and the first 12 hex digits of
 /// the kube-system namespace's UID (computed here from the UID, not by the node's code).
 async fn derived_cluster_id(client: &kube::Client) -> anyhow::Result<String> {
@@ -1274,17 +1284,7 @@ struct BulkFollower {
 
 impl BulkFollower {
     fn start(namespace: &str, pod: &str) -> anyhow::Result<Self> {
-        let mut child =
-            std::process::Command::new(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
-                .arg("--kubeconfig")
-                .arg(spillway_e2e::run_dir().join("kubeconfig"))
-                .args(["logs", "-f", "-n", namespace, pod])
-                .stdout(std::process::Stdio::piped())
-                .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("kubectl's stdout was not piped"))?;
+        let (child, stdout) = spillway_e2e::kubectl_logs_follow(namespace, pod)?;
         let seen = std::sync::Arc::new(std::sync::Mutex::new((0, Vec::new())));
         let into = seen.clone();
         std::thread::spawn(move || {
@@ -1323,32 +1323,7 @@ async fn two_hundred_megabytes_of_logs_are_streamed_in_little_memory() -> anyhow
     let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
     let node = fx.start_node()?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    pods.create(
-        &PostParams::default(),
-        &pod_on_node("chatty", node_name, json!({}))?,
-    )
-    .await?;
-    wait_running(&pods, "chatty", Duration::from_secs(60)).await?;
-    let uid = pods.get("chatty").await?.metadata.uid.unwrap_or_default();
-    let task = running_tasks(&fx.aws, &fx.cluster).await?[&uid][0].clone();
-    let task_id = task
-        .task_arn()
-        .unwrap_or_default()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let (group, stream) = (
-        format!("/spillway/{}", fx.cluster),
-        format!("spillway/app/{task_id}"),
-    );
-    fx.aws
-        .logs
-        .create_log_stream()
-        .log_group_name(&group)
-        .log_stream_name(&stream)
-        .send()
-        .await?;
+    let (group, stream) = chatty_log_stream(&fx, &pods).await?;
     // 200 MB: 200 batches of 1,000 lines of 1,000 bytes.
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -380,15 +380,7 @@ async fn run_node(
             .await
         }
         ProviderKind::Aci => {
-            let client = kube::Client::try_default().await?;
-            let cluster_id = crate::cluster_id::resolve(
-                options.fargate.cluster_id.as_deref(),
-                options.fargate.allow_default_cluster_id,
-                &client,
-            )
-            .await
-            .map_err(RunError::Provider)?;
-            tracing::info!(node = %name, %cluster_id, "cluster id at ACI");
+            let cluster_id = cluster_id(kind, &options, &name).await?;
             let settings =
                 aci_settings_from_args(&options.aci, &options.fargate, &name, &cluster_id)
                     .map_err(RunError::Provider)?;
@@ -406,9 +398,11 @@ async fn run_node(
             .await
         }
         ProviderKind::Fargate => {
-            let provider = FargateProvider::from_args(&options.fargate, &name, metrics.clone())
-                .await
-                .map_err(RunError::Provider)?;
+            let cluster_id = cluster_id(kind, &options, &name).await?;
+            let provider =
+                FargateProvider::from_args(&options.fargate, &name, &cluster_id, metrics.clone())
+                    .await
+                    .map_err(RunError::Provider)?;
             run_with(
                 Arc::new(provider),
                 kind,
@@ -420,6 +414,25 @@ async fn run_node(
             .await
         }
     }
+}
+
+/// This cluster's id at a cloud provider: `--cluster-id` (checked), else derived from the
+/// kube-system namespace's UID.
+async fn cluster_id(
+    kind: ProviderKind,
+    options: &NodeOptions,
+    node: &str,
+) -> Result<String, RunError> {
+    let client = kube::Client::try_default().await?;
+    let id = crate::cluster_id::resolve(
+        options.fargate.cluster_id.as_deref(),
+        options.fargate.allow_default_cluster_id,
+        &client,
+    )
+    .await
+    .map_err(RunError::Provider)?;
+    tracing::info!(node, provider = kind.as_str(), cluster_id = %id, "cluster id at the provider");
+    Ok(id)
 }
 
 fn node_name(kind: ProviderKind, options: &NodeOptions) -> String {

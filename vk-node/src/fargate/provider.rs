@@ -179,23 +179,17 @@ struct TaskRecord {
 }
 
 impl FargateProvider<AwsApi> {
-    /// The real provider from flags.
+    /// The real provider from flags and the resolved cluster id.
     pub async fn from_args(
         args: &FargateArgs,
         node_name: &str,
+        cluster_id: &str,
         metrics: NodeMetrics,
     ) -> Result<Self, String> {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| e.to_string())?;
-        let cluster_id = crate::cluster_id::resolve(
-            args.cluster_id.as_deref(),
-            args.allow_default_cluster_id,
-            &client,
-        )
-        .await?;
-        tracing::info!(node = node_name, %cluster_id, "cluster id at Fargate");
-        let settings = settings_from_args(args, node_name, &cluster_id)?;
+        let settings = settings_from_args(args, node_name, cluster_id)?;
         let api = AwsApi::new(&args.aws_region, args.aws_endpoint.as_deref(), metrics).await;
         Ok(Self::new(api, settings, Some(client)))
     }
