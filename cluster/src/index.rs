@@ -24,6 +24,9 @@ const POD_COUNTED: u8 = 2;
 const POD_BURST: u8 = 4;
 const POD_CPU_SPECIFIED: u8 = 8;
 const POD_MEMORY_SPECIFIED: u8 = 16;
+/// Owned by no ReplicaSet and opted in by its own `spillway.io/burst` annotation (a bare
+/// pod, or one of a Job or StatefulSet whose template carries it).
+const POD_SELF_OPTED_IN: u8 = 32;
 
 /// A pod UID squeezed into 16 bytes (a UUID as-is; anything else hashed).
 pub fn compact_uid(uid: &str) -> u128 {
@@ -506,6 +509,9 @@ impl ClusterIndex {
         if needs.memory_specified {
             flags |= POD_MEMORY_SPECIFIED;
         }
+        if replicaset == NO_SLOT && crate::policy::pod_opted_in(pod) {
+            flags |= POD_SELF_OPTED_IN;
+        }
         let entry = PodEntry {
             node,
             replicaset,
@@ -726,13 +732,42 @@ impl ClusterIndex {
     /// in flight, about to bill). A `placement: burst` label on any other pod (a pod of
     /// no opted-in workload, or one running on a regular node) spends nothing, so no one
     /// can exhaust the budget by labelling pods.
+    ///
+    /// A pod of no ReplicaSet that opted in by its own annotation bills once it is bound
+    /// to a virtual node (the node admits it); unbound, it spends nothing.
     fn bills(&self, pod: &PodEntry) -> bool {
         let opted_in = self
             .deployment_of(pod)
             .map(|slot| &self.deployments[slot as usize])
             .is_some_and(|d| d.exists && d.opted_in);
-        let on_virtual = pod.node == NO_SLOT || self.nodes[pod.node as usize].is_virtual;
-        opted_in && on_virtual
+        let bound_virtual = pod.node != NO_SLOT && self.nodes[pod.node as usize].is_virtual;
+        let on_virtual = pod.node == NO_SLOT || bound_virtual;
+        (opted_in && on_virtual) || (pod.flags & POD_SELF_OPTED_IN != 0 && bound_virtual)
+    }
+
+    /// What the pod with `uid` adds to [`Self::burst_usd_per_hour`] (0 when it does not
+    /// bill or is unknown), so a check can leave the pod itself out of the sum.
+    pub fn pod_burst_usd_per_hour(
+        &self,
+        uid: &str,
+        pricing: &PricingConfig,
+        default_provider: Provider,
+    ) -> f64 {
+        let uid = compact_uid(uid);
+        if !self.burst_pods.contains(&uid) {
+            return 0.0;
+        }
+        self.pods
+            .get(&uid)
+            .filter(|pod| self.bills(pod))
+            .and_then(|pod| {
+                cost::hourly_usd(
+                    &pod.needs(),
+                    self.provider_of(pod, default_provider),
+                    pricing,
+                )
+            })
+            .unwrap_or(0.0)
     }
 
     /// Estimated USD per hour of the burst pods that bill ([`Self::bills`]), of one
@@ -819,6 +854,13 @@ impl ClusterIndex {
                 }
             })
             .unwrap_or_default()
+    }
+
+    /// Whether the index has seen the ReplicaSet with `uid` (and not its deletion).
+    pub fn replicaset_exists(&self, uid: &str) -> bool {
+        self.replicaset_slots
+            .get(&compact_uid(uid))
+            .is_some_and(|&slot| self.replicasets[slot as usize].exists)
     }
 
     /// The Deployment owning the ReplicaSet with `uid`, when the index knows the link,
@@ -1414,6 +1456,51 @@ mod tests {
                 .unwrap()
                 .template_annotations
                 .contains_key("spillway.io/burst")
+        );
+    }
+
+    #[test]
+    fn a_bare_pod_that_opts_itself_in_bills_once_bound_to_a_virtual_node() {
+        let mut index = ClusterIndex::new();
+        let mut vnode = node("vk", "100", "1Ti");
+        vnode.metadata.labels = Some(
+            [
+                ("type".to_string(), "virtual-kubelet".to_string()),
+                ("spillway.io/provider".to_string(), "fargate".to_string()),
+            ]
+            .into(),
+        );
+        index.apply_node(&vnode);
+        let pricing = PricingConfig::default();
+        let spent =
+            |index: &ClusterIndex| index.burst_usd_per_hour(None, &pricing, Provider::Fargate);
+        let bare = |uid: &str, node: Option<&str>, opted_in: bool| {
+            let mut pod = pod(uid, node, "none", "1");
+            pod.metadata.owner_references = None;
+            pod.metadata.labels =
+                Some([("spillway.io/placement".to_string(), "burst".to_string())].into());
+            if opted_in {
+                pod.metadata.annotations =
+                    Some([("spillway.io/burst".to_string(), "true".to_string())].into());
+            }
+            pod
+        };
+        // Unbound, or not opted in, it spends nothing: labels alone cannot spend the
+        // budget.
+        index.apply_pod(&bare("waiting", None, true));
+        index.apply_pod(&bare("quiet", Some("vk"), false));
+        assert_eq!(spent(&index), 0.0);
+        assert_eq!(
+            index.pod_burst_usd_per_hour("waiting", &pricing, Provider::Fargate),
+            0.0
+        );
+        index.apply_pod(&bare("bound", Some("vk"), true));
+        let own = index.pod_burst_usd_per_hour("bound", &pricing, Provider::Fargate);
+        assert!(own > 0.0);
+        assert!((spent(&index) - own).abs() < 1e-12);
+        assert_eq!(
+            index.pod_burst_usd_per_hour("unknown", &pricing, Provider::Fargate),
+            0.0
         );
     }
 

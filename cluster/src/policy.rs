@@ -157,6 +157,16 @@ fn parse_usd(value: &str, warnings: &mut Vec<String>) -> Option<f64> {
     }
 }
 
+/// Whether a pod opts in by its own annotations (a pod's annotations are its template's,
+/// so this is the template's say, which wins over its Deployment's).
+pub fn pod_opted_in(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::BURST))
+        .is_some_and(|v| v == "true")
+}
+
 /// Reads the policy from the Deployment's annotations overlaid with the pod's own
 /// (the pod template wins key by key). Warnings name each ignored value.
 pub fn read(

@@ -18,6 +18,7 @@ use spillway_common::admin::{self, AdminArgs, Readiness};
 use spillway_common::config::{self, ConfigError, ConfigMetrics, OperatorConfig, SharedConfig};
 use spillway_common::leader::LeaderElection;
 use spillway_vk_node::run::EmbeddedNodesArgs;
+use spillway_vk_node::workload_rules::ClusterView;
 use tokio_util::sync::CancellationToken;
 
 use crate::execute::{Executor, FIELD_MANAGER};
@@ -419,12 +420,20 @@ pub async fn run_loops(
         readiness.clone(),
         &shutdown,
     );
+    // The embedded nodes judge hand-bound pods (opt-in, budgets) on the controller's own
+    // view of the cluster.
+    let view = ClusterView::new(
+        controller.index.clone(),
+        controller.config.clone(),
+        controller.pods_synced.clone(),
+    );
     let loop_task = tokio::spawn(controller.run(shutdown.clone()));
     let nodes_result = if nodes.vk_provider.is_empty() {
         shutdown.cancelled().await;
         Ok(())
     } else {
-        spillway_vk_node::run::run_embedded(nodes, registry, readiness, shutdown.clone()).await
+        spillway_vk_node::run::run_embedded(nodes, registry, readiness, view, shutdown.clone())
+            .await
     };
     if nodes_result.is_err() {
         shutdown.cancel();

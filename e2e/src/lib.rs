@@ -425,7 +425,9 @@ impl LogFollower {
     }
 }
 
-/// A pod manifest bound directly to `node` (no scheduler involved), tolerating its taint.
+/// A pod manifest bound directly to `node` (no scheduler involved), tolerating its taint
+/// and opted in by its own annotation (a bare pod is its own workload; the node refuses
+/// pods of workloads that did not opt in).
 pub fn pod_on_node(
     name: &str,
     node: &str,
@@ -443,7 +445,8 @@ pub fn pod_on_node(
         }
     }
     Ok(serde_json::from_value(
-        serde_json::json!({"metadata": {"name": name, "labels": {"app": name}}, "spec": spec}),
+        serde_json::json!({"metadata": {"name": name, "labels": {"app": name},
+            "annotations": {"spillway.io/burst": "true"}}, "spec": spec}),
     )?)
 }
 

@@ -122,6 +122,7 @@ async fn kubelet_endpoints_list_pods_report_usage_and_check_callers() -> anyhow:
     let mut busy = pod_on_node("busy", node_name, json!({}))?;
     busy.metadata.annotations = Some(
         [
+            ("spillway.io/burst", "true"),
             ("spillway.io/mock-cpu-usage", "700m"),
             ("spillway.io/mock-memory-usage", "64Mi"),
         ]

@@ -893,6 +893,152 @@ async fn pods_bound_by_hand_beyond_the_nodes_allocatable_are_refused_out_of_cpu(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test bed: run `make test`"]
+async fn pods_bound_by_hand_run_only_when_opted_in_and_within_the_budget() -> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-opt-in", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    // A cluster budget of 0 holds no pod, whatever other tests run meanwhile.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "budget:\n  maxUsdPerHour: 0\n")?;
+    let mut args = vk_node_args(node_name, "mock")?;
+    args.extend(["--config".into(), config.display().to_string()]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_until("node registered", Duration::from_secs(30), || async {
+        Ok(nodes.get_opt(node_name).await?.is_some())
+    })
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let status_of = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let status = pods.get(name).await?.status.unwrap_or_default();
+            anyhow::Ok((
+                status.phase.unwrap_or_default(),
+                status.reason.unwrap_or_default(),
+                status.message.unwrap_or_default(),
+            ))
+        }
+    };
+    let refused = |name: &'static str| async move {
+        wait_until(
+            &format!("{name} refused"),
+            Duration::from_secs(30),
+            || async { Ok(status_of(name).await?.0 == "Failed") },
+        )
+        .await?;
+        let (_, reason, message) = status_of(name).await?;
+        anyhow::Ok((reason, message))
+    };
+    // A bare pod that does not opt itself in is refused, never started.
+    let mut quiet = pod_on_node("quiet", node_name, json!({}))?;
+    quiet.metadata.annotations = None;
+    pods.create(&PostParams::default(), &quiet).await?;
+    let (reason, message) = refused("quiet").await?;
+    assert_eq!(reason, "NotOptedIn", "{message}");
+    assert!(message.contains("pod quiet is not opted in"), "{message}");
+    // An opted-in one would break the cluster budget.
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("over", node_name, json!({}))?,
+    )
+    .await?;
+    let (reason, message) = refused("over").await?;
+    assert_eq!(reason, "OverBudget", "{message}");
+    assert!(message.contains("cluster burst budget"), "{message}");
+    // The budget raised live, a workload's own budget still holds: one pod of 250m and
+    // 512Mi (about 0.0123 USD/h at Fargate's list prices) fits in 0.02 USD/h, two do not.
+    std::fs::write(&config, "budget:\n  maxUsdPerHour: 1000\n")?;
+    let admin_port: u16 = args[args.iter().position(|a| a == "--admin-addr").unwrap() + 1]
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse()?;
+    wait_until("the config reloaded", Duration::from_secs(30), || async {
+        let metrics = spillway_e2e::metrics_text(admin_port)?;
+        Ok(spillway_e2e::sample(&metrics, "spillway_config_generation") == Some(2.0))
+    })
+    .await?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    let template = pod_on_node("unused", node_name, json!({}))?;
+    let capped = serde_json::from_value(json!({
+        "metadata": {"name": "capped"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "capped"}},
+            "template": {"metadata": {"labels": {"app": "capped"},
+                "annotations": {"spillway.io/burst": "true", "spillway.io/max-usd-per-hour": "0.02"}},
+                "spec": template.spec.clone()}}
+    }))?;
+    let refused_in = |app: &'static str, reason: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+                .await?;
+            let running = list
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            let message = list.items.iter().find_map(|p| {
+                let status = p.status.as_ref()?;
+                (status.reason.as_deref() == Some(reason)).then(|| status.message.clone())?
+            });
+            anyhow::Ok((running, message))
+        }
+    };
+    deployments.create(&PostParams::default(), &capped).await?;
+    wait_until(
+        "one capped pod Running, one refused",
+        Duration::from_secs(60),
+        || async {
+            let (running, message) = refused_in("capped", "OverBudget").await?;
+            Ok(running == 1 && message.is_some())
+        },
+    )
+    .await?;
+    let (_, message) = refused_in("capped", "OverBudget").await?;
+    let message = message.unwrap_or_default();
+    assert!(
+        message.contains(&format!("workload {}/capped burst budget", ns.name)),
+        "{message}"
+    );
+    deployments
+        .delete("capped", &DeleteParams::default())
+        .await?;
+    // A Deployment that opted out, whose template binds its pods to the node by hand
+    // and tolerates its taint: its pods are refused too.
+    let deployment = serde_json::from_value(json!({
+        "metadata": {"name": "sneaky"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "sneaky"}},
+            "template": {"metadata": {"labels": {"app": "sneaky"},
+                "annotations": {"spillway.io/burst": "false"}},
+                "spec": template.spec}}
+    }))?;
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    wait_until(
+        "the Deployment's pod refused",
+        Duration::from_secs(60),
+        || async { Ok(refused_in("sneaky", "NotOptedIn").await?.1.is_some()) },
+    )
+    .await?;
+    let (running, message) = refused_in("sneaky", "NotOptedIn").await?;
+    assert_eq!(running, 0);
+    let message = message.unwrap_or_default();
+    assert!(
+        message.contains(&format!("Deployment {}/sneaky is not opted in", ns.name)),
+        "{message}"
+    );
+    deployments
+        .delete("sneaky", &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
 async fn an_embedded_node_that_fails_to_start_is_logged_retried_and_shown_down()
 -> anyhow::Result<()> {
     let fixture = NodeFixture::new("e2e-node-up", "mock").await?;

@@ -29,6 +29,28 @@ pub enum Refusal {
         /// The DaemonSet's name.
         name: String,
     },
+    /// Its workload did not opt in (`spillway.io/burst`): only opted-in workloads burst.
+    NotOptedIn {
+        /// `Deployment ns/name`, `ReplicaSet name` or `pod name`.
+        workload: String,
+    },
+    /// The node could not tell whether its workload opted in (its ReplicaSet or
+    /// Deployment never reached the node's view of the cluster).
+    WorkloadUnknown {
+        /// What was missing.
+        why: String,
+    },
+    /// Running it would take the burst spend past a budget.
+    OverBudget {
+        /// `cluster`, `workload ns/name` or `pod`.
+        scope: String,
+        /// The pod's estimated cost.
+        pod_usd_per_hour: f64,
+        /// What the other burst pods of the scope cost.
+        spent_usd_per_hour: f64,
+        /// The budget.
+        limit_usd_per_hour: f64,
+    },
     /// Its requests exceed what the node has left, as a kubelet refuses a pod bound past
     /// its allocatable (pods bound by hand skip the scheduler that would have checked).
     OutOf {
@@ -51,6 +73,9 @@ impl Refusal {
             Refusal::Ineligible(_) => "Ineligible",
             Refusal::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
             Refusal::DaemonSet { .. } => DAEMONSET_REASON,
+            Refusal::NotOptedIn { .. } => "NotOptedIn",
+            Refusal::OverBudget { .. } => "OverBudget",
+            Refusal::WorkloadUnknown { .. } => "WorkloadUnknown",
             Refusal::OutOf { resource, .. } => match *resource {
                 "cpu" => "OutOfcpu",
                 "memory" => "OutOfmemory",
@@ -83,6 +108,25 @@ impl Refusal {
                  started and stays Pending (a failed one would be recreated at once). Keep \
                  the DaemonSet off virtual nodes with a required node affinity \
                  `type NotIn [virtual-kubelet]` (docs/providers.md, DaemonSets)"
+            ),
+            Refusal::NotOptedIn { workload } => format!(
+                "{workload} is not opted in to bursting (annotation spillway.io/burst: \"true\" \
+                 on the Deployment or its pod template); the pod bound to virtual node \
+                 {node} was not started"
+            ),
+            Refusal::WorkloadUnknown { why } => format!(
+                "virtual node {node} could not tell whether the pod's workload is opted in to \
+                 bursting ({why}); it was not started"
+            ),
+            Refusal::OverBudget {
+                scope,
+                pod_usd_per_hour,
+                spent_usd_per_hour,
+                limit_usd_per_hour,
+            } => format!(
+                "running the pod on virtual node {node} would break the {scope} burst budget \
+                 ({spent_usd_per_hour:.4} USD/h spent + {pod_usd_per_hour:.4} USD/h for this \
+                 pod > {limit_usd_per_hour:.4} USD/h); it was not started"
             ),
             // The kubelet's own wording.
             Refusal::OutOf {

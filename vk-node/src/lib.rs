@@ -20,3 +20,4 @@ pub mod provider;
 pub mod resource_usage;
 pub mod run;
 pub mod status;
+pub mod workload_rules;

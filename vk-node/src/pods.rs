@@ -24,6 +24,7 @@ use crate::metrics::NodeMetrics;
 use crate::node::{self, NodeSpec};
 use crate::provider::{Provider, ProviderError, RemoteContainerState, RemotePhase, RemoteStatus};
 use crate::status::{self, AfterStop, StatusContext, TerminalPhase};
+use crate::workload_rules::{ClusterView, Judgement};
 
 /// Timing and limits of the pod controller.
 #[derive(Clone, Debug)]
@@ -111,6 +112,11 @@ struct Tracked {
     /// When the provider first refused to create it, of the current run of retryable
     /// refusals (the `spillway.io/ProviderRefused` condition's transition time).
     refused_since: Option<jiff::Timestamp>,
+    /// Admission waits for the cluster view to know its workload: nothing is created
+    /// until it is admitted or refused.
+    awaiting_admission: bool,
+    /// Since when the (synced) view has not known its workload.
+    undecided_since: Option<Instant>,
 }
 
 impl Tracked {
@@ -149,6 +155,8 @@ impl Tracked {
             optional_reported: false,
             started_reported: HashSet::new(),
             refused_since: None,
+            awaiting_admission: false,
+            undecided_since: None,
         }
     }
 }
@@ -179,6 +187,18 @@ fn key(pod: &Pod) -> String {
     )
 }
 
+/// How long admission waits for a synced cluster view to learn a pod's workload (its
+/// ReplicaSet and Deployment arrive on watches of their own) before refusing it.
+const UNDECIDED_LIMIT: Duration = Duration::from_secs(30);
+
+/// Whether an earlier process started the pod: it runs already, whatever the rules say
+/// now.
+fn started_before(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .is_some_and(|s| s.phase.as_deref() == Some("Running") || s.start_time.is_some())
+}
+
 fn uid(pod: &Pod) -> Option<String> {
     pod.metadata.uid.clone()
 }
@@ -192,6 +212,9 @@ pub struct PodController<P: Provider> {
     metrics: NodeMetrics,
     recorder: Recorder,
     admission: NodeAdmission,
+    /// The cluster's view for the rules node-side admission cannot check alone (opt-in,
+    /// budgets).
+    view: ClusterView,
     directory: PodDirectory,
     tracked: HashMap<String, Tracked>,
     synced: bool,
@@ -275,6 +298,7 @@ impl<P: Provider> PodController<P> {
         settings: ControllerSettings,
         metrics: NodeMetrics,
         directory: PodDirectory,
+        view: ClusterView,
     ) -> Self {
         let reporter = Reporter {
             controller: "spillway-vk-node".into(),
@@ -295,6 +319,7 @@ impl<P: Provider> PodController<P> {
             client,
             provider,
             admission,
+            view,
             node,
             settings,
             metrics,
@@ -461,6 +486,7 @@ impl<P: Provider> PodController<P> {
                         }
                         continue;
                     }
+                    self.readmit_awaiting().await;
                     self.launch_due().await;
                     self.retry_deletions().await;
                     if last_sweep.elapsed() >= self.settings.sweep_interval {
@@ -507,13 +533,18 @@ impl<P: Provider> PodController<P> {
     /// Node-side admission of a newly seen pod: a refused one turns Failed with the
     /// reason (pod status and Event) and is never created at the provider.
     async fn admit(&self, tracked: &mut Tracked) {
-        let Err(refusal) = self
-            .admission
-            .admit(&tracked.pod)
-            .and_then(|()| self.check_room(&tracked.pod))
-        else {
-            return;
+        let refusal = match self.judge(tracked) {
+            Ok(()) => {
+                tracked.awaiting_admission = false;
+                return;
+            }
+            Err(None) => {
+                tracked.awaiting_admission = true;
+                return;
+            }
+            Err(Some(refusal)) => refusal,
         };
+        tracked.awaiting_admission = false;
         tracked.refused = true;
         tracked.lifecycle = Lifecycle::Terminal;
         if matches!(refusal, Refusal::DaemonSet { .. }) {
@@ -537,17 +568,58 @@ impl<P: Provider> PodController<P> {
         .await;
     }
 
-    /// Whether the pod fits what the node advertises beside the pods it admitted (not
-    /// refused, not finished). A pod an earlier process started is counted, not refused:
-    /// it runs already.
-    fn check_room(&self, pod: &Pod) -> Result<(), Refusal> {
-        let started_before = pod
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase.as_deref() == Some("Running") || s.start_time.is_some());
-        if started_before {
+    /// The node-side admission rules in order: those of the pod alone (DaemonSet,
+    /// namespace, taint, eligibility), then those of its workload (opt-in, budgets), then
+    /// room. `Err(None)`: the cluster view does not know the pod's workload yet, ask again
+    /// later; past [`UNDECIDED_LIMIT`] of a synced view that is a refusal. A pod an earlier
+    /// process started runs already: only the first rules apply to it.
+    fn judge(&self, tracked: &mut Tracked) -> Result<(), Option<Refusal>> {
+        let pod = &tracked.pod;
+        self.admission.admit(pod).map_err(Some)?;
+        if started_before(pod) {
             return Ok(());
         }
+        let provider = spillway_common::config::Provider::parse(&self.node.provider);
+        match self.view.judge(pod, provider) {
+            Judgement::Admit => {}
+            Judgement::Refuse(refusal) => return Err(Some(refusal)),
+            Judgement::Undecided(why) => {
+                if !self.view.is_synced() {
+                    return Err(None);
+                }
+                let since = *tracked.undecided_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < UNDECIDED_LIMIT {
+                    tracing::debug!(pod = %key(pod), %why, "admission waits for the cluster view");
+                    return Err(None);
+                }
+                return Err(Some(Refusal::WorkloadUnknown {
+                    why: format!("{why} after {} s", UNDECIDED_LIMIT.as_secs()),
+                }));
+            }
+        }
+        self.check_room(pod).map_err(Some)
+    }
+
+    /// Admits again the pods whose workload the cluster view did not know.
+    async fn readmit_awaiting(&mut self) {
+        let awaiting: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.awaiting_admission && !t.deleting)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in awaiting {
+            let Some(mut tracked) = self.tracked.remove(&uid) else {
+                continue;
+            };
+            self.admit(&mut tracked).await;
+            self.tracked.insert(uid, tracked);
+        }
+    }
+
+    /// Whether the pod fits what the node advertises beside the pods it admitted (not
+    /// refused, not finished).
+    fn check_room(&self, pod: &Pod) -> Result<(), Refusal> {
         let room = admission::NodeRoom {
             cpu_millis: u64::from(self.node.max_vcpu) * 1000,
             memory_bytes: spillway_common::quantity::bytes(&self.node.max_memory)
@@ -695,7 +767,10 @@ impl<P: Provider> PodController<P> {
             .tracked
             .iter()
             .filter(|(_, t)| {
-                t.lifecycle == Lifecycle::NeedsCreate && !t.deleting && t.next_attempt <= now
+                t.lifecycle == Lifecycle::NeedsCreate
+                    && !t.deleting
+                    && !t.awaiting_admission
+                    && t.next_attempt <= now
             })
             .map(|(uid, _)| uid.clone())
             .collect();

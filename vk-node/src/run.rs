@@ -12,6 +12,7 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use prometheus::Registry;
 use spillway_common::admin::{self, AdminArgs, Readiness};
+use spillway_common::config::{self, ConfigMetrics, OperatorConfig, SharedConfig};
 use spillway_common::conn_limits::ConnLimits;
 use spillway_common::leader::LeaderElection;
 use spillway_common::tls::{ClientCerts, DEFAULT_RELOAD_INTERVAL, TlsFiles, TlsServer};
@@ -27,6 +28,7 @@ use crate::mock::{MockBehaviour, MockProvider};
 use crate::node::{self, NodeSpec};
 use crate::pods::{ControllerSettings, PodController, PodDirectory};
 use crate::provider::Provider;
+use crate::workload_rules::ClusterView;
 
 /// How long a kubelet API connection may stay silent: a follow stream of a quiet pod is
 /// silent between its lines, so an hour rather than the admission server's two minutes.
@@ -104,6 +106,12 @@ pub struct VkNodeArgs {
     /// Provider behind the node.
     #[arg(long, value_enum, env = "SPILLWAY_VK_PROVIDER")]
     pub vk_provider: ProviderKind,
+    /// Operator config file (the controller's, the chart's ConfigMap): the node refuses
+    /// a pod that would break its `budget.maxUsdPerHour`, and prices pods with its
+    /// `pricing`. Reloaded when it changes. Without it only the workloads' own budgets
+    /// (`spillway.io/max-usd-per-hour`) apply at the node.
+    #[arg(long, env = "SPILLWAY_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)] // flattened groups document their own flags
     pub node: NodeOptions,
@@ -226,6 +234,9 @@ pub enum RunError {
     /// Metrics.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The operator config file.
+    #[error("operator config: {0}")]
+    Config(String),
     /// Leadership was lost; the process must stop so a new leader can take over.
     #[error("leadership lost")]
     LeadershipLost,
@@ -245,11 +256,47 @@ pub async fn run(args: VkNodeArgs, shutdown: CancellationToken) -> Result<(), Ru
     let readiness = Readiness::default();
     tokio::spawn(admin::serve(
         args.admin.admin_addr,
-        registry,
+        registry.clone(),
         readiness.clone(),
         shutdown.clone(),
     ));
-    run_node(args.vk_provider, args.node, metrics, readiness, shutdown).await
+    let config = node_config(args.config, &registry, &shutdown)?;
+    let client = kube::Client::try_default().await?;
+    let view = ClusterView::watched(client, config, shutdown.clone());
+    run_node(
+        args.vk_provider,
+        args.node,
+        metrics,
+        readiness,
+        view,
+        shutdown,
+    )
+    .await
+}
+
+/// The operator config of a node that runs alone, reloaded as the file changes.
+fn node_config(
+    path: Option<PathBuf>,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Result<SharedConfig, RunError> {
+    let Some(path) = path else {
+        return Ok(Arc::new(arc_swap::ArcSwap::from_pointee(
+            OperatorConfig::default(),
+        )));
+    };
+    let initial = OperatorConfig::load(&path).map_err(|e| RunError::Config(e.to_string()))?;
+    let shared: SharedConfig = Arc::new(arc_swap::ArcSwap::from_pointee(initial));
+    let metrics = ConfigMetrics::register(registry)?;
+    tokio::spawn(config::watch_and_reload(
+        path,
+        shared.clone(),
+        DEFAULT_RELOAD_INTERVAL,
+        metrics,
+        |_| {},
+        shutdown.clone(),
+    ));
+    Ok(shared)
 }
 
 /// Runs the virtual nodes embedded in `spillway controller`, sharing its metrics registry;
@@ -258,6 +305,7 @@ pub async fn run_embedded(
     args: EmbeddedNodesArgs,
     registry: &Registry,
     readiness: Readiness,
+    view: ClusterView,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     if args.vk_provider.len() > 1 && args.node.node_name.is_some() {
@@ -276,6 +324,7 @@ pub async fn run_embedded(
             options,
             metrics.clone(),
             readiness.clone(),
+            view.clone(),
             shutdown.clone(),
         )
     });
@@ -300,6 +349,7 @@ async fn supervise(
     options: NodeOptions,
     metrics: NodeMetrics,
     readiness: Readiness,
+    view: ClusterView,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let name = node_name(kind, &options);
@@ -313,6 +363,7 @@ async fn supervise(
             options.clone(),
             metrics.clone(),
             readiness.clone(),
+            view.clone(),
             shutdown.clone(),
         )
         .await;
@@ -348,6 +399,7 @@ async fn run_node(
     options: NodeOptions,
     metrics: NodeMetrics,
     readiness: Readiness,
+    view: ClusterView,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let name = node_name(kind, &options);
@@ -375,6 +427,7 @@ async fn run_node(
                 &options,
                 metrics,
                 readiness,
+                view,
                 shutdown,
             )
             .await
@@ -393,6 +446,7 @@ async fn run_node(
                 &options,
                 metrics,
                 readiness,
+                view,
                 shutdown,
             )
             .await
@@ -409,6 +463,7 @@ async fn run_node(
                 &options,
                 metrics,
                 readiness,
+                view,
                 shutdown,
             )
             .await
@@ -448,6 +503,7 @@ async fn run_with<P: Provider>(
     args: &NodeOptions,
     metrics: NodeMetrics,
     readiness: Readiness,
+    view: ClusterView,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let files = kubelet_tls_files(args)?;
@@ -523,7 +579,7 @@ async fn run_with<P: Provider>(
     readiness.set(true);
     let up = metrics.up.with_label_values(&[&spec.name, kind.as_str()]);
     up.set(1);
-    PodController::new(client, provider, spec, settings, metrics, directory)
+    PodController::new(client, provider, spec, settings, metrics, directory, view)
         .run(lost.clone())
         .await;
     up.set(0);
