@@ -51,6 +51,7 @@ pub fn decision() -> anyhow::Result<()> {
     let review_bytes = synthetic::review("bench", 7);
     let (_, request) = review::parse(&review_bytes)?;
     let config = OperatorConfig::default();
+    let seal = spillway_webhook::decision_seal::DecisionSeal::random();
     let view = index
         .workload("bench", "web-7")
         .expect("synthetic workload");
@@ -111,6 +112,7 @@ pub fn decision() -> anyhow::Result<()> {
             &index,
             |_| PlacementCounts::default(),
             &config,
+            &seal,
         ));
     });
     let full = time_each(50_000, || {
@@ -120,6 +122,7 @@ pub fn decision() -> anyhow::Result<()> {
             &index,
             |_| PlacementCounts::default(),
             &config,
+            &seal,
         ));
     });
     let row = |name: &str, s: &Samples| {
@@ -244,6 +247,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 in_flight: Arc::new(Mutex::new(InFlight::new(DEFAULT_TTL))),
                 config: Arc::new(ArcSwap::from_pointee(OperatorConfig::default())),
                 metrics: WebhookMetrics::register(&prometheus::Registry::new())?,
+                seal: spillway_webhook::decision_seal::DecisionSeal::random(),
             })
         }
     };

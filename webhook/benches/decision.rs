@@ -15,6 +15,7 @@ fn bench(c: &mut Criterion) {
     let review = spillway_webhook::synthetic::review("bench-uid", 7);
     let (_, request) = review::parse(&review).expect("synthetic review parses");
     let config = OperatorConfig::default();
+    let seal = spillway_webhook::decision_seal::DecisionSeal::random();
     c.bench_function(
         "decide (parse pod + decide + patch), 5k nodes, 150k pods",
         |b| {
@@ -24,6 +25,7 @@ fn bench(c: &mut Criterion) {
                     &index,
                     |_| PlacementCounts::default(),
                     &config,
+                    &seal,
                 );
                 black_box(evaluation.response)
             })
@@ -35,8 +37,14 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let (_, request) = review::parse(black_box(&review)).unwrap();
                 black_box(
-                    admission::evaluate(&request, &index, |_| PlacementCounts::default(), &config)
-                        .response,
+                    admission::evaluate(
+                        &request,
+                        &index,
+                        |_| PlacementCounts::default(),
+                        &config,
+                        &seal,
+                    )
+                    .response,
                 )
             })
         },

@@ -9,6 +9,7 @@ use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
 use spillway_common::{cost, pod_resources};
 
+use crate::decision_seal::{DecisionSeal, Sealed};
 use crate::patch::{self, Mutation};
 use crate::review::{AdmissionRequest, AdmissionResponse};
 use spillway_cluster::constraints::NodeConstraints;
@@ -112,19 +113,52 @@ fn affinity_provider(pod: &Pod) -> Option<spillway_common::config::Provider> {
 /// A decision already written on the pod by an earlier pass (reinvocation). A burst
 /// keeps the provider that pass chose (with `auto`, the usable nodes may have changed
 /// since; a second provider would leave the pod matching no node).
-fn previous_decision(pod: &Pod, provider: spillway_common::config::Provider) -> Option<Decision> {
-    pod.metadata.annotations.as_ref()?.get(keys::DECISION)?;
+///
+/// Only a decision this webhook sealed moments ago, for this namespace and placement,
+/// counts ([`DecisionSeal`]): a pod template carrying the annotation and the label gets a
+/// decision of the webhook's own.
+fn previous_decision(
+    pod: &Pod,
+    provider: spillway_common::config::Provider,
+    seal: &DecisionSeal,
+    namespace: &str,
+    now_ms: i64,
+) -> Option<Decision> {
+    let value = pod.metadata.annotations.as_ref()?.get(keys::DECISION)?;
     let labels = pod.metadata.labels.as_ref()?;
     let placement = match labels.get(keys::PLACEMENT)?.as_str() {
         "burst" => Placement::Burst(affinity_provider(pod).unwrap_or(provider)),
         "local" => Placement::Local,
         _ => return None,
     };
+    if !seal.opens(value, now_ms, sealed_about(pod, namespace, placement)) {
+        return None;
+    }
     let reason = labels
         .get(keys::REASON)
         .and_then(|r| Reason::parse(r))
         .unwrap_or(Reason::NoPressure);
     Some(Decision { placement, reason })
+}
+
+/// What a seal covers of a decision about `pod` in `namespace`.
+fn sealed_about<'a>(pod: &'a Pod, namespace: &'a str, placement: Placement) -> Sealed<'a> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map_or("", |o| o.uid.as_str());
+    Sealed {
+        namespace,
+        owner,
+        placement: placement.as_str(),
+        provider: match placement {
+            Placement::Burst(provider) => provider.as_str(),
+            Placement::Local => "",
+        },
+    }
 }
 
 /// The budgets that apply to a pod of `workload` and what is spent against them; the
@@ -207,9 +241,10 @@ pub fn evaluate(
     index: &ClusterIndex,
     in_flight: impl FnMut(&str) -> PlacementCounts,
     config: &OperatorConfig,
+    seal: &DecisionSeal,
 ) -> Evaluation {
     match read_pod_create(request) {
-        Ok(create) => evaluate_pod(&create, index, in_flight, config),
+        Ok(create) => evaluate_pod(&create, index, in_flight, config, seal),
         Err(answer) => *answer,
     }
 }
@@ -222,6 +257,7 @@ pub fn evaluate_pod(
     index: &ClusterIndex,
     mut in_flight: impl FnMut(&str) -> PlacementCounts,
     config: &OperatorConfig,
+    seal: &DecisionSeal,
 ) -> Evaluation {
     let (request, pod) = (create.request, &create.pod);
     let allow = || AdmissionResponse::allow(&request.uid);
@@ -282,7 +318,19 @@ pub fn evaluate_pod(
         ..policy
     };
     let ineligible = eligibility::check(pod, &needs, provider);
-    let previous = previous_decision(pod, provider);
+    let previous = previous_decision(pod, provider, seal, namespace, now_ms);
+    let carried = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::DECISION));
+    if previous.is_none() && carried.is_some() {
+        warnings.push(format!(
+            "spillway: the pod's {} annotation is not a decision of this webhook's (copied \
+             from another pod into its template?); it was decided afresh",
+            keys::DECISION
+        ));
+    }
     let decision = previous.unwrap_or_else(|| {
         let mut counts = view.as_ref().map(|v| v.counts).unwrap_or_default();
         let mut pending = PlacementCounts::default();
@@ -325,12 +373,21 @@ pub fn evaluate_pod(
             reasons.join(", ")
         ));
     }
+    // A kept decision keeps its sealed value; a new one is sealed now.
+    let sealed = match (previous, carried) {
+        (Some(_), Some(value)) => value.clone(),
+        _ => seal.seal(
+            &request.uid,
+            now_ms,
+            sealed_about(pod, namespace, decision.placement),
+        ),
+    };
     let ops = patch::build(
         pod,
         &Mutation {
             placement: decision.placement,
             reason: decision.reason,
-            decision_uid: &request.uid,
+            decision: &sealed,
         },
     );
     let mut response = allow().with_patch(&ops);

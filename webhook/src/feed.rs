@@ -30,7 +30,7 @@ impl WatchObserver for WebhookFeed {
             self.in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .resolve(uid);
+                .resolve(crate::decision_seal::review_uid(uid));
         }
     }
 

@@ -2,6 +2,7 @@
 //! pure burst decision, the JSON patch that carries it, and the HTTPS server.
 
 pub mod admission;
+pub mod decision_seal;
 pub mod feed;
 pub mod inflight;
 pub mod metrics;
@@ -24,7 +25,8 @@ pub enum AdmitError {
     ClusterState(#[from] spillway_cluster::cluster_state::ClusterStateError),
 }
 
-/// Answers one review offline, as the webhook would against `cluster_state`.
+/// Answers one review offline, as the webhook would against `cluster_state`, deciding
+/// afresh (a decision the pod carries is not this process's own).
 pub fn admit(
     review_json: &[u8],
     cluster_state: &[u8],
@@ -37,6 +39,9 @@ pub fn admit(
         &index,
         |_| spillway_cluster::decision::PlacementCounts::default(),
         config,
+        // Offline there is no serving key: a decision the review carries is never kept,
+        // the pod is decided as on its first pass.
+        &decision_seal::DecisionSeal::random(),
     );
     Ok(review::AdmissionReviewResponse::new(
         api_version.as_deref(),

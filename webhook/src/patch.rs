@@ -18,8 +18,9 @@ pub struct Mutation<'a> {
     pub placement: Placement,
     /// Why.
     pub reason: Reason,
-    /// The admission request UID that decided.
-    pub decision_uid: &'a str,
+    /// The `spillway.io/decision` value: the deciding review's UID, sealed
+    /// ([`crate::decision_seal`]).
+    pub decision: &'a str,
 }
 
 /// Escapes one JSON Pointer token (RFC 6901).
@@ -31,7 +32,10 @@ fn add(path: String, value: Value) -> Value {
     json!({"op": "add", "path": path, "value": value})
 }
 
-/// Adds every `(key, value)` missing from `existing` under `/metadata/<field>`.
+/// Adds every `(key, value)` missing from `existing` under `/metadata/<field>`; Spillway's
+/// own keys (`spillway.io/`) are set even when present with another value (a fresh
+/// decision overwrites what a template carried; an `add` of an existing member replaces
+/// it), while others the user set (a deletion cost) are kept.
 fn add_map_entries(
     ops: &mut Vec<Value>,
     field: &str,
@@ -48,7 +52,11 @@ fn add_map_entries(
         }
         Some(existing) => {
             for (key, value) in wanted {
-                if !existing.contains_key(*key) {
+                let stale = match existing.get(*key) {
+                    None => true,
+                    Some(current) => key.starts_with("spillway.io/") && current != value,
+                };
+                if stale {
                     ops.push(add(
                         format!("/metadata/{field}/{}", token(key)),
                         Value::from(*value),
@@ -163,7 +171,7 @@ pub fn build(pod: &Pod, mutation: &Mutation<'_>) -> Vec<Value> {
             (keys::REASON, mutation.reason.as_str()),
         ],
     );
-    let mut annotations = vec![(keys::DECISION, mutation.decision_uid)];
+    let mut annotations = vec![(keys::DECISION, mutation.decision)];
     if let Placement::Burst(_) = mutation.placement {
         annotations.push((keys::POD_DELETION_COST, keys::BURST_DELETION_COST));
     }
@@ -202,7 +210,7 @@ mod tests {
     const BURST: Mutation<'static> = Mutation {
         placement: Placement::Burst(Provider::Fargate),
         reason: Reason::Capacity,
-        decision_uid: "req-1",
+        decision: "req-1",
     };
 
     fn patch_twice(pod: Value, mutation: &Mutation<'_>) -> Value {
@@ -293,7 +301,7 @@ mod tests {
         let local = Mutation {
             placement: Placement::Local,
             reason: Reason::NoPressure,
-            decision_uid: "req-2",
+            decision: "req-2",
         };
         let out = patch_twice(pod, &local);
         assert_eq!(out["metadata"]["labels"]["spillway.io/placement"], "local");

@@ -15,6 +15,7 @@ use spillway_common::conn_limits::ConnLimits;
 use spillway_common::tls::{TlsFiles, TlsServer};
 use tokio_util::sync::CancellationToken;
 
+use crate::decision_seal::DecisionSeal;
 use crate::feed::WebhookFeed;
 use crate::inflight::{self, InFlight};
 use crate::metrics::WebhookMetrics;
@@ -84,6 +85,14 @@ pub enum StartError {
     /// The admin server failed.
     #[error("admin server: {0}")]
     Admin(std::io::Error),
+    /// The serving key could not be read (it also keys the decision seal).
+    #[error("TLS key {}: {source}", path.display())]
+    TlsKey {
+        /// `--tls-key`.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Where and how the admission server listens.
@@ -167,7 +176,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let metrics = WebhookMetrics::register(registry)?;
+    // Every replica serves with the same key, so each opens the others' seals.
+    let key = std::fs::read(&options.tls.key).map_err(|source| StartError::TlsKey {
+        path: options.tls.key.clone(),
+        source,
+    })?;
     let state = WebhookState {
+        seal: DecisionSeal::from_secret(&key),
         index: Arc::new(RwLock::new(ClusterIndex::new())),
         in_flight: Arc::new(Mutex::new(InFlight::new(inflight::DEFAULT_TTL))),
         config,

@@ -14,6 +14,7 @@ use axum::routing::post;
 use spillway_common::config::SharedConfig;
 
 use crate::admission::{self, Evaluation};
+use crate::decision_seal::DecisionSeal;
 use crate::inflight::InFlight;
 use crate::metrics::WebhookMetrics;
 use crate::review::{self, AdmissionResponse, AdmissionReviewResponse};
@@ -31,6 +32,8 @@ pub struct WebhookState {
     pub config: SharedConfig,
     /// Metrics.
     pub metrics: WebhookMetrics,
+    /// Seals decisions so a reinvocation keeps only this webhook's own.
+    pub seal: DecisionSeal,
 }
 
 /// The largest AdmissionReview body accepted (413 above it, and the apiserver admits the
@@ -89,6 +92,7 @@ fn decide(state: &WebhookState, request: &review::AdmissionRequest) -> Evaluatio
                 .counts(key)
         },
         &config,
+        &state.seal,
     );
     if let (Some(decision), Some(workload)) = (evaluation.decision, evaluation.workload.as_deref())
         && request.dry_run != Some(true)

@@ -35,6 +35,7 @@ fn state_of(cluster: &[u8]) -> WebhookState {
         in_flight: Arc::new(Mutex::new(InFlight::new(DEFAULT_TTL))),
         config: Arc::new(ArcSwap::from_pointee(OperatorConfig::default())),
         metrics: WebhookMetrics::register(&prometheus::Registry::new()).expect("metrics register"),
+        seal: spillway_webhook::decision_seal::DecisionSeal::random(),
     }
 }
 
@@ -94,10 +95,13 @@ async fn overflow_pod_bursts_with_toleration_affinity_and_labels() {
     assert_eq!(labels["spillway.io/placement"], "burst");
     assert_eq!(labels["spillway.io/reason"], "capacity");
     assert_eq!(labels["app"], "web");
-    assert_eq!(
-        pod["metadata"]["annotations"]["spillway.io/decision"],
-        original["request"]["uid"]
-    );
+    // The deciding review's uid, sealed.
+    let decision = pod["metadata"]["annotations"]["spillway.io/decision"]
+        .as_str()
+        .unwrap_or_default();
+    let uid = original["request"]["uid"].as_str().unwrap_or_default();
+    assert!(decision.starts_with(&format!("{uid}.")), "{decision}");
+    assert_eq!(spillway_webhook::decision_seal::review_uid(decision), uid);
     assert_eq!(
         pod["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"],
         "-1000"
@@ -142,6 +146,41 @@ async fn overflow_pod_bursts_with_toleration_affinity_and_labels() {
         "second pass must add nothing"
     );
     assert_eq!(pod_again, pod);
+}
+
+#[tokio::test]
+async fn a_template_that_carries_a_burst_decision_gets_the_webhooks_own() {
+    // The template copies a burst pod's annotation and label: one this very webhook
+    // sealed a moment ago, for a pod of the ReplicaSet before the template edit. The
+    // webhook decides afresh: local (the cluster is idle now), labelled so, and without
+    // the toleration a burst would add.
+    let state = state("cluster-full.json");
+    let (burst, _) = admit(&state, &review("review-web.json")).await;
+    let copied = burst["metadata"]["annotations"]["spillway.io/decision"].clone();
+    let idle = state_of(&fixture("cluster-idle.json"));
+    let idle = WebhookState {
+        seal: state.seal.clone(),
+        ..idle
+    };
+    let mut forged = review("review-web.json");
+    forged["request"]["uid"] = json!("a-later-review");
+    let object = &mut forged["request"]["object"]["metadata"];
+    object["ownerReferences"][0]["uid"] = json!("00000000-0000-4000-8000-00000000e0e0");
+    object["labels"]["spillway.io/placement"] = json!("burst");
+    object["annotations"] = json!({"spillway.io/decision": copied});
+    let (pod, answer) = admit(&idle, &forged).await;
+    assert_eq!(pod["metadata"]["labels"]["spillway.io/placement"], "local");
+    let decision = pod["metadata"]["annotations"]["spillway.io/decision"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        spillway_webhook::decision_seal::review_uid(decision),
+        "a-later-review"
+    );
+    assert!(pod["spec"]["affinity"].is_null());
+    assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
+    let warnings = answer.response.warnings.join("\n");
+    assert!(warnings.contains("decided afresh"), "{warnings}");
 }
 
 #[tokio::test]
