@@ -8,17 +8,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::conn_limits::{AcceptBackoff, ConnLimits, IdleTimeout};
+use crate::conn_limits::ConnLimits;
+use crate::limited_server;
 
 /// How often certificate files are checked for changes. Kubernetes updates mounted
 /// Secrets within about a minute, so a few seconds is plenty.
@@ -289,62 +287,22 @@ impl TlsServer {
             reload_interval,
             shutdown.clone(),
         ));
-        let limits = Arc::new(self.limits.clone());
-        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-        let per_source = Arc::new(crate::conn_limits::PerSource::default());
-        let connections = TaskTracker::new();
-        let mut backoff = AcceptBackoff::default();
-        loop {
-            // At the connection cap, wait for a slot before accepting: further clients
-            // wait in the listen backlog instead of costing a task each.
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => {
-                        backoff.succeeded();
-                        pair
-                    }
-                    Err(error) => {
-                        let wait = backoff.failed();
-                        tracing::warn!(%error, ?wait, "accept failed; backing off");
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                },
-            };
-            // One source may not hold every slot: beyond its share, closed at once.
-            let Some(source_slot) =
-                per_source.take(peer.ip(), limits.max_connections_per_source.max(1))
-            else {
-                tracing::debug!(%peer, "connection closed: its source holds its share of connections");
-                drop(stream);
-                continue;
-            };
-            // Small request/response exchanges must not wait for Nagle's algorithm.
-            let _ = stream.set_nodelay(true);
-            let (acceptor, app) = (self.acceptor.clone(), app.clone());
-            let (shutdown, limits) = (shutdown.clone(), limits.clone());
-            connections.spawn(async move {
-                let _permit = permit;
-                let _source_slot = source_slot;
-                let handshake =
-                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
+        let acceptor = self.acceptor.clone();
+        let limits = self.limits.clone();
+        let handshake_timeout = limits.handshake_timeout;
+        let upgrade = move |stream: tokio::net::TcpStream, peer: SocketAddr, app: Router| {
+            let acceptor = acceptor.clone();
+            async move {
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                 let tls = match handshake.await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(error)) => {
                         tracing::debug!(%error, %peer, "TLS handshake failed");
-                        return;
+                        return None;
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
+                        return None;
                     }
                 };
                 // A verified client certificate's identity travels with each request.
@@ -358,62 +316,10 @@ impl TlsServer {
                     Some(identity) => app.layer(axum::Extension(identity)),
                     None => app,
                 };
-                // Notes the first request, for the first-request deadline.
-                let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let noted = asked.clone();
-                let app = app.layer(axum::middleware::from_fn(
-                    move |request: axum::extract::Request, next: axum::middleware::Next| {
-                        noted.store(true, std::sync::atomic::Ordering::Relaxed);
-                        next.run(request)
-                    },
-                ));
-                let service = TowerToHyperService::new(app);
-                let io = TokioIo::new(IdleTimeout::new(tls, limits.idle_timeout));
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_read_timeout);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(limits.max_concurrent_streams)
-                    .max_pending_accept_reset_streams(limits.max_pending_reset_streams)
-                    .max_local_error_reset_streams(limits.max_pending_reset_streams)
-                    .keep_alive_interval(Some(limits.http2_keep_alive))
-                    .keep_alive_timeout(limits.http2_keep_alive);
-                let connection = builder.serve_connection_with_upgrades(io, service);
-                tokio::pin!(connection);
-                let first_request_due = tokio::time::sleep(limits.first_request_timeout);
-                tokio::pin!(first_request_due);
-                let mut waiting_for_first = true;
-                let result = loop {
-                    tokio::select! {
-                        result = connection.as_mut() => break result,
-                        _ = &mut first_request_due, if waiting_for_first => {
-                            waiting_for_first = false;
-                            if !asked.load(std::sync::atomic::Ordering::Relaxed) {
-                                tracing::debug!(%peer, "no request within the first-request deadline; closing");
-                                return;
-                            }
-                        }
-                        _ = shutdown.cancelled() => {
-                            // Finish what is in flight, take nothing new.
-                            connection.as_mut().graceful_shutdown();
-                            match tokio::time::timeout(limits.drain_timeout, connection.as_mut()).await {
-                                Ok(result) => break result,
-                                Err(_) => return,
-                            }
-                        }
-                    }
-                };
-                if let Err(error) = result {
-                    tracing::debug!(%error, %peer, "connection ended with an error");
-                }
-            });
-        }
-        connections.close();
-        let _ = tokio::time::timeout(self.limits.drain_timeout, connections.wait()).await;
+                Some((tls, app))
+            }
+        };
+        limited_server::serve(self.listener, limits, app, upgrade, shutdown).await;
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
-use serde_json::Value;
+use serde_json::{Value, json};
 use spillway_common::config::OperatorConfig;
 use spillway_e2e::chart::{chart_dir, documents, find, helm, helm_output, render};
 use spillway_e2e::{kubectl, repo_root};
@@ -222,6 +222,41 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         );
     }
 
+    // NetworkPolicies by default; with the apiserver's addresses, it alone reaches the
+    // webhook, and the kubelet API admits it and metrics-server; the scrape source alone
+    // reaches the admin port.
+    let webhook_policy = find(&docs, "NetworkPolicy", "spillway-webhook")?;
+    assert_eq!(webhook_policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let all = all_options().display().to_string();
+    let options = render("spillway", "spillway-system", &[all_options().as_path()])?;
+    let webhook_policy = find(&options, "NetworkPolicy", "spillway-webhook")?;
+    let rules = webhook_policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(rules[0]["ports"][0]["port"], 8443);
+    assert_eq!(
+        rules[0]["from"],
+        json!([{"ipBlock": {"cidr": "10.0.0.0/16"}}])
+    );
+    assert_eq!(rules[1]["ports"][0]["port"], 9090);
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let controller_policy = find(&options, "NetworkPolicy", "spillway-controller")?;
+    let kubelet = &controller_policy["spec"]["ingress"][0];
+    assert_eq!(kubelet["from"].as_array().map(Vec::len), Some(2));
+    let providers = options_providers(&options)?;
+    let first = kubelet["ports"][0]["port"].as_u64().unwrap_or_default();
+    if providers > 1 {
+        assert_eq!(
+            kubelet["ports"][0]["endPort"].as_u64(),
+            Some(first + providers - 1)
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let off = values_file(dir.path(), "off.yaml", "networkPolicy:\n  enabled: false\n")?;
+    let off = render("spillway", "spillway-system", &[off.as_path()])?;
+    assert!(off.iter().all(|d| d["kind"] != "NetworkPolicy"));
+
     // The install notes warn loudly while every namespace may use the virtual nodes.
     let chart = chart_dir().display().to_string();
     let notes = |extra: &[&str]| -> anyhow::Result<String> {
@@ -231,7 +266,6 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         Ok(out[out.find("NOTES:").unwrap_or(0)..].to_owned())
     };
     assert!(notes(&[])?.contains("WARNING: controller.allowedNamespaces is empty"));
-    let all = all_options().display().to_string();
     assert!(!notes(&["--values", &all])?.contains("WARNING"));
     let docs = render("spillway", "spillway-system", &[&all_options()])?;
     // With allowedNamespaces, Secrets and ConfigMaps are read in those namespaces only.
@@ -302,6 +336,21 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many virtual nodes the rendered controller runs (its `--vk-provider` list).
+fn options_providers(docs: &[Value]) -> anyhow::Result<u64> {
+    let controller = find(docs, "Deployment", "spillway-controller")?;
+    let args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let providers = args
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--vk-provider="))
+        .map_or(0, |list| list.split(',').count());
+    Ok(providers as u64)
+}
+
 #[test]
 #[ignore = "needs helm from the test bed's tools (e2e/testbed up)"]
 fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
@@ -338,6 +387,10 @@ fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
         (
             "controller:\n  clusterId: default\n",
             "/controller/clusterId",
+        ),
+        (
+            "networkPolicy:\n  apiserverCidrs: [apiserver]\n",
+            "/networkPolicy/apiserverCidrs/0",
         ),
     ];
     for (i, (yaml, key)) in cases.iter().enumerate() {
