@@ -472,26 +472,24 @@ async fn a_deleted_node_is_registered_again_and_keeps_its_pods() -> anyhow::Resu
     let before = nodes.get(node_name).await?.metadata.uid;
     nodes.delete(node_name, &DeleteParams::default()).await?;
     // Within one status interval (60 s); the node looks every Lease renewal (10 s).
+    // The Node is created, then its status written: the two land moments apart.
     wait_until(
-        "the Node registered again",
+        "the Node registered again, Ready",
         Duration::from_secs(60),
         || async {
-            Ok(nodes
-                .get_opt(node_name)
-                .await?
-                .is_some_and(|n| n.metadata.uid != before))
+            let Some(node) = nodes.get_opt(node_name).await? else {
+                return Ok(false);
+            };
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok(node.metadata.uid != before && ready)
         },
     )
     .await?;
-    let ready = nodes
-        .get(node_name)
-        .await?
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    assert!(ready, "the new Node has its status");
     assert!(running(&pods, "web").await?, "its pod kept running");
     let logs = kubectl(&["logs", "-n", &ns.name, "web"])?;
     assert!(

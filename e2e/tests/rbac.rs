@@ -65,6 +65,36 @@ async fn components_work_with_least_privilege() -> anyhow::Result<()> {
     let logs = kubectl(&["logs", "-n", &ns.name, "web"])?;
     assert!(logs.contains("mock app line 0"), "{logs}");
     pods.delete("web", &DeleteParams::default()).await?;
+    // A pod of an opted-in Deployment runs too: the node's own watch index (which tells
+    // it the workload opted in) lists under the node's account.
+    let template = pod_on_node("unused", node_name, json!({}))?;
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "opted", "annotations": {"spillway.io/burst": "true"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "opted"}},
+            "template": {"metadata": {"labels": {"app": "opted"}}, "spec": template.spec}}
+    }))?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    wait_until(
+        "the opted-in Deployment's pod Running",
+        Duration::from_secs(60),
+        || async {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels("app=opted"))
+                .await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")))
+        },
+    )
+    .await?;
+    deployments
+        .delete("opted", &DeleteParams::default())
+        .await?;
     // The grants are as narrow as claimed.
     for (account, verb, resource, allowed) in [
         ("spillway-vk-node", "get", "secrets", true),

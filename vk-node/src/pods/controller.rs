@@ -1,7 +1,6 @@
-//! The pod lifecycle of a virtual node: pods bound to it are created at the provider,
-//! their status is synced in batches, `restartPolicy` is honoured, deleted pods are stopped
-//! and removed, and on start the node adopts what exists, stops orphans and creates what is
-//! missing, so a restart neither duplicates nor leaks a provider object.
+//! The executor of the pod lifecycle: watches the pods bound to the node, runs the
+//! rules of [`super::lifecycle`] on what happens to them, and carries their effects out
+//! (provider calls in tasks of their own, status writes, Events).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -22,8 +21,11 @@ use crate::admission::{self, NodeAdmission, Refusal};
 use crate::env_refs::{self, ObjectRef};
 use crate::metrics::NodeMetrics;
 use crate::node::{self, NodeSpec};
-use crate::provider::{Provider, ProviderError, RemoteContainerState, RemotePhase, RemoteStatus};
-use crate::status::{self, AfterStop, StatusContext, TerminalPhase};
+use crate::provider::{Provider, ProviderError, RemoteStatus};
+use crate::status::{self, TerminalPhase};
+
+use super::health::ProviderHealth;
+use super::lifecycle::{self, Effect, Now, PodRecord, Rules, Severity, Stage, StopFor, key};
 use crate::workload_rules::{ClusterView, Judgement};
 
 /// Timing and limits of the pod controller.
@@ -68,123 +70,14 @@ const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// kubelet API.
 pub type PodDirectory = Arc<RwLock<HashMap<String, Pod>>>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lifecycle {
-    /// Waiting for (another) create.
-    NeedsCreate,
-    /// A create is in flight.
-    Creating,
-    /// Created; status comes from the provider.
-    Launched,
-    /// Finished for good; nothing more to do.
-    Terminal,
-}
-
-#[derive(Debug)]
-struct Tracked {
-    pod: Pod,
-    lifecycle: Lifecycle,
-    next_attempt: Instant,
-    retryable_failures: u32,
-    permanent_failures: u32,
-    restarts: i32,
-    crash_loop: bool,
-    terminal: Option<TerminalPhase>,
-    last_status: Option<Value>,
-    deleting: bool,
-    /// When to (re)try stopping and removing a pod being deleted; `None` when no try is
-    /// pending. A failed stop or removal is retried with back-off until it succeeds.
-    delete_due: Option<Instant>,
-    delete_failures: u32,
-    /// Consecutive status syncs that did not find the pod's object at the provider.
-    missing_syncs: u32,
-    /// Refused by node-side admission: never created; an object the provider runs for it
-    /// (from before the refusal existed) is an orphan.
-    refused: bool,
-    /// Create attempts held back because a required ConfigMap or Secret is missing.
-    held: u32,
-    /// What was missing at the last hold (reported again when it changes).
-    held_for: Vec<ObjectRef>,
-    /// Missing optional ConfigMaps and Secrets were reported (once per pod).
-    optional_reported: bool,
-    /// Containers whose start was reported since the last launch.
-    started_reported: HashSet<String>,
-    /// When the provider first refused to create it, of the current run of retryable
-    /// refusals (the `spillway.io/ProviderRefused` condition's transition time).
-    refused_since: Option<jiff::Timestamp>,
-    /// Admission waits for the cluster view to know its workload: nothing is created
-    /// until it is admitted or refused.
-    awaiting_admission: bool,
-    /// Since when the (synced) view has not known its workload.
-    undecided_since: Option<Instant>,
-}
-
-impl Tracked {
-    fn new(pod: Pod) -> Self {
-        let finished = matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded") | Some("Failed")
-        );
-        let restarts = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.iter().map(|c| c.restart_count).max())
-            .unwrap_or(0);
-        Self {
-            pod,
-            lifecycle: if finished {
-                Lifecycle::Terminal
-            } else {
-                Lifecycle::NeedsCreate
-            },
-            next_attempt: Instant::now(),
-            retryable_failures: 0,
-            permanent_failures: 0,
-            restarts,
-            crash_loop: false,
-            terminal: None,
-            last_status: None,
-            deleting: false,
-            delete_due: None,
-            delete_failures: 0,
-            missing_syncs: 0,
-            refused: false,
-            held: 0,
-            held_for: Vec::new(),
-            optional_reported: false,
-            started_reported: HashSet::new(),
-            refused_since: None,
-            awaiting_admission: false,
-            undecided_since: None,
-        }
-    }
-}
-
-/// The condition reason for a retryable refusal: `Unavailable` (capacity, quota, outage),
-/// `Throttled` or `Transient`.
-fn refusal_reason(error: &ProviderError) -> &'static str {
-    match error {
-        ProviderError::Unavailable(_) => "Unavailable",
-        ProviderError::Throttled(_) => "Throttled",
-        _ => "Transient",
-    }
-}
-
+/// Back-off for `failures` with a random jitter.
 fn backoff_with_jitter(failures: u32) -> Duration {
-    let base = Duration::from_millis(500)
-        .saturating_mul(1 << failures.min(8))
-        .min(Duration::from_secs(120));
-    let jitter = rand::rng().random_range(0.5..1.0);
-    base.mul_f64(jitter)
+    lifecycle::backoff(failures, jitter())
 }
 
-fn key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        pod.metadata.name.as_deref().unwrap_or("")
-    )
+/// A jitter factor in [0.5, 1) for [`lifecycle::backoff`].
+fn jitter() -> f64 {
+    rand::rng().random_range(0.5..1.0)
 }
 
 /// How long admission waits for a synced cluster view to learn a pod's workload (its
@@ -216,13 +109,10 @@ pub struct PodController<P: Provider> {
     /// budgets).
     view: ClusterView,
     directory: PodDirectory,
-    tracked: HashMap<String, Tracked>,
+    tracked: HashMap<String, PodRecord>,
     synced: bool,
-    consecutive_provider_failures: u32,
-    degraded: bool,
-    /// Launched pods not seen running yet: polled every [`FRESH_SYNC_INTERVAL`] so a new
-    /// pod turns Running without waiting for the full sync.
-    fresh: HashSet<String>,
+    /// The provider's health, behind the degraded taint.
+    health: ProviderHealth,
     /// Provider objects of pods that are gone from the API whose stop failed: retried
     /// (pod UID → attempts, next try) until the provider confirms.
     stops_pending: HashMap<String, (u32, Instant)>,
@@ -239,15 +129,6 @@ pub struct PodController<P: Provider> {
     /// Whether a status pull is in flight.
     syncing: bool,
     create_slots: Arc<tokio::sync::Semaphore>,
-}
-
-/// Why a provider object is being stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StopFor {
-    /// A pod being deleted: the Pod is removed once its object stopped.
-    DeletedPod,
-    /// A pod already gone from the API: only the object is left to stop.
-    GonePod,
 }
 
 /// The result of one provider stop, reported back to the controller loop.
@@ -286,9 +167,6 @@ enum CreateAttempt {
     Unchecked(String),
 }
 
-/// Longest wait between two looks for a pod's missing ConfigMaps and Secrets.
-const HELD_RETRY_MAX: Duration = Duration::from_secs(15);
-
 impl<P: Provider> PodController<P> {
     /// A controller for `node` backed by `provider`.
     pub fn new(
@@ -311,6 +189,7 @@ impl<P: Provider> PodController<P> {
         let create_slots = Arc::new(tokio::sync::Semaphore::new(
             settings.create_concurrency.max(1),
         ));
+        let health = ProviderHealth::new(settings.degraded_after);
         let admission = NodeAdmission {
             advertised: node.provider.clone(),
             allowed_namespaces: settings.allowed_namespaces.clone(),
@@ -327,9 +206,7 @@ impl<P: Provider> PodController<P> {
             directory,
             tracked: HashMap::new(),
             synced: false,
-            consecutive_provider_failures: 0,
-            degraded: false,
-            fresh: HashSet::new(),
+            health,
             stops_pending: HashMap::new(),
             created_tx,
             created_rx: Some(created_rx),
@@ -371,11 +248,6 @@ impl<P: Provider> PodController<P> {
         started: Instant,
         result: &Result<T, ProviderError>,
     ) {
-        let ok = match result {
-            Ok(_) | Err(ProviderError::NotFound(_)) => true,
-            Err(ProviderError::Invalid(_)) => true, // the provider answered; the request was at fault
-            Err(_) => false,
-        };
         self.metrics.observe(
             self.provider.name(),
             op,
@@ -388,30 +260,62 @@ impl<P: Provider> PodController<P> {
                 .with_label_values(&[self.provider.name(), error.kind()])
                 .inc();
         }
-        if ok {
-            self.consecutive_provider_failures = 0;
-            if self.degraded {
-                self.set_degraded(false).await;
-            }
-        } else {
-            self.consecutive_provider_failures += 1;
-            if !self.degraded && self.consecutive_provider_failures >= self.settings.degraded_after
-            {
-                self.set_degraded(true).await;
-            }
+        if let Some(degraded) = self.health.observe(ProviderHealth::answered(result)) {
+            self.set_degraded(degraded).await;
         }
     }
 
     async fn set_degraded(&mut self, degraded: bool) {
         match node::set_degraded(&self.client, &self.node, degraded).await {
             Ok(changed) => {
-                self.degraded = degraded;
+                self.health.taint_set(degraded);
                 self.metrics.degraded.set(i64::from(degraded));
                 if changed {
                     tracing::warn!(degraded, node = %self.node.name, "provider-degraded taint changed");
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot change the provider-degraded taint"),
+        }
+    }
+
+    /// Carries out what a rule decided for the pod `uid`.
+    async fn apply(&mut self, uid: &str, effects: Vec<Effect>) {
+        for effect in effects {
+            let Some(pod) = self.tracked.get(uid).map(|t| t.pod.clone()) else {
+                return;
+            };
+            match effect {
+                Effect::Event {
+                    severity,
+                    reason,
+                    note,
+                } => {
+                    let type_ = match severity {
+                        Severity::Normal => EventType::Normal,
+                        Severity::Warning => EventType::Warning,
+                    };
+                    self.event(&pod, type_, reason, note).await;
+                }
+                Effect::WriteStatus(status) | Effect::SyncStatus(status) => {
+                    self.write_status(&pod, status).await;
+                }
+                Effect::WriteRefusal {
+                    reason,
+                    message,
+                    since,
+                } => self.write_refusal(&pod, reason, &message, since),
+                Effect::Stop { grace, why } => self.start_stop(uid, grace, why),
+                Effect::RemovePod => self.remove_pod(uid).await,
+            }
+        }
+    }
+
+    /// The node-wide settings the lifecycle rules read.
+    fn rules(&self) -> Rules<'static> {
+        Rules {
+            max_permanent_failures: self.settings.max_permanent_failures,
+            lost_after_syncs: self.settings.lost_after_syncs,
+            provider: self.provider.name(),
         }
     }
 
@@ -497,7 +401,7 @@ impl<P: Provider> PodController<P> {
                         last_sync = Instant::now();
                         last_fresh_sync = last_sync;
                         self.start_sync(false);
-                    } else if !self.fresh.is_empty() && last_fresh_sync.elapsed() >= FRESH_SYNC_INTERVAL {
+                    } else if self.tracked.values().any(|t| t.fresh) && last_fresh_sync.elapsed() >= FRESH_SYNC_INTERVAL {
                         last_fresh_sync = Instant::now();
                         self.start_sync(true);
                     }
@@ -511,8 +415,8 @@ impl<P: Provider> PodController<P> {
         self.directory_insert(&pod);
         let deleting = pod.metadata.deletion_timestamp.is_some();
         if !self.tracked.contains_key(&uid) {
-            let mut tracked = Tracked::new(pod.clone());
-            if tracked.lifecycle == Lifecycle::NeedsCreate && !deleting {
+            let mut tracked = PodRecord::new(pod.clone(), Instant::now());
+            if tracked.stage == Stage::NeedsCreate && !deleting {
                 self.admit(&mut tracked).await;
             }
             self.tracked.insert(uid.clone(), tracked);
@@ -522,8 +426,7 @@ impl<P: Provider> PodController<P> {
         };
         tracked.pod = pod;
         if deleting && !tracked.deleting {
-            tracked.deleting = true;
-            tracked.delete_due = Some(Instant::now());
+            tracked.deletion_seen(Instant::now());
             if self.synced {
                 self.stop_and_remove(&uid).await;
             }
@@ -532,7 +435,7 @@ impl<P: Provider> PodController<P> {
 
     /// Node-side admission of a newly seen pod: a refused one turns Failed with the
     /// reason (pod status and Event) and is never created at the provider.
-    async fn admit(&self, tracked: &mut Tracked) {
+    async fn admit(&self, tracked: &mut PodRecord) {
         let refusal = match self.judge(tracked) {
             Ok(()) => {
                 tracked.awaiting_admission = false;
@@ -546,7 +449,7 @@ impl<P: Provider> PodController<P> {
         };
         tracked.awaiting_admission = false;
         tracked.refused = true;
-        tracked.lifecycle = Lifecycle::Terminal;
+        tracked.stage = Stage::Terminal;
         if matches!(refusal, Refusal::DaemonSet { .. }) {
             self.park(tracked, &refusal).await;
             return;
@@ -573,7 +476,7 @@ impl<P: Provider> PodController<P> {
     /// room. `Err(None)`: the cluster view does not know the pod's workload yet, ask again
     /// later; past [`UNDECIDED_LIMIT`] of a synced view that is a refusal. A pod an earlier
     /// process started runs already: only the first rules apply to it.
-    fn judge(&self, tracked: &mut Tracked) -> Result<(), Option<Refusal>> {
+    fn judge(&self, tracked: &mut PodRecord) -> Result<(), Option<Refusal>> {
         let pod = &tracked.pod;
         self.admission.admit(pod).map_err(Some)?;
         if started_before(pod) {
@@ -628,7 +531,7 @@ impl<P: Provider> PodController<P> {
         };
         let mut used = admission::NodeUse::default();
         for other in self.tracked.values() {
-            if other.refused || other.lifecycle == Lifecycle::Terminal {
+            if other.refused || other.stage == Stage::Terminal {
                 continue;
             }
             if let Some(spec) = other.pod.spec.as_ref() {
@@ -647,7 +550,7 @@ impl<P: Provider> PodController<P> {
     /// why, written once (a pod parked by an earlier process is left as it is), and
     /// nothing at the provider. Failed, it would be replaced by the DaemonSet controller
     /// at once, again and again.
-    async fn park(&self, tracked: &Tracked, refusal: &Refusal) {
+    async fn park(&self, tracked: &PodRecord, refusal: &Refusal) {
         let parked_before = tracked
             .pod
             .status
@@ -677,12 +580,12 @@ impl<P: Provider> PodController<P> {
     /// `spillway.io/ProviderRefused` condition the controller fails pods over by). A
     /// strategic merge keeps the scheduler's conditions; once the pod runs, the node's
     /// status replaces the list without it.
-    async fn write_refusal(&self, pod: &Pod, error: &ProviderError, since: jiff::Timestamp) {
+    fn write_refusal(&self, pod: &Pod, reason: &str, message: &str, since: jiff::Timestamp) {
         let condition = serde_json::json!({
             "type": keys::PROVIDER_REFUSED_CONDITION,
             "status": "True",
-            "reason": refusal_reason(error),
-            "message": error.to_string(),
+            "reason": reason,
+            "message": message,
             "lastTransitionTime": since.to_string(),
         });
         let (client, pod) = (self.client.clone(), pod.clone());
@@ -723,8 +626,8 @@ impl<P: Provider> PodController<P> {
         for (uid, remote_status) in &remote {
             match self.tracked.get_mut(uid) {
                 Some(tracked) if !tracked.deleting && !tracked.refused => {
-                    if tracked.lifecycle == Lifecycle::NeedsCreate {
-                        tracked.lifecycle = Lifecycle::Launched;
+                    if tracked.stage == Stage::NeedsCreate {
+                        tracked.stage = Stage::Launched;
                     }
                     adopted += 1;
                     let _ = remote_status;
@@ -766,19 +669,14 @@ impl<P: Provider> PodController<P> {
         let due: Vec<String> = self
             .tracked
             .iter()
-            .filter(|(_, t)| {
-                t.lifecycle == Lifecycle::NeedsCreate
-                    && !t.deleting
-                    && !t.awaiting_admission
-                    && t.next_attempt <= now
-            })
+            .filter(|(_, t)| t.create_due(now))
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in due {
             let Some(tracked) = self.tracked.get_mut(&uid) else {
                 continue;
             };
-            tracked.lifecycle = Lifecycle::Creating;
+            tracked.stage = Stage::Creating;
             tracing::debug!(pod_uid = %uid, "create started");
             let pod = tracked.pod.clone();
             let (provider, slots, tx, client) = (
@@ -846,6 +744,8 @@ impl<P: Provider> PodController<P> {
         tracing::debug!(pod_uid = %uid, ok = result.is_ok(), "create finished");
         self.provider_result("create", Instant::now() - elapsed, &result)
             .await;
+        let stop_in_flight = self.stopping.contains(&uid);
+        let rules = self.rules();
         let Some(tracked) = self.tracked.get_mut(&uid) else {
             // The pod went away while it was being created: stop what was started.
             if result.is_ok() {
@@ -853,134 +753,30 @@ impl<P: Provider> PodController<P> {
             }
             return;
         };
-        if tracked.deleting {
-            tracked.lifecycle = Lifecycle::Launched;
-            self.stop_and_remove(&uid).await;
-            return;
-        }
-        tracked.held = 0;
-        tracked.held_for.clear();
-        let report_optional = !optional_missing.is_empty() && !tracked.optional_reported;
-        tracked.optional_reported |= report_optional;
-        if report_optional {
-            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-            for missing in &optional_missing {
-                self.event(
-                    &pod,
-                    EventType::Warning,
-                    missing.reason(),
-                    missing.message(&namespace),
-                )
-                .await;
-            }
-        }
-        let Some(tracked) = self.tracked.get_mut(&uid) else {
-            return;
-        };
-        match result {
-            Ok(()) => {
-                tracked.lifecycle = Lifecycle::Launched;
-                tracked.retryable_failures = 0;
-                tracked.refused_since = None;
-                tracked.crash_loop = false;
-                tracked.started_reported.clear();
-                self.fresh.insert(uid);
-                for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-                    let image = container.image.as_deref().unwrap_or_default();
-                    let note = format!("Pulling image {image:?} ({})", self.provider.name());
-                    self.event(&pod, EventType::Normal, "Pulling", note).await;
-                }
-            }
-            Err(error) if error.is_retryable() => {
-                tracked.lifecycle = Lifecycle::NeedsCreate;
-                tracked.retryable_failures += 1;
-                tracked.next_attempt =
-                    Instant::now() + backoff_with_jitter(tracked.retryable_failures);
-                let failures = tracked.retryable_failures;
-                let since = *tracked
-                    .refused_since
-                    .get_or_insert_with(jiff::Timestamp::now);
-                if failures == 1 || failures % 5 == 0 {
-                    self.write_refusal(&pod, &error, since).await;
-                    let reason = if matches!(error, ProviderError::Throttled(_)) {
-                        "ProviderThrottled"
-                    } else {
-                        "ProviderCreateRetrying"
-                    };
-                    self.event(
-                        &pod,
-                        EventType::Warning,
-                        reason,
-                        format!("attempt {failures}: {error}; retrying"),
-                    )
-                    .await;
-                }
-            }
-            Err(error) => {
-                tracked.lifecycle = Lifecycle::NeedsCreate;
-                tracked.permanent_failures += 1;
-                tracked.next_attempt =
-                    Instant::now() + backoff_with_jitter(tracked.permanent_failures);
-                let failures = tracked.permanent_failures;
-                if failures >= self.settings.max_permanent_failures {
-                    tracked.lifecycle = Lifecycle::Terminal;
-                    tracked.terminal = Some(TerminalPhase::Failed);
-                    let message = format!("the provider refused the pod {failures} times: {error}");
-                    self.event(&pod, EventType::Warning, "ProviderFailed", message.clone())
-                        .await;
-                    self.write_status(
-                        &pod,
-                        status::provider_failed_status("ProviderFailed", &message),
-                    )
-                    .await;
-                } else {
-                    self.event(
-                        &pod,
-                        EventType::Warning,
-                        "ProviderCreateFailed",
-                        format!("attempt {failures}: {error}"),
-                    )
-                    .await;
-                }
-            }
-        }
+        let effects = tracked.created(
+            &result,
+            &optional_missing,
+            rules,
+            Now::current(),
+            jitter(),
+            stop_in_flight,
+        );
+        self.apply(&uid, effects).await;
     }
 
-    /// A create held back: required ConfigMaps or Secrets are missing (an Event names
-    /// each, when what is missing changes and every tenth hold) or could not be looked
-    /// up. The pod stays Pending and is looked at again soon.
+    /// A create held back (see [`PodRecord::held_back`]).
     async fn hold(&mut self, uid: &str, pod: &Pod, missing: Vec<ObjectRef>) {
+        let stop_in_flight = self.stopping.contains(uid);
         let Some(tracked) = self.tracked.get_mut(uid) else {
             return;
         };
-        tracked.lifecycle = Lifecycle::NeedsCreate;
-        tracked.held += 1;
-        tracked.next_attempt =
-            Instant::now() + backoff_with_jitter(tracked.held).min(HELD_RETRY_MAX);
-        if tracked.deleting {
-            tracked.lifecycle = Lifecycle::Launched;
-            self.stop_and_remove(uid).await;
-            return;
-        }
-        let required: Vec<ObjectRef> = missing.into_iter().filter(|r| !r.optional).collect();
-        if required.is_empty() {
-            return; // not looked up: nothing new to say
-        }
-        let changed = tracked.held_for != required;
-        tracked.held_for = required.clone();
-        if changed || tracked.held % 10 == 0 {
-            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-            for missing in &required {
-                tracing::info!(pod = %key(pod), reason = missing.reason(), "pod held back");
-                self.event(
-                    pod,
-                    EventType::Warning,
-                    missing.reason(),
-                    missing.message(&namespace),
-                )
-                .await;
+        let effects = tracked.held_back(missing, Now::current(), jitter(), stop_in_flight);
+        for effect in &effects {
+            if let Effect::Event { reason, .. } = effect {
+                tracing::info!(pod = %key(pod), reason, "pod held back");
             }
         }
+        self.apply(uid, effects).await;
     }
 
     /// Starts pulling the status of every launched pod (`only_fresh`: of those not seen
@@ -992,11 +788,7 @@ impl<P: Provider> PodController<P> {
         let launched: Vec<String> = self
             .tracked
             .iter()
-            .filter(|(uid, t)| {
-                t.lifecycle == Lifecycle::Launched
-                    && !t.deleting
-                    && (!only_fresh || self.fresh.contains(*uid))
-            })
+            .filter(|(_, t)| t.wants_status(only_fresh))
             .map(|(uid, _)| uid.clone())
             .collect();
         if launched.is_empty() {
@@ -1030,7 +822,7 @@ impl<P: Provider> PodController<P> {
             .filter(|uid| {
                 self.tracked
                     .get(uid)
-                    .is_some_and(|t| t.lifecycle == Lifecycle::Launched && !t.deleting)
+                    .is_some_and(|t| t.stage == Stage::Launched && !t.deleting)
             })
             .collect();
         let remote = match result {
@@ -1040,24 +832,37 @@ impl<P: Provider> PodController<P> {
                 return;
             }
         };
-        let now = spillway_common::time::rfc3339(SystemTime::now());
+        let now = Now::current();
+        let now_rfc3339 = spillway_common::time::rfc3339(SystemTime::now());
+        let rules = self.rules();
+        let host_ip = self.node.address.clone();
         let mut writes = Vec::new();
-        let mut events = Vec::new();
+        let mut other_effects = Vec::new();
         for uid in launched {
-            let Some(remote_status) = remote.get(&uid) else {
-                // Created but not visible yet, or gone: after a few syncs it counts as lost.
-                self.missing_from_provider(&uid).await;
+            let Some(tracked) = self.tracked.get_mut(&uid) else {
                 continue;
             };
-            if let Some(tracked) = self.tracked.get_mut(&uid) {
-                tracked.missing_syncs = 0;
+            tracing::debug!(pod_uid = %uid, restarts = tracked.restarts, "provider status");
+            let effects = match remote.get(&uid) {
+                // Created but not visible yet, or gone: after a few syncs it counts as lost.
+                None => tracked.missing_from_provider(rules, now),
+                Some(remote_status) => {
+                    tracked.remote_status(remote_status, &host_ip, now, &now_rfc3339)
+                }
+            };
+            let pod = tracked.pod.clone();
+            let (syncs, rest): (Vec<Effect>, Vec<Effect>) = effects
+                .into_iter()
+                .partition(|e| matches!(e, Effect::SyncStatus(_)));
+            for effect in syncs {
+                if let Effect::SyncStatus(status) = effect {
+                    writes.push((uid.clone(), pod.clone(), status));
+                }
             }
-            if let Some((pod, status)) = self.apply_remote(&uid, remote_status, &now, &mut events) {
-                writes.push((uid, pod, status));
-            }
+            other_effects.push((uid, rest));
         }
-        for (pod, type_, reason, note) in events {
-            self.event(&pod, type_, reason, note).await;
+        for (uid, effects) in other_effects {
+            self.apply(&uid, effects).await;
         }
         let client = self.client.clone();
         let failed: Vec<String> = futures::stream::iter(writes)
@@ -1072,136 +877,9 @@ impl<P: Provider> PodController<P> {
         // Written again on the next sync: a status write is never given up.
         for uid in failed {
             if let Some(tracked) = self.tracked.get_mut(&uid) {
-                tracked.last_status = None;
+                tracked.status_unwritten();
             }
         }
-    }
-
-    /// A launched pod the provider no longer knows: after `lost_after_syncs` syncs it is
-    /// relaunched when its restart policy allows, else it fails with reason ProviderLost.
-    async fn missing_from_provider(&mut self, uid: &str) {
-        let lost_after = self.settings.lost_after_syncs;
-        let Some(tracked) = self.tracked.get_mut(uid) else {
-            return;
-        };
-        tracked.missing_syncs += 1;
-        if tracked.missing_syncs < lost_after {
-            return;
-        }
-        tracked.missing_syncs = 0;
-        self.fresh.remove(uid);
-        let never = tracked
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.as_deref())
-            == Some("Never");
-        let pod = tracked.pod.clone();
-        if never {
-            tracked.lifecycle = Lifecycle::Terminal;
-            tracked.terminal = Some(TerminalPhase::Failed);
-            let message =
-                format!("the provider no longer has this pod's object ({lost_after} status syncs)");
-            self.event(&pod, EventType::Warning, "ProviderLost", message.clone())
-                .await;
-            self.write_status(
-                &pod,
-                status::provider_failed_status("ProviderLost", &message),
-            )
-            .await;
-        } else {
-            tracked.lifecycle = Lifecycle::NeedsCreate;
-            tracked.restarts += 1;
-            tracked.next_attempt = Instant::now();
-            self.event(
-                &pod,
-                EventType::Warning,
-                "ProviderLost",
-                "the provider no longer has this pod's object; starting it again".into(),
-            )
-            .await;
-        }
-    }
-
-    /// Updates the pod's bookkeeping from its provider status; returns the status to write
-    /// when it changed, and adds the lifecycle Events a kubelet would write to `events`
-    /// (`Created` and `Started` when a container is first seen running, `BackOff` when a
-    /// stopped pod waits to be launched again).
-    fn apply_remote(
-        &mut self,
-        uid: &str,
-        remote: &RemoteStatus,
-        now: &str,
-        events: &mut Vec<LifecycleEvent>,
-    ) -> Option<(Pod, Value)> {
-        let host_ip = self.node.address.clone();
-        if remote.phase != RemotePhase::Pending {
-            self.fresh.remove(uid);
-        }
-        let tracked = self.tracked.get_mut(uid)?;
-        tracing::debug!(pod_uid = %uid, phase = ?remote.phase, restarts = tracked.restarts, "provider status");
-        for container in &remote.containers {
-            if matches!(container.state, RemoteContainerState::Running { .. })
-                && tracked.started_reported.insert(container.name.clone())
-            {
-                for (reason, verb) in [("Created", "Created"), ("Started", "Started")] {
-                    events.push((
-                        tracked.pod.clone(),
-                        EventType::Normal,
-                        reason,
-                        format!("{verb} container {}", container.name),
-                    ));
-                }
-            }
-        }
-        if remote.phase == RemotePhase::Stopped {
-            match status::after_stop(&tracked.pod, remote) {
-                AfterStop::Restart => {
-                    let wait = status::restart_backoff(tracked.restarts.max(0) as u32);
-                    tracked.lifecycle = Lifecycle::NeedsCreate;
-                    tracked.next_attempt = Instant::now() + wait;
-                    tracked.restarts += 1;
-                    tracked.crash_loop = true;
-                    events.push((
-                        tracked.pod.clone(),
-                        EventType::Warning,
-                        "BackOff",
-                        format!(
-                            "Back-off {}s restarting failed container(s) {} in pod {}",
-                            wait.as_secs(),
-                            remote
-                                .containers
-                                .iter()
-                                .map(|c| c.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            key(&tracked.pod)
-                        ),
-                    ));
-                }
-                AfterStop::Finish(phase) => {
-                    tracked.lifecycle = Lifecycle::Terminal;
-                    tracked.terminal = Some(phase);
-                }
-            }
-        }
-        let context = StatusContext {
-            restarts: tracked.restarts,
-            terminal: tracked.terminal,
-            crash_loop: tracked.crash_loop,
-            host_ip: &host_ip,
-            now,
-        };
-        let new_status = status::pod_status(&tracked.pod, remote, &context);
-        let unchanged = tracked
-            .last_status
-            .as_ref()
-            .is_some_and(|old| same_status(old, &new_status));
-        if unchanged {
-            return None;
-        }
-        tracked.last_status = Some(new_status.clone());
-        Some((tracked.pod.clone(), new_status))
     }
 
     /// Writes a one-off status (refusal, failure); a failed write is retried in the
@@ -1217,36 +895,15 @@ impl<P: Provider> PodController<P> {
         });
     }
 
-    /// Starts stopping a deleted pod's provider object (the provider honours the grace
-    /// period; a `Killing` Event per container the first time); the Pod is removed once
-    /// that succeeded (see [`Self::record_stop`]).
+    /// Starts stopping a deleted pod's provider object (see
+    /// [`PodRecord::stop_for_deletion`]); the Pod is removed once that succeeded (see
+    /// [`Self::record_stop`]).
     async fn stop_and_remove(&mut self, uid: &str) {
         let Some(tracked) = self.tracked.get(uid) else {
             return;
         };
-        if tracked.delete_failures == 0
-            && tracked.lifecycle == Lifecycle::Launched
-            && !self.stopping.contains(uid)
-        {
-            let pod = tracked.pod.clone();
-            for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-                let note = format!("Stopping container {}", container.name);
-                self.event(&pod, EventType::Normal, "Killing", note).await;
-            }
-        }
-        let Some(tracked) = self.tracked.get(uid) else {
-            return;
-        };
-        let pod = &tracked.pod;
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or(pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds))
-            .unwrap_or(30);
-        self.start_stop(uid, grace, StopFor::DeletedPod);
+        let effects = tracked.stop_for_deletion(self.stopping.contains(uid));
+        self.apply(uid, effects).await;
     }
 
     /// Stops the provider object of `uid` in a task of its own, unless a stop is in
@@ -1297,13 +954,18 @@ impl<P: Provider> PodController<P> {
                     tracing::warn!(%error, pod_uid = %uid, "cannot stop the object of a deleted pod; retrying");
                 }
             }
-            StopFor::DeletedPod if stopped => self.remove_pod(&uid).await,
             StopFor::DeletedPod => {
                 // The Pod stays until its object is stopped: nothing is left running.
-                let wait = self.delete_failed(&uid);
-                if let Err(error) = result {
-                    tracing::warn!(%error, pod_uid = %uid, ?wait, "cannot stop provider object; retrying");
+                if let Err(error) = &result
+                    && !stopped
+                {
+                    tracing::warn!(%error, pod_uid = %uid, "cannot stop provider object; retrying");
                 }
+                let Some(tracked) = self.tracked.get_mut(&uid) else {
+                    return;
+                };
+                let effects = tracked.deletion_stop_finished(stopped, Now::current(), jitter());
+                self.apply(&uid, effects).await;
             }
         }
     }
@@ -1346,19 +1008,15 @@ impl<P: Provider> PodController<P> {
             }
         }
         if let Some(t) = self.tracked.get_mut(uid) {
-            t.delete_due = None;
+            t.removed();
         }
     }
 
     /// Schedules another try of a deletion that failed; returns the wait.
     fn delete_failed(&mut self, uid: &str) -> Duration {
-        let Some(tracked) = self.tracked.get_mut(uid) else {
-            return Duration::ZERO;
-        };
-        tracked.delete_failures += 1;
-        let wait = backoff_with_jitter(tracked.delete_failures);
-        tracked.delete_due = Some(Instant::now() + wait);
-        wait
+        self.tracked.get_mut(uid).map_or(Duration::ZERO, |t| {
+            t.deletion_failed(Now::current(), jitter())
+        })
     }
 
     /// Retries deletions whose time came: pods being deleted whose stop or removal
@@ -1368,7 +1026,7 @@ impl<P: Provider> PodController<P> {
         let due: Vec<String> = self
             .tracked
             .iter()
-            .filter(|(_, t)| t.deleting && t.delete_due.is_some_and(|d| d <= now))
+            .filter(|(_, t)| t.deletion_due(now))
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in due {
@@ -1401,7 +1059,6 @@ impl<P: Provider> PodController<P> {
 
     /// The Pod is gone from the API: make sure its provider object is too.
     async fn forget(&mut self, uid: &str) {
-        self.fresh.remove(uid);
         let Some(tracked) = self.tracked.remove(uid) else {
             return;
         };
@@ -1409,9 +1066,6 @@ impl<P: Provider> PodController<P> {
         self.start_stop(uid, 0, StopFor::GonePod);
     }
 }
-
-/// An Event to publish about a pod: type, reason, note.
-type LifecycleEvent = (Pod, EventType, &'static str, String);
 
 /// How often a failed first list of provider objects is retried.
 pub const ADOPT_RETRY_INTERVAL: Duration = Duration::from_secs(5);
@@ -1444,20 +1098,4 @@ async fn write_pod_status(client: Client, pod: Pod, status: Value) -> bool {
             false
         }
     }
-}
-
-/// Compares statuses ignoring condition timestamps, which change every sync.
-fn same_status(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(conditions) = v.get_mut("conditions").and_then(Value::as_array_mut) {
-            for c in conditions {
-                if let Some(c) = c.as_object_mut() {
-                    c.remove("lastTransitionTime");
-                }
-            }
-        }
-        v
-    };
-    strip(a) == strip(b)
 }
