@@ -1,5 +1,6 @@
 //! The virtual node's Prometheus metrics (DESIGN §6).
 
+use crate::provider::ProviderError;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -9,6 +10,9 @@ use prometheus::{
 pub struct NodeMetrics {
     /// `spillway_provider_requests_total{provider,op,result}`.
     pub requests: IntCounterVec,
+    /// `spillway_provider_calls_total{provider,op,outcome}`: `ok`, or the error's kind
+    /// (`unavailable`, `throttled`, `transient`, `invalid`, `not-found`).
+    pub calls: IntCounterVec,
     /// `spillway_provider_request_duration_seconds{provider,op}`.
     pub durations: HistogramVec,
     /// `spillway_vk_pods`: pods bound to the node and tracked.
@@ -34,6 +38,13 @@ impl NodeMetrics {
                     "Calls to the provider API by operation and result",
                 ),
                 &["provider", "op", "result"],
+            )?,
+            calls: IntCounterVec::new(
+                Opts::new(
+                    "spillway_provider_calls_total",
+                    "Calls to the provider API by operation and outcome: ok, or the error's kind (unavailable, throttled, transient, invalid, not-found)",
+                ),
+                &["provider", "op", "outcome"],
             )?,
             durations: HistogramVec::new(
                 HistogramOpts::new(
@@ -66,6 +77,7 @@ impl NodeMetrics {
             )?,
         };
         registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.calls.clone()))?;
         registry.register(Box::new(metrics.durations.clone()))?;
         registry.register(Box::new(metrics.pods.clone()))?;
         registry.register(Box::new(metrics.degraded.clone()))?;
@@ -80,11 +92,21 @@ impl NodeMetrics {
     }
 
     /// Records one call.
-    pub fn observe(&self, provider: &str, op: &str, ok: bool, seconds: f64) {
-        let result = if ok { "success" } else { "error" };
+    pub fn observe<T>(
+        &self,
+        provider: &str,
+        op: &str,
+        result: &Result<T, ProviderError>,
+        seconds: f64,
+    ) {
+        let (summary, outcome) = match result {
+            Ok(_) => ("success", "ok"),
+            Err(error) => ("error", error.kind()),
+        };
         self.requests
-            .with_label_values(&[provider, op, result])
+            .with_label_values(&[provider, op, summary])
             .inc();
+        self.calls.with_label_values(&[provider, op, outcome]).inc();
         self.durations
             .with_label_values(&[provider, op])
             .observe(seconds);

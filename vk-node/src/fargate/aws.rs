@@ -359,12 +359,8 @@ impl AwsApi {
                     "{op}: no answer within {ATTEMPT_TIMEOUT:?}"
                 ))),
             };
-            self.metrics.observe(
-                "fargate",
-                op,
-                result.is_ok(),
-                started.elapsed().as_secs_f64(),
-            );
+            self.metrics
+                .observe("fargate", op, &result, started.elapsed().as_secs_f64());
             match result {
                 Err(error) if error.is_retryable() && attempts < MAX_ATTEMPTS => {
                     tracing::debug!(%error, op, attempts, "retrying");

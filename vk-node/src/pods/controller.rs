@@ -16,6 +16,7 @@ use rand::Rng;
 use serde_json::Value;
 use spillway_common::{keys, pod_resources};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::admission::{self, NodeAdmission, Refusal};
 use crate::env_refs::{self, ObjectRef};
@@ -251,7 +252,7 @@ impl<P: Provider> PodController<P> {
         self.metrics.observe(
             self.provider.name(),
             op,
-            result.is_ok(),
+            result,
             started.elapsed().as_secs_f64(),
         );
         if let Err(error) = result {
@@ -685,41 +686,46 @@ impl<P: Provider> PodController<P> {
                 self.created_tx.clone(),
                 self.client.clone(),
             );
-            tokio::spawn(async move {
-                let Ok(_permit) = slots.acquire_owned().await else {
-                    return;
-                };
-                let started = Instant::now();
-                let checked =
-                    tokio::time::timeout(API_CALL_TIMEOUT, env_refs::check(&client, &pod)).await;
-                let attempt = match checked {
-                    Err(_) => CreateAttempt::Unchecked("the apiserver did not answer".into()),
-                    Ok(Err(error)) => CreateAttempt::Unchecked(error.to_string()),
-                    Ok(Ok(missing)) if missing.iter().any(|r| !r.optional) => {
-                        CreateAttempt::Held(missing)
-                    }
-                    Ok(Ok(optional_missing)) => {
-                        let started = Instant::now();
-                        let result = provider.create(&pod).await;
-                        let _ = tx.send(CreateOutcome {
-                            uid,
-                            pod,
-                            elapsed: started.elapsed(),
-                            attempt: CreateAttempt::Asked {
-                                optional_missing,
-                                result,
-                            },
-                        });
+            let span = tracing::info_span!("create", pod = %key(&pod), pod_uid = %uid);
+            tokio::spawn(
+                async move {
+                    let Ok(_permit) = slots.acquire_owned().await else {
                         return;
-                    }
-                };
-                let _ = tx.send(CreateOutcome {
-                    uid,
-                    pod,
-                    elapsed: started.elapsed(),
-                    attempt,
-                });
-            });
+                    };
+                    let started = Instant::now();
+                    let checked =
+                        tokio::time::timeout(API_CALL_TIMEOUT, env_refs::check(&client, &pod))
+                            .await;
+                    let attempt = match checked {
+                        Err(_) => CreateAttempt::Unchecked("the apiserver did not answer".into()),
+                        Ok(Err(error)) => CreateAttempt::Unchecked(error.to_string()),
+                        Ok(Ok(missing)) if missing.iter().any(|r| !r.optional) => {
+                            CreateAttempt::Held(missing)
+                        }
+                        Ok(Ok(optional_missing)) => {
+                            let started = Instant::now();
+                            let result = provider.create(&pod).await;
+                            let _ = tx.send(CreateOutcome {
+                                uid,
+                                pod,
+                                elapsed: started.elapsed(),
+                                attempt: CreateAttempt::Asked {
+                                    optional_missing,
+                                    result,
+                                },
+                            });
+                            return;
+                        }
+                    };
+                    let _ = tx.send(CreateOutcome {
+                        uid,
+                        pod,
+                        elapsed: started.elapsed(),
+                        attempt,
+                    });
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -796,15 +802,19 @@ impl<P: Provider> PodController<P> {
         }
         self.syncing = true;
         let (provider, tx) = (self.provider.clone(), self.synced_tx.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let result = provider.statuses(&launched).await;
-            let _ = tx.send(SyncOutcome {
-                launched,
-                started,
-                result,
-            });
-        });
+        let span = tracing::info_span!("statuses", pods = launched.len());
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let result = provider.statuses(&launched).await;
+                let _ = tx.send(SyncOutcome {
+                    launched,
+                    started,
+                    result,
+                });
+            }
+            .instrument(span),
+        );
     }
 
     /// Applies a status pull: writes what changed, counts pods the provider lost.
@@ -886,13 +896,17 @@ impl<P: Provider> PodController<P> {
     /// background until it lands or the pod is gone.
     async fn write_status(&self, pod: &Pod, status: Value) {
         let (client, pod) = (self.client.clone(), pod.clone());
-        tokio::spawn(async move {
-            let mut attempt = 0;
-            while !write_pod_status(client.clone(), pod.clone(), status.clone()).await {
-                attempt += 1;
-                tokio::time::sleep(backoff_with_jitter(attempt)).await;
+        let span = tracing::debug_span!("write_status", pod = %key(&pod));
+        tokio::spawn(
+            async move {
+                let mut attempt = 0;
+                while !write_pod_status(client.clone(), pod.clone(), status.clone()).await {
+                    attempt += 1;
+                    tokio::time::sleep(backoff_with_jitter(attempt)).await;
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     /// Starts stopping a deleted pod's provider object (see
@@ -917,16 +931,20 @@ impl<P: Provider> PodController<P> {
             self.stopped_tx.clone(),
             uid.to_owned(),
         );
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let result = provider.delete(&uid, grace).await;
-            let _ = tx.send(StopOutcome {
-                uid,
-                why,
-                started,
-                result,
-            });
-        });
+        let span = tracing::info_span!("stop", pod_uid = %uid, grace);
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let result = provider.delete(&uid, grace).await;
+                let _ = tx.send(StopOutcome {
+                    uid,
+                    why,
+                    started,
+                    result,
+                });
+            }
+            .instrument(span),
+        );
     }
 
     /// A stop finished: a deleted pod's Pod goes now; a failure is retried with back-off.
