@@ -7,8 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Pod;
 
 /// ConfigMap or Secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -180,39 +179,6 @@ pub fn missing(refs: &[ObjectRef], found: &Found) -> Vec<ObjectRef> {
         .into_iter()
         .filter(|r| !r.optional || !required.contains(&(r.kind, r.name.clone(), r.key.clone())))
         .collect()
-}
-
-/// Looks up every object `pod` refers to (one GET each; Secret values are read only for
-/// their keys and dropped) and returns what is missing.
-pub async fn check(client: &kube::Client, pod: &Pod) -> Result<Vec<ObjectRef>, kube::Error> {
-    let refs = references(pod);
-    if refs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut found = Found::new();
-    for r in &refs {
-        let id = (r.kind, r.name.clone());
-        if found.contains_key(&id) {
-            continue;
-        }
-        let keys = match r.kind {
-            RefKind::ConfigMap => config_maps.get_opt(&r.name).await?.map(|cm| {
-                let data = cm.data.unwrap_or_default().into_keys();
-                data.chain(cm.binary_data.unwrap_or_default().into_keys())
-                    .collect()
-            }),
-            RefKind::Secret => secrets.get_opt(&r.name).await?.map(|s| {
-                let data = s.data.unwrap_or_default().into_keys();
-                data.chain(s.string_data.unwrap_or_default().into_keys())
-                    .collect()
-            }),
-        };
-        found.insert(id, keys);
-    }
-    Ok(missing(&refs, &found))
 }
 
 #[cfg(test)]

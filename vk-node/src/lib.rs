@@ -15,6 +15,7 @@ pub mod kubelet_authz;
 pub mod metrics;
 pub mod mock;
 pub mod node;
+pub mod pod_objects;
 pub mod pods;
 pub mod provider;
 pub mod resource_usage;

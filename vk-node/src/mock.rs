@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::core::v1::Pod;
 use rand::Rng;
 
+use crate::pod_objects::PodObjects;
 use crate::provider::{
     ContainerUsage, LogChunk, LogLine, LogOptions, PodUsage, Provider, ProviderError,
     RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus,
@@ -196,7 +197,7 @@ impl Provider for MockProvider {
         "mock"
     }
 
-    async fn create(&self, pod: &Pod) -> Result<(), ProviderError> {
+    async fn create(&self, pod: &Pod, _objects: &PodObjects) -> Result<(), ProviderError> {
         let uid = crate::provider::pod_uid(pod)?;
         let attempt = self
             .creates_attempted
@@ -413,8 +414,8 @@ mod tests {
             ],
         );
         let silent = pod("silent", &[]);
-        mock.create(&loaded).await.unwrap();
-        mock.create(&silent).await.unwrap();
+        mock.create(&loaded, &PodObjects::default()).await.unwrap();
+        mock.create(&silent, &PodObjects::default()).await.unwrap();
         let usage = mock.usage(&[loaded, silent]).await.unwrap();
         assert!(
             !usage.contains_key("silent"),
@@ -437,7 +438,7 @@ mod tests {
             ..MockBehaviour::default()
         });
         let plain = pod("plain", &[]);
-        mock.create(&plain).await.unwrap();
+        mock.create(&plain, &PodObjects::default()).await.unwrap();
         let usage = mock.usage(&[plain, pod("elsewhere", &[])]).await.unwrap();
         assert_eq!(usage.len(), 1);
         assert_eq!(usage["plain"].containers[0].cpu_nano_cores, 50_000_000);

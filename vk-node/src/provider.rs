@@ -7,6 +7,8 @@ use std::future::Future;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::pod_objects::PodObjects;
+
 /// What went wrong at the provider.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProviderError {
@@ -197,8 +199,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Provider name for metrics (`fargate`, `aci`, `mock`).
     fn name(&self) -> &'static str;
 
-    /// Starts `pod`. Must be idempotent for the same pod UID.
-    fn create(&self, pod: &Pod) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Starts `pod` with the ConfigMaps and Secrets it names, which the node fetched
+    /// (the provider fetches nothing itself). Must be idempotent for the same pod UID.
+    fn create(
+        &self,
+        pod: &Pod,
+        objects: &PodObjects,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Stops the object of `pod_uid`, giving containers `grace_seconds` to exit.
     fn delete(

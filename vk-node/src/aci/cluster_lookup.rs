@@ -1,127 +1,12 @@
-//! The ConfigMaps and Secrets one pod names (env, envFrom, volumes, imagePullSecrets),
-//! fetched from the apiserver with GETs before its container group is built, and served
-//! to the translation as an [`AciLookup`].
-
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+//! What the translation to a container group reads of the ConfigMaps and Secrets the
+//! node fetched for a pod ([`PodObjects`]): Secret values, volume files and registry
+//! credentials.
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::Api;
 
 use super::arm_types::ImageRegistryCredential;
 use super::translate::{AciLookup, VolumeFiles, VolumeKind};
-use crate::env::EnvLookup;
-use crate::env_refs::{self, RefKind};
-use crate::provider::ProviderError;
-
-/// What was fetched: each object's keys and contents (`None`: it does not exist).
-#[derive(Debug, Default)]
-pub struct ClusterObjects {
-    config_maps: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
-    secrets: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
-}
-
-impl ClusterObjects {
-    /// Objects known up front (tests).
-    pub fn with(
-        config_maps: impl IntoIterator<Item = (String, BTreeMap<String, Vec<u8>>)>,
-        secrets: impl IntoIterator<Item = (String, BTreeMap<String, Vec<u8>>)>,
-    ) -> Self {
-        Self {
-            config_maps: config_maps.into_iter().map(|(k, v)| (k, Some(v))).collect(),
-            secrets: secrets.into_iter().map(|(k, v)| (k, Some(v))).collect(),
-        }
-    }
-
-    /// Fetches everything `pod` names.
-    pub async fn fetch(client: &kube::Client, pod: &Pod) -> Result<Self, ProviderError> {
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let mut config_maps = BTreeSet::new();
-        let mut secrets = BTreeSet::new();
-        for r in env_refs::references(pod) {
-            match r.kind {
-                RefKind::ConfigMap => config_maps.insert(r.name),
-                RefKind::Secret => secrets.insert(r.name),
-            };
-        }
-        for pull in pod
-            .spec
-            .iter()
-            .flat_map(|s| s.image_pull_secrets.iter().flatten())
-        {
-            secrets.insert(pull.name.clone());
-        }
-        let transient = |e: kube::Error| ProviderError::Transient(e.to_string());
-        let mut objects = Self::default();
-        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        for name in config_maps {
-            let found = cm_api.get_opt(&name).await.map_err(transient)?.map(|cm| {
-                let mut files: BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                files.extend(
-                    cm.binary_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0)),
-                );
-                files
-            });
-            objects.config_maps.insert(name, found);
-        }
-        let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        for name in secrets {
-            let found = secret_api
-                .get_opt(&name)
-                .await
-                .map_err(transient)?
-                .map(|s| {
-                    let mut files: BTreeMap<String, Vec<u8>> = s
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    files.extend(
-                        s.string_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.into_bytes())),
-                    );
-                    files
-                });
-            objects.secrets.insert(name, found);
-        }
-        Ok(objects)
-    }
-
-    fn text(files: &BTreeMap<String, Vec<u8>>, key: &str) -> Option<String> {
-        files
-            .get(key)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-}
-
-impl EnvLookup for ClusterObjects {
-    fn config_map_value(&self, name: &str, key: &str) -> Option<String> {
-        Self::text(self.config_maps.get(name)?.as_ref()?, key)
-    }
-    fn config_map_entries(&self, name: &str) -> Option<Vec<(String, String)>> {
-        let files = self.config_maps.get(name)?.as_ref()?;
-        Some(
-            files
-                .keys()
-                .filter_map(|k| Some((k.clone(), Self::text(files, k)?)))
-                .collect(),
-        )
-    }
-    fn secret_keys(&self, name: &str) -> Option<Vec<String>> {
-        Some(self.secrets.get(name)?.as_ref()?.keys().cloned().collect())
-    }
-}
+use crate::pod_objects::PodObjects;
 
 /// `.dockerconfigjson`: `{"auths": {"<server>": {"username", "password"} | {"auth"}}}`.
 fn docker_config_credentials(json: &[u8]) -> Option<Vec<ImageRegistryCredential>> {
@@ -156,28 +41,29 @@ fn docker_config_credentials(json: &[u8]) -> Option<Vec<ImageRegistryCredential>
     Some(credentials)
 }
 
-impl AciLookup for ClusterObjects {
+impl AciLookup for PodObjects {
     fn secret_value(&self, name: &str, key: &str) -> Option<String> {
-        Self::text(self.secrets.get(name)?.as_ref()?, key)
+        self.secret_text(name, key)
     }
     fn volume_files(&self, kind: VolumeKind, name: &str) -> VolumeFiles {
-        let source = match kind {
-            VolumeKind::ConfigMap => &self.config_maps,
-            VolumeKind::Secret => &self.secrets,
+        let files = match kind {
+            VolumeKind::ConfigMap => self.config_map(name),
+            VolumeKind::Secret => self.secret(name),
         };
-        match source.get(name) {
-            Some(Some(files)) => VolumeFiles::Found(files.clone()),
-            _ => VolumeFiles::Missing,
+        match files {
+            Some(files) => VolumeFiles::Found(files.clone()),
+            None => VolumeFiles::Missing,
         }
     }
     fn registry_credentials(&self, secret: &str) -> Option<Vec<ImageRegistryCredential>> {
-        let files = self.secrets.get(secret)?.as_ref()?;
-        docker_config_credentials(files.get(".dockerconfigjson")?)
+        docker_config_credentials(self.secret(secret)?.get(".dockerconfigjson")?)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -197,30 +83,25 @@ mod tests {
     }
 
     #[test]
-    fn missing_objects_are_missing_and_present_ones_serve_values() {
-        let objects = ClusterObjects::with(
-            [(
-                "settings".to_owned(),
-                BTreeMap::from([("mode".to_owned(), b"fast".to_vec())]),
-            )],
+    fn volumes_and_secret_values_come_from_the_fetched_objects() {
+        let objects = PodObjects::with(
+            [],
             [(
                 "db".to_owned(),
                 BTreeMap::from([("password".to_owned(), b"pw".to_vec())]),
             )],
         );
         assert_eq!(
-            objects.config_map_value("settings", "mode").as_deref(),
-            Some("fast")
-        );
-        assert_eq!(
             objects.secret_value("db", "password").as_deref(),
             Some("pw")
         );
-        assert_eq!(objects.secret_value("db", "user"), None);
         assert_eq!(
             objects.volume_files(VolumeKind::Secret, "absent"),
             VolumeFiles::Missing
         );
-        assert_eq!(objects.secret_keys("db"), Some(vec!["password".to_owned()]));
+        assert!(matches!(
+            objects.volume_files(VolumeKind::Secret, "db"),
+            VolumeFiles::Found(_)
+        ));
     }
 }

@@ -15,11 +15,11 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::arm::{ArmApi, ArmClient, DEFAULT_ENDPOINT, RetryPolicy};
 use super::arm_types::ContainerGroup;
-use super::cluster_lookup::ClusterObjects;
 use super::credentials::{CredentialChain, TokenFile, Tokens};
 use super::status::{log_lines, remote_status};
 use super::translate::{self, AciSettings, TranslateError};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
+use crate::pod_objects::PodObjects;
 use crate::provider::{
     LogChunk, LogOptions, Provider, ProviderError, RemotePhase, RemoteStatus, pod_uid,
 };
@@ -116,7 +116,6 @@ impl CreateQuota {
 pub struct AciProvider<A: ArmApi> {
     api: A,
     settings: AciSettings,
-    client: Option<kube::Client>,
     quota: CreateQuota,
     /// Pod UID → container group name, for the groups this node knows it owns.
     groups: Mutex<HashMap<String, String>>,
@@ -147,14 +146,11 @@ impl AciProvider<ArmClient<Tokens>> {
             Arc::new(tokens),
             RetryPolicy::default(),
         )?;
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| e.to_string())?;
         let quota = CreateQuota::new(
             args.aci_create_quota,
             Duration::from_secs(args.aci_create_quota_seconds),
         );
-        Ok(Self::new(api, settings, Some(client), quota))
+        Ok(Self::new(api, settings, quota))
     }
 }
 
@@ -204,16 +200,10 @@ fn translate_error(error: TranslateError) -> ProviderError {
 
 impl<A: ArmApi> AciProvider<A> {
     /// A provider over `api`.
-    pub fn new(
-        api: A,
-        settings: AciSettings,
-        client: Option<kube::Client>,
-        quota: CreateQuota,
-    ) -> Self {
+    pub fn new(api: A, settings: AciSettings, quota: CreateQuota) -> Self {
         Self {
             api,
             settings,
-            client,
             quota,
             groups: Mutex::new(HashMap::new()),
         }
@@ -268,7 +258,7 @@ impl<A: ArmApi> Provider for AciProvider<A> {
         "aci"
     }
 
-    async fn create(&self, pod: &Pod) -> Result<(), ProviderError> {
+    async fn create(&self, pod: &Pod, objects: &PodObjects) -> Result<(), ProviderError> {
         let uid = pod_uid(pod)?;
         let meta = &pod.metadata;
         let name = translate::group_name(
@@ -288,12 +278,8 @@ impl<A: ArmApi> Provider for AciProvider<A> {
                 Err(error) => return Err(error),
             }
         }
-        let objects = match &self.client {
-            Some(client) => ClusterObjects::fetch(client, pod).await?,
-            None => ClusterObjects::default(),
-        };
         let request =
-            translate::translate(pod, &self.settings, &objects).map_err(translate_error)?;
+            translate::translate(pod, &self.settings, objects).map_err(translate_error)?;
         self.quota.take().await?;
         self.api.put_group(&request.name, &request.group).await?;
         self.record(&uid, &request.name);
@@ -471,7 +457,6 @@ mod tests {
         AciProvider::new(
             api,
             settings(node, cluster),
-            None,
             CreateQuota::new(100, Duration::from_secs(300)),
         )
     }
@@ -487,19 +472,25 @@ mod tests {
     #[tokio::test]
     async fn create_is_idempotent_and_a_restarted_node_adopts_its_groups() {
         let node = provider(FakeArm::default(), "spillway-aci", "prod");
-        node.create(&pod("u1")).await.unwrap();
-        node.create(&pod("u1")).await.unwrap();
+        node.create(&pod("u1"), &PodObjects::default())
+            .await
+            .unwrap();
+        node.create(&pod("u1"), &PodObjects::default())
+            .await
+            .unwrap();
         assert_eq!(*node.api.puts.lock().unwrap(), 1, "one group per pod");
         // A new process over the same ARM state: list adopts, create adds nothing.
         let restarted = AciProvider::new(
             node.api,
             settings("spillway-aci", "prod"),
-            None,
             CreateQuota::new(100, Duration::from_secs(300)),
         );
         let listed = restarted.list().await.unwrap();
         assert_eq!(listed["u1"].phase, RemotePhase::Running);
-        restarted.create(&pod("u1")).await.unwrap();
+        restarted
+            .create(&pod("u1"), &PodObjects::default())
+            .await
+            .unwrap();
         assert_eq!(*restarted.api.puts.lock().unwrap(), 1);
         restarted.delete("u1", 30).await.unwrap();
         assert!(restarted.api.groups.lock().unwrap().is_empty());
@@ -513,14 +504,21 @@ mod tests {
     async fn the_sweep_deletes_only_this_clusters_and_nodes_orphans() {
         let api = FakeArm::default();
         let other_cluster = provider(FakeArm::default(), "spillway-aci", "staging");
-        other_cluster.create(&pod("theirs")).await.unwrap();
+        other_cluster
+            .create(&pod("theirs"), &PodObjects::default())
+            .await
+            .unwrap();
         api.groups
             .lock()
             .unwrap()
             .extend(other_cluster.api.groups.lock().unwrap().drain());
         let node = provider(api, "spillway-aci", "prod");
-        node.create(&pod("live")).await.unwrap();
-        node.create(&pod("gone")).await.unwrap();
+        node.create(&pod("live"), &PodObjects::default())
+            .await
+            .unwrap();
+        node.create(&pod("gone"), &PodObjects::default())
+            .await
+            .unwrap();
         let live = HashSet::from(["live".to_owned()]);
         assert_eq!(node.sweep(&live).await.unwrap(), 1);
         let mut left: Vec<String> = node.api.groups.lock().unwrap().keys().cloned().collect();
@@ -535,7 +533,9 @@ mod tests {
         let api = FakeArm::default();
         *api.fail_deletes.lock().unwrap() = 1;
         let node = provider(api, "spillway-aci", "prod");
-        node.create(&pod("u1")).await.unwrap();
+        node.create(&pod("u1"), &PodObjects::default())
+            .await
+            .unwrap();
         assert!(node.delete("u1", 0).await.unwrap_err().is_retryable());
         assert!(node.recorded("u1").is_some());
         node.delete("u1", 0).await.unwrap();
@@ -556,7 +556,9 @@ mod tests {
     #[tokio::test]
     async fn logs_keep_their_timestamps_and_honour_limit_bytes() {
         let node = provider(FakeArm::default(), "spillway-aci", "prod");
-        node.create(&pod("u1")).await.unwrap();
+        node.create(&pod("u1"), &PodObjects::default())
+            .await
+            .unwrap();
         let all = node
             .logs("u1", "app", &LogOptions::default(), None)
             .await

@@ -3,12 +3,11 @@
 //! the pod UID in tags and `clientToken`, and listing by `startedBy` finds what a previous
 //! run of the node left, so nothing is duplicated or leaked.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use clap::Args;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::Api;
+use k8s_openapi::api::core::v1::Pod;
 use spillway_common::config::PricingConfig;
 use spillway_common::keys;
 use spillway_common::quantity;
@@ -16,9 +15,10 @@ use spillway_common::quantity;
 use super::aws::{
     AwsApi, ContainerMetricKey, ContainerMetrics, EcsApi, LogPageQuery, TaskInfo, task_id_of,
 };
-use super::translate::{self, EnvLookup, FargateSettings};
+use super::translate::{self, FargateSettings};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::metrics::NodeMetrics;
+use crate::pod_objects::PodObjects;
 use crate::provider::{
     ContainerUsage, LOG_READ_CAP_BYTES, LogChunk, LogLine, LogOptions, PodUsage, Provider,
     ProviderError, RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus,
@@ -161,7 +161,6 @@ pub struct FargateArgs {
 pub struct FargateProvider<E: EcsApi> {
     api: E,
     settings: FargateSettings,
-    client: Option<kube::Client>,
     /// Families known to exist; the async lock also makes registration single-flight,
     /// so concurrent creates of identical pods register one definition, not one each.
     known_families: tokio::sync::Mutex<HashSet<String>>,
@@ -186,12 +185,9 @@ impl FargateProvider<AwsApi> {
         cluster_id: &str,
         metrics: NodeMetrics,
     ) -> Result<Self, String> {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| e.to_string())?;
         let settings = settings_from_args(args, node_name, cluster_id)?;
         let api = AwsApi::new(&args.aws_region, args.aws_endpoint.as_deref(), metrics).await;
-        Ok(Self::new(api, settings, Some(client)))
+        Ok(Self::new(api, settings))
     }
 }
 
@@ -241,31 +237,6 @@ pub fn settings_from_args(
         default_memory_bytes,
         price: PricingConfig::default().fargate,
     })
-}
-
-/// ConfigMaps and Secrets fetched for one pod.
-#[derive(Default)]
-struct Fetched {
-    config_maps: HashMap<String, BTreeMap<String, String>>,
-    secrets: HashMap<String, BTreeMap<String, String>>,
-}
-
-impl EnvLookup for Fetched {
-    fn config_map_value(&self, name: &str, key: &str) -> Option<String> {
-        self.config_maps.get(name)?.get(key).cloned()
-    }
-    fn config_map_entries(&self, name: &str) -> Option<Vec<(String, String)>> {
-        Some(
-            self.config_maps
-                .get(name)?
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        )
-    }
-    fn secret_keys(&self, name: &str) -> Option<Vec<String>> {
-        Some(self.secrets.get(name)?.keys().cloned().collect())
-    }
 }
 
 /// Where this node's pod secrets live: `spillway/<cluster id>/<node>/`.
@@ -322,89 +293,15 @@ fn remote_status(pod_uid: &str, task: &TaskInfo) -> RemoteStatus {
 }
 
 impl<E: EcsApi> FargateProvider<E> {
-    /// A provider over `api`; `client` reads ConfigMaps and Secrets (None: pods may not
-    /// reference any).
-    pub fn new(api: E, settings: FargateSettings, client: Option<kube::Client>) -> Self {
+    /// A provider over `api`.
+    pub fn new(api: E, settings: FargateSettings) -> Self {
         Self {
             api,
             settings,
-            client,
             known_families: tokio::sync::Mutex::new(HashSet::new()),
             tasks: Mutex::new(HashMap::new()),
             cpu_meters: Mutex::new(HashMap::new()),
         }
-    }
-
-    async fn fetch_env_sources(&self, pod: &Pod) -> Result<Fetched, ProviderError> {
-        let mut fetched = Fetched::default();
-        let Some(spec) = pod.spec.as_ref() else {
-            return Ok(fetched);
-        };
-        let mut config_maps = HashSet::new();
-        let mut secrets = HashSet::new();
-        for container in spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-        {
-            for var in container.env.iter().flatten() {
-                if let Some(source) = &var.value_from {
-                    if let Some(cm) = &source.config_map_key_ref {
-                        config_maps.insert(cm.name.clone());
-                    }
-                    if let Some(secret) = &source.secret_key_ref {
-                        secrets.insert(secret.name.clone());
-                    }
-                }
-            }
-            for from in container.env_from.iter().flatten() {
-                if let Some(cm) = &from.config_map_ref {
-                    config_maps.insert(cm.name.clone());
-                }
-                if let Some(secret) = &from.secret_ref {
-                    secrets.insert(secret.name.clone());
-                }
-            }
-        }
-        if config_maps.is_empty() && secrets.is_empty() {
-            return Ok(fetched);
-        }
-        let client = self.client.clone().ok_or_else(|| {
-            ProviderError::Invalid(
-                "pod references ConfigMaps or Secrets but no client is configured".into(),
-            )
-        })?;
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        for name in config_maps {
-            if let Some(cm) = cm_api
-                .get_opt(&name)
-                .await
-                .map_err(|e| ProviderError::Transient(e.to_string()))?
-            {
-                fetched
-                    .config_maps
-                    .insert(name, cm.data.unwrap_or_default());
-            }
-        }
-        let secret_api: Api<Secret> = Api::namespaced(client, namespace);
-        for name in secrets {
-            if let Some(secret) = secret_api
-                .get_opt(&name)
-                .await
-                .map_err(|e| ProviderError::Transient(e.to_string()))?
-            {
-                let mut values: BTreeMap<String, String> = BTreeMap::new();
-                for (k, v) in secret.data.unwrap_or_default() {
-                    values.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-                }
-                for (k, v) in secret.string_data.unwrap_or_default() {
-                    values.insert(k, v);
-                }
-                fetched.secrets.insert(name, values);
-            }
-        }
-        Ok(fetched)
     }
 
     /// Stores the pod's Secret-derived env in its own Secrets Manager secret.
@@ -412,13 +309,13 @@ impl<E: EcsApi> FargateProvider<E> {
         &self,
         pod_uid: &str,
         refs: &[translate::SecretRef],
-        fetched: &Fetched,
+        objects: &PodObjects,
     ) -> Result<String, ProviderError> {
         let mut values = serde_json::Map::new();
         for r in refs {
-            match fetched.secrets.get(&r.secret).and_then(|s| s.get(&r.key)) {
+            match objects.secret_text(&r.secret, &r.key) {
                 Some(value) => {
-                    values.insert(r.json_key.clone(), serde_json::Value::String(value.clone()));
+                    values.insert(r.json_key.clone(), serde_json::Value::String(value));
                 }
                 None if r.optional => {}
                 None => {
@@ -548,7 +445,7 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
         "fargate"
     }
 
-    async fn create(&self, pod: &Pod) -> Result<(), ProviderError> {
+    async fn create(&self, pod: &Pod, objects: &PodObjects) -> Result<(), ProviderError> {
         let uid = crate::provider::pod_uid(pod)?;
         let previous = self
             .tasks
@@ -569,7 +466,6 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
                 return Ok(());
             }
         }
-        let fetched = self.fetch_env_sources(pod).await?;
         let spot = pod
             .metadata
             .annotations
@@ -577,18 +473,18 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
             .and_then(|a| a.get(keys::SPOT))
             .is_some_and(|v| v == "true");
         // A first pass tells which secrets the pod needs; only then is its secret written.
-        let draft = translate::translate(pod, &self.settings, &fetched, None, spot)
+        let draft = translate::translate(pod, &self.settings, objects, None, spot)
             .map_err(|e| ProviderError::Invalid(e.to_string()))?;
         let secret_arn = if draft.secret_refs.is_empty() {
             None
         } else {
             Some(
-                self.store_secrets(&uid, &draft.secret_refs, &fetched)
+                self.store_secrets(&uid, &draft.secret_refs, objects)
                     .await?,
             )
         };
         let mut request =
-            translate::translate(pod, &self.settings, &fetched, secret_arn.as_deref(), spot)
+            translate::translate(pod, &self.settings, objects, secret_arn.as_deref(), spot)
                 .map_err(|e| ProviderError::Invalid(e.to_string()))?;
         self.ensure_task_definition(&request).await?;
         let launches = previous.map(|r| r.launches).unwrap_or(0) + 1;
@@ -822,6 +718,8 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::fargate::aws::LogPage;
     use crate::fargate::ecs_json::{RegisterTaskDefinition, RunTask};
@@ -1027,7 +925,6 @@ mod tests {
         FargateProvider::new(
             FakeEcs::default(),
             FargateSettings::offline(PricingConfig::default().fargate),
-            None,
         )
     }
 
@@ -1043,8 +940,8 @@ mod tests {
     async fn usage_comes_from_container_insights_for_the_pods_tasks_only() {
         let provider = provider();
         let (mut a, b) = (pod("a"), pod("b"));
-        provider.create(&a).await.unwrap();
-        provider.create(&b).await.unwrap();
+        provider.create(&a, &PodObjects::default()).await.unwrap();
+        provider.create(&b, &PodObjects::default()).await.unwrap();
         a.status = Some(
             serde_json::from_value(
                 json!({"containerStatuses": [{"name": "app", "image": "nginx",
@@ -1103,9 +1000,15 @@ mod tests {
     async fn identical_pods_register_one_definition_and_create_is_idempotent() {
         let provider = provider();
         for uid in ["a", "b", "c"] {
-            provider.create(&pod(uid)).await.unwrap();
+            provider
+                .create(&pod(uid), &PodObjects::default())
+                .await
+                .unwrap();
         }
-        provider.create(&pod("a")).await.unwrap();
+        provider
+            .create(&pod("a"), &PodObjects::default())
+            .await
+            .unwrap();
         assert_eq!(provider.api.registered.lock().unwrap().len(), 1);
         assert_eq!(
             provider.api.run_calls.lock().unwrap().len(),
@@ -1117,7 +1020,10 @@ mod tests {
     #[tokio::test]
     async fn a_throttled_stop_keeps_the_task_to_stop_it_on_the_retry() {
         let provider = provider();
-        provider.create(&pod("a")).await.unwrap();
+        provider
+            .create(&pod("a"), &PodObjects::default())
+            .await
+            .unwrap();
         let arn = provider.tasks.lock().unwrap()["a"].arn.clone();
         provider.api.throttled_stops.store(1, Ordering::SeqCst);
         assert!(matches!(
@@ -1162,7 +1068,10 @@ mod tests {
     #[tokio::test]
     async fn logs_longer_than_a_page_are_read_whole_and_tails_are_exact() {
         let provider = provider();
-        provider.create(&pod("a")).await.unwrap();
+        provider
+            .create(&pod("a"), &PodObjects::default())
+            .await
+            .unwrap();
         // Many lines share a timestamp: paging by token drops none of them.
         let lines: Vec<LogLine> = (0..10)
             .map(|i| LogLine {
@@ -1218,7 +1127,10 @@ mod tests {
     #[tokio::test]
     async fn a_tail_is_held_within_the_read_cap() {
         let provider = provider();
-        provider.create(&pod("a")).await.unwrap();
+        provider
+            .create(&pod("a"), &PodObjects::default())
+            .await
+            .unwrap();
         // Four lines of a third of the cap each: only the newest two fit.
         let big = "x".repeat(LOG_READ_CAP_BYTES / 3);
         *provider.api.log_lines.lock().unwrap() = (0..4)
@@ -1244,12 +1156,18 @@ mod tests {
     #[tokio::test]
     async fn relaunch_uses_a_token_of_its_own() {
         let provider = provider();
-        provider.create(&pod("a")).await.unwrap();
+        provider
+            .create(&pod("a"), &PodObjects::default())
+            .await
+            .unwrap();
         let arn = provider.api.run_calls.lock().unwrap().len();
         assert_eq!(arn, 1);
         let first = provider.tasks.lock().unwrap()["a"].arn.clone();
         provider.api.stop_task("c", &first, "exited").await.unwrap();
-        provider.create(&pod("a")).await.unwrap();
+        provider
+            .create(&pod("a"), &PodObjects::default())
+            .await
+            .unwrap();
         let calls = provider.api.run_calls.lock().unwrap();
         assert_eq!(calls[0].client_token, "a");
         assert_eq!(calls[1].client_token, "a-r2");
@@ -1266,7 +1184,10 @@ mod tests {
         assert_eq!(*provider.api.stopped.lock().unwrap(), vec![duplicate]);
         assert_eq!(provider.tasks.lock().unwrap()["a"].arn, oldest);
         // Adopted: a create for the same pod starts nothing.
-        provider.create(&pod("a")).await.unwrap();
+        provider
+            .create(&pod("a"), &PodObjects::default())
+            .await
+            .unwrap();
         assert!(provider.api.run_calls.lock().unwrap().is_empty());
     }
 
@@ -1290,7 +1211,10 @@ mod tests {
             provider.delete("nope", 30).await,
             Err(ProviderError::NotFound(_))
         ));
-        provider.create(&pod("a")).await.unwrap();
+        provider
+            .create(&pod("a"), &PodObjects::default())
+            .await
+            .unwrap();
         provider.delete("a", 30).await.unwrap();
         assert_eq!(provider.api.stopped.lock().unwrap().len(), 1);
     }

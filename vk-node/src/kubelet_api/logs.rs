@@ -459,7 +459,11 @@ mod tests {
         fn name(&self) -> &'static str {
             "paged"
         }
-        async fn create(&self, _: &Pod) -> Result<(), ProviderError> {
+        async fn create(
+            &self,
+            _: &Pod,
+            _: &crate::pod_objects::PodObjects,
+        ) -> Result<(), ProviderError> {
             Ok(())
         }
         async fn delete(&self, _: &str, _: i64) -> Result<(), ProviderError> {

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::admission::{self, NodeAdmission, Refusal};
-use crate::env_refs::{self, ObjectRef};
+use crate::env_refs::ObjectRef;
 use crate::metrics::NodeMetrics;
 use crate::node::{self, NodeSpec};
+use crate::pod_objects::PodObjects;
 use crate::provider::{Provider, ProviderError, RemoteStatus};
 use crate::status::{self, TerminalPhase};
 
@@ -693,28 +694,32 @@ impl<P: Provider> PodController<P> {
                         return;
                     };
                     let started = Instant::now();
-                    let checked =
-                        tokio::time::timeout(API_CALL_TIMEOUT, env_refs::check(&client, &pod))
+                    // The pod's ConfigMaps and Secrets, fetched once: what is missing holds
+                    // the create back; the rest goes to the provider.
+                    let fetched =
+                        tokio::time::timeout(API_CALL_TIMEOUT, PodObjects::fetch(&client, &pod))
                             .await;
-                    let attempt = match checked {
+                    let attempt = match fetched {
                         Err(_) => CreateAttempt::Unchecked("the apiserver did not answer".into()),
                         Ok(Err(error)) => CreateAttempt::Unchecked(error.to_string()),
-                        Ok(Ok(missing)) if missing.iter().any(|r| !r.optional) => {
-                            CreateAttempt::Held(missing)
-                        }
-                        Ok(Ok(optional_missing)) => {
-                            let started = Instant::now();
-                            let result = provider.create(&pod).await;
-                            let _ = tx.send(CreateOutcome {
-                                uid,
-                                pod,
-                                elapsed: started.elapsed(),
-                                attempt: CreateAttempt::Asked {
-                                    optional_missing,
-                                    result,
-                                },
-                            });
-                            return;
+                        Ok(Ok(objects)) => {
+                            let missing = objects.missing(&pod);
+                            if missing.iter().any(|r| !r.optional) {
+                                CreateAttempt::Held(missing)
+                            } else {
+                                let started = Instant::now();
+                                let result = provider.create(&pod, &objects).await;
+                                let _ = tx.send(CreateOutcome {
+                                    uid,
+                                    pod,
+                                    elapsed: started.elapsed(),
+                                    attempt: CreateAttempt::Asked {
+                                        optional_missing: missing,
+                                        result,
+                                    },
+                                });
+                                return;
+                            }
                         }
                     };
                     let _ = tx.send(CreateOutcome {
