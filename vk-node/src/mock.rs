@@ -38,6 +38,9 @@ pub struct MockBehaviour {
     pub cpu_usage_millis: Option<u64>,
     /// Memory (bytes) a running pod uses when its annotation does not say.
     pub memory_usage_bytes: Option<u64>,
+    /// The IP every pod gets (a loopback address lets tests serve its probes); `None`:
+    /// a made-up one per pod in 10.253.0.0/16, which is never probed.
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 /// Pod annotation: the CPU a running mock pod uses (a quantity such as `250m`).
@@ -56,6 +59,7 @@ impl Default for MockBehaviour {
             failures_unavailable: false,
             cpu_usage_millis: None,
             memory_usage_bytes: None,
+            pod_ip: None,
         }
     }
 }
@@ -197,6 +201,12 @@ impl Provider for MockProvider {
         "mock"
     }
 
+    /// Only loopback addresses, where a test serves the probes: the made-up addresses
+    /// reach nothing (or something else).
+    fn probe_reachable(&self, ip: std::net::IpAddr) -> bool {
+        ip.is_loopback()
+    }
+
     async fn create(&self, pod: &Pod, _objects: &PodObjects) -> Result<(), ProviderError> {
         let uid = crate::provider::pod_uid(pod)?;
         let attempt = self
@@ -225,10 +235,13 @@ impl Provider for MockProvider {
         {
             return Ok(()); // idempotent for a live object
         }
-        let ip = {
-            let mut next = self.next_ip.lock().unwrap_or_else(|p| p.into_inner());
-            *next += 1;
-            format!("10.253.{}.{}", (*next >> 8) & 0xff, *next & 0xff)
+        let ip = match self.behaviour.pod_ip {
+            Some(ip) => ip.to_string(),
+            None => {
+                let mut next = self.next_ip.lock().unwrap_or_else(|p| p.into_inner());
+                *next += 1;
+                format!("10.253.{}.{}", (*next >> 8) & 0xff, *next & 0xff)
+            }
         };
         let containers = pod
             .spec

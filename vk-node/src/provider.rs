@@ -199,6 +199,12 @@ pub trait Provider: Send + Sync + 'static {
     /// Provider name for metrics (`fargate`, `aci`, `mock`).
     fn name(&self) -> &'static str;
 
+    /// Whether the node may send probes to a pod at `ip` (the mock's made-up addresses
+    /// are not probed).
+    fn probe_reachable(&self, _ip: std::net::IpAddr) -> bool {
+        true
+    }
+
     /// Starts `pod` with the ConfigMaps and Secrets it names, which the node fetched
     /// (the provider fetches nothing itself). Must be idempotent for the same pod UID.
     fn create(

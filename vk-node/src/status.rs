@@ -4,6 +4,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use crate::pods::probes::PodProbes;
 use crate::provider::{RemoteContainerState, RemotePhase, RemoteStatus};
 
 /// What to do with a pod whose provider object stopped.
@@ -100,6 +101,9 @@ pub struct StatusContext<'a> {
     pub host_ip: &'a str,
     /// RFC 3339 "now" for condition times.
     pub now: &'a str,
+    /// The pod's probes: a running container is started once its startup probe passed
+    /// and ready once its readiness probe passed (`None`: running means both).
+    pub probes: Option<&'a PodProbes>,
 }
 
 /// The pod `status` to write for `remote`.
@@ -131,13 +135,15 @@ pub fn pod_status(pod: &Pod, remote: &RemoteStatus, context: &StatusContext<'_>)
                 })
         };
         let running = matches!(state, RemoteContainerState::Running { .. });
+        let started = running && context.probes.is_none_or(|p| p.started(name));
+        let ready = running && context.probes.is_none_or(|p| p.ready(name));
         statuses.push(json!({
             "name": name,
             "image": image,
             "imageID": "",
             "containerID": format!("spillway://{}/{}", remote.pod_uid, name),
-            "ready": running,
-            "started": running,
+            "ready": ready,
+            "started": started,
             "restartCount": context.restarts.saturating_add(in_place),
             "state": container_state(&state),
         }));
@@ -303,6 +309,7 @@ mod tests {
             crash_loop: false,
             host_ip: "127.0.0.1",
             now: "2026-11-28T10:00:01Z",
+            probes: None,
         };
         let status = pod_status(&pod("Always"), &remote, &context);
         assert_eq!(status["phase"], "Running");
@@ -321,6 +328,7 @@ mod tests {
             crash_loop: false,
             host_ip: "127.0.0.1",
             now: "t",
+            probes: None,
         };
         let status = pod_status(&pod("Never"), &stopped(&[3, 0]), &context);
         assert_eq!(status["phase"], "Failed");

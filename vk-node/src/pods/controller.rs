@@ -28,6 +28,8 @@ use crate::status::{self, TerminalPhase};
 
 use super::health::ProviderHealth;
 use super::lifecycle::{self, Effect, Now, PodRecord, Rules, Severity, Stage, StopFor, key};
+use super::prober;
+use super::probes::ProbeRun;
 use crate::workload_rules::{ClusterView, Judgement};
 
 /// Timing and limits of the pod controller.
@@ -126,6 +128,10 @@ pub struct PodController<P: Provider> {
     stopped_rx: Option<tokio::sync::mpsc::UnboundedReceiver<StopOutcome>>,
     synced_tx: tokio::sync::mpsc::UnboundedSender<SyncOutcome>,
     synced_rx: Option<tokio::sync::mpsc::UnboundedReceiver<SyncOutcome>>,
+    probed_tx: tokio::sync::mpsc::UnboundedSender<ProbeOutcome>,
+    probed_rx: Option<tokio::sync::mpsc::UnboundedReceiver<ProbeOutcome>>,
+    /// The HTTP client probes share.
+    probe_http: reqwest::Client,
     /// Pod UIDs with a stop in flight.
     stopping: HashSet<String>,
     /// Whether a status pull is in flight.
@@ -139,6 +145,13 @@ struct StopOutcome {
     why: StopFor,
     started: Instant,
     result: Result<(), ProviderError>,
+}
+
+/// The result of one probe run, reported back to the controller loop.
+struct ProbeOutcome {
+    uid: String,
+    index: usize,
+    run: ProbeRun,
 }
 
 /// The result of one status pull, reported back to the controller loop.
@@ -188,6 +201,7 @@ impl<P: Provider> PodController<P> {
         let (created_tx, created_rx) = tokio::sync::mpsc::unbounded_channel();
         let (stopped_tx, stopped_rx) = tokio::sync::mpsc::unbounded_channel();
         let (synced_tx, synced_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (probed_tx, probed_rx) = tokio::sync::mpsc::unbounded_channel();
         let create_slots = Arc::new(tokio::sync::Semaphore::new(
             settings.create_concurrency.max(1),
         ));
@@ -216,6 +230,9 @@ impl<P: Provider> PodController<P> {
             stopped_rx: Some(stopped_rx),
             synced_tx,
             synced_rx: Some(synced_rx),
+            probed_tx,
+            probed_rx: Some(probed_rx),
+            probe_http: prober::http_client(),
             stopping: HashSet::new(),
             syncing: false,
             create_slots,
@@ -349,6 +366,7 @@ impl<P: Provider> PodController<P> {
         let mut outcomes = self.created_rx.take().expect("run is called once");
         let mut stops = self.stopped_rx.take().expect("run is called once");
         let mut syncs = self.synced_rx.take().expect("run is called once");
+        let mut probe_runs = self.probed_rx.take().expect("run is called once");
         // A replica taking over starts from its own view of the provider: a degraded
         // taint the previous leader left is removed until this one sees failures itself.
         self.set_degraded(false).await;
@@ -358,6 +376,7 @@ impl<P: Provider> PodController<P> {
                 Some(outcome) = outcomes.recv() => self.record_create(outcome).await,
                 Some(outcome) = stops.recv() => self.record_stop(outcome).await,
                 Some(outcome) = syncs.recv() => self.record_sync(outcome).await,
+                Some(outcome) = probe_runs.recv() => self.record_probe(outcome).await,
                 event = stream.next() => {
                     let Some(event) = event else { return };
                     match event {
@@ -394,6 +413,7 @@ impl<P: Provider> PodController<P> {
                     }
                     self.readmit_awaiting().await;
                     self.launch_due().await;
+                    self.start_due_probes();
                     self.retry_deletions().await;
                     if last_sweep.elapsed() >= self.settings.sweep_interval {
                         last_sweep = Instant::now();
@@ -862,7 +882,12 @@ impl<P: Provider> PodController<P> {
                 // Created but not visible yet, or gone: after a few syncs it counts as lost.
                 None => tracked.missing_from_provider(rules, now),
                 Some(remote_status) => {
-                    tracked.remote_status(remote_status, &host_ip, now, &now_rfc3339)
+                    let probe = remote_status
+                        .pod_ip
+                        .as_deref()
+                        .and_then(|ip| ip.parse().ok())
+                        .is_some_and(|ip| self.provider.probe_reachable(ip));
+                    tracked.remote_status(remote_status, &host_ip, now, &now_rfc3339, probe)
                 }
             };
             let pod = tracked.pod.clone();
@@ -895,6 +920,53 @@ impl<P: Provider> PodController<P> {
                 tracked.status_unwritten();
             }
         }
+    }
+
+    /// Starts every probe that is due, each in a task of its own against the pod's IP.
+    fn start_due_probes(&mut self) {
+        let now = Instant::now();
+        for (uid, tracked) in &mut self.tracked {
+            if !tracked.probing() {
+                continue;
+            }
+            let ip = tracked
+                .last_remote
+                .as_ref()
+                .and_then(|r| r.pod_ip.as_deref())
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+            let (Some(ip), Some(probes)) = (ip, tracked.probes.as_mut()) else {
+                continue;
+            };
+            for (index, spec) in probes.take_due(now) {
+                let (tx, http, uid) =
+                    (self.probed_tx.clone(), self.probe_http.clone(), uid.clone());
+                let span = tracing::debug_span!("probe", pod_uid = %uid, container = %spec.container, kind = ?spec.kind);
+                tokio::spawn(
+                    async move {
+                        let run = prober::run(ip, &spec, &http).await;
+                        let _ = tx.send(ProbeOutcome { uid, index, run });
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+
+    /// A probe run finished: its rules decide (see [`PodRecord::probe_finished`]).
+    async fn record_probe(&mut self, outcome: ProbeOutcome) {
+        let host_ip = self.node.address.clone();
+        let Some(tracked) = self.tracked.get_mut(&outcome.uid) else {
+            return;
+        };
+        let now_rfc3339 = spillway_common::time::rfc3339(SystemTime::now());
+        let effects = tracked.probe_finished(
+            outcome.index,
+            &outcome.run,
+            &host_ip,
+            Now::current(),
+            &now_rfc3339,
+        );
+        self.apply(&outcome.uid, effects).await;
     }
 
     /// Writes a one-off status (refusal, failure); a failed write is retried in the
@@ -976,6 +1048,18 @@ impl<P: Provider> PodController<P> {
                 if let Err(error) = result {
                     tracing::warn!(%error, pod_uid = %uid, "cannot stop the object of a deleted pod; retrying");
                 }
+            }
+            StopFor::ProbeKill => {
+                if let Err(error) = &result
+                    && !stopped
+                {
+                    tracing::warn!(%error, pod_uid = %uid, "cannot stop a container that failed its probe");
+                }
+                let Some(tracked) = self.tracked.get_mut(&uid) else {
+                    return;
+                };
+                let effects = tracked.kill_finished(stopped, Now::current());
+                self.apply(&uid, effects).await;
             }
             StopFor::DeletedPod => {
                 // The Pod stays until its object is stopped: nothing is left running.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
+use super::probes::{PodProbes, ProbeEffect, ProbeKind, ProbeRun};
 use crate::env_refs::ObjectRef;
 use crate::provider::{ProviderError, RemoteContainerState, RemotePhase, RemoteStatus};
 use crate::status::{self, AfterStop, StatusContext, TerminalPhase};
@@ -34,6 +35,9 @@ pub enum StopFor {
     DeletedPod,
     /// A pod already gone from the API: only the object is left to stop.
     GonePod,
+    /// A container failed its liveness or startup probe: the object is stopped and, as
+    /// the restart policy says, launched again.
+    ProbeKill,
 }
 
 /// An Event's type.
@@ -207,6 +211,13 @@ pub struct PodRecord {
     /// Launched and not seen running yet: polled often, so it turns Running without
     /// waiting for the full sync.
     pub fresh: bool,
+    /// Its probes, once its containers run (`None` before, or when the node cannot reach
+    /// its IP).
+    pub probes: Option<PodProbes>,
+    /// The provider's last status of it, for a status written between syncs.
+    pub last_remote: Option<RemoteStatus>,
+    /// A kill for a failed probe is under way.
+    pub killing: Option<ProbeKind>,
 }
 
 impl PodRecord {
@@ -249,6 +260,9 @@ impl PodRecord {
             awaiting_admission: false,
             undecided_since: None,
             fresh: false,
+            probes: None,
+            last_remote: None,
+            killing: None,
         }
     }
 
@@ -267,7 +281,15 @@ impl PodRecord {
 
     /// Whether a status pull should include it (`only_fresh`: only if not seen running).
     pub fn wants_status(&self, only_fresh: bool) -> bool {
-        self.stage == Stage::Launched && !self.deleting && (!only_fresh || self.fresh)
+        self.stage == Stage::Launched
+            && !self.deleting
+            && self.killing.is_none()
+            && (!only_fresh || self.fresh)
+    }
+
+    /// Whether its probes may run now.
+    pub fn probing(&self) -> bool {
+        self.stage == Stage::Launched && !self.deleting && self.killing.is_none()
     }
 
     /// The pod's deletion was seen: its stop is due now.
@@ -290,18 +312,8 @@ impl PodRecord {
                 ));
             }
         }
-        let grace = self
-            .pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or(self
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds))
-            .unwrap_or(30);
         effects.push(Effect::Stop {
-            grace,
+            grace: self.grace_seconds(),
             why: StopFor::DeletedPod,
         });
         effects
@@ -349,6 +361,9 @@ impl PodRecord {
                 self.crash_loop = false;
                 self.started_reported.clear();
                 self.fresh = true;
+                self.probes = None;
+                self.last_remote = None;
+                self.killing = None;
                 for container in self.pod.spec.iter().flat_map(|s| s.containers.iter()) {
                     let image = container.image.as_deref().unwrap_or_default();
                     effects.push(Effect::event(
@@ -494,14 +509,25 @@ impl PodRecord {
     /// container is first seen running; a stopped object restarts after the crash-loop
     /// back-off (`BackOff`) or finishes, as `restartPolicy` says; the status to write
     /// when it changed (`now_rfc3339` stamps new conditions).
+    ///
+    /// Once the object runs, its probes start (`probe`: the node can reach the pod's IP);
+    /// until a container passed its readiness probe it is not ready.
     pub fn remote_status(
         &mut self,
         remote: &RemoteStatus,
         host_ip: &str,
         now: Now,
         now_rfc3339: &str,
+        probe: bool,
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
+        self.last_remote = Some(remote.clone());
+        if remote.phase == RemotePhase::Running && probe && self.probes.is_none() {
+            let probes = PodProbes::new(&self.pod, now.at);
+            self.probes = (!probes.is_empty()).then_some(probes);
+        } else if remote.phase != RemotePhase::Running {
+            self.probes = None;
+        }
         if remote.phase != RemotePhase::Pending {
             self.fresh = false;
         }
@@ -546,23 +572,141 @@ impl PodRecord {
                 }
             }
         }
+        effects.extend(self.status_if_changed(remote, host_ip, now_rfc3339));
+        effects
+    }
+
+    /// The status of `remote` as the record sees it, when it differs from the last one.
+    fn status_if_changed(
+        &mut self,
+        remote: &RemoteStatus,
+        host_ip: &str,
+        now_rfc3339: &str,
+    ) -> Option<Effect> {
         let context = StatusContext {
             restarts: self.restarts,
             terminal: self.terminal,
             crash_loop: self.crash_loop,
             host_ip,
             now: now_rfc3339,
+            probes: self.probes.as_ref(),
         };
         let new_status = status::pod_status(&self.pod, remote, &context);
         let unchanged = self
             .last_status
             .as_ref()
             .is_some_and(|old| same_status(old, &new_status));
-        if !unchanged {
-            self.last_status = Some(new_status.clone());
-            effects.push(Effect::SyncStatus(new_status));
+        if unchanged {
+            return None;
+        }
+        self.last_status = Some(new_status.clone());
+        Some(Effect::SyncStatus(new_status))
+    }
+
+    /// A run of probe `index` finished: `Unhealthy` when it failed (the kubelet's
+    /// wording), the status again when readiness changed, and a container that failed
+    /// its liveness or startup probe killed (`Killing`, then its object stopped).
+    pub fn probe_finished(
+        &mut self,
+        index: usize,
+        run: &ProbeRun,
+        host_ip: &str,
+        now: Now,
+        now_rfc3339: &str,
+    ) -> Vec<Effect> {
+        if !self.probing() {
+            return Vec::new();
+        }
+        let Some(probes) = self.probes.as_mut() else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        let mut status_changed = false;
+        for outcome in probes.record(index, run, now.at) {
+            match outcome {
+                ProbeEffect::Unhealthy { kind, message, .. } => effects.push(Effect::event(
+                    Severity::Warning,
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", kind.title()),
+                )),
+                ProbeEffect::StatusChanged => status_changed = true,
+                ProbeEffect::Kill { container, kind } if self.killing.is_none() => {
+                    self.killing = Some(kind);
+                    effects.push(Effect::event(
+                        Severity::Normal,
+                        "Killing",
+                        format!(
+                            "Container {container} failed {} probe, will be restarted",
+                            kind.title().to_lowercase()
+                        ),
+                    ));
+                    effects.push(Effect::Stop {
+                        grace: self.grace_seconds(),
+                        why: StopFor::ProbeKill,
+                    });
+                }
+                ProbeEffect::Kill { .. } => {}
+            }
+        }
+        if status_changed
+            && self.killing.is_none()
+            && let Some(remote) = self.last_remote.clone()
+        {
+            effects.extend(self.status_if_changed(&remote, host_ip, now_rfc3339));
         }
         effects
+    }
+
+    /// The stop of a container killed for a failed probe finished: it is launched again
+    /// after the crash-loop back-off (counted in restartCount), or, with `restartPolicy:
+    /// Never`, the pod fails. A stop that failed leaves the pod as it was; the probe
+    /// fails again and asks again.
+    pub fn kill_finished(&mut self, stopped: bool, now: Now) -> Vec<Effect> {
+        let Some(kind) = self.killing.take() else {
+            return Vec::new();
+        };
+        if !stopped || self.deleting {
+            return Vec::new();
+        }
+        self.probes = None;
+        self.fresh = false;
+        let never = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            == Some("Never");
+        if never {
+            self.stage = Stage::Terminal;
+            self.terminal = Some(TerminalPhase::Failed);
+            let message = format!(
+                "a container failed its {} probe",
+                kind.title().to_lowercase()
+            );
+            return vec![Effect::WriteStatus(status::provider_failed_status(
+                "ProbeFailed",
+                &message,
+            ))];
+        }
+        let wait = status::restart_backoff(self.restarts.max(0) as u32);
+        self.stage = Stage::NeedsCreate;
+        self.restarts += 1;
+        self.crash_loop = true;
+        self.next_attempt = now.at + wait;
+        Vec::new()
+    }
+
+    /// Seconds its containers get to stop: the deletion's, else the spec's, else 30.
+    fn grace_seconds(&self) -> i64 {
+        self.pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
     }
 
     /// A synced status could not be written: it is written again on the next sync.

@@ -10,6 +10,8 @@
 pub mod controller;
 pub mod health;
 pub mod lifecycle;
+pub mod prober;
+pub mod probes;
 
 pub use controller::{
     ADOPT_RETRY_INTERVAL, ControllerSettings, FRESH_SYNC_INTERVAL, PodController, PodDirectory,

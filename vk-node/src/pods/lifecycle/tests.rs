@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::env_refs::RefKind;
+use crate::pods::probes::ProbeRun;
 use crate::provider::RemoteContainer;
 
 const RULES: Rules<'static> = Rules {
@@ -361,6 +362,7 @@ fn a_status_that_finds_the_object_again_resets_the_missing_count() {
         "10.1.1.1",
         clock.t(3),
         "2026-01-01T00:00:03Z",
+        false,
     );
     assert!(record.missing_from_provider(RULES, clock.t(4)).is_empty());
     assert_eq!(record.stage, Stage::Launched);
@@ -374,13 +376,13 @@ fn containers_first_seen_running_are_created_and_started_once() {
         RemotePhase::Running,
         &[("app", running()), ("side", running())],
     );
-    let first = record.remote_status(&status, "10.1.1.1", clock.t(1), "t1");
+    let first = record.remote_status(&status, "10.1.1.1", clock.t(1), "t1", false);
     assert_eq!(
         reasons(&first),
         ["Created", "Started", "Created", "Started"]
     );
     assert!(!record.fresh, "running: no longer polled closely");
-    let second = record.remote_status(&status, "10.1.1.1", clock.t(2), "t2");
+    let second = record.remote_status(&status, "10.1.1.1", clock.t(2), "t2", false);
     assert!(reasons(&second).is_empty());
 }
 
@@ -389,14 +391,32 @@ fn a_status_is_written_only_when_it_changed() {
     let clock = Clock::new();
     let mut record = launched("Always", &clock);
     let status = remote(RemotePhase::Running, &[("app", running())]);
-    let first = record.remote_status(&status, "10.1.1.1", clock.t(1), "2026-01-01T00:00:01Z");
+    let first = record.remote_status(
+        &status,
+        "10.1.1.1",
+        clock.t(1),
+        "2026-01-01T00:00:01Z",
+        false,
+    );
     assert!(written_status(&first).is_some());
     // Only the conditions' times differ: nothing to write.
-    let same = record.remote_status(&status, "10.1.1.1", clock.t(2), "2026-01-01T00:00:02Z");
+    let same = record.remote_status(
+        &status,
+        "10.1.1.1",
+        clock.t(2),
+        "2026-01-01T00:00:02Z",
+        false,
+    );
     assert!(written_status(&same).is_none());
     // A write that failed is made again at the next sync.
     record.status_unwritten();
-    let again = record.remote_status(&status, "10.1.1.1", clock.t(3), "2026-01-01T00:00:03Z");
+    let again = record.remote_status(
+        &status,
+        "10.1.1.1",
+        clock.t(3),
+        "2026-01-01T00:00:03Z",
+        false,
+    );
     assert!(written_status(&again).is_some());
 }
 
@@ -418,7 +438,7 @@ fn a_stopped_object_restarts_with_the_crash_loop_back_off_or_finishes_per_restar
             RemotePhase::Stopped,
             &[("app", exited(code)), ("side", exited(code))],
         );
-        let effects = record.remote_status(&stopped, "10.1.1.1", clock.t(10), "t");
+        let effects = record.remote_status(&stopped, "10.1.1.1", clock.t(10), "t", false);
         assert_eq!(
             reasons(&effects).contains(&"BackOff"),
             restarted,
@@ -446,7 +466,7 @@ fn the_crash_loop_back_off_doubles_to_five_minutes() {
     let mut waits = Vec::new();
     for _ in 0..7 {
         let start = clock.t(1000);
-        record.remote_status(&stopped, "10.1.1.1", start, "t");
+        record.remote_status(&stopped, "10.1.1.1", start, "t", false);
         waits.push((record.next_attempt - start.at).as_secs());
         record.stage = Stage::Launched;
     }
@@ -504,4 +524,116 @@ fn a_finished_pod_seen_again_stays_finished() {
     assert_eq!(record.stage, Stage::Terminal);
     assert_eq!(record.restarts, 4, "the restart count carries over");
     assert!(!record.create_due(clock.t(0).at));
+}
+
+fn probed_pod(restart_policy: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
+        "spec": {"restartPolicy": restart_policy, "terminationGracePeriodSeconds": 7,
+            "containers": [{"name": "app", "image": "nginx:1.27",
+                "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1},
+                "livenessProbe": {"httpGet": {"port": 80}, "periodSeconds": 1, "failureThreshold": 2}}]}
+    }))
+    .unwrap()
+}
+
+fn probed_record(restart_policy: &str, clock: &Clock) -> PodRecord {
+    let mut record = PodRecord::new(probed_pod(restart_policy), clock.t(0).at);
+    record.created(&Ok(()), &[], RULES, clock.t(0), FULL, false);
+    record
+}
+
+/// Runs every probe due at `at` with `outcome(kind)` and returns the effects.
+fn run_probes(
+    record: &mut PodRecord,
+    clock: &Clock,
+    at: u64,
+    outcome: impl Fn(crate::pods::probes::ProbeKind) -> bool,
+) -> Vec<Effect> {
+    let due = record
+        .probes
+        .as_mut()
+        .map(|p| p.take_due(clock.t(at).at))
+        .unwrap_or_default();
+    let mut effects = Vec::new();
+    for (index, spec) in due {
+        let run = ProbeRun {
+            ok: outcome(spec.kind),
+            message: "HTTP probe failed with statuscode: 500".into(),
+        };
+        effects.extend(record.probe_finished(index, &run, "10.1.1.1", clock.t(at), "t"));
+    }
+    effects
+}
+
+fn container_ready(effects: &[Effect]) -> Option<bool> {
+    written_status(effects).and_then(|s| s["containerStatuses"][0]["ready"].as_bool())
+}
+
+#[test]
+fn a_container_with_a_readiness_probe_is_ready_only_once_it_passed() {
+    let clock = Clock::new();
+    let mut record = probed_record("Always", &clock);
+    let status = remote(RemotePhase::Running, &[("app", running())]);
+    // Running, but not ready: its probes start now.
+    let first = record.remote_status(&status, "10.1.1.1", clock.t(1), "t", true);
+    assert_eq!(container_ready(&first), Some(false));
+    assert!(record.probes.is_some());
+    // Failing: an Unhealthy Event with the kubelet's wording, still not ready.
+    let failing = run_probes(&mut record, &clock, 1, |kind| {
+        kind != crate::pods::probes::ProbeKind::Readiness
+    });
+    assert!(failing.iter().any(|e| matches!(e,
+        Effect::Event { reason: "Unhealthy", note, .. }
+            if note == "Readiness probe failed: HTTP probe failed with statuscode: 500")));
+    assert_eq!(container_ready(&failing), None, "nothing changed to write");
+    // Passing: the status says ready at once, without waiting for a sync.
+    let passing = run_probes(&mut record, &clock, 2, |_| true);
+    assert_eq!(container_ready(&passing), Some(true));
+    assert_eq!(
+        written_status(&passing).unwrap()["conditions"][3]["status"],
+        "True"
+    );
+    // Without a reachable IP no probe runs and running means ready, as before.
+    let mut unprobed = probed_record("Always", &clock);
+    let effects = unprobed.remote_status(&status, "10.1.1.1", clock.t(1), "t", false);
+    assert_eq!(container_ready(&effects), Some(true));
+    assert!(unprobed.probes.is_none());
+}
+
+#[test]
+fn a_failed_liveness_probe_kills_the_pods_object_and_relaunches_it_counting_a_restart() {
+    let clock = Clock::new();
+    let mut record = probed_record("Always", &clock);
+    let status = remote(RemotePhase::Running, &[("app", running())]);
+    record.remote_status(&status, "10.1.1.1", clock.t(1), "t", true);
+    let liveness_fails = |kind| kind != crate::pods::probes::ProbeKind::Liveness;
+    let first = run_probes(&mut record, &clock, 1, liveness_fails);
+    assert!(!first.iter().any(|e| matches!(e, Effect::Stop { .. })));
+    let second = run_probes(&mut record, &clock, 2, liveness_fails);
+    assert!(second.iter().any(|e| matches!(e,
+        Effect::Event { reason: "Killing", note, .. }
+            if note == "Container app failed liveness probe, will be restarted")));
+    assert!(second.contains(&Effect::Stop {
+        grace: 7,
+        why: StopFor::ProbeKill
+    }));
+    assert!(
+        !record.wants_status(false),
+        "no status pulls while it is killed"
+    );
+    assert!(run_probes(&mut record, &clock, 3, liveness_fails).is_empty());
+    record.kill_finished(true, clock.t(4));
+    assert_eq!(record.stage, Stage::NeedsCreate);
+    assert_eq!(record.restarts, 1, "counted in restartCount");
+    assert!(record.crash_loop);
+    assert!(record.probes.is_none());
+    // With restartPolicy Never the pod fails instead.
+    let mut never = probed_record("Never", &clock);
+    never.remote_status(&status, "10.1.1.1", clock.t(1), "t", true);
+    run_probes(&mut never, &clock, 1, liveness_fails);
+    run_probes(&mut never, &clock, 2, liveness_fails);
+    let effects = never.kill_finished(true, clock.t(4));
+    assert_eq!(never.stage, Stage::Terminal);
+    assert_eq!(written_status(&effects).unwrap()["reason"], "ProbeFailed");
 }
