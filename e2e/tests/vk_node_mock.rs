@@ -1037,6 +1037,162 @@ async fn pods_bound_by_hand_run_only_when_opted_in_and_within_the_budget() -> an
     Ok(())
 }
 
+/// An HTTP server on loopback answering `/ready` and `/live` with the statuses the test
+/// sets: the probes of the mock's pods (`--mock-probe-loopback`).
+struct ProbeTarget {
+    port: u16,
+    ready: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    live: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl ProbeTarget {
+    async fn start() -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let ready = std::sync::Arc::new(AtomicU16::new(500));
+        let live = std::sync::Arc::new(AtomicU16::new(200));
+        let (r, l) = (ready.clone(), live.clone());
+        let app = axum::Router::new()
+            .route(
+                "/ready",
+                axum::routing::get(move || async move {
+                    axum::http::StatusCode::from_u16(r.load(Ordering::Relaxed))
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+                }),
+            )
+            .route(
+                "/live",
+                axum::routing::get(move || async move {
+                    axum::http::StatusCode::from_u16(l.load(Ordering::Relaxed))
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { port, ready, live })
+    }
+
+    fn set(which: &std::sync::atomic::AtomicU16, status: u16) {
+        which.store(status, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn readiness_keeps_a_pod_out_of_its_service_until_it_passes_and_liveness_restarts_it()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let fixture = NodeFixture::new("e2e-probes", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let target = ProbeTarget::start().await?;
+    let mut args = vk_node_args(node_name, "mock")?;
+    args.push("--mock-probe-loopback".into());
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let port = target.port;
+    let pod = pod_on_node(
+        "probed",
+        node_name,
+        json!({"containers": [{"name": "app", "image": "nginx:1.27",
+            "ports": [{"name": "http", "containerPort": port}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1},
+            "livenessProbe": {"httpGet": {"path": "/live", "port": port}, "periodSeconds": 1,
+                "failureThreshold": 2}}]}),
+    )?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod).await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), &ns.name);
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "probed"},
+                "spec": {"selector": {"app": "probed"}, "ports": [{"port": 80, "targetPort": port}]}
+            }))?,
+        )
+        .await?;
+    wait_running(&pods, "probed", Duration::from_secs(30)).await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns.name);
+    // The service's endpoint for the pod: Some(ready) once the slice lists it.
+    let endpoint_ready = || async {
+        let list = slices
+            .list(&kube::api::ListParams::default().labels("kubernetes.io/service-name=probed"))
+            .await?;
+        anyhow::Ok(
+            list.items
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flatten())
+                .find_map(|e| e.conditions.as_ref().and_then(|c| c.ready)),
+        )
+    };
+    // Running but failing its readiness probe: listed, not ready, for as long as it fails.
+    wait_until(
+        "the endpoint listed, not ready",
+        Duration::from_secs(60),
+        || async { Ok(endpoint_ready().await? == Some(false)) },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(endpoint_ready().await?, Some(false), "still failing");
+    let events = || async {
+        let list =
+            kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns.name)
+                .list(&Default::default())
+                .await?;
+        anyhow::Ok(
+            list.items
+                .into_iter()
+                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    wait_until("an Unhealthy Event", Duration::from_secs(30), || async {
+        Ok(events().await?.iter().any(|(reason, message)| {
+            reason == "Unhealthy"
+                && message == "Readiness probe failed: HTTP probe failed with statuscode: 500"
+        }))
+    })
+    .await?;
+    // It passes: the endpoint turns ready.
+    ProbeTarget::set(&target.ready, 200);
+    wait_until("the endpoint ready", Duration::from_secs(30), || async {
+        Ok(endpoint_ready().await? == Some(true))
+    })
+    .await?;
+    // Its liveness probe fails twice: killed, restarted, counted.
+    ProbeTarget::set(&target.live, 503);
+    let restarts = || async {
+        let pod = pods.get("probed").await?;
+        anyhow::Ok(
+            pod.status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.first().map(|c| c.restart_count))
+                .unwrap_or(0),
+        )
+    };
+    wait_until("restartCount raised", Duration::from_secs(60), || async {
+        Ok(restarts().await? >= 1)
+    })
+    .await?;
+    ProbeTarget::set(&target.live, 200);
+    assert!(
+        events()
+            .await?
+            .iter()
+            .any(|(reason, message)| reason == "Killing"
+                && message == "Container app failed liveness probe, will be restarted"),
+        "a Killing Event"
+    );
+    // Relaunched after the back-off, it runs and turns ready again.
+    wait_until(
+        "ready again after the restart",
+        Duration::from_secs(90),
+        || async { Ok(endpoint_ready().await? == Some(true) && restarts().await? >= 1) },
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test bed: run `make test`"]
 async fn an_embedded_node_that_fails_to_start_is_logged_retried_and_shown_down()

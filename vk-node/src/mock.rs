@@ -38,9 +38,9 @@ pub struct MockBehaviour {
     pub cpu_usage_millis: Option<u64>,
     /// Memory (bytes) a running pod uses when its annotation does not say.
     pub memory_usage_bytes: Option<u64>,
-    /// The IP every pod gets (a loopback address lets tests serve its probes); `None`:
-    /// a made-up one per pod in 10.253.0.0/16, which is never probed.
-    pub pod_ip: Option<std::net::IpAddr>,
+    /// Probes go to 127.0.0.1, where a test serves them; otherwise they are not run (a
+    /// mock pod's IP is made up).
+    pub probe_loopback: bool,
 }
 
 /// Pod annotation: the CPU a running mock pod uses (a quantity such as `250m`).
@@ -59,7 +59,7 @@ impl Default for MockBehaviour {
             failures_unavailable: false,
             cpu_usage_millis: None,
             memory_usage_bytes: None,
-            pod_ip: None,
+            probe_loopback: false,
         }
     }
 }
@@ -201,10 +201,12 @@ impl Provider for MockProvider {
         "mock"
     }
 
-    /// Only loopback addresses, where a test serves the probes: the made-up addresses
-    /// reach nothing (or something else).
-    fn probe_reachable(&self, ip: std::net::IpAddr) -> bool {
-        ip.is_loopback()
+    /// Loopback, where a test serves the probes, when asked; never the made-up address,
+    /// which reaches nothing (or something else).
+    fn probe_target(&self, _pod_ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
+        self.behaviour
+            .probe_loopback
+            .then_some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
     }
 
     async fn create(&self, pod: &Pod, _objects: &PodObjects) -> Result<(), ProviderError> {
@@ -235,13 +237,10 @@ impl Provider for MockProvider {
         {
             return Ok(()); // idempotent for a live object
         }
-        let ip = match self.behaviour.pod_ip {
-            Some(ip) => ip.to_string(),
-            None => {
-                let mut next = self.next_ip.lock().unwrap_or_else(|p| p.into_inner());
-                *next += 1;
-                format!("10.253.{}.{}", (*next >> 8) & 0xff, *next & 0xff)
-            }
+        let ip = {
+            let mut next = self.next_ip.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            format!("10.253.{}.{}", (*next >> 8) & 0xff, *next & 0xff)
         };
         let containers = pod
             .spec

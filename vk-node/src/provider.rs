@@ -199,10 +199,11 @@ pub trait Provider: Send + Sync + 'static {
     /// Provider name for metrics (`fargate`, `aci`, `mock`).
     fn name(&self) -> &'static str;
 
-    /// Whether the node may send probes to a pod at `ip` (the mock's made-up addresses
-    /// are not probed).
-    fn probe_reachable(&self, _ip: std::net::IpAddr) -> bool {
-        true
+    /// Where the node sends the probes of a pod at `pod_ip`: the pod's IP (the node runs
+    /// in the cluster's network, as a kubelet does); `None`: nowhere, its probes are not
+    /// run (the mock's made-up addresses).
+    fn probe_target(&self, pod_ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
+        Some(pod_ip)
     }
 
     /// Starts `pod` with the ConfigMaps and Secrets it names, which the node fetched

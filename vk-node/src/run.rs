@@ -90,11 +90,11 @@ pub struct MockArgs {
     /// `spillway.io/mock-memory-usage` annotation says otherwise.
     #[arg(long, env = "SPILLWAY_MOCK_MEMORY_USAGE", value_parser = parse_bytes)]
     pub mock_memory_usage: Option<u64>,
-    /// Mock: the IP every pod reports. A loopback address lets a test serve the pods'
-    /// probes, which the node then runs; without it each pod gets a made-up address in
-    /// 10.253.0.0/16 and its probes are not run (its containers are ready when running).
-    #[arg(long, env = "SPILLWAY_MOCK_POD_IP")]
-    pub mock_pod_ip: Option<std::net::IpAddr>,
+    /// Mock: send the pods' probes to 127.0.0.1 (where a test serves them) instead of
+    /// their made-up IPs in 10.253.0.0/16; without it their probes are not run and
+    /// running containers are ready.
+    #[arg(long, env = "SPILLWAY_MOCK_PROBE_LOOPBACK")]
+    pub mock_probe_loopback: bool,
 }
 
 fn parse_cpu_millis(text: &str) -> Result<u64, String> {
@@ -425,7 +425,7 @@ async fn run_node(
                 fail_first_creates: options.mock.mock_fail_first_creates,
                 cpu_usage_millis: options.mock.mock_cpu_usage,
                 memory_usage_bytes: options.mock.mock_memory_usage,
-                pod_ip: options.mock.mock_pod_ip,
+                probe_loopback: options.mock.mock_probe_loopback,
             };
             run_with(
                 Arc::new(MockProvider::new(behaviour)),

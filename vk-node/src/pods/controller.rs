@@ -886,7 +886,8 @@ impl<P: Provider> PodController<P> {
                         .pod_ip
                         .as_deref()
                         .and_then(|ip| ip.parse().ok())
-                        .is_some_and(|ip| self.provider.probe_reachable(ip));
+                        .and_then(|ip| self.provider.probe_target(ip))
+                        .is_some();
                     tracked.remote_status(remote_status, &host_ip, now, &now_rfc3339, probe)
                 }
             };
@@ -933,7 +934,8 @@ impl<P: Provider> PodController<P> {
                 .last_remote
                 .as_ref()
                 .and_then(|r| r.pod_ip.as_deref())
-                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                .and_then(|ip| self.provider.probe_target(ip));
             let (Some(ip), Some(probes)) = (ip, tracked.probes.as_mut()) else {
                 continue;
             };
@@ -1058,7 +1060,13 @@ impl<P: Provider> PodController<P> {
                 let Some(tracked) = self.tracked.get_mut(&uid) else {
                     return;
                 };
-                let effects = tracked.kill_finished(stopped, Now::current());
+                let now_rfc3339 = spillway_common::time::rfc3339(SystemTime::now());
+                let effects = tracked.kill_finished(
+                    stopped,
+                    &self.node.address,
+                    Now::current(),
+                    &now_rfc3339,
+                );
                 self.apply(&uid, effects).await;
             }
             StopFor::DeletedPod => {

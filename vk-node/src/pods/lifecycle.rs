@@ -659,9 +659,17 @@ impl PodRecord {
 
     /// The stop of a container killed for a failed probe finished: it is launched again
     /// after the crash-loop back-off (counted in restartCount), or, with `restartPolicy:
-    /// Never`, the pod fails. A stop that failed leaves the pod as it was; the probe
-    /// fails again and asks again.
-    pub fn kill_finished(&mut self, stopped: bool, now: Now) -> Vec<Effect> {
+    /// Never`, the pod fails. Meanwhile its status says so at once (waiting in
+    /// CrashLoopBackOff, not ready, the restart counted), so it leaves its Services'
+    /// endpoints. A stop that failed leaves the pod as it was; the probe fails again and
+    /// asks again.
+    pub fn kill_finished(
+        &mut self,
+        stopped: bool,
+        host_ip: &str,
+        now: Now,
+        now_rfc3339: &str,
+    ) -> Vec<Effect> {
         let Some(kind) = self.killing.take() else {
             return Vec::new();
         };
@@ -693,7 +701,11 @@ impl PodRecord {
         self.restarts += 1;
         self.crash_loop = true;
         self.next_attempt = now.at + wait;
-        Vec::new()
+        self.last_remote
+            .clone()
+            .and_then(|remote| self.status_if_changed(&remote, host_ip, now_rfc3339))
+            .into_iter()
+            .collect()
     }
 
     /// Seconds its containers get to stop: the deletion's, else the spec's, else 30.

@@ -623,7 +623,13 @@ fn a_failed_liveness_probe_kills_the_pods_object_and_relaunches_it_counting_a_re
         "no status pulls while it is killed"
     );
     assert!(run_probes(&mut record, &clock, 3, liveness_fails).is_empty());
-    record.kill_finished(true, clock.t(4));
+    let killed = record.kill_finished(true, "10.1.1.1", clock.t(4), "t");
+    // Out of its Services' endpoints at once, the restart counted.
+    assert_eq!(container_ready(&killed), Some(false));
+    assert_eq!(
+        written_status(&killed).unwrap()["containerStatuses"][0]["restartCount"],
+        1
+    );
     assert_eq!(record.stage, Stage::NeedsCreate);
     assert_eq!(record.restarts, 1, "counted in restartCount");
     assert!(record.crash_loop);
@@ -633,7 +639,7 @@ fn a_failed_liveness_probe_kills_the_pods_object_and_relaunches_it_counting_a_re
     never.remote_status(&status, "10.1.1.1", clock.t(1), "t", true);
     run_probes(&mut never, &clock, 1, liveness_fails);
     run_probes(&mut never, &clock, 2, liveness_fails);
-    let effects = never.kill_finished(true, clock.t(4));
+    let effects = never.kill_finished(true, "10.1.1.1", clock.t(4), "t");
     assert_eq!(never.stage, Stage::Terminal);
     assert_eq!(written_status(&effects).unwrap()["reason"], "ProbeFailed");
 }
