@@ -69,7 +69,9 @@ fn pods() -> Vec<Pod> {
             "imagePullSecrets": [{"name": "regcred"}],
             "initContainers": [{"name": "migrate", "image": "example.com/migrate:1", "command": ["/migrate"],
                 "env": [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
-                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]},
+                {"name": "proxy", "image": "envoyproxy/envoy:v1.31", "restartPolicy": "Always",
+                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}],
             "containers": [
                 {"name": "web", "image": "nginx:1.27", "command": ["nginx"], "args": ["-g", "daemon off;"],
                  "ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}],
@@ -219,7 +221,18 @@ fn sizes_names_and_the_rest_of_the_group() {
         ),
         (0.05, 0.1)
     );
-    assert_eq!((request.size.vcpu, request.size.gb), (0.39, 1.6));
+    // The native sidecar runs beside the app as a regular container of the group; the
+    // classic init container stays one.
+    let names: Vec<&str> = group.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["web", "sidecar", "proxy"]);
+    let init: Vec<&str> = group
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(init, ["migrate"]);
+    assert_eq!((request.size.vcpu, request.size.gb), (0.49, 1.8));
     assert_eq!(
         web.command.as_deref(),
         Some(&["nginx".to_owned(), "-g".into(), "daemon off;".into()][..])

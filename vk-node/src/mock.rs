@@ -67,6 +67,9 @@ impl Default for MockBehaviour {
 #[derive(Debug)]
 struct MockObject {
     containers: Vec<String>,
+    /// Native sidecars: they keep running after the app's containers exit, until the
+    /// object is stopped.
+    sidecars: Vec<String>,
     created: Instant,
     created_wall: SystemTime,
     stopped: Option<Instant>,
@@ -121,7 +124,24 @@ impl MockProvider {
         let rfc3339 =
             |offset: Duration| spillway_common::time::rfc3339(object.created_wall + offset);
         let started_at = (now >= started).then(|| rfc3339(self.behaviour.start_latency));
+        let app_exited = object.stopped.is_none() && exited.is_some();
         let (phase, state) = match stopped_at {
+            // The app exited; its sidecars run on until the node stops the object.
+            Some(_) if app_exited && !object.sidecars.is_empty() => (
+                RemotePhase::Running,
+                RemoteContainerState::Terminated {
+                    exit_code: self.behaviour.exit_code,
+                    reason: if self.behaviour.exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    }
+                    .into(),
+                    started_at: started_at.clone(),
+                    finished_at: exited
+                        .map(|at| rfc3339(at.saturating_duration_since(object.created))),
+                },
+            ),
             Some(at) => (
                 RemotePhase::Stopped,
                 RemoteContainerState::Terminated {
@@ -164,10 +184,22 @@ impl MockProvider {
                     restarts: 0,
                     state: state.clone(),
                 })
+                .chain(object.sidecars.iter().map(|name| RemoteContainer {
+                    name: name.clone(),
+                    restarts: 0,
+                    state: if phase == RemotePhase::Running {
+                        RemoteContainerState::Running {
+                            started_at: started_at.clone(),
+                        }
+                    } else {
+                        state.clone()
+                    },
+                }))
                 .collect(),
             pod_ip: Some(object.ip.clone()),
+            stopped_reason: (phase == RemotePhase::Stopped)
+                .then(|| "mock container exited".to_owned()),
             started_at,
-            stopped_reason: stopped_at.map(|_| "mock container exited".to_owned()),
         }
     }
 }
@@ -247,10 +279,18 @@ impl Provider for MockProvider {
             .as_ref()
             .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
             .unwrap_or_default();
+        let sidecars = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .filter(|c| crate::provider::is_sidecar(c))
+            .map(|c| c.name.clone())
+            .collect();
         objects.insert(
             uid,
             MockObject {
                 containers,
+                sidecars,
                 created: Instant::now(),
                 created_wall: SystemTime::now(),
                 stopped: None,

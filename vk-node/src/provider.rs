@@ -54,6 +54,12 @@ impl ProviderError {
     }
 }
 
+/// A native sidecar: an init container with `restartPolicy: Always`, started in its turn
+/// among the init containers and kept running beside the app.
+pub fn is_sidecar(container: &k8s_openapi::api::core::v1::Container) -> bool {
+    container.restart_policy.as_deref() == Some("Always")
+}
+
 /// The pod's UID, which every provider object is keyed by; a pod without one is refused.
 pub fn pod_uid(pod: &Pod) -> Result<String, ProviderError> {
     pod.metadata

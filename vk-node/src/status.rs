@@ -5,7 +5,9 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use crate::pods::probes::PodProbes;
-use crate::provider::{RemoteContainerState, RemotePhase, RemoteStatus};
+use crate::provider::{
+    RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus, is_sidecar,
+};
 
 /// What to do with a pod whose provider object stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,9 +36,25 @@ impl TerminalPhase {
     }
 }
 
-fn all_succeeded(remote: &RemoteStatus) -> bool {
-    !remote.containers.is_empty()
-        && remote.containers.iter().all(|c| {
+/// The app's containers among `remote`'s (not the native sidecars, which are stopped
+/// when the app is done).
+fn app_containers<'a>(
+    pod: &'a Pod,
+    remote: &'a RemoteStatus,
+) -> impl Iterator<Item = &'a RemoteContainer> + 'a {
+    let sidecar = |name: &str| {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .any(|c| c.name == name && is_sidecar(c))
+    };
+    remote.containers.iter().filter(move |c| !sidecar(&c.name))
+}
+
+fn all_succeeded(pod: &Pod, remote: &RemoteStatus) -> bool {
+    let mut app = app_containers(pod, remote).peekable();
+    app.peek().is_some()
+        && app.all(|c| {
             matches!(
                 c.state,
                 RemoteContainerState::Terminated { exit_code: 0, .. }
@@ -44,14 +62,25 @@ fn all_succeeded(remote: &RemoteStatus) -> bool {
         })
 }
 
-/// Applies `restartPolicy` to a stopped object.
+/// Whether the app's containers all exited while native sidecars still run: the pod is
+/// done (or due for a restart) whatever its sidecars do.
+pub fn app_exited_beside_sidecars(pod: &Pod, remote: &RemoteStatus) -> bool {
+    let has_sidecars = remote.containers.len() > app_containers(pod, remote).count();
+    let mut app = app_containers(pod, remote).peekable();
+    has_sidecars
+        && app.peek().is_some()
+        && app.all(|c| matches!(c.state, RemoteContainerState::Terminated { .. }))
+}
+
+/// Applies `restartPolicy` to a stopped object (or one whose app exited beside its
+/// sidecars).
 pub fn after_stop(pod: &Pod, remote: &RemoteStatus) -> AfterStop {
     let policy = pod
         .spec
         .as_ref()
         .and_then(|s| s.restart_policy.as_deref())
         .unwrap_or("Always");
-    let succeeded = all_succeeded(remote);
+    let succeeded = all_succeeded(pod, remote);
     match policy {
         "Never" if succeeded => AfterStop::Finish(TerminalPhase::Succeeded),
         "Never" => AfterStop::Finish(TerminalPhase::Failed),
@@ -148,6 +177,35 @@ pub fn pod_status(pod: &Pod, remote: &RemoteStatus, context: &StatusContext<'_>)
             "state": container_state(&state),
         }));
     }
+    // Native sidecars are init containers: their statuses go there, started and ready as
+    // they run.
+    let sidecar_statuses: Vec<Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| is_sidecar(c))
+        .map(|c| {
+            let state = remote
+                .containers
+                .iter()
+                .find(|r| r.name == c.name)
+                .map(|r| r.state.clone())
+                .unwrap_or(RemoteContainerState::Waiting {
+                    reason: "PodInitializing".into(),
+                });
+            let running = matches!(state, RemoteContainerState::Running { .. });
+            json!({
+                "name": c.name,
+                "image": c.image.as_deref().unwrap_or(""),
+                "imageID": "",
+                "containerID": format!("spillway://{}/{}", remote.pod_uid, c.name),
+                "ready": running,
+                "started": running,
+                "restartCount": context.restarts,
+                "state": container_state(&state),
+            })
+        })
+        .collect();
     let phase = match (context.terminal, remote.phase) {
         (Some(terminal), _) => terminal.as_str(),
         (None, RemotePhase::Pending) => "Pending",
@@ -170,6 +228,9 @@ pub fn pod_status(pod: &Pod, remote: &RemoteStatus, context: &StatusContext<'_>)
         ],
         "containerStatuses": statuses,
     });
+    if !sidecar_statuses.is_empty() {
+        status["initContainerStatuses"] = json!(sidecar_statuses);
+    }
     if let Some(ip) = &remote.pod_ip {
         status["podIP"] = json!(ip);
         status["podIPs"] = json!([{"ip": ip}]);

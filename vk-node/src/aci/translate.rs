@@ -19,6 +19,7 @@ use spillway_common::quantity;
 use super::arm_types::*;
 use super::{TAG_CLUSTER, TAG_NAMESPACE, TAG_NODE, TAG_POD_NAME, TAG_POD_UID};
 use crate::env::{self, EnvContext, EnvError, EnvLookup, EnvValue, Placeholders, quantity_of};
+use crate::provider::is_sidecar;
 
 /// Where groups are created and how they are sized.
 #[derive(Clone, Debug)]
@@ -438,7 +439,21 @@ pub fn translate(
         meta.uid.as_deref().unwrap_or_default(),
     );
     let mut notes = Vec::new();
-    let sizes = container_sizes(&spec.containers, settings);
+    // Native sidecars run beside the app for the pod's whole life: on ACI they are
+    // regular containers of the group (after the app's); classic init containers stay
+    // init containers.
+    let running: Vec<PodContainer> = spec
+        .containers
+        .iter()
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .filter(|c| is_sidecar(c)),
+        )
+        .cloned()
+        .collect();
+    let sizes = container_sizes(&running, settings);
     let context = EnvContext {
         node_name: &settings.node_name,
         default_cpu_millis: sizes.first().map_or(settings.default_cpu_millis, |s| s.0),
@@ -449,7 +464,7 @@ pub fn translate(
     let mut containers = Vec::new();
     let mut group_ports = Vec::new();
     let (mut total_cores, mut total_gb) = (0.0, 0.0);
-    for (container, (cpu_millis, memory_bytes)) in spec.containers.iter().zip(&sizes) {
+    for (container, (cpu_millis, memory_bytes)) in running.iter().zip(&sizes) {
         let requests = ResourceRequests {
             cpu: cores(*cpu_millis),
             memory_in_gb: gigabytes(*memory_bytes),
@@ -506,7 +521,12 @@ pub fn translate(
         });
     }
     let mut init_containers = Vec::new();
-    for container in spec.init_containers.iter().flatten() {
+    for container in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| !is_sidecar(c))
+    {
         init_containers.push(InitContainer {
             name: container.name.clone(),
             properties: InitContainerProperties {

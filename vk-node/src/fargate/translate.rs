@@ -13,6 +13,7 @@ use spillway_common::quantity;
 
 use super::ecs_json::*;
 use crate::env::{self, EnvContext, EnvError, EnvValue, quantity_of};
+use crate::provider::is_sidecar;
 use spillway_common::fargate_sizing::{self as sizing, TaskSize};
 
 /// Fargate's upper bound on `stopTimeout`, seconds (ECS ContainerDefinition docs).
@@ -300,8 +301,16 @@ pub fn translate(
         }
     }
 
+    // Init containers run in order; native sidecars (`restartPolicy: Always`) among them
+    // start in their turn and keep running beside the app, so for memory they count
+    // with it.
     let init: Vec<&Container> = spec.init_containers.iter().flatten().collect();
-    let app: Vec<&Container> = spec.containers.iter().collect();
+    let sidecars: Vec<&Container> = init.iter().copied().filter(|c| is_sidecar(c)).collect();
+    let app: Vec<&Container> = sidecars
+        .iter()
+        .copied()
+        .chain(spec.containers.iter())
+        .collect();
     let task_mib = i64::from(size.memory_mib);
     let specified_app: i64 = app
         .iter()
@@ -332,9 +341,12 @@ pub fn translate(
     for (position, (container, is_init)) in init
         .iter()
         .map(|c| (*c, true))
-        .chain(app.iter().map(|c| (*c, false)))
+        .chain(spec.containers.iter().map(|c| (c, false)))
         .enumerate()
     {
+        let sidecar = is_init && is_sidecar(container);
+        // A classic init container runs to completion; a sidecar runs beside the app.
+        let runs_to_completion = is_init && !sidecar;
         let env = translate_env(
             pod,
             container,
@@ -348,7 +360,7 @@ pub fn translate(
         let (request, limit) = container_memory_mib(container);
         let memory = limit
             .or(request)
-            .unwrap_or(if is_init { task_mib } else { share })
+            .unwrap_or(if runs_to_completion { task_mib } else { share })
             .clamp(MIN_CONTAINER_MIB, task_mib);
         let reservation = match (request, limit) {
             (Some(r), Some(l)) if r < l => Some(r as i32),
@@ -358,24 +370,20 @@ pub fn translate(
             .or_else(|| quantity_of(container, "limits", "cpu"))
             .and_then(|q| quantity::cpu_millis(&q).ok())
             .map(|m| sizing::cpu_units(m) as i32);
+        // What an init container waits for: a classic one to succeed, a sidecar to
+        // start.
+        let after = |c: &Container| ContainerDependency {
+            container_name: c.name.clone(),
+            condition: if is_sidecar(c) { "START" } else { "SUCCESS" }.into(),
+        };
         let depends_on = if is_init {
-            // Init containers run one after another.
+            // Init containers (sidecars among them) start one after another.
             init[..position]
                 .last()
-                .map(|prev| {
-                    vec![ContainerDependency {
-                        container_name: prev.name.clone(),
-                        condition: "SUCCESS".into(),
-                    }]
-                })
+                .map(|prev| vec![after(prev)])
                 .unwrap_or_default()
         } else {
-            init.iter()
-                .map(|i| ContainerDependency {
-                    container_name: i.name.clone(),
-                    condition: "SUCCESS".into(),
-                })
-                .collect()
+            init.iter().map(|i| after(i)).collect()
         };
         let mount_points = container
             .volume_mounts
@@ -426,7 +434,7 @@ pub fn translate(
             port_mappings,
             depends_on,
             mount_points,
-            stop_timeout: (!is_init).then_some(stop_timeout),
+            stop_timeout: (!runs_to_completion).then_some(stop_timeout),
             log_configuration: Some(log_configuration),
         });
     }
@@ -555,6 +563,59 @@ mod tests {
                 "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
             }),
         )
+    }
+
+    #[test]
+    fn native_sidecars_start_in_order_and_run_beside_the_app_without_keeping_the_task() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "job", "namespace": "shop", "uid": "uid-j"},
+            "spec": {"restartPolicy": "Never", "initContainers": [
+                {"name": "migrate", "image": "tool"},
+                {"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+                    "resources": {"requests": {"memory": "256Mi"}}},
+                {"name": "warm", "image": "tool"}
+            ], "containers": [{"name": "app", "image": "batch"}]}
+        }))
+        .unwrap();
+        let request = translate(&pod, &settings(), &Placeholders, None, false).unwrap();
+        let defs = &request.register.container_definitions;
+        // (name, essential, dependsOn, has a stop timeout)
+        type Shape<'a> = (&'a str, bool, Vec<(&'a str, &'a str)>, bool);
+        let view: Vec<Shape<'_>> = defs
+            .iter()
+            .map(|d| {
+                (
+                    d.name.as_str(),
+                    d.essential,
+                    d.depends_on
+                        .iter()
+                        .map(|p| (p.container_name.as_str(), p.condition.as_str()))
+                        .collect(),
+                    d.stop_timeout.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            [
+                ("migrate", false, vec![], false),
+                // The sidecar waits for the init container before it, runs on (a stop
+                // timeout of its own) and is not essential: the task ends with the app.
+                ("proxy", false, vec![("migrate", "SUCCESS")], true),
+                ("warm", false, vec![("proxy", "START")], false),
+                (
+                    "app",
+                    true,
+                    vec![
+                        ("migrate", "SUCCESS"),
+                        ("proxy", "START"),
+                        ("warm", "SUCCESS")
+                    ],
+                    true
+                ),
+            ]
+        );
+        assert_eq!(defs[1].memory, 256, "its own memory, beside the app's");
     }
 
     #[test]

@@ -1051,7 +1051,7 @@ impl<P: Provider> PodController<P> {
                     tracing::warn!(%error, pod_uid = %uid, "cannot stop the object of a deleted pod; retrying");
                 }
             }
-            StopFor::ProbeKill => {
+            StopFor::Restart => {
                 if let Err(error) = &result
                     && !stopped
                 {

@@ -35,9 +35,18 @@ pub enum StopFor {
     DeletedPod,
     /// A pod already gone from the API: only the object is left to stop.
     GonePod,
-    /// A container failed its liveness or startup probe: the object is stopped and, as
-    /// the restart policy says, launched again.
-    ProbeKill,
+    /// A container failed its liveness or startup probe, or the app exited beside its
+    /// sidecars: the object is stopped and, as the restart policy says, launched again.
+    Restart,
+}
+
+/// Why a running pod's object is stopped to be launched again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillFor {
+    /// A container failed this probe.
+    Probe(ProbeKind),
+    /// The app's containers exited while its native sidecars ran on.
+    AppExited,
 }
 
 /// An Event's type.
@@ -216,8 +225,8 @@ pub struct PodRecord {
     pub probes: Option<PodProbes>,
     /// The provider's last status of it, for a status written between syncs.
     pub last_remote: Option<RemoteStatus>,
-    /// A kill for a failed probe is under way.
-    pub killing: Option<ProbeKind>,
+    /// A stop before a relaunch is under way.
+    pub killing: Option<KillFor>,
 }
 
 impl PodRecord {
@@ -545,7 +554,31 @@ impl PodRecord {
                 }
             }
         }
-        if remote.phase == RemotePhase::Stopped {
+        // The app exited while native sidecars run on: done (or due for a restart) as if
+        // the object stopped; the sidecars are stopped with it.
+        let app_exited = remote.phase == RemotePhase::Running
+            && status::app_exited_beside_sidecars(&self.pod, remote);
+        if app_exited {
+            match status::after_stop(&self.pod, remote) {
+                AfterStop::Finish(phase) => {
+                    self.stage = Stage::Terminal;
+                    self.terminal = Some(phase);
+                    self.probes = None;
+                    effects.push(Effect::Stop {
+                        grace: self.grace_seconds(),
+                        why: StopFor::GonePod,
+                    });
+                }
+                AfterStop::Restart if self.killing.is_none() => {
+                    self.killing = Some(KillFor::AppExited);
+                    effects.push(Effect::Stop {
+                        grace: self.grace_seconds(),
+                        why: StopFor::Restart,
+                    });
+                }
+                AfterStop::Restart => {}
+            }
+        } else if remote.phase == RemotePhase::Stopped {
             match status::after_stop(&self.pod, remote) {
                 AfterStop::Restart => {
                     let wait = status::restart_backoff(self.restarts.max(0) as u32);
@@ -631,7 +664,7 @@ impl PodRecord {
                 )),
                 ProbeEffect::StatusChanged => status_changed = true,
                 ProbeEffect::Kill { container, kind } if self.killing.is_none() => {
-                    self.killing = Some(kind);
+                    self.killing = Some(KillFor::Probe(kind));
                     effects.push(Effect::event(
                         Severity::Normal,
                         "Killing",
@@ -642,7 +675,7 @@ impl PodRecord {
                     ));
                     effects.push(Effect::Stop {
                         grace: self.grace_seconds(),
-                        why: StopFor::ProbeKill,
+                        why: StopFor::Restart,
                     });
                 }
                 ProbeEffect::Kill { .. } => {}
@@ -687,10 +720,13 @@ impl PodRecord {
         if never {
             self.stage = Stage::Terminal;
             self.terminal = Some(TerminalPhase::Failed);
-            let message = format!(
-                "a container failed its {} probe",
-                kind.title().to_lowercase()
-            );
+            let message = match kind {
+                KillFor::Probe(probe) => format!(
+                    "a container failed its {} probe",
+                    probe.title().to_lowercase()
+                ),
+                KillFor::AppExited => "the app's containers exited".to_owned(),
+            };
             return vec![Effect::WriteStatus(status::provider_failed_status(
                 "ProbeFailed",
                 &message,

@@ -616,7 +616,7 @@ fn a_failed_liveness_probe_kills_the_pods_object_and_relaunches_it_counting_a_re
             if note == "Container app failed liveness probe, will be restarted")));
     assert!(second.contains(&Effect::Stop {
         grace: 7,
-        why: StopFor::ProbeKill
+        why: StopFor::Restart
     }));
     assert!(
         !record.wants_status(false),
@@ -642,4 +642,73 @@ fn a_failed_liveness_probe_kills_the_pods_object_and_relaunches_it_counting_a_re
     let effects = never.kill_finished(true, "10.1.1.1", clock.t(4), "t");
     assert_eq!(never.stage, Stage::Terminal);
     assert_eq!(written_status(&effects).unwrap()["reason"], "ProbeFailed");
+}
+
+fn with_sidecar(restart_policy: &str) -> PodRecord {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "job", "namespace": "ns", "uid": "u1"},
+        "spec": {"restartPolicy": restart_policy, "terminationGracePeriodSeconds": 7,
+            "initContainers": [{"name": "proxy", "image": "envoy", "restartPolicy": "Always"}],
+            "containers": [{"name": "app", "image": "batch"}]}
+    }))
+    .unwrap();
+    let mut record = PodRecord::new(pod, Instant::now());
+    record.created(&Ok(()), &[], RULES, Now::current(), FULL, false);
+    record
+}
+
+#[test]
+fn a_native_sidecar_does_not_keep_a_finished_pod_alive() {
+    let clock = Clock::new();
+    // (restartPolicy, app exit code, final phase, what stops the object)
+    let table = [
+        ("Never", 0, Some(TerminalPhase::Succeeded), StopFor::GonePod),
+        ("Never", 3, Some(TerminalPhase::Failed), StopFor::GonePod),
+        (
+            "OnFailure",
+            0,
+            Some(TerminalPhase::Succeeded),
+            StopFor::GonePod,
+        ),
+        ("OnFailure", 3, None, StopFor::Restart),
+        ("Always", 0, None, StopFor::Restart),
+    ];
+    for (policy, code, phase, stop) in table {
+        let mut record = with_sidecar(policy);
+        let both_run = remote(
+            RemotePhase::Running,
+            &[("app", running()), ("proxy", running())],
+        );
+        let first = record.remote_status(&both_run, "10.1.1.1", clock.t(1), "t", false);
+        let status = written_status(&first).unwrap();
+        assert_eq!(status["initContainerStatuses"][0]["name"], "proxy");
+        assert_eq!(status["initContainerStatuses"][0]["ready"], true);
+        assert_eq!(status["containerStatuses"].as_array().unwrap().len(), 1);
+        // The app exits; the sidecar runs on.
+        let exited = remote(
+            RemotePhase::Running,
+            &[("app", exited(code)), ("proxy", running())],
+        );
+        let effects = record.remote_status(&exited, "10.1.1.1", clock.t(9), "t", false);
+        assert_eq!(record.terminal, phase, "{policy} {code}");
+        assert!(
+            effects.contains(&Effect::Stop {
+                grace: 7,
+                why: stop
+            }),
+            "{policy} {code}: {effects:?}"
+        );
+        if stop == StopFor::Restart {
+            assert_eq!(record.killing, Some(KillFor::AppExited));
+            record.kill_finished(true, "10.1.1.1", clock.t(10), "t");
+            assert_eq!(record.stage, Stage::NeedsCreate, "{policy} {code}");
+            assert_eq!(record.restarts, 1);
+        } else {
+            assert_eq!(record.stage, Stage::Terminal);
+            assert_eq!(
+                written_status(&effects).unwrap()["phase"],
+                if code == 0 { "Succeeded" } else { "Failed" }
+            );
+        }
+    }
 }
