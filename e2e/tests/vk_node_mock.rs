@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use spillway_e2e::{
-    NodeFixture, SpillwayProcess, kubectl, pod_on_node, vk_node_args, wait_removed, wait_running,
-    wait_until,
+    NodeFixture, SpillwayProcess, kubectl, phase, pod_on_node, vk_node_args, wait_removed,
+    wait_running, wait_until,
 };
 
 #[tokio::test]
@@ -1034,6 +1034,65 @@ async fn pods_bound_by_hand_run_only_when_opted_in_and_within_the_budget() -> an
     deployments
         .delete("sneaky", &DeleteParams::default())
         .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_native_sidecar_runs_beside_the_app_and_does_not_block_a_job_like_pod()
+-> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-sidecar", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    // The app exits 0 after 8 s; the sidecar would run for ever.
+    let mut args = vk_node_args(node_name, "mock")?;
+    args.extend(["--mock-run-seconds", "8", "--mock-start-latency-ms", "100"].map(String::from));
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node(
+            "job",
+            node_name,
+            json!({"restartPolicy": "Never",
+                "initContainers": [{"name": "proxy", "image": "envoyproxy/envoy:v1.31",
+                    "restartPolicy": "Always"}],
+                "containers": [{"name": "app", "image": "busybox"}]}),
+        )?,
+    )
+    .await?;
+    // While the app runs, the sidecar runs beside it, reported among the init containers.
+    wait_running(&pods, "job", Duration::from_secs(30)).await?;
+    let sidecar_running = || async {
+        let pod = pods.get("job").await?;
+        let status = pod.status.unwrap_or_default();
+        let sidecar = status
+            .init_container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.name == "proxy");
+        anyhow::Ok(sidecar.is_some_and(|c| c.ready && c.state.and_then(|s| s.running).is_some()))
+    };
+    wait_until(
+        "the sidecar running beside the app",
+        Duration::from_secs(30),
+        sidecar_running,
+    )
+    .await?;
+    // The app exits: the pod succeeds although its sidecar would run on.
+    wait_until("the pod Succeeded", Duration::from_secs(60), || async {
+        Ok(phase(&pods, "job").await?.as_deref() == Some("Succeeded"))
+    })
+    .await?;
+    let app = pods
+        .get("job")
+        .await?
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.state)
+        .and_then(|s| s.terminated)
+        .map(|t| t.exit_code);
+    assert_eq!(app, Some(0), "the app's own exit decides");
     Ok(())
 }
 
