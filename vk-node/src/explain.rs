@@ -31,6 +31,53 @@ pub struct Explanation {
     pub request: Option<Value>,
     /// What could not be carried over to the provider.
     pub notes: Vec<String>,
+    /// For each reason, the limit in words and where docs/limits.md explains it.
+    pub limits: Vec<String>,
+}
+
+/// The limit behind an eligibility reason, in words, with its section of docs/limits.md.
+pub fn limit(reason: Ineligible) -> String {
+    let (what, section) = match reason {
+        Ineligible::HostNetwork
+        | Ineligible::HostPid
+        | Ineligible::HostIpc
+        | Ineligible::HostPath
+        | Ineligible::Privileged
+        | Ineligible::HostPort => ("a burst pod has no host to share", "host-access"),
+        Ineligible::DaemonSet => (
+            "a DaemonSet pod serves a host a virtual node does not have",
+            "daemonsets",
+        ),
+        Ineligible::PersistentVolumeClaim => (
+            "PersistentVolumeClaims are not carried to the provider",
+            "volumes",
+        ),
+        Ineligible::UnsupportedVolume => {
+            ("the provider cannot mount one of its volumes", "volumes")
+        }
+        Ineligible::Gpu => ("the providers' sizes offer no GPU", "gpus"),
+        Ineligible::TooLarge => ("larger than the provider's largest size", "size"),
+        Ineligible::ProviderLimits => (
+            "more containers, volumes or ports than one provider object holds",
+            "size",
+        ),
+    };
+    format!("{}: {what} (docs/limits.md#{section})", reason.as_str())
+}
+
+/// Notes on the probes a burst pod would not have run.
+fn probe_notes(pod: &Pod) -> Vec<String> {
+    crate::pods::probes::specs(pod)
+        .into_iter()
+        .filter_map(|spec| match spec.action {
+            crate::pods::probes::ProbeAction::Unsupported(why) => Some(format!(
+                "container {}: its {} probe is not run on burst pods: {why} (docs/limits.md#probes)",
+                spec.container,
+                spec.kind.title().to_lowercase()
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Why a manifest could not be explained.
@@ -94,6 +141,7 @@ pub fn explain(
                 size: None,
                 request: None,
                 notes: Vec::new(),
+                limits: reasons.iter().map(|r| limit(*r)).collect(),
             };
             match translated {
                 Ok(request) => {
@@ -108,6 +156,7 @@ pub fn explain(
                         "runTask": request.run,
                     }));
                     explanation.notes = request.notes;
+                    explanation.notes.extend(probe_notes(pod));
                 }
                 Err(TranslateError::TooLarge { .. }) => {
                     if !explanation
@@ -118,6 +167,7 @@ pub fn explain(
                         explanation
                             .reasons
                             .push(Ineligible::TooLarge.as_str().to_owned());
+                        explanation.limits.push(limit(Ineligible::TooLarge));
                     }
                     explanation.eligible = false;
                 }
@@ -137,6 +187,7 @@ pub fn explain(
                 size: None,
                 request: None,
                 notes: Vec::new(),
+                limits: reasons.iter().map(|r| limit(*r)).collect(),
             };
             match aci::translate::translate(pod, &settings, &Placeholders) {
                 Ok(request) => {
@@ -152,6 +203,7 @@ pub fn explain(
                         "containerGroup": request.group,
                     }));
                     explanation.notes = request.notes;
+                    explanation.notes.extend(probe_notes(pod));
                 }
                 Err(error) => {
                     explanation.notes.push(error.to_string());
@@ -173,6 +225,9 @@ pub fn summary(explanation: &Explanation, provider: Provider) -> String {
             "NOT eligible for {provider}: {}\n",
             explanation.reasons.join(", ")
         ));
+        for limit in &explanation.limits {
+            out.push_str(&format!("  kept local: {limit}\n"));
+        }
     }
     if let (Some(size), Some(cost)) = (&explanation.size, explanation.hourly_cost_usd) {
         let number = |key: &str| {
@@ -215,4 +270,97 @@ pub fn summary(explanation: &Explanation, provider: Provider) -> String {
     }
     out.push_str("(use -o json for the exact provider requests)\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_kept_local_names_the_limit_and_where_it_is_explained() {
+        let pod = pod(serde_json::json!({
+            "containers": [{"name": "app", "image": "nginx"}],
+            "volumes": [{"name": "logs", "hostPath": {"path": "/var/log"}}]
+        }));
+        let explanation = explain(&pod, Provider::Fargate, &PricingConfig::default()).unwrap();
+        assert!(!explanation.eligible);
+        assert_eq!(
+            explanation.limits,
+            ["host-path: a burst pod has no host to share (docs/limits.md#host-access)"]
+        );
+        let text = summary(&explanation, Provider::Fargate);
+        assert!(text.contains("kept local: host-path"), "{text}");
+    }
+
+    #[test]
+    fn probes_a_burst_pod_would_not_have_run_are_noted() {
+        let pod = pod(serde_json::json!({
+            "containers": [{"name": "app", "image": "nginx",
+                "readinessProbe": {"httpGet": {"port": 80}},
+                "livenessProbe": {"exec": {"command": ["true"]}}}]
+        }));
+        for provider in [Provider::Fargate, Provider::Aci] {
+            let explanation = explain(&pod, provider, &PricingConfig::default()).unwrap();
+            assert!(explanation.eligible);
+            let probes: Vec<&String> = explanation
+                .notes
+                .iter()
+                .filter(|n| n.contains("probe"))
+                .collect();
+            assert_eq!(probes.len(), 1, "{provider}: {probes:?}");
+            assert!(probes[0].starts_with("container app: its liveness probe is not run"));
+        }
+    }
+
+    #[test]
+    fn every_limit_points_at_a_section_of_the_limits_page() {
+        let page = include_str!("../../docs/limits.md");
+        let sections: Vec<String> = page
+            .lines()
+            .filter_map(|l| l.strip_prefix("## "))
+            .map(|title| {
+                title
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                    .collect::<String>()
+                    .replace(' ', "-")
+            })
+            .collect();
+        let reasons = [
+            Ineligible::HostNetwork,
+            Ineligible::HostPid,
+            Ineligible::HostIpc,
+            Ineligible::HostPath,
+            Ineligible::Privileged,
+            Ineligible::HostPort,
+            Ineligible::DaemonSet,
+            Ineligible::PersistentVolumeClaim,
+            Ineligible::Gpu,
+            Ineligible::TooLarge,
+            Ineligible::UnsupportedVolume,
+            Ineligible::ProviderLimits,
+        ];
+        for reason in reasons {
+            let text = limit(reason);
+            let anchor = text
+                .rsplit("docs/limits.md#")
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(')');
+            assert!(
+                sections.iter().any(|s| s == anchor),
+                "{text}: no section {anchor} in {sections:?}"
+            );
+        }
+        assert!(sections.iter().any(|s| s == "probes"));
+    }
 }
