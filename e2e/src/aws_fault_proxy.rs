@@ -40,6 +40,8 @@ struct Rules {
     error_share: f64,
     /// Operation → (forwarded, faulted).
     counts: BTreeMap<String, (u64, u64)>,
+    /// The address `DescribeTasks` answers give every task (its ENI's private IPv4).
+    task_ip: Option<String>,
 }
 
 /// The proxy; stops when dropped.
@@ -77,6 +79,14 @@ impl AwsFaultProxy {
     /// `http://127.0.0.1:<port>`, for `--aws-endpoint`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// From now on every task `DescribeTasks` describes has `ip` as its private IPv4
+    /// (a loopback address, so the node's probes reach a server the test runs), and the
+    /// containers of a running task are running, as ECS reports them (moto leaves them
+    /// `PENDING`).
+    pub fn rewrite_task_ips(&self, ip: &str) {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner()).task_ip = Some(ip.to_owned());
     }
 
     /// The next `count` calls of `operation` (e.g. `StopTask`) get `fault`.
@@ -161,6 +171,16 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let op = operation(&headers);
+    let task_ip = (op == "DescribeTasks")
+        .then(|| {
+            state
+                .rules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .task_ip
+                .clone()
+        })
+        .flatten();
     let fault = {
         let mut rules = state.rules.lock().unwrap_or_else(|p| p.into_inner());
         let planned = rules.next.get_mut(&op).and_then(VecDeque::pop_front);
@@ -204,6 +224,10 @@ async fn forward(
                 }
             }
             let bytes = answer.bytes().await.unwrap_or_default();
+            let bytes = match &task_ip {
+                Some(ip) => with_task_ip(&bytes, ip).map_or(bytes, Bytes::from),
+                None => bytes,
+            };
             response.body(Body::from(bytes)).expect("a valid response")
         }
         Err(error) => Response::builder()
@@ -211,4 +235,40 @@ async fn forward(
             .body(Body::from(error.to_string()))
             .expect("a valid response"),
     }
+}
+
+/// A `DescribeTasks` answer with every task's private IPv4 set to `ip` and a running
+/// task's containers running; `None` when the body is not one.
+fn with_task_ip(body: &[u8], ip: &str) -> Option<Vec<u8>> {
+    let mut answer: serde_json::Value = serde_json::from_slice(body).ok()?;
+    for task in answer.get_mut("tasks")?.as_array_mut()? {
+        if task.get("lastStatus").and_then(|s| s.as_str()) == Some("RUNNING") {
+            for container in task
+                .get_mut("containers")
+                .and_then(|c| c.as_array_mut())
+                .into_iter()
+                .flatten()
+            {
+                container["lastStatus"] = serde_json::Value::String("RUNNING".into());
+            }
+        }
+        for attachment in task
+            .get_mut("attachments")
+            .and_then(|a| a.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            for detail in attachment
+                .get_mut("details")
+                .and_then(|d| d.as_array_mut())
+                .into_iter()
+                .flatten()
+            {
+                if detail.get("name").and_then(|n| n.as_str()) == Some("privateIPv4Address") {
+                    detail["value"] = serde_json::Value::String(ip.to_owned());
+                }
+            }
+        }
+    }
+    serde_json::to_vec(&answer).ok()
 }

@@ -7,6 +7,7 @@ pub mod chart;
 pub mod doc_commands;
 pub mod fake_arm;
 pub mod hostile_clients;
+pub mod probe_target;
 pub mod split_proxy;
 pub mod stall_proxy;
 

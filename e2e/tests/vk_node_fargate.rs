@@ -1516,3 +1516,98 @@ async fn a_node_without_a_cluster_id_names_its_tasks_after_kube_system_and_refus
     );
     Ok(())
 }
+
+// Several threads: the probe server and the fault proxy run beside the test's waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn fargate_pods_are_ready_when_their_probe_passes_and_relaunched_when_liveness_fails()
+-> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-fg-probes").await?;
+    let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
+    let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
+    // The node probes the task's IP; the proxy gives every task 127.0.0.1, where the
+    // test answers the probes (never any other address).
+    let target = spillway_e2e::probe_target::ProbeTarget::start().await?;
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    proxy.rewrite_task_ips("127.0.0.1");
+    let args = node_args_via(&fx, &proxy.endpoint(), &[]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
+    let port = target.port;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node(
+            "probed",
+            node_name,
+            json!({"containers": [{"name": "app", "image": "nginx:1.27",
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": port}, "periodSeconds": 1},
+                "livenessProbe": {"httpGet": {"path": "/live", "port": port}, "periodSeconds": 1,
+                    "failureThreshold": 2}}]}),
+        )?,
+    )
+    .await?;
+    let ready = || async {
+        let status = pods.get("probed").await?.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        anyhow::Ok((status.phase.unwrap_or_default(), ready))
+    };
+    wait_until("Running, not ready", Duration::from_secs(60), || async {
+        Ok(ready().await? == ("Running".to_owned(), false))
+    })
+    .await?;
+    let pod_ip = pods
+        .get("probed")
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_default();
+    assert_eq!(
+        pod_ip, "127.0.0.1",
+        "the task's address, as the proxy gave it"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!ready().await?.1, "not ready while its probe fails");
+    target.set_ready(200);
+    wait_until("ready", Duration::from_secs(30), || async {
+        Ok(ready().await?.1)
+    })
+    .await?;
+    let first_task = running_tasks(aws, cluster).await?;
+    assert_eq!(first_task.len(), 1);
+    // Liveness fails: the task is stopped and a new one runs, the restart counted.
+    target.set_live(500);
+    let restarts = || async {
+        let status = pods.get("probed").await?.status.unwrap_or_default();
+        anyhow::Ok(
+            status
+                .container_statuses
+                .and_then(|c| c.first().map(|c| c.restart_count))
+                .unwrap_or(0),
+        )
+    };
+    wait_until("restartCount raised", Duration::from_secs(60), || async {
+        Ok(restarts().await? >= 1)
+    })
+    .await?;
+    target.set_live(200);
+    wait_until(
+        "relaunched: one new task, ready again",
+        Duration::from_secs(90),
+        || async {
+            let tasks = running_tasks(aws, cluster).await?;
+            let arns: Vec<Option<&str>> = tasks.values().flatten().map(|t| t.task_arn()).collect();
+            let first: Vec<Option<&str>> = first_task
+                .values()
+                .flatten()
+                .map(|t| t.task_arn())
+                .collect();
+            Ok(arns.len() == 1 && arns != first && ready().await?.1)
+        },
+    )
+    .await?;
+    Ok(())
+}

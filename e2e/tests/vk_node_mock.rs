@@ -1096,46 +1096,6 @@ async fn a_native_sidecar_runs_beside_the_app_and_does_not_block_a_job_like_pod(
     Ok(())
 }
 
-/// An HTTP server on loopback answering `/ready` and `/live` with the statuses the test
-/// sets: the probes of the mock's pods (`--mock-probe-loopback`).
-struct ProbeTarget {
-    port: u16,
-    ready: std::sync::Arc<std::sync::atomic::AtomicU16>,
-    live: std::sync::Arc<std::sync::atomic::AtomicU16>,
-}
-
-impl ProbeTarget {
-    async fn start() -> anyhow::Result<Self> {
-        use std::sync::atomic::{AtomicU16, Ordering};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let ready = std::sync::Arc::new(AtomicU16::new(500));
-        let live = std::sync::Arc::new(AtomicU16::new(200));
-        let (r, l) = (ready.clone(), live.clone());
-        let app = axum::Router::new()
-            .route(
-                "/ready",
-                axum::routing::get(move || async move {
-                    axum::http::StatusCode::from_u16(r.load(Ordering::Relaxed))
-                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-                }),
-            )
-            .route(
-                "/live",
-                axum::routing::get(move || async move {
-                    axum::http::StatusCode::from_u16(l.load(Ordering::Relaxed))
-                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-                }),
-            );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Self { port, ready, live })
-    }
-
-    fn set(which: &std::sync::atomic::AtomicU16, status: u16) {
-        which.store(status, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test bed: run `make test`"]
 async fn readiness_keeps_a_pod_out_of_its_service_until_it_passes_and_liveness_restarts_it()
@@ -1143,7 +1103,7 @@ async fn readiness_keeps_a_pod_out_of_its_service_until_it_passes_and_liveness_r
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let fixture = NodeFixture::new("e2e-probes", "mock").await?;
     let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
-    let target = ProbeTarget::start().await?;
+    let target = spillway_e2e::probe_target::ProbeTarget::start().await?;
     let mut args = vk_node_args(node_name, "mock")?;
     args.push("--mock-probe-loopback".into());
     let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
@@ -1213,13 +1173,13 @@ async fn readiness_keeps_a_pod_out_of_its_service_until_it_passes_and_liveness_r
     })
     .await?;
     // It passes: the endpoint turns ready.
-    ProbeTarget::set(&target.ready, 200);
+    target.set_ready(200);
     wait_until("the endpoint ready", Duration::from_secs(30), || async {
         Ok(endpoint_ready().await? == Some(true))
     })
     .await?;
     // Its liveness probe fails twice: killed, restarted, counted.
-    ProbeTarget::set(&target.live, 503);
+    target.set_live(503);
     let restarts = || async {
         let pod = pods.get("probed").await?;
         anyhow::Ok(
@@ -1233,7 +1193,7 @@ async fn readiness_keeps_a_pod_out_of_its_service_until_it_passes_and_liveness_r
         Ok(restarts().await? >= 1)
     })
     .await?;
-    ProbeTarget::set(&target.live, 200);
+    target.set_live(200);
     assert!(
         events()
             .await?
