@@ -485,12 +485,7 @@ impl PodRecord {
         }
         self.missing_syncs = 0;
         self.fresh = false;
-        let never = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.as_deref())
-            == Some("Never");
+        let never = self.restart_policy_never();
         if never {
             self.stage = Stage::Terminal;
             self.terminal = Some(TerminalPhase::Failed);
@@ -711,12 +706,7 @@ impl PodRecord {
         }
         self.probes = None;
         self.fresh = false;
-        let never = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.as_deref())
-            == Some("Never");
+        let never = self.restart_policy_never();
         if never {
             self.stage = Stage::Terminal;
             self.terminal = Some(TerminalPhase::Failed);
@@ -742,6 +732,15 @@ impl PodRecord {
             .and_then(|remote| self.status_if_changed(&remote, host_ip, now_rfc3339))
             .into_iter()
             .collect()
+    }
+
+    /// Whether its `restartPolicy` is `Never`.
+    fn restart_policy_never(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            == Some("Never")
     }
 
     /// Seconds its containers get to stop: the deletion's, else the spec's, else 30.
