@@ -132,6 +132,9 @@ pub struct PodController<P: Provider> {
     probed_rx: Option<tokio::sync::mpsc::UnboundedReceiver<ProbeOutcome>>,
     /// The HTTP client probes share.
     probe_http: reqwest::Client,
+    /// Probe runs in flight at once (each probe is in flight once at most, so the tasks
+    /// waiting are bounded by the probes the node's pods have).
+    probe_slots: Arc<tokio::sync::Semaphore>,
     /// Pod UIDs with a stop in flight.
     stopping: HashSet<String>,
     /// Whether a status pull is in flight.
@@ -233,6 +236,7 @@ impl<P: Provider> PodController<P> {
             probed_tx,
             probed_rx: Some(probed_rx),
             probe_http: prober::http_client(),
+            probe_slots: Arc::new(tokio::sync::Semaphore::new(PROBE_CONCURRENCY)),
             stopping: HashSet::new(),
             syncing: false,
             create_slots,
@@ -942,9 +946,13 @@ impl<P: Provider> PodController<P> {
             for (index, spec) in probes.take_due(now) {
                 let (tx, http, uid) =
                     (self.probed_tx.clone(), self.probe_http.clone(), uid.clone());
+                let slots = self.probe_slots.clone();
                 let span = tracing::debug_span!("probe", pod_uid = %uid, container = %spec.container, kind = ?spec.kind);
                 tokio::spawn(
                     async move {
+                        let Ok(_permit) = slots.acquire_owned().await else {
+                            return;
+                        };
                         let run = prober::run(ip, &spec, &http).await;
                         let _ = tx.send(ProbeOutcome { uid, index, run });
                     }
@@ -1187,6 +1195,9 @@ pub const ADOPT_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often pods launched but not yet running are polled, between full syncs.
 pub const FRESH_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Probe runs in flight at once.
+const PROBE_CONCURRENCY: usize = 64;
 
 /// Status patches in flight at once during a sync.
 const STATUS_WRITE_CONCURRENCY: usize = 16;
