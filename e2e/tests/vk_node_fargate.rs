@@ -433,8 +433,10 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
     // The secret value reached Secrets Manager only: no ECS request body carries it.
     let recording = moto_recording(&aws.endpoint)?;
     let (mut ecs_requests, mut secret_references, mut secrets_manager_copies) = (0, 0, 0);
-    for line in recording.lines() {
-        let record: serde_json::Value = serde_json::from_str(line)?;
+    // One JSON record after another; under concurrent requests moto may write two on
+    // one line, so the records are read as a stream, not line by line.
+    for record in serde_json::Deserializer::from_str(&recording).into_iter::<serde_json::Value>() {
+        let record = record?;
         let target = record["headers"]["X-Amz-Target"].as_str().unwrap_or("");
         let body = record["body"].as_str().unwrap_or("");
         // moto records bodies base64-encoded.
