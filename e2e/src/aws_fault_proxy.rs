@@ -42,6 +42,9 @@ struct Rules {
     counts: BTreeMap<String, (u64, u64)>,
     /// The address `DescribeTasks` answers give every task (its ENI's private IPv4).
     task_ip: Option<String>,
+    /// The `healthStatus` they give a running task's containers (moto's is always
+    /// `HEALTHY`).
+    container_health: Option<String>,
 }
 
 /// The proxy; stops when dropped.
@@ -87,6 +90,15 @@ impl AwsFaultProxy {
     /// `PENDING`).
     pub fn rewrite_task_ips(&self, ip: &str) {
         self.rules.lock().unwrap_or_else(|p| p.into_inner()).task_ip = Some(ip.to_owned());
+    }
+
+    /// From now on the containers of a running task report `status` (`HEALTHY`,
+    /// `UNHEALTHY`) as their ECS health check's verdict; with [`Self::rewrite_task_ips`].
+    pub fn set_container_health(&self, status: &str) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .container_health = Some(status.to_owned());
     }
 
     /// The next `count` calls of `operation` (e.g. `StopTask`) get `fault`.
@@ -171,16 +183,12 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let op = operation(&headers);
-    let task_ip = (op == "DescribeTasks")
-        .then(|| {
-            state
-                .rules
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .task_ip
-                .clone()
-        })
-        .flatten();
+    let (task_ip, container_health) = if op == "DescribeTasks" {
+        let rules = state.rules.lock().unwrap_or_else(|p| p.into_inner());
+        (rules.task_ip.clone(), rules.container_health.clone())
+    } else {
+        (None, None)
+    };
     let fault = {
         let mut rules = state.rules.lock().unwrap_or_else(|p| p.into_inner());
         let planned = rules.next.get_mut(&op).and_then(VecDeque::pop_front);
@@ -225,7 +233,9 @@ async fn forward(
             }
             let bytes = answer.bytes().await.unwrap_or_default();
             let bytes = match &task_ip {
-                Some(ip) => with_task_ip(&bytes, ip).map_or(bytes, Bytes::from),
+                Some(ip) => {
+                    with_task_ip(&bytes, ip, container_health.as_deref()).map_or(bytes, Bytes::from)
+                }
                 None => bytes,
             };
             response.body(Body::from(bytes)).expect("a valid response")
@@ -238,8 +248,9 @@ async fn forward(
 }
 
 /// A `DescribeTasks` answer with every task's private IPv4 set to `ip` and a running
-/// task's containers running; `None` when the body is not one.
-fn with_task_ip(body: &[u8], ip: &str) -> Option<Vec<u8>> {
+/// task's containers running (with `health` as their health check's verdict); `None`
+/// when the body is not one.
+fn with_task_ip(body: &[u8], ip: &str, health: Option<&str>) -> Option<Vec<u8>> {
     let mut answer: serde_json::Value = serde_json::from_slice(body).ok()?;
     for task in answer.get_mut("tasks")?.as_array_mut()? {
         if task.get("lastStatus").and_then(|s| s.as_str()) == Some("RUNNING") {
@@ -250,6 +261,9 @@ fn with_task_ip(body: &[u8], ip: &str) -> Option<Vec<u8>> {
                 .flatten()
             {
                 container["lastStatus"] = serde_json::Value::String("RUNNING".into());
+                if let Some(health) = health {
+                    container["healthStatus"] = serde_json::Value::String(health.into());
+                }
             }
         }
         for attachment in task

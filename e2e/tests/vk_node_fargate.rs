@@ -1613,3 +1613,91 @@ async fn fargate_pods_are_ready_when_their_probe_passes_and_relaunched_when_live
     .await?;
     Ok(())
 }
+
+// Several threads: the fault proxy runs beside the test's waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn an_exec_liveness_probe_becomes_an_ecs_health_check_whose_verdict_restarts_the_pod()
+-> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-fg-exec").await?;
+    let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
+    let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
+    // No address is probed: ECS runs the exec probe; the proxy reports its verdict.
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    proxy.rewrite_task_ips("127.0.0.1");
+    proxy.set_container_health("HEALTHY");
+    let args = node_args_via(&fx, &proxy.endpoint(), &[]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node(
+            "checked",
+            node_name,
+            json!({"containers": [{"name": "app", "image": "nginx:1.27",
+                "livenessProbe": {"exec": {"command": ["/bin/check", "--deep"]},
+                    "periodSeconds": 15, "failureThreshold": 4}}]}),
+        )?,
+    )
+    .await?;
+    wait_running(&pods, "checked", Duration::from_secs(60)).await?;
+    // The task definition carries the probe as ECS's health check.
+    let tasks = running_tasks(aws, cluster).await?;
+    let definition_arn = tasks
+        .values()
+        .flatten()
+        .next()
+        .and_then(|t| t.task_definition_arn())
+        .unwrap_or_default()
+        .to_owned();
+    let definition = aws
+        .ecs
+        .describe_task_definition()
+        .task_definition(&definition_arn)
+        .send()
+        .await?;
+    let check = definition
+        .task_definition()
+        .and_then(|d| d.container_definitions().first())
+        .and_then(|c| c.health_check())
+        .expect("a health check in the task definition");
+    assert_eq!(check.command(), ["CMD", "/bin/check", "--deep"]);
+    assert_eq!((check.interval(), check.retries()), (Some(15), Some(4)));
+    // ECS says UNHEALTHY: the node stops the task and starts a new one, counted.
+    proxy.set_container_health("UNHEALTHY");
+    let restarts = || async {
+        let status = pods.get("checked").await?.status.unwrap_or_default();
+        anyhow::Ok(
+            status
+                .container_statuses
+                .and_then(|c| c.first().map(|c| c.restart_count))
+                .unwrap_or(0),
+        )
+    };
+    wait_until("restartCount raised", Duration::from_secs(60), || async {
+        Ok(restarts().await? >= 1)
+    })
+    .await?;
+    proxy.set_container_health("HEALTHY");
+    wait_until("running again", Duration::from_secs(90), || async {
+        Ok(running_tasks(aws, cluster)
+            .await?
+            .values()
+            .flatten()
+            .count()
+            == 1
+            && phase_is_running(&pods, "checked").await?)
+    })
+    .await?;
+    Ok(())
+}
+
+async fn phase_is_running(pods: &Api<Pod>, name: &str) -> anyhow::Result<bool> {
+    Ok(pods
+        .get(name)
+        .await?
+        .status
+        .and_then(|s| s.phase)
+        .as_deref()
+        == Some("Running"))
+}

@@ -65,17 +65,25 @@ pub fn limit(reason: Ineligible) -> String {
     format!("{}: {what} (docs/limits.md#{section})", reason.as_str())
 }
 
-/// Notes on the probes a burst pod would not have run.
-fn probe_notes(pod: &Pod) -> Vec<String> {
+/// Notes on the probes a burst pod would not have run on `provider`.
+fn probe_notes(pod: &Pod, provider: Provider) -> Vec<String> {
+    use crate::pods::probes::ProbeAction;
     crate::pods::probes::specs(pod)
         .into_iter()
-        .filter_map(|spec| match spec.action {
-            crate::pods::probes::ProbeAction::Unsupported(why) => Some(format!(
+        .filter_map(|spec| {
+            let why = match spec.action {
+                ProbeAction::Unsupported(why) => why,
+                // Fargate runs them as ECS container health checks.
+                ProbeAction::Exec(_) if provider == Provider::Aci => {
+                    "exec probes are not carried to ACI yet".to_owned()
+                }
+                _ => return None,
+            };
+            Some(format!(
                 "container {}: its {} probe is not run on burst pods: {why} (docs/limits.md#probes)",
                 spec.container,
                 spec.kind.title().to_lowercase()
-            )),
-            _ => None,
+            ))
         })
         .collect()
 }
@@ -156,7 +164,7 @@ pub fn explain(
                         "runTask": request.run,
                     }));
                     explanation.notes = request.notes;
-                    explanation.notes.extend(probe_notes(pod));
+                    explanation.notes.extend(probe_notes(pod, provider));
                 }
                 Err(TranslateError::TooLarge { .. }) => {
                     if !explanation
@@ -203,7 +211,7 @@ pub fn explain(
                         "containerGroup": request.group,
                     }));
                     explanation.notes = request.notes;
-                    explanation.notes.extend(probe_notes(pod));
+                    explanation.notes.extend(probe_notes(pod, provider));
                 }
                 Err(error) => {
                     explanation.notes.push(error.to_string());
@@ -307,7 +315,9 @@ mod tests {
                 "readinessProbe": {"httpGet": {"port": 80}},
                 "livenessProbe": {"exec": {"command": ["true"]}}}]
         }));
-        for provider in [Provider::Fargate, Provider::Aci] {
+        // (provider, probe notes expected): Fargate runs the exec probe as an ECS
+        // health check.
+        for (provider, expected) in [(Provider::Fargate, 0), (Provider::Aci, 1)] {
             let explanation = explain(&pod, provider, &PricingConfig::default()).unwrap();
             assert!(explanation.eligible);
             let probes: Vec<&String> = explanation
@@ -315,9 +325,16 @@ mod tests {
                 .iter()
                 .filter(|n| n.contains("probe"))
                 .collect();
-            assert_eq!(probes.len(), 1, "{provider}: {probes:?}");
-            assert!(probes[0].starts_with("container app: its liveness probe is not run"));
+            assert_eq!(probes.len(), expected, "{provider}: {probes:?}");
+            if let Some(note) = probes.first() {
+                assert!(note.starts_with("container app: its liveness probe is not run"));
+            }
         }
+        let fargate = explain(&pod, Provider::Fargate, &PricingConfig::default()).unwrap();
+        let check = &fargate.request.unwrap()["registerTaskDefinition"]["containerDefinitions"][0]
+            ["healthCheck"];
+        assert_eq!(check["command"], serde_json::json!(["CMD", "true"]));
+        assert_eq!(check["retries"], 3);
     }
 
     #[test]

@@ -182,11 +182,13 @@ impl MockProvider {
                 .map(|name| RemoteContainer {
                     name: name.clone(),
                     restarts: 0,
+                    healthy: None,
                     state: state.clone(),
                 })
                 .chain(object.sidecars.iter().map(|name| RemoteContainer {
                     name: name.clone(),
                     restarts: 0,
+                    healthy: None,
                     state: if phase == RemotePhase::Running {
                         RemoteContainerState::Running {
                             started_at: started_at.clone(),

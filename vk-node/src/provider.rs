@@ -104,6 +104,9 @@ pub struct RemoteContainer {
     /// Times the provider itself restarted it in place (ACI under the group's restart
     /// policy); 0 where only the node relaunches.
     pub restarts: i32,
+    /// The verdict of its `exec` probe, which the provider runs (ECS health check):
+    /// `None` while unknown or when it has none.
+    pub healthy: Option<bool>,
 }
 
 /// Where a provider object is in its life.

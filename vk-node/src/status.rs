@@ -288,6 +288,7 @@ mod tests {
                 .map(|(code, name)| RemoteContainer {
                     name: name.into(),
                     restarts: 0,
+                    healthy: None,
                     state: RemoteContainerState::Terminated {
                         exit_code: *code,
                         reason: if *code == 0 {
@@ -353,6 +354,7 @@ mod tests {
             RemoteContainer {
                 name: "a".into(),
                 restarts: 0,
+                healthy: None,
                 state: RemoteContainerState::Running {
                     started_at: Some("2026-11-28T10:00:00Z".into()),
                 },
@@ -361,6 +363,7 @@ mod tests {
                 name: "b".into(),
                 // Restarted in place by the provider (ACI), on top of the node's relaunch.
                 restarts: 3,
+                healthy: None,
                 state: RemoteContainerState::Running { started_at: None },
             },
         ];

@@ -94,6 +94,7 @@ pub fn remote_status(pod_uid: &str, group: &ContainerGroup) -> RemoteStatus {
         .map(|c| RemoteContainer {
             name: c.name.clone(),
             restarts: container_restarts(c.properties.instance_view.as_ref()),
+            healthy: None,
             state: container_state(c.properties.instance_view.as_ref()),
         })
         .collect();

@@ -90,6 +90,8 @@ pub struct ContainerInfo {
     pub exit_code: Option<i32>,
     /// Why it stopped.
     pub reason: Option<String>,
+    /// `HEALTHY`, `UNHEALTHY` or `UNKNOWN`: its health check's verdict.
+    pub health_status: Option<String>,
 }
 
 /// The ECS, Secrets Manager and CloudWatch Logs calls the Fargate provider makes.
@@ -433,6 +435,18 @@ fn container(
                 .build(),
         );
     }
+    if let Some(check) = &definition.health_check {
+        builder = builder.health_check(
+            ecs::HealthCheck::builder()
+                .set_command(Some(check.command.clone()))
+                .interval(check.interval)
+                .timeout(check.timeout)
+                .retries(check.retries)
+                .start_period(check.start_period)
+                .build()
+                .map_err(build_error)?,
+        );
+    }
     if let Some(logs) = &definition.log_configuration {
         let options: HashMap<String, String> = logs.options.clone().into_iter().collect();
         builder = builder.log_configuration(
@@ -480,6 +494,7 @@ fn task_info(task: &ecs::Task) -> TaskInfo {
                 last_status: c.last_status().unwrap_or("PENDING").to_owned(),
                 exit_code: c.exit_code(),
                 reason: c.reason().map(str::to_owned),
+                health_status: c.health_status().map(|h| h.as_str().to_owned()),
             })
             .collect(),
         ip,

@@ -119,6 +119,25 @@ pub struct ContainerDefinition {
     /// Logs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_configuration: Option<LogConfiguration>,
+    /// The container's `exec` probe, run by ECS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A container health check (ECS runs it inside the container).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// `["CMD", argv...]`.
+    pub command: Vec<String>,
+    /// Seconds between runs (5 to 300).
+    pub interval: i32,
+    /// Seconds a run may take (2 to 60).
+    pub timeout: i32,
+    /// Failures in a row before UNHEALTHY (1 to 10).
+    pub retries: i32,
+    /// Seconds of grace after start (0 to 300).
+    pub start_period: i32,
 }
 
 /// A tag.

@@ -261,6 +261,11 @@ fn remote_status(pod_uid: &str, task: &TaskInfo) -> RemoteStatus {
         .map(|c| RemoteContainer {
             name: c.name.clone(),
             restarts: 0,
+            healthy: match c.health_status.as_deref() {
+                Some("HEALTHY") => Some(true),
+                Some("UNHEALTHY") => Some(false),
+                _ => None,
+            },
             state: match (c.last_status.as_str(), phase) {
                 ("STOPPED", _) | (_, RemotePhase::Stopped) => RemoteContainerState::Terminated {
                     // A task stopped from outside reports no exit code: count it as killed.

@@ -255,6 +255,31 @@ fn translate_env(
     Ok(env)
 }
 
+/// The container's `exec` probe as an ECS health check, which ECS runs inside the
+/// container (one per container: the liveness probe's, else the readiness or startup
+/// probe's). Its timings are clamped to what ECS accepts.
+fn health_check(container: &Container) -> Option<HealthCheck> {
+    let probe = [
+        &container.liveness_probe,
+        &container.readiness_probe,
+        &container.startup_probe,
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.exec.is_some())?;
+    let command = probe.exec.as_ref()?.command.clone()?;
+    let seconds = |value: Option<i32>, default: i32, low: i32, high: i32| {
+        value.unwrap_or(default).clamp(low, high)
+    };
+    Some(HealthCheck {
+        command: std::iter::once("CMD".to_owned()).chain(command).collect(),
+        interval: seconds(probe.period_seconds, 10, 5, 300),
+        timeout: seconds(probe.timeout_seconds, 1, 2, 60),
+        retries: seconds(probe.failure_threshold, 3, 1, 10),
+        start_period: seconds(probe.initial_delay_seconds, 0, 0, 300),
+    })
+}
+
 /// Translates `pod` for `settings`. `secret_arn` is the ARN of the pod's Secrets Manager
 /// secret (a placeholder offline).
 pub fn translate(
@@ -436,6 +461,7 @@ pub fn translate(
             mount_points,
             stop_timeout: (!runs_to_completion).then_some(stop_timeout),
             log_configuration: Some(log_configuration),
+            health_check: health_check(container),
         });
     }
 

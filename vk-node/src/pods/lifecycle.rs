@@ -532,6 +532,18 @@ impl PodRecord {
         } else if remote.phase != RemotePhase::Running {
             self.probes = None;
         }
+        // The verdicts of the exec probes the provider runs (the status below shows
+        // their readiness).
+        if let Some(probes) = self.probes.as_mut() {
+            let outcomes: Vec<ProbeEffect> = remote
+                .containers
+                .iter()
+                .filter_map(|c| Some((c.name.as_str(), c.healthy?)))
+                .flat_map(|(name, healthy)| probes.record_verdict(name, healthy))
+                .collect();
+            let (probe_effects, _) = self.probe_outcomes(outcomes);
+            effects.extend(probe_effects);
+        }
         if remote.phase != RemotePhase::Pending {
             self.fresh = false;
         }
@@ -648,9 +660,24 @@ impl PodRecord {
         let Some(probes) = self.probes.as_mut() else {
             return Vec::new();
         };
+        let outcomes = probes.record(index, run, now.at);
+        let (mut effects, status_changed) = self.probe_outcomes(outcomes);
+        if status_changed
+            && self.killing.is_none()
+            && let Some(remote) = self.last_remote.clone()
+        {
+            effects.extend(self.status_if_changed(&remote, host_ip, now_rfc3339));
+        }
+        effects
+    }
+
+    /// What probe results do: `Unhealthy` Events in the kubelet's wording, and a
+    /// container that failed its liveness or startup probe killed (`Killing`, then its
+    /// object stopped); also whether readiness changed.
+    fn probe_outcomes(&mut self, outcomes: Vec<ProbeEffect>) -> (Vec<Effect>, bool) {
         let mut effects = Vec::new();
         let mut status_changed = false;
-        for outcome in probes.record(index, run, now.at) {
+        for outcome in outcomes {
             match outcome {
                 ProbeEffect::Unhealthy { kind, message, .. } => effects.push(Effect::event(
                     Severity::Warning,
@@ -676,13 +703,7 @@ impl PodRecord {
                 ProbeEffect::Kill { .. } => {}
             }
         }
-        if status_changed
-            && self.killing.is_none()
-            && let Some(remote) = self.last_remote.clone()
-        {
-            effects.extend(self.status_if_changed(&remote, host_ip, now_rfc3339));
-        }
-        effects
+        (effects, status_changed)
     }
 
     /// The stop of a container killed for a failed probe finished: it is launched again

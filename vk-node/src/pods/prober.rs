@@ -74,6 +74,7 @@ pub async fn run(ip: IpAddr, spec: &ProbeSpec, http: &reqwest::Client) -> ProbeR
                 Err(error) => failed(format!("Get {url:?}: {error}")),
             }
         }
+        ProbeAction::Exec(_) => failed("exec probes are run by the provider, not the node".into()),
         ProbeAction::Unsupported(why) => failed(why.clone()),
     }
 }

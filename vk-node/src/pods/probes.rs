@@ -52,7 +52,10 @@ pub enum ProbeAction {
         /// The port.
         port: u16,
     },
-    /// `exec`, `grpc`, or a port that names nothing: the node cannot run it itself.
+    /// `exec`: run by the provider inside the container (an ECS health check); its
+    /// verdict comes with the provider's status.
+    Exec(Vec<String>),
+    /// `grpc`, or a port that names nothing: not run.
     Unsupported(String),
 }
 
@@ -130,10 +133,8 @@ fn action(container: &Container, probe: &Probe) -> ProbeAction {
             Err(why) => ProbeAction::Unsupported(why),
         };
     }
-    if probe.exec.is_some() {
-        return ProbeAction::Unsupported(
-            "exec probes run only through the provider's health check".into(),
-        );
+    if let Some(exec) = &probe.exec {
+        return ProbeAction::Exec(exec.command.clone().unwrap_or_default());
     }
     ProbeAction::Unsupported("grpc probes are not supported on burst pods".into())
 }
@@ -275,13 +276,51 @@ impl PodProbes {
                 ProbeKind::Startup => state.passing,
                 _ => !started[index],
             };
-            if gated || state.in_flight || state.next_due > now {
+            let by_provider = matches!(state.spec.action, ProbeAction::Exec(_));
+            if by_provider || gated || state.in_flight || state.next_due > now {
                 continue;
             }
             state.in_flight = true;
             due.push((index, state.spec.clone()));
         }
         due
+    }
+
+    /// Records the verdict of `container`'s `exec` probes, which the provider runs and
+    /// thresholds itself: healthy passes them; unhealthy fails a readiness probe at once
+    /// and kills the container for a liveness or startup probe (once per turn to
+    /// unhealthy).
+    pub fn record_verdict(&mut self, container: &str, healthy: bool) -> Vec<ProbeEffect> {
+        let started = self.started(container);
+        let mut effects = Vec::new();
+        for state in &mut self.states {
+            if state.spec.container != container
+                || !matches!(state.spec.action, ProbeAction::Exec(_))
+                || (state.spec.kind != ProbeKind::Startup && !started)
+            {
+                continue;
+            }
+            let before = state.passing;
+            state.passing = healthy;
+            if !healthy && before {
+                effects.push(ProbeEffect::Unhealthy {
+                    kind: state.spec.kind,
+                    container: container.to_owned(),
+                    message: "the provider's health check of the container reports UNHEALTHY"
+                        .into(),
+                });
+                if state.spec.kind == ProbeKind::Liveness {
+                    effects.push(ProbeEffect::Kill {
+                        container: container.to_owned(),
+                        kind: state.spec.kind,
+                    });
+                }
+            }
+            if state.passing != before {
+                effects.push(ProbeEffect::StatusChanged);
+            }
+        }
+        effects
     }
 
     /// Records the run of probe `index` that finished at `now`.
@@ -384,7 +423,7 @@ mod tests {
         assert_eq!(liveness.action, ProbeAction::Tcp { port: 9000 });
         assert_eq!(liveness.period, Duration::from_secs(3));
         assert_eq!(liveness.failure_threshold, 2);
-        assert!(matches!(found[0].action, ProbeAction::Unsupported(_)));
+        assert_eq!(found[0].action, ProbeAction::Exec(vec!["true".into()]));
         // A name that names no port cannot be run.
         let unnamed = pod_with_probe(json!({"tcpSocket": {"port": "nope"}}));
         assert!(matches!(
@@ -517,5 +556,27 @@ mod tests {
         let later = t0 + Duration::from_secs(3);
         let kinds: Vec<ProbeKind> = probes.take_due(later).iter().map(|d| d.1.kind).collect();
         assert_eq!(kinds, [ProbeKind::Readiness, ProbeKind::Liveness]);
+    }
+
+    #[test]
+    fn exec_probes_follow_the_providers_verdict_and_are_never_run_by_the_node() {
+        let t0 = Instant::now();
+        let pod = pod(json!({"name": "app", "image": "x",
+            "readinessProbe": {"exec": {"command": ["cat", "/ready"]}},
+            "livenessProbe": {"exec": {"command": ["true"]}}}));
+        let mut probes = PodProbes::new(&pod, t0);
+        assert!(probes.take_due(t0 + Duration::from_secs(60)).is_empty());
+        assert!(!probes.ready("app"), "not ready before a verdict");
+        let healthy = probes.record_verdict("app", true);
+        assert!(healthy.contains(&ProbeEffect::StatusChanged));
+        assert!(probes.ready("app"));
+        let unhealthy = probes.record_verdict("app", false);
+        assert!(!probes.ready("app"));
+        assert!(unhealthy.contains(&ProbeEffect::Kill {
+            container: "app".into(),
+            kind: ProbeKind::Liveness
+        }));
+        // Still unhealthy at the next sync: no second kill.
+        assert!(probes.record_verdict("app", false).is_empty());
     }
 }

@@ -74,6 +74,7 @@ fn remote(phase: RemotePhase, states: &[(&str, RemoteContainerState)]) -> Remote
                 name: (*name).into(),
                 state: state.clone(),
                 restarts: 0,
+                healthy: None,
             })
             .collect(),
         pod_ip: Some("10.0.0.9".into()),
@@ -711,4 +712,36 @@ fn a_native_sidecar_does_not_keep_a_finished_pod_alive() {
             );
         }
     }
+}
+
+#[test]
+fn the_providers_health_check_verdict_drives_exec_probes() {
+    let clock = Clock::new();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
+        "spec": {"terminationGracePeriodSeconds": 7, "containers": [{"name": "app", "image": "x",
+            "livenessProbe": {"exec": {"command": ["true"]}}}]}
+    }))
+    .unwrap();
+    let mut record = PodRecord::new(pod, clock.t(0).at);
+    record.created(&Ok(()), &[], RULES, clock.t(0), FULL, false);
+    let verdict = |healthy: Option<bool>| {
+        let mut status = remote(RemotePhase::Running, &[("app", running())]);
+        status.containers[0].healthy = healthy;
+        status
+    };
+    let first = record.remote_status(&verdict(Some(true)), "10.1.1.1", clock.t(1), "t", true);
+    assert_eq!(container_ready(&first), Some(true));
+    // UNHEALTHY: the kubelet's Events and the object stopped to be launched again.
+    let sick = record.remote_status(&verdict(Some(false)), "10.1.1.1", clock.t(2), "t", true);
+    assert!(sick.iter().any(|e| matches!(e,
+        Effect::Event { reason: "Unhealthy", note, .. } if note.starts_with("Liveness probe failed"))));
+    assert!(sick.contains(&Effect::Stop {
+        grace: 7,
+        why: StopFor::Restart
+    }));
+    assert_eq!(
+        record.killing,
+        Some(KillFor::Probe(crate::pods::probes::ProbeKind::Liveness))
+    );
 }
