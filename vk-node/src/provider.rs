@@ -215,6 +215,12 @@ pub trait Provider: Send + Sync + 'static {
         Some(pod_ip)
     }
 
+    /// Whether it runs `exec` probes itself and reports their verdict in
+    /// [`RemoteContainer::healthy`] (ECS health checks).
+    fn runs_exec_probes(&self) -> bool {
+        false
+    }
+
     /// Starts `pod` with the ConfigMaps and Secrets it names, which the node fetched
     /// (the provider fetches nothing itself). Must be idempotent for the same pod UID.
     fn create(

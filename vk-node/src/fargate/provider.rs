@@ -450,6 +450,11 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
         "fargate"
     }
 
+    /// A pod's `exec` probe becomes its container's ECS health check.
+    fn runs_exec_probes(&self) -> bool {
+        true
+    }
+
     async fn create(&self, pod: &Pod, objects: &PodObjects) -> Result<(), ProviderError> {
         let uid = crate::provider::pod_uid(pod)?;
         let previous = self

@@ -27,7 +27,9 @@ use crate::provider::{Provider, ProviderError, RemoteStatus};
 use crate::status::{self, TerminalPhase};
 
 use super::health::ProviderHealth;
-use super::lifecycle::{self, Effect, Now, PodRecord, Rules, Severity, Stage, StopFor, key};
+use super::lifecycle::{
+    self, Effect, Now, PodRecord, Probing, Rules, Severity, Stage, StopFor, key,
+};
 use super::prober;
 use super::probes::ProbeRun;
 use crate::workload_rules::{ClusterView, Judgement};
@@ -886,12 +888,15 @@ impl<P: Provider> PodController<P> {
                 // Created but not visible yet, or gone: after a few syncs it counts as lost.
                 None => tracked.missing_from_provider(rules, now),
                 Some(remote_status) => {
-                    let probe = remote_status
-                        .pod_ip
-                        .as_deref()
-                        .and_then(|ip| ip.parse().ok())
-                        .and_then(|ip| self.provider.probe_target(ip))
-                        .is_some();
+                    let probe = Probing {
+                        node_reaches_pod: remote_status
+                            .pod_ip
+                            .as_deref()
+                            .and_then(|ip| ip.parse().ok())
+                            .and_then(|ip| self.provider.probe_target(ip))
+                            .is_some(),
+                        provider_exec: self.provider.runs_exec_probes(),
+                    };
                     tracked.remote_status(remote_status, &host_ip, now, &now_rfc3339, probe)
                 }
             };

@@ -105,6 +105,25 @@ impl Effect {
     }
 }
 
+/// Who can run a pod's probes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Probing {
+    /// The node reaches the pod's IP: it runs the HTTP and TCP probes.
+    pub node_reaches_pod: bool,
+    /// The provider runs `exec` probes and reports their verdict.
+    pub provider_exec: bool,
+}
+
+impl From<bool> for Probing {
+    /// Whether the node reaches the pod; the provider runs no exec probe.
+    fn from(node_reaches_pod: bool) -> Self {
+        Self {
+            node_reaches_pod,
+            provider_exec: false,
+        }
+    }
+}
+
 /// The node-wide settings the rules read.
 #[derive(Clone, Copy, Debug)]
 pub struct Rules<'a> {
@@ -514,7 +533,7 @@ impl PodRecord {
     /// back-off (`BackOff`) or finishes, as `restartPolicy` says; the status to write
     /// when it changed (`now_rfc3339` stamps new conditions).
     ///
-    /// Once the object runs, its probes start (`probe`: the node can reach the pod's IP);
+    /// Once the object runs, its probes start (those `probing` says something runs);
     /// until a container passed its readiness probe it is not ready.
     pub fn remote_status(
         &mut self,
@@ -522,12 +541,19 @@ impl PodRecord {
         host_ip: &str,
         now: Now,
         now_rfc3339: &str,
-        probe: bool,
+        probing: impl Into<Probing>,
     ) -> Vec<Effect> {
+        let probing = probing.into();
         let mut effects = Vec::new();
         self.last_remote = Some(remote.clone());
-        if remote.phase == RemotePhase::Running && probe && self.probes.is_none() {
-            let probes = PodProbes::new(&self.pod, now.at);
+        let any = probing.node_reaches_pod || probing.provider_exec;
+        if remote.phase == RemotePhase::Running && any && self.probes.is_none() {
+            let probes = PodProbes::new(
+                &self.pod,
+                now.at,
+                probing.node_reaches_pod,
+                probing.provider_exec,
+            );
             self.probes = (!probes.is_empty()).then_some(probes);
         } else if remote.phase != RemotePhase::Running {
             self.probes = None;

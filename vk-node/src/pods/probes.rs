@@ -222,10 +222,18 @@ pub struct PodProbes {
 }
 
 impl PodProbes {
-    /// The probes of `pod`, whose containers started at `started`.
-    pub fn new(pod: &Pod, started: Instant) -> Self {
+    /// The probes of `pod`, whose containers started at `started`, that something runs:
+    /// HTTP and TCP probes when the node reaches the pod (`node`), `exec` probes when the
+    /// provider runs them (`provider_exec`). A probe nothing runs is left out, as if the
+    /// container had none: it is ready when running.
+    pub fn new(pod: &Pod, started: Instant, node: bool, provider_exec: bool) -> Self {
         let states = specs(pod)
             .into_iter()
+            .filter(|spec| match spec.action {
+                ProbeAction::Http { .. } | ProbeAction::Tcp { .. } => node,
+                ProbeAction::Exec(_) => provider_exec,
+                ProbeAction::Unsupported(_) => false,
+            })
             .map(|spec| ProbeState {
                 next_due: started + spec.initial_delay,
                 successes: 0,
@@ -441,7 +449,7 @@ mod tests {
         let t0 = Instant::now();
         let pod = pod_with_probe(json!({"tcpSocket": {"port": 80}, "successThreshold": 2,
             "failureThreshold": 2, "initialDelaySeconds": 5, "periodSeconds": 1}));
-        let mut probes = PodProbes::new(&pod, t0);
+        let mut probes = PodProbes::new(&pod, t0, true, true);
         assert!(!probes.ready("app"), "not ready before the first pass");
         assert!(probes.take_due(t0).is_empty(), "the initial delay first");
         // (seconds, run passed?, ready after, status change said)
@@ -483,7 +491,7 @@ mod tests {
     fn a_probe_is_not_run_again_while_in_flight_nor_before_its_period() {
         let t0 = Instant::now();
         let pod = pod_with_probe(json!({"tcpSocket": {"port": 80}, "periodSeconds": 4}));
-        let mut probes = PodProbes::new(&pod, t0);
+        let mut probes = PodProbes::new(&pod, t0, true, true);
         let due = probes.take_due(t0);
         assert_eq!(due.len(), 1);
         assert!(
@@ -500,7 +508,7 @@ mod tests {
         let t0 = Instant::now();
         let pod = pod(json!({"name": "app", "image": "x",
             "livenessProbe": {"httpGet": {"port": 80}, "periodSeconds": 1, "failureThreshold": 3}}));
-        let mut probes = PodProbes::new(&pod, t0);
+        let mut probes = PodProbes::new(&pod, t0, true, true);
         assert!(
             probes.ready("app"),
             "no readiness probe: ready when running"
@@ -529,7 +537,7 @@ mod tests {
             "startupProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1, "failureThreshold": 2},
             "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1},
             "livenessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1}}));
-        let mut probes = PodProbes::new(&pod, t0);
+        let mut probes = PodProbes::new(&pod, t0, true, true);
         assert!(!probes.started("app"));
         let due = probes.take_due(t0);
         assert_eq!(due.len(), 1);
@@ -564,7 +572,7 @@ mod tests {
         let pod = pod(json!({"name": "app", "image": "x",
             "readinessProbe": {"exec": {"command": ["cat", "/ready"]}},
             "livenessProbe": {"exec": {"command": ["true"]}}}));
-        let mut probes = PodProbes::new(&pod, t0);
+        let mut probes = PodProbes::new(&pod, t0, true, true);
         assert!(probes.take_due(t0 + Duration::from_secs(60)).is_empty());
         assert!(!probes.ready("app"), "not ready before a verdict");
         let healthy = probes.record_verdict("app", true);
@@ -578,5 +586,21 @@ mod tests {
         }));
         // Still unhealthy at the next sync: no second kill.
         assert!(probes.record_verdict("app", false).is_empty());
+    }
+
+    #[test]
+    fn probes_nothing_runs_are_left_out_and_the_container_is_ready_when_running() {
+        let t0 = Instant::now();
+        let pod = pod(json!({"name": "app", "image": "x",
+            "readinessProbe": {"exec": {"command": ["true"]}},
+            "livenessProbe": {"grpc": {"port": 9000}}}));
+        // A provider that runs no exec probe (ACI, the mock): nothing is left to run.
+        let probes = PodProbes::new(&pod, t0, true, false);
+        assert!(probes.is_empty());
+        assert!(probes.ready("app"));
+        // One that does (Fargate): readiness waits for its verdict.
+        let probes = PodProbes::new(&pod, t0, true, true);
+        assert!(!probes.is_empty());
+        assert!(!probes.ready("app"));
     }
 }

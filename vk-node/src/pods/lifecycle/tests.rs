@@ -730,10 +730,14 @@ fn the_providers_health_check_verdict_drives_exec_probes() {
         status.containers[0].healthy = healthy;
         status
     };
-    let first = record.remote_status(&verdict(Some(true)), "10.1.1.1", clock.t(1), "t", true);
+    let fargate = Probing {
+        node_reaches_pod: true,
+        provider_exec: true,
+    };
+    let first = record.remote_status(&verdict(Some(true)), "10.1.1.1", clock.t(1), "t", fargate);
     assert_eq!(container_ready(&first), Some(true));
     // UNHEALTHY: the kubelet's Events and the object stopped to be launched again.
-    let sick = record.remote_status(&verdict(Some(false)), "10.1.1.1", clock.t(2), "t", true);
+    let sick = record.remote_status(&verdict(Some(false)), "10.1.1.1", clock.t(2), "t", fargate);
     assert!(sick.iter().any(|e| matches!(e,
         Effect::Event { reason: "Unhealthy", note, .. } if note.starts_with("Liveness probe failed"))));
     assert!(sick.contains(&Effect::Stop {
