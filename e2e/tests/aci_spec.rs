@@ -88,6 +88,9 @@ fn pods() -> Vec<Pod> {
                                   {"name": "conf", "mountPath": "/etc/app", "readOnly": true},
                                   {"name": "certs", "mountPath": "/certs"}]},
                 {"name": "sidecar", "image": "busybox", "args": ["sleep", "3600"],
+                 "livenessProbe": {"exec": {"command": ["cat", "/tmp/alive"]}, "periodSeconds": 5,
+                    "failureThreshold": 2},
+                 "readinessProbe": {"httpGet": {"port": 8080}},
                  "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}}
             ],
             "volumes": [
@@ -232,6 +235,17 @@ fn sizes_names_and_the_rest_of_the_group() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(init, ["migrate"]);
+    // Its exec liveness probe is ACI's to run; its HTTP readiness probe the node's.
+    let probe = sidecar.liveness_probe.as_ref().expect("a liveness probe");
+    assert_eq!(probe["exec"]["command"], json!(["cat", "/tmp/alive"]));
+    assert_eq!(
+        (
+            probe["periodSeconds"].clone(),
+            probe["failureThreshold"].clone()
+        ),
+        (json!(5), json!(2))
+    );
+    assert!(sidecar.readiness_probe.is_none());
     assert_eq!((request.size.vcpu, request.size.gb), (0.49, 1.8));
     assert_eq!(
         web.command.as_deref(),

@@ -67,16 +67,23 @@ pub fn limit(reason: Ineligible) -> String {
 
 /// Notes on the probes a burst pod would not have run on `provider`.
 fn probe_notes(pod: &Pod, provider: Provider) -> Vec<String> {
-    use crate::pods::probes::ProbeAction;
+    use crate::pods::probes::{ProbeAction, ProbeKind};
     crate::pods::probes::specs(pod)
         .into_iter()
         .filter_map(|spec| {
             let why = match spec.action {
                 ProbeAction::Unsupported(why) => why,
-                // Fargate runs them as ECS container health checks.
-                ProbeAction::Exec(_) if provider == Provider::Aci => {
-                    "exec probes are not carried to ACI yet".to_owned()
-                }
+                // Fargate runs them as ECS container health checks; ACI runs liveness
+                // probes itself (restarting the container in place).
+                ProbeAction::Exec(_) if provider == Provider::Aci => match spec.kind {
+                    ProbeKind::Liveness => return None,
+                    ProbeKind::Readiness => {
+                        "ACI runs it but does not report readiness, so the container is \
+                         ready when running"
+                            .to_owned()
+                    }
+                    ProbeKind::Startup => "ACI has no startup probes".to_owned(),
+                },
                 _ => return None,
             };
             Some(format!(
@@ -312,7 +319,7 @@ mod tests {
     fn probes_a_burst_pod_would_not_have_run_are_noted() {
         let pod = pod(serde_json::json!({
             "containers": [{"name": "app", "image": "nginx",
-                "readinessProbe": {"httpGet": {"port": 80}},
+                "readinessProbe": {"exec": {"command": ["ready"]}},
                 "livenessProbe": {"exec": {"command": ["true"]}}}]
         }));
         // (provider, probe notes expected): Fargate runs the exec probe as an ECS
@@ -327,12 +334,16 @@ mod tests {
                 .collect();
             assert_eq!(probes.len(), expected, "{provider}: {probes:?}");
             if let Some(note) = probes.first() {
-                assert!(note.starts_with("container app: its liveness probe is not run"));
+                assert!(
+                    note.starts_with("container app: its readiness probe is not run"),
+                    "{note}"
+                );
             }
         }
         let fargate = explain(&pod, Provider::Fargate, &PricingConfig::default()).unwrap();
         let check = &fargate.request.unwrap()["registerTaskDefinition"]["containerDefinitions"][0]
             ["healthCheck"];
+        // One health check per container: the liveness probe's.
         assert_eq!(check["command"], serde_json::json!(["CMD", "true"]));
         assert_eq!(check["retries"], 3);
     }

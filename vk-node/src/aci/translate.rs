@@ -406,6 +406,26 @@ fn volumes(
     Ok(out)
 }
 
+/// An `exec` probe as an ACI container probe, which ACI runs inside the container (a
+/// failed liveness probe restarts it in place). HTTP and TCP probes are the node's.
+fn exec_probe(probe: Option<&k8s_openapi::api::core::v1::Probe>) -> Option<serde_json::Value> {
+    let probe = probe?;
+    let command = probe.exec.as_ref()?.command.clone()?;
+    let mut out = serde_json::json!({"exec": {"command": command}});
+    for (key, value) in [
+        ("initialDelaySeconds", probe.initial_delay_seconds),
+        ("periodSeconds", probe.period_seconds),
+        ("failureThreshold", probe.failure_threshold),
+        ("successThreshold", probe.success_threshold),
+        ("timeoutSeconds", probe.timeout_seconds),
+    ] {
+        if let Some(value) = value {
+            out[key] = serde_json::json!(value);
+        }
+    }
+    Some(out)
+}
+
 fn mounts(container: &PodContainer, carried: &[Volume]) -> Option<Vec<VolumeMount>> {
     let mounts: Vec<VolumeMount> = container
         .volume_mounts
@@ -516,6 +536,8 @@ pub fn translate(
                 environment_variables: environment(pod, container, &context, lookup, &mut notes)?,
                 resources: ResourceRequirements { requests, limits },
                 volume_mounts: mounts(container, &carried),
+                liveness_probe: exec_probe(container.liveness_probe.as_ref()),
+                readiness_probe: exec_probe(container.readiness_probe.as_ref()),
                 ..ContainerProperties::default()
             },
         });
