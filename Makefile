@@ -4,7 +4,7 @@ SHELL := /bin/bash
 LOGS := target/test-logs
 CARGO_TEST_FLAGS ?=
 
-.PHONY: demo test build prerequisites testbed-up testbed-down bench criterion
+.PHONY: demo test build image prerequisites testbed-up testbed-down bench criterion
 
 prerequisites:
 	@e2e/lib/prerequisites.sh
@@ -33,6 +33,12 @@ test: prerequisites
 demo: prerequisites
 	cargo build -p spillway
 	e2e/demo
+
+## make image: the OCI image archive (target/image/spillway-<version>-<arch>.oci.tar) from a
+## release build, assembled without a container engine or a registry (deploy/image/build-oci).
+image: prerequisites
+	cargo build --release --locked -p spillway
+	deploy/image/build-oci --binary target/release/spillway
 
 testbed-up: prerequisites
 	e2e/testbed up

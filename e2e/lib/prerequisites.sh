@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need and the machine lacks: Debian packages
 # (openssl, curl, python3-venv, util-linux for setsid, prometheus for the promtool that
-# tests the chart's alerts, wrk for benchmarks). Go, Rust and
+# tests the chart's alerts, umoci, skopeo and runc for the image, wrk for benchmarks). Go, Rust and
 # Python themselves come with the machine; Go modules, crates and Python tools are fetched
 # by the build steps that use them.
 set -euo pipefail
@@ -11,6 +11,11 @@ command -v curl >/dev/null || missing+=(curl)
 command -v setsid >/dev/null || missing+=(util-linux)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v promtool >/dev/null || missing+=(prometheus)
+# The image: assembled by umoci, read by skopeo, run by runc in its test.
+command -v umoci >/dev/null || missing+=(umoci)
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v runc >/dev/null || missing+=(runc)
+[[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v wrk >/dev/null || missing+=(wrk)
 fi
