@@ -351,9 +351,13 @@ async fn run_node(provider: &'static str, pods: usize) -> anyhow::Result<NodeRun
         let endpoint = aws_env["SPILLWAY_AWS_ENDPOINT"].clone();
         let cluster = ns.name.clone();
         let created = std::process::Command::new(spillway_e2e::repo_root().join("e2e/.venv/bin/python"))
-            .args(["-c", &format!("import boto3; boto3.client('ecs', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').create_cluster(clusterName='{cluster}')")])
+            .args(["-c", &format!("import boto3; aws = dict(endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing'); boto3.client('ecs', **aws).create_cluster(clusterName='{cluster}'); boto3.client('logs', **aws).create_log_group(logGroupName='/spillway/{cluster}')")])
             .status()?;
-        anyhow::ensure!(created.success(), "cannot create the ECS cluster in moto");
+        anyhow::ensure!(
+            created.success(),
+            "cannot create the ECS cluster and log group in moto"
+        );
+        let log_group = format!("/spillway/{cluster}");
         args.extend(
             [
                 "--ecs-cluster",
@@ -364,6 +368,10 @@ async fn run_node(provider: &'static str, pods: usize) -> anyhow::Result<NodeRun
                 &aws_env["SPILLWAY_TESTBED_SECURITY_GROUP"],
                 "--aws-endpoint",
                 &endpoint,
+                "--log-group",
+                &log_group,
+                "--execution-role-arn",
+                "arn:aws:iam::123456789012:role/spillway-task-execution",
             ]
             .map(String::from),
         );

@@ -204,13 +204,17 @@ fn strip_innermost(text: &str, open: char, close: char) -> String {
     out
 }
 
-/// The PrometheusRule as `helm template` renders it with the default values.
+/// The PrometheusRule as `helm template` renders it with an EKS install's values (the
+/// defaults alone name no Fargate subnets and are refused).
 pub fn rendered_prometheus_rule() -> anyhow::Result<Value> {
     let chart = chart_dir().display().to_string();
+    let values = chart_dir().join("ci/eks-values.yaml").display().to_string();
     let rendered = helm(&[
         "template",
         "s",
         &chart,
+        "--values",
+        &values,
         "--set",
         "prometheusRule.enabled=true",
         "--show-only",

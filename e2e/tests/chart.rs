@@ -22,6 +22,17 @@ fn all_options() -> PathBuf {
     chart_dir().join("ci/all-options-values.yaml")
 }
 
+/// An EKS install's values (Fargate): the chart refuses the defaults alone, which name no
+/// subnets, security groups or execution role.
+fn eks() -> PathBuf {
+    chart_dir().join("ci/eks-values.yaml")
+}
+
+/// An AKS install's values (ACI).
+fn aks() -> PathBuf {
+    chart_dir().join("ci/aks-values.yaml")
+}
+
 fn values_file(dir: &Path, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, yaml)?;
@@ -134,16 +145,17 @@ fn assert_safe_webhook(docs: &[Value], release: &str, namespace: &str) -> anyhow
 #[ignore = "needs helm from the test bed's tools (e2e/testbed up)"]
 fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
     let chart = chart_dir().display().to_string();
-    helm(&["lint", "--strict", &chart])?;
-    helm(&[
-        "lint",
-        "--strict",
-        &chart,
-        "--values",
-        &all_options().display().to_string(),
-    ])?;
+    for values in [eks(), aks(), all_options()] {
+        helm(&[
+            "lint",
+            "--strict",
+            &chart,
+            "--values",
+            &values.display().to_string(),
+        ])?;
+    }
 
-    let docs = render("spillway", "spillway-system", &[])?;
+    let docs = render("spillway", "spillway-system", &[eks().as_path()])?;
     assert_safe_webhook(&docs, "spillway", "spillway-system")?;
     assert_restricted(&docs);
     assert_no_wildcard_rbac(&docs);
@@ -179,6 +191,45 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         args.contains("--leader-election-namespace=spillway-system"),
         "{args}"
     );
+    // The region EKS gives the pod (AWS_REGION) is not overridden unless one is set.
+    assert!(!args.contains("--aws-region"), "{args}");
+    assert!(
+        args.contains(
+            "--execution-role-arn=arn:aws:iam::123456789012:role/spillway-task-execution"
+        ),
+        "{args}"
+    );
+    let dir = tempfile::tempdir()?;
+    let region = values_file(
+        dir.path(),
+        "region.yaml",
+        "controller:\n  fargate:\n    region: eu-west-1\n",
+    )?;
+    let with_region = render("spillway", "spillway-system", &[eks().as_path(), &region])?;
+    let controller_with_region = find(&with_region, "Deployment", "spillway-controller")?;
+    assert!(
+        controller_with_region["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("--aws-region=eu-west-1")
+    );
+    // AKS: the ACI node alone, in the configured location and subnet, new pods to it.
+    let on_aks = render("spillway", "spillway-system", &[aks().as_path()])?;
+    let aks_args = find(&on_aks, "Deployment", "spillway-controller")?["spec"]["template"]["spec"]
+        ["containers"][0]["args"]
+        .to_string();
+    for flag in [
+        "--vk-provider=aci",
+        "--aci-location=westeurope",
+        "--aci-subnet-ids=/subscriptions/",
+    ] {
+        assert!(aks_args.contains(flag), "{flag} in {aks_args}");
+    }
+    assert!(!aks_args.contains("--ecs-cluster"), "{aks_args}");
+    let aks_config = find(&on_aks, "ConfigMap", "spillway-config")?["data"]["config.yaml"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(aks_config.contains("defaultProvider: aci"), "{aks_config}");
     // The virtual node's account may touch only pods bound to its own nodes.
     let policy = find(
         &docs,
@@ -252,9 +303,12 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
             Some(first + providers - 1)
         );
     }
-    let dir = tempfile::tempdir()?;
     let off = values_file(dir.path(), "off.yaml", "networkPolicy:\n  enabled: false\n")?;
-    let off = render("spillway", "spillway-system", &[off.as_path()])?;
+    let off = render(
+        "spillway",
+        "spillway-system",
+        &[eks().as_path(), off.as_path()],
+    )?;
     assert!(off.iter().all(|d| d["kind"] != "NetworkPolicy"));
 
     // The install notes warn loudly while every namespace may use the virtual nodes.
@@ -265,7 +319,11 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         let out = helm(&args)?;
         Ok(out[out.find("NOTES:").unwrap_or(0)..].to_owned())
     };
-    assert!(notes(&[])?.contains("WARNING: controller.allowedNamespaces is empty"));
+    let eks_values = eks().display().to_string();
+    assert!(
+        notes(&["--values", &eks_values])?
+            .contains("WARNING: controller.allowedNamespaces is empty")
+    );
     assert!(!notes(&["--values", &all])?.contains("WARNING"));
     let docs = render("spillway", "spillway-system", &[&all_options()])?;
     // With allowedNamespaces, Secrets and ConfigMaps are read in those namespaces only.
@@ -393,6 +451,62 @@ fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
             "/networkPolicy/apiserverCidrs/0",
         ),
     ];
+    // Refusals that span keys, on top of a valid EKS or AKS install: what the chart
+    // cannot run is refused at render time, naming the key.
+    let (eks_values, aks_values) = (eks().display().to_string(), aks().display().to_string());
+    let spanning = [
+        ("", "controller.fargate.executionRoleArn"),
+        (
+            "controller:\n  fargate:\n    executionRoleArn: ''\n",
+            "controller.fargate.executionRoleArn",
+        ),
+        (
+            "controller:\n  fargate:\n    subnets: []\n",
+            "controller.fargate.subnets",
+        ),
+        (
+            "controller:\n  fargate:\n    securityGroups: []\n",
+            "controller.fargate.securityGroups",
+        ),
+        // AKS with the default provider left at fargate: burst pods would pend for ever.
+        (
+            "config:\n  defaultProvider: fargate\n",
+            "config.defaultProvider: fargate is not in controller.providers (aci)",
+        ),
+        (
+            "config:\n  defaultProvider: fargate,aci\n",
+            "config.defaultProvider: fargate is not in controller.providers",
+        ),
+        (
+            "controller:\n  aci:\n    location: ''\n",
+            "controller.aci.location",
+        ),
+        (
+            "controller:\n  aci:\n    subnetIds: []\n",
+            "controller.aci.subnetIds",
+        ),
+    ];
+    for (i, (yaml, key)) in spanning.iter().enumerate() {
+        let base = if key.contains("fargate") && !key.starts_with("config") {
+            &eks_values
+        } else {
+            &aks_values
+        };
+        let mut args = vec!["template", "s", &chart];
+        if !yaml.is_empty() {
+            args.extend(["--values", base]);
+        }
+        let file = values_file(dir.path(), &format!("spanning-{i}.yaml"), yaml)?;
+        let file = file.display().to_string();
+        args.extend(["--values", &file]);
+        let output = helm_output(&args)?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "accepted: {yaml:?}");
+        assert!(
+            stderr.contains(key),
+            "{yaml}: the message does not name {key}: {stderr}"
+        );
+    }
     for (i, (yaml, key)) in cases.iter().enumerate() {
         let file = values_file(dir.path(), &format!("bad-{i}.yaml"), yaml)?;
         let output = helm_output(&[
@@ -582,11 +696,17 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
     ])?;
     // Everything both renders contain is accepted by the real apiserver's validation.
     let mut pods = Vec::new();
-    for values in [None, Some(all.as_str())] {
-        let mut args = vec!["template", "spillway-e2e", &chart, "--namespace", namespace];
-        if let Some(v) = values {
-            args.extend(["--values", v]);
-        }
+    let (eks_values, aks_values) = (eks().display().to_string(), aks().display().to_string());
+    for values in [eks_values.as_str(), aks_values.as_str(), all.as_str()] {
+        let args = [
+            "template",
+            "spillway-e2e",
+            &chart,
+            "--namespace",
+            namespace,
+            "--values",
+            values,
+        ];
         let rendered = helm(&args)?;
         let dir = tempfile::tempdir()?;
         let path = values_file(dir.path(), "rendered.yaml", &rendered)?;
@@ -635,7 +755,12 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
         "60s",
     ];
     install.extend(scale_to_zero);
-    install.extend(["--set", "controller.providers={fargate,mock}"]);
+    install.extend([
+        "--values",
+        &eks_values,
+        "--set",
+        "controller.providers={fargate,mock}",
+    ]);
     helm(&install)?;
     let ca = |_: ()| -> anyhow::Result<(String, String)> {
         let secret = kubectl(&[
@@ -682,6 +807,8 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
     ];
     upgrade.extend(scale_to_zero);
     upgrade.extend([
+        "--values",
+        &eks_values,
         "--set",
         "controller.providers={fargate,mock}",
         "--set-json",

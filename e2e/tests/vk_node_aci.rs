@@ -433,3 +433,93 @@ async fn acis_quota_and_unavailable_answers_mark_the_pod_refused_not_failed() ->
     assert!(groups.values().all(|g| g.len() == 1), "one group per pod");
     Ok(())
 }
+
+/// Whether `node` carries the provider-degraded taint.
+async fn degraded_taint(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    Ok(nodes
+        .get(node)
+        .await?
+        .spec
+        .and_then(|spec| spec.taints)
+        .unwrap_or_default()
+        .iter()
+        .any(|taint| taint.key == "spillway.io/provider-degraded"))
+}
+
+/// An ACI node without credentials says so in one line at start and stays tainted
+/// provider-degraded (no endless 403s on pod creates); with a token ARM refuses it names
+/// the refusal; once the token is right the next check finds it ready and the taint goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn an_aci_node_without_credentials_says_so_once_and_stays_tainted_until_they_work()
+-> anyhow::Result<()> {
+    let fx = AciFixture::new("e2e-aci-setup").await?;
+    let token_file = fx.args[fx
+        .args
+        .iter()
+        .position(|a| a == "--azure-token-file")
+        .unwrap()
+        + 1]
+    .clone();
+    std::fs::remove_file(&token_file)?;
+    let admin_port: u16 = fx.args[fx.args.iter().position(|a| a == "--admin-addr").unwrap() + 1]
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse()?;
+    let log = format!("vk-{}", fx.node.ns.name);
+    let _node = fx.start_node()?;
+    let series = format!(
+        "spillway_provider_ready{{node=\"{}\",provider=\"aci\"}}",
+        fx.node.node_name
+    );
+    let ready = || -> Option<f64> {
+        spillway_e2e::metrics_text(admin_port)
+            .ok()
+            .and_then(|m| spillway_e2e::sample(&m, &series))
+    };
+    wait_until(
+        "the set-up check's verdict",
+        Duration::from_secs(60),
+        || {
+            let verdict = ready();
+            async move { Ok(verdict == Some(0.0)) }
+        },
+    )
+    .await?;
+    let text = std::fs::read_to_string(spillway_e2e::log_path(&log))?;
+    assert_eq!(
+        text.matches("no Azure credentials").count(),
+        1,
+        "one line for the missing credentials: {text}"
+    );
+    assert!(text.contains(&token_file), "{text}");
+    wait_until(
+        "the provider-degraded taint",
+        Duration::from_secs(30),
+        || degraded_taint(&fx.node.client, &fx.node.node_name),
+    )
+    .await?;
+
+    // A token ARM refuses: the next check names the refusal.
+    std::fs::write(&token_file, "a-token-arm-refuses")?;
+    wait_until("the refusal logged", Duration::from_secs(75), || async {
+        Ok(std::fs::read_to_string(spillway_e2e::log_path(&log))?
+            .contains("Azure refused the node's identity on resource group spillway-e2e"))
+    })
+    .await?;
+    assert_eq!(ready(), Some(0.0));
+
+    std::fs::write(&token_file, TOKEN)?;
+    wait_until("the set-up ready", Duration::from_secs(75), || {
+        let verdict = ready();
+        async move { Ok(verdict == Some(1.0)) }
+    })
+    .await?;
+    wait_until("the taint gone", Duration::from_secs(30), || async {
+        Ok(!degraded_taint(&fx.node.client, &fx.node.node_name).await?)
+    })
+    .await?;
+    Ok(())
+}

@@ -60,6 +60,8 @@ fn fargate_node(aws: &Aws, node: &str, cluster: &str) -> anyhow::Result<Vec<Stri
             &aws.endpoint,
             "--log-group",
             &format!("/spillway/{cluster}"),
+            "--execution-role-arn",
+            "arn:aws:iam::123456789012:role/spillway-task-execution",
         ]
         .map(String::from),
     );
@@ -1700,4 +1702,103 @@ async fn phase_is_running(pods: &Api<Pod>, name: &str) -> anyhow::Result<bool> {
         .and_then(|s| s.phase)
         .as_deref()
         == Some("Running"))
+}
+
+/// Whether `node` carries the provider-degraded taint.
+async fn degraded_taint(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    Ok(nodes
+        .get(node)
+        .await?
+        .spec
+        .and_then(|spec| spec.taints)
+        .unwrap_or_default()
+        .iter()
+        .any(|taint| taint.key == "spillway.io/provider-degraded"))
+}
+
+/// The node checks its set-up at start, in the region the SDK's chain gives (no
+/// `--aws-region`: `AWS_REGION`, as EKS sets it): a missing ECS cluster and log group are
+/// each logged as one sentence, `spillway_provider_ready` is 0 and the node stays tainted
+/// provider-degraded although its calls answer; once the operator creates both, the next
+/// check finds it ready, the taint goes and a pod runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_node_whose_cluster_and_log_group_are_missing_says_so_and_stays_tainted_until_they_exist()
+-> anyhow::Result<()> {
+    let node = NodeFixture::new("e2e-setup", "fargate").await?;
+    let aws = aws().await?;
+    let cluster = node.ns.name.clone();
+    let args = fargate_node(&aws, &node.node_name, &cluster)?;
+    assert!(!args.iter().any(|a| a == "--aws-region"));
+    let admin_port: u16 = args[args.iter().position(|a| a == "--admin-addr").unwrap() + 1]
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse()?;
+    let log = format!("vk-{cluster}");
+    let _process = SpillwayProcess::start(&args, &log, &AWS_ENV)?;
+    let ready_series = format!(
+        "spillway_provider_ready{{node=\"{}\",provider=\"fargate\"}}",
+        node.node_name
+    );
+    let ready = || -> Option<f64> {
+        spillway_e2e::metrics_text(admin_port)
+            .ok()
+            .and_then(|m| spillway_e2e::sample(&m, &ready_series))
+    };
+    wait_until(
+        "the set-up check's verdict",
+        Duration::from_secs(60),
+        || {
+            let verdict = ready();
+            async move { Ok(verdict == Some(0.0)) }
+        },
+    )
+    .await?;
+    let text = std::fs::read_to_string(spillway_e2e::log_path(&log))?;
+    for sentence in [
+        format!("ECS cluster {cluster} not found in us-east-1"),
+        format!("CloudWatch Logs group /spillway/{cluster} not found in us-east-1"),
+    ] {
+        assert!(text.contains(&sentence), "{sentence} not logged: {text}");
+    }
+    assert!(
+        !text.contains("no task execution role") && !text.contains("no AWS credentials"),
+        "{text}"
+    );
+    wait_until(
+        "the provider-degraded taint",
+        Duration::from_secs(30),
+        || degraded_taint(&node.client, &node.node_name),
+    )
+    .await?;
+
+    aws.ecs
+        .create_cluster()
+        .cluster_name(&cluster)
+        .send()
+        .await?;
+    aws.logs
+        .create_log_group()
+        .log_group_name(format!("/spillway/{cluster}"))
+        .send()
+        .await?;
+    wait_until("the set-up ready", Duration::from_secs(75), || {
+        let verdict = ready();
+        async move { Ok(verdict == Some(1.0)) }
+    })
+    .await?;
+    wait_until("the taint gone", Duration::from_secs(30), || async {
+        Ok(!degraded_taint(&node.client, &node.node_name).await?)
+    })
+    .await?;
+    let pods = node.pods();
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("after-setup", &node.node_name, json!({}))?,
+    )
+    .await?;
+    wait_running(&pods, "after-setup", Duration::from_secs(60)).await?;
+    Ok(())
 }

@@ -17,8 +17,12 @@ pub struct NodeMetrics {
     pub durations: HistogramVec,
     /// `spillway_vk_pods`: pods bound to the node and tracked.
     pub pods: IntGauge,
-    /// `spillway_vk_provider_degraded`: 1 while the degraded taint is on.
-    pub degraded: IntGauge,
+    /// `spillway_vk_provider_degraded{node,provider}`: 1 while the node's degraded taint
+    /// is on (one series per embedded node, so one recovering never clears another).
+    pub degraded: IntGaugeVec,
+    /// `spillway_provider_ready{node,provider}`: 1 once the provider's set-up check found
+    /// nothing wrong (credentials, the cluster, the log group, …); 0 while it did.
+    pub ready: IntGaugeVec,
     /// `spillway_provider_errors_total{provider,class}`: failed provider calls by class
     /// (`unavailable`, `throttled`, `transient`, `invalid`, `not-found`).
     pub errors: IntCounterVec,
@@ -57,9 +61,19 @@ impl NodeMetrics {
                 &["provider", "op"],
             )?,
             pods: IntGauge::new("spillway_vk_pods", "Pods bound to the virtual node")?,
-            degraded: IntGauge::new(
-                "spillway_vk_provider_degraded",
-                "1 while the provider-degraded taint is set",
+            degraded: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_vk_provider_degraded",
+                    "1 while the node carries the provider-degraded taint (calls failing, or its set-up not ready)",
+                ),
+                &["node", "provider"],
+            )?,
+            ready: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_provider_ready",
+                    "1 once the provider's set-up check found nothing wrong (credentials, cluster, log group, resource group); 0 while it finds a problem (logged, one sentence each)",
+                ),
+                &["node", "provider"],
             )?,
             errors: IntCounterVec::new(
                 Opts::new(
@@ -81,6 +95,7 @@ impl NodeMetrics {
         registry.register(Box::new(metrics.durations.clone()))?;
         registry.register(Box::new(metrics.pods.clone()))?;
         registry.register(Box::new(metrics.degraded.clone()))?;
+        registry.register(Box::new(metrics.ready.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;
         registry.register(Box::new(metrics.up.clone()))?;
         Ok(metrics)

@@ -221,6 +221,13 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// What keeps the provider from running pods (no credentials, a missing cluster or
+    /// log group, …), one sentence each for the operator; empty when it is ready. The node
+    /// asks at start and again until it is ready, and stays tainted meanwhile.
+    fn setup_problems(&self) -> impl Future<Output = Vec<String>> + Send {
+        async { Vec::new() }
+    }
+
     /// Starts `pod` with the ConfigMaps and Secrets it names, which the node fetched
     /// (the provider fetches nothing itself). Must be idempotent for the same pod UID.
     fn create(

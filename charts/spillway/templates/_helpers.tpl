@@ -88,3 +88,42 @@ topologySpreadConstraints:
     matchLabels:
       {{- include "spillway.selector" . | nindent 6 }}
 {{- end -}}
+
+{{/* Render-time checks the schema cannot express (they span keys); each names the key
+at fault and what to do. Included by the controller's template. */}}
+{{- define "spillway.validate" -}}
+{{- $c := .Values.controller -}}
+{{- if $c.providers -}}
+{{- $default := toString .Values.config.defaultProvider -}}
+{{- if eq $default "auto" -}}
+{{- if not (or (has "fargate" $c.providers) (has "aci" $c.providers)) -}}
+{{- fail "config.defaultProvider: auto picks among fargate and aci, and controller.providers runs neither" -}}
+{{- end -}}
+{{- else -}}
+{{- range splitList "," $default -}}
+{{- if not (has . $c.providers) -}}
+{{- fail (printf "config.defaultProvider: %s is not in controller.providers (%s): burst pods would wait for a virtual node that never comes; add it to controller.providers or name one that is there" . (join ", " $c.providers)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if has "fargate" $c.providers -}}
+{{- if not $c.fargate.executionRoleArn -}}
+{{- fail "controller.fargate.executionRoleArn: required when controller.providers includes fargate (the task execution role Fargate sends container output to CloudWatch Logs and reads secrets with; docs/eks.md)" -}}
+{{- end -}}
+{{- if not $c.fargate.subnets -}}
+{{- fail "controller.fargate.subnets: at least one subnet id is required when controller.providers includes fargate (the subnets burst tasks get their ENIs in; docs/eks.md)" -}}
+{{- end -}}
+{{- if not $c.fargate.securityGroups -}}
+{{- fail "controller.fargate.securityGroups: at least one security group id is required when controller.providers includes fargate (it must let the cluster reach the pods; docs/eks.md)" -}}
+{{- end -}}
+{{- end -}}
+{{- if has "aci" $c.providers -}}
+{{- if not $c.aci.location -}}
+{{- fail "controller.aci.location: required when controller.providers includes aci (the Azure region of the container groups, the AKS cluster's own; docs/aks.md)" -}}
+{{- end -}}
+{{- if not $c.aci.subnetIds -}}
+{{- fail "controller.aci.subnetIds: at least one subnet id is required when controller.providers includes aci (a subnet delegated to Microsoft.ContainerInstance/containerGroups in the cluster's VNet; docs/aks.md)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

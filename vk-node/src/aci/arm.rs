@@ -50,6 +50,9 @@ pub trait ArmApi: Send + Sync + 'static {
         container: &str,
         tail: Option<usize>,
     ) -> impl Future<Output = Result<String, ProviderError>> + Send;
+    /// What keeps the node from running groups, one sentence each: no token, the
+    /// resource group missing or closed to the node's identity. Empty when ready.
+    fn setup_problems(&self, location: &str) -> impl Future<Output = Vec<String>> + Send;
 }
 
 /// Everything but unreserved characters (RFC 3986) is escaped in a path segment, so a
@@ -387,6 +390,40 @@ impl<T: TokenSource> ArmApi for ArmClient<T> {
             Ok(answer) => parse(&answer.body, "container group").map(Some),
             Err(ProviderError::NotFound(_)) => Ok(None),
             Err(error) => Err(error),
+        }
+    }
+
+    async fn setup_problems(&self, location: &str) -> Vec<String> {
+        if let Err(error) = self.tokens.bearer().await {
+            return vec![format!(
+                "no Azure credentials: {error} (AKS: give the controller's ServiceAccount a \
+                 workload identity, credentials.azure.workloadIdentityClientId; docs/aks.md)"
+            )];
+        }
+        let (group, subscription) = (&self.resource_group, &self.subscription_id);
+        // One page of the groups: it needs the token, the resource group and the right to
+        // read it, as every later call does.
+        let url = format!("{}?api-version={API_VERSION}", self.groups_url());
+        match self.call(Method::GET, &url, None).await {
+            Ok(_) => Vec::new(),
+            Err(ProviderError::NotFound(detail)) => vec![format!(
+                "resource group {group} not found in subscription {subscription}: create it \
+                 (az group create --name {group} --location {location}) or set \
+                 --aci-resource-group ({detail})"
+            )],
+            Err(error)
+                if ["ARM answered 401", "ARM answered 403"]
+                    .iter()
+                    .any(|refusal| error.to_string().contains(refusal)) =>
+            {
+                vec![format!(
+                    "Azure refused the node's identity on resource group {group}: {error} (grant \
+                 it Contributor on the resource group; docs/aks.md)"
+                )]
+            }
+            Err(error) => vec![format!(
+                "cannot list the container groups of resource group {group}: {error}"
+            )],
         }
     }
 

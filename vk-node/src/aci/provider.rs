@@ -38,8 +38,9 @@ pub struct AciArgs {
     /// Azure region of the groups.
     #[arg(long, default_value = "westeurope", env = "SPILLWAY_ACI_LOCATION")]
     pub aci_location: String,
-    /// Subnet resource ids (delegated to ACI) the groups join, comma-separated; without
-    /// them groups get a public IP.
+    /// Subnet resource ids (delegated to Microsoft.ContainerInstance/containerGroups) the
+    /// groups join, comma-separated. Required to run pods: without them a group gets no
+    /// address in the cluster's network (none public either), so the node stays tainted.
     #[arg(long, value_delimiter = ',', env = "SPILLWAY_ACI_SUBNET_IDS")]
     pub aci_subnet_ids: Vec<String>,
     /// Container group creates allowed per `--aci-create-quota-seconds` (ACI's regional
@@ -258,6 +259,20 @@ impl<A: ArmApi> Provider for AciProvider<A> {
         "aci"
     }
 
+    async fn setup_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.settings.subnet_ids.is_empty() {
+            problems.push(
+                "no --aci-subnet-ids: a container group needs a subnet delegated to \
+                 Microsoft.ContainerInstance/containerGroups in the cluster's VNet to get an \
+                 address pods and Services can reach (docs/aks.md)"
+                    .to_owned(),
+            );
+        }
+        problems.extend(self.api.setup_problems(&self.settings.location).await);
+        problems
+    }
+
     async fn create(&self, pod: &Pod, objects: &PodObjects) -> Result<(), ProviderError> {
         let uid = pod_uid(pod)?;
         let meta = &pod.metadata;
@@ -403,6 +418,9 @@ mod tests {
     }
 
     impl ArmApi for FakeArm {
+        async fn setup_problems(&self, _location: &str) -> Vec<String> {
+            Vec::new()
+        }
         async fn put_group(
             &self,
             name: &str,

@@ -8,12 +8,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::config::ProvideCredentials;
+use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types as ecs;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 
 use super::ecs_json::{self, RegisterTaskDefinition, RunTask};
+use super::setup_check::{self, SetupTarget};
 use crate::metrics::NodeMetrics;
 use crate::provider::{LogLine, ProviderError};
 
@@ -158,6 +160,9 @@ pub trait EcsApi: Send + Sync + 'static {
         cluster: &str,
         containers: &[ContainerMetricKey],
     ) -> impl Future<Output = Result<Vec<ContainerMetrics>, ProviderError>> + Send;
+    /// What keeps the node from running pods in `target`, one sentence each (see
+    /// [`setup_check`](super::setup_check)); empty when it is ready.
+    fn setup_problems(&self, target: &SetupTarget) -> impl Future<Output = Vec<String>> + Send;
 }
 
 /// What one `GetLogEvents` call asks.
@@ -248,6 +253,8 @@ impl Limits {
 /// The real thing.
 #[derive(Clone)]
 pub struct AwsApi {
+    credentials: Option<aws_sdk_ecs::config::SharedCredentialsProvider>,
+    sts: aws_sdk_sts::Client,
     ecs: aws_sdk_ecs::Client,
     secrets: aws_sdk_secretsmanager::Client,
     logs: aws_sdk_cloudwatchlogs::Client,
@@ -256,7 +263,7 @@ pub struct AwsApi {
     metrics: NodeMetrics,
 }
 
-fn map_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     error: SdkError<E, R>,
 ) -> ProviderError {
     match &error {
@@ -285,7 +292,29 @@ fn map_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
                 _ => ProviderError::Transient(message),
             }
         }
-        other => ProviderError::Transient(format!("{other:?}").chars().take(300).collect()),
+        // The error and its sources as one sentence (a timeout, a refused connection, no
+        // credentials), never the SDK's Debug dump.
+        other => ProviderError::Transient(DisplayErrorContext(other).to_string()),
+    }
+}
+
+/// An SDK error as a sentence: the service's code and message, or the error and its
+/// sources (a timeout, a refused connection), never a Debug dump.
+fn aws_error_sentence<E, R>(error: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match error {
+        SdkError::ServiceError(service) => {
+            let inner = service.err();
+            format!(
+                "{}: {}",
+                inner.code().unwrap_or("Unknown"),
+                inner.message().unwrap_or("no message")
+            )
+        }
+        other => DisplayErrorContext(other).to_string(),
     }
 }
 
@@ -314,6 +343,8 @@ impl AwsApi {
         }
         let config = loader.load().await;
         Self {
+            credentials: config.credentials_provider(),
+            sts: aws_sdk_sts::Client::new(&config),
             ecs: aws_sdk_ecs::Client::new(&config),
             secrets: aws_sdk_secretsmanager::Client::new(&config),
             logs: aws_sdk_cloudwatchlogs::Client::new(&config),
@@ -911,6 +942,87 @@ impl EcsApi for AwsApi {
             }
         }
         Ok(found)
+    }
+
+    async fn setup_problems(&self, target: &SetupTarget) -> Vec<String> {
+        let mut problems: Vec<String> = setup_check::execution_role_problem(target)
+            .into_iter()
+            .collect();
+        let Some(credentials) = &self.credentials else {
+            problems.push("no AWS credentials: the SDK found no credentials provider".into());
+            return problems;
+        };
+        if let Err(error) = credentials.provide_credentials().await {
+            problems.push(format!(
+                "no AWS credentials: {} (EKS: annotate the controller's ServiceAccount with \
+                 eks.amazonaws.com/role-arn, or give it a Pod Identity association)",
+                DisplayErrorContext(&error)
+            ));
+            return problems;
+        }
+        let region = &target.region;
+        match self.sts.get_caller_identity().send().await {
+            Ok(identity) => tracing::info!(
+                arn = identity.arn().unwrap_or("unknown"),
+                region = %region,
+                "AWS identity"
+            ),
+            Err(error) => {
+                problems.push(format!(
+                    "AWS refused the node's credentials in {region}: {}",
+                    aws_error_sentence(&error)
+                ));
+                return problems;
+            }
+        }
+        let cluster = self
+            .ecs
+            .describe_clusters()
+            .clusters(&target.cluster)
+            .send()
+            .await;
+        match cluster {
+            Ok(out) => {
+                let answer = match (out.clusters().first(), out.failures().first()) {
+                    (Some(found), _) => setup_check::ClusterAnswer::Found(
+                        found.status().unwrap_or("UNKNOWN").to_owned(),
+                    ),
+                    (None, Some(failure)) => setup_check::ClusterAnswer::Failed(
+                        failure.reason().unwrap_or("MISSING").to_owned(),
+                    ),
+                    (None, None) => setup_check::ClusterAnswer::Failed("MISSING".into()),
+                };
+                problems.extend(setup_check::cluster_problem(target, &answer));
+            }
+            Err(error) => problems.push(format!(
+                "cannot describe ECS cluster {} in {region}: {}",
+                target.cluster,
+                aws_error_sentence(&error)
+            )),
+        }
+        let groups = self
+            .logs
+            .describe_log_groups()
+            .log_group_name_prefix(&target.log_group)
+            .limit(50)
+            .send()
+            .await;
+        match groups {
+            Ok(out) => {
+                let listed: Vec<String> = out
+                    .log_groups()
+                    .iter()
+                    .filter_map(|g| g.log_group_name().map(str::to_owned))
+                    .collect();
+                problems.extend(setup_check::log_group_problem(target, &listed));
+            }
+            Err(error) => problems.push(format!(
+                "cannot describe CloudWatch Logs group {} in {region}: {}",
+                target.log_group,
+                aws_error_sentence(&error)
+            )),
+        }
+        problems
     }
 }
 

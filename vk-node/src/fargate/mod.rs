@@ -4,6 +4,8 @@
 pub mod aws;
 pub mod ecs_json;
 pub mod provider;
+pub mod region;
+pub mod setup_check;
 pub mod translate;
 
 /// Tag carrying the pod UID on every task (crash-safe adoption keys on it).

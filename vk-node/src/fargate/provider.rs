@@ -15,6 +15,8 @@ use spillway_common::quantity;
 use super::aws::{
     AwsApi, ContainerMetricKey, ContainerMetrics, EcsApi, LogPageQuery, TaskInfo, task_id_of,
 };
+use super::region;
+use super::setup_check::SetupTarget;
 use super::translate::{self, FargateSettings};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::metrics::NodeMetrics;
@@ -143,9 +145,10 @@ pub struct FargateArgs {
     /// CloudWatch Logs group for container output.
     #[arg(long, default_value = "/spillway/pods", env = "SPILLWAY_LOG_GROUP")]
     pub log_group: String,
-    /// AWS region.
-    #[arg(long, default_value = "us-east-1", env = "AWS_REGION")]
-    pub aws_region: String,
+    /// AWS region. Unset: the SDK's chain decides (`AWS_REGION`, `AWS_DEFAULT_REGION`,
+    /// the profile, then the instance metadata), as EKS sets it for IRSA and Pod Identity.
+    #[arg(long)]
+    pub aws_region: Option<String>,
     /// Override of the AWS endpoint (a local test endpoint); unset in production.
     #[arg(long, env = "SPILLWAY_AWS_ENDPOINT")]
     pub aws_endpoint: Option<String>,
@@ -185,8 +188,9 @@ impl FargateProvider<AwsApi> {
         cluster_id: &str,
         metrics: NodeMetrics,
     ) -> Result<Self, String> {
-        let settings = settings_from_args(args, node_name, cluster_id)?;
-        let api = AwsApi::new(&args.aws_region, args.aws_endpoint.as_deref(), metrics).await;
+        let region = region::resolve(args.aws_region.as_deref()).await?;
+        let settings = settings_from_args(args, &region, node_name, cluster_id)?;
+        let api = AwsApi::new(&region, args.aws_endpoint.as_deref(), metrics).await;
         Ok(Self::new(api, settings))
     }
 }
@@ -209,6 +213,7 @@ fn cluster_id(value: &str) -> Result<String, String> {
 /// Validated settings from flags and the resolved cluster id; errors name the flag.
 pub fn settings_from_args(
     args: &FargateArgs,
+    region: &str,
     node_name: &str,
     cluster_id: &str,
 ) -> Result<FargateSettings, String> {
@@ -230,7 +235,7 @@ pub fn settings_from_args(
         execution_role_arn: args.execution_role_arn.clone(),
         task_role_arn: args.task_role_arn.clone(),
         log_group: args.log_group.clone(),
-        region: args.aws_region.clone(),
+        region: region.to_owned(),
         node_name: node_name.to_owned(),
         cluster_id: cluster_id.to_owned(),
         default_cpu_millis,
@@ -453,6 +458,16 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
     /// A pod's `exec` probe becomes its container's ECS health check.
     fn runs_exec_probes(&self) -> bool {
         true
+    }
+
+    async fn setup_problems(&self) -> Vec<String> {
+        let target = SetupTarget {
+            cluster: self.settings.cluster.clone(),
+            log_group: self.settings.log_group.clone(),
+            region: self.settings.region.clone(),
+            has_execution_role: self.settings.execution_role_arn.is_some(),
+        };
+        self.api.setup_problems(&target).await
     }
 
     async fn create(&self, pod: &Pod, objects: &PodObjects) -> Result<(), ProviderError> {
@@ -775,6 +790,11 @@ mod tests {
     }
 
     impl EcsApi for FakeEcs {
+        async fn setup_problems(&self, target: &SetupTarget) -> Vec<String> {
+            crate::fargate::setup_check::execution_role_problem(target)
+                .into_iter()
+                .collect()
+        }
         async fn register_task_definition(
             &self,
             request: &RegisterTaskDefinition,

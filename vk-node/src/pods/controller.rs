@@ -294,12 +294,57 @@ impl<P: Provider> PodController<P> {
         match node::set_degraded(&self.client, &self.node, degraded).await {
             Ok(changed) => {
                 self.health.taint_set(degraded);
-                self.metrics.degraded.set(i64::from(degraded));
+                self.metrics
+                    .degraded
+                    .with_label_values(&[&self.node.name, self.provider.name()])
+                    .set(i64::from(degraded));
                 if changed {
                     tracing::warn!(degraded, node = %self.node.name, "provider-degraded taint changed");
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot change the provider-degraded taint"),
+        }
+    }
+
+    /// Asks the provider what keeps it from running pods, within [`SETUP_CHECK_TIMEOUT`];
+    /// a check that does not answer is a problem of its own.
+    async fn check_setup(provider: Arc<P>) -> Vec<String> {
+        tokio::time::timeout(SETUP_CHECK_TIMEOUT, provider.setup_problems())
+            .await
+            .unwrap_or_else(|_| {
+                vec![format!(
+                    "the {} set-up check did not answer within {} s",
+                    provider.name(),
+                    SETUP_CHECK_TIMEOUT.as_secs()
+                )]
+            })
+    }
+
+    /// Records a set-up check: each problem logged as its sentence (when the set changes),
+    /// `spillway_provider_ready`, and the degraded taint kept on while any remains.
+    async fn record_setup(&mut self, problems: Vec<String>, last: &mut Option<Vec<String>>) {
+        let ready = problems.is_empty();
+        if last.as_ref() != Some(&problems) {
+            for problem in &problems {
+                tracing::error!(node = %self.node.name, provider = self.provider.name(), "{problem}");
+            }
+            if ready {
+                tracing::info!(node = %self.node.name, provider = self.provider.name(), "provider set-up ready");
+            } else {
+                tracing::warn!(
+                    node = %self.node.name,
+                    retry_seconds = SETUP_RECHECK_INTERVAL.as_secs(),
+                    "the node stays tainted provider-degraded until its set-up is ready"
+                );
+            }
+        }
+        *last = Some(problems);
+        self.metrics
+            .ready
+            .with_label_values(&[&self.node.name, self.provider.name()])
+            .set(i64::from(ready));
+        if let Some(degraded) = self.health.setup_checked(ready) {
+            self.set_degraded(degraded).await;
         }
     }
 
@@ -374,11 +419,33 @@ impl<P: Provider> PodController<P> {
         let mut syncs = self.synced_rx.take().expect("run is called once");
         let mut probe_runs = self.probed_rx.take().expect("run is called once");
         // A replica taking over starts from its own view of the provider: a degraded
-        // taint the previous leader left is removed until this one sees failures itself.
-        self.set_degraded(false).await;
+        // taint the previous leader left is removed unless its set-up check finds a
+        // problem, checked before the first pod is created and again until it is ready.
+        let mut last_setup = None;
+        let problems = Self::check_setup(self.provider.clone()).await;
+        let mut setup_ready = problems.is_empty();
+        self.record_setup(problems, &mut last_setup).await;
+        if setup_ready {
+            self.set_degraded(false).await;
+        }
+        let mut setup_recheck = tokio::time::interval_at(
+            tokio::time::Instant::now() + SETUP_RECHECK_INTERVAL,
+            SETUP_RECHECK_INTERVAL,
+        );
+        let (setup_tx, mut setup_rx) = tokio::sync::mpsc::channel::<Vec<String>>(1);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = setup_recheck.tick(), if !setup_ready => {
+                    let (provider, tx) = (self.provider.clone(), setup_tx.clone());
+                    tokio::spawn(async move {
+                        let _ = tx.try_send(Self::check_setup(provider).await);
+                    });
+                }
+                Some(problems) = setup_rx.recv() => {
+                    setup_ready = problems.is_empty();
+                    self.record_setup(problems, &mut last_setup).await;
+                }
                 Some(outcome) = outcomes.recv() => self.record_create(outcome).await,
                 Some(outcome) = stops.recv() => self.record_stop(outcome).await,
                 Some(outcome) = syncs.recv() => self.record_sync(outcome).await,
@@ -1203,6 +1270,10 @@ pub const FRESH_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Probe runs in flight at once.
 const PROBE_CONCURRENCY: usize = 64;
+/// The longest the provider's set-up check may take.
+const SETUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a set-up that was not ready is checked again.
+const SETUP_RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Status patches in flight at once during a sync.
 const STATUS_WRITE_CONCURRENCY: usize = 16;

@@ -5,12 +5,16 @@
 
 use crate::provider::ProviderError;
 
-/// The provider's health as the node sees it.
+/// The provider's health as the node sees it: the taint is wanted while calls keep
+/// failing or while the provider's set-up is not ready (no credentials, a missing
+/// cluster, …).
 #[derive(Clone, Copy, Debug)]
 pub struct ProviderHealth {
     consecutive_failures: u32,
-    degraded: bool,
     degraded_after: u32,
+    setup_ready: bool,
+    /// Whether the taint is set.
+    degraded: bool,
 }
 
 impl ProviderHealth {
@@ -18,8 +22,9 @@ impl ProviderHealth {
     pub fn new(degraded_after: u32) -> Self {
         Self {
             consecutive_failures: 0,
-            degraded: false,
             degraded_after,
+            setup_ready: true,
+            degraded: false,
         }
     }
 
@@ -32,15 +37,31 @@ impl ProviderHealth {
         )
     }
 
+    fn wanted(&self) -> bool {
+        !self.setup_ready || self.consecutive_failures >= self.degraded_after
+    }
+
+    fn change(&self) -> Option<bool> {
+        (self.wanted() != self.degraded).then_some(self.wanted())
+    }
+
     /// Counts one call; `Some(taint)` when the taint should change: off at the first
-    /// answer while degraded, on at the `degraded_after`th failure in a row.
+    /// answer while degraded (unless the set-up is not ready), on at the
+    /// `degraded_after`th failure in a row.
     pub fn observe(&mut self, answered: bool) -> Option<bool> {
         if answered {
             self.consecutive_failures = 0;
-            return self.degraded.then_some(false);
+        } else {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         }
-        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        (!self.degraded && self.consecutive_failures >= self.degraded_after).then_some(true)
+        self.change()
+    }
+
+    /// Records a set-up check; `Some(taint)` when the taint should change: on while the
+    /// set-up is not ready, off once it is (unless calls keep failing).
+    pub fn setup_checked(&mut self, ready: bool) -> Option<bool> {
+        self.setup_ready = ready;
+        self.change()
     }
 
     /// The taint is now `degraded` (a change that failed to land is asked for again by
@@ -92,6 +113,23 @@ mod tests {
         assert_eq!(health.observe(false), Some(true));
         health.taint_set(true);
         assert_eq!(health.observe(false), None);
+    }
+
+    #[test]
+    fn the_taint_stays_on_until_the_set_up_is_ready_whatever_calls_answer() {
+        let mut health = ProviderHealth::new(3);
+        assert_eq!(health.setup_checked(false), Some(true));
+        health.taint_set(true);
+        // Calls that answer do not lift it while the set-up is not ready.
+        assert_eq!(health.observe(true), None);
+        assert_eq!(health.setup_checked(false), None);
+        assert_eq!(health.setup_checked(true), Some(false));
+        health.taint_set(false);
+        // Ready again but failing: the failures keep their own rule.
+        for _ in 0..2 {
+            assert_eq!(health.observe(false), None);
+        }
+        assert_eq!(health.observe(false), Some(true));
     }
 
     #[test]
