@@ -343,10 +343,26 @@ impl PricingConfig {
     }
 }
 
+/// Whether Spillway acts on its decisions.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Decide and act: the webhook places pods, the controller moves them.
+    #[default]
+    Enforce,
+    /// Decide and record only: the webhook annotates a pod it would burst
+    /// (`spillway.io/would-burst`) and counts the decision, but places nothing; the
+    /// controller plans and counts what it would do (`spillway_shadow_actions_total`) but
+    /// changes nothing. For watching Spillway before turning it on.
+    Shadow,
+}
+
 /// The whole operator config.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct OperatorConfig {
+    /// `enforce` (the default) or `shadow`: decide and record without acting.
+    pub mode: Mode,
     /// Request utilization (CPU or memory) at which pods of opted-in workloads burst.
     pub capacity_threshold: f64,
     /// HPA `desiredReplicas / maxReplicas` at which replicas beyond the baseline burst.
@@ -370,6 +386,7 @@ pub struct OperatorConfig {
 impl Default for OperatorConfig {
     fn default() -> Self {
         Self {
+            mode: Mode::Enforce,
             capacity_threshold: 0.85,
             hpa_threshold: 0.8,
             default_provider: ProviderChoice::Fargate,

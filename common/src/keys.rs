@@ -23,6 +23,9 @@ pub const PLACEMENT: &str = "spillway.io/placement";
 pub const REASON: &str = "spillway.io/reason";
 /// Annotation carrying the admission request UID that made the decision.
 pub const DECISION: &str = "spillway.io/decision";
+/// Annotation the webhook writes in shadow mode on a pod it would have burst:
+/// `<provider>: <reason>` (the pod itself is left where the scheduler puts it).
+pub const WOULD_BURST: &str = "spillway.io/would-burst";
 /// Upstream annotation that makes ReplicaSets remove low-cost pods first on scale-in.
 pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 /// Deletion cost Spillway gives burst pods so they go first on scale-in.

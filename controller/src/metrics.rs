@@ -39,6 +39,9 @@ pub struct ControllerMetrics {
     pub deletion_cost_repairs: IntCounter,
     /// `spillway_controller_actions_failed_total{action}`.
     pub actions_failed: IntCounterVec,
+    /// `spillway_shadow_actions{action}`: in shadow mode, what the last pass would have
+    /// done, by kind (nothing is done).
+    pub shadow_actions: IntGaugeVec,
     /// `spillway_controller_leader`: 1 while this replica acts.
     pub leader: IntGauge,
     /// `spillway_controller_reconcile_duration_seconds`.
@@ -136,6 +139,13 @@ impl ControllerMetrics {
                 ),
                 &["action"],
             )?,
+            shadow_actions: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_shadow_actions",
+                    "In shadow mode: the actions the last controller pass would have taken, by kind (none is taken)",
+                ),
+                &["action"],
+            )?,
             leader: IntGauge::new(
                 "spillway_controller_leader",
                 "1 while this replica is the acting controller",
@@ -185,6 +195,7 @@ impl ControllerMetrics {
         registry.register(Box::new(metrics.actions_failed.clone()))?;
         registry.register(Box::new(metrics.leader.clone()))?;
         registry.register(Box::new(metrics.reconcile_duration.clone()))?;
+        registry.register(Box::new(metrics.shadow_actions.clone()))?;
         for resource in ["cpu", "memory"] {
             metrics
                 .backfill_requested

@@ -207,6 +207,24 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// The action's kind, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::MarkBurst { .. } => "mark_burst",
+            Action::Evict { .. } => "evict",
+            Action::AdoptUnadmitted { .. } => "adopt_unadmitted",
+            Action::Spill { .. } => "spill",
+            Action::RequestBackfill { .. } => "request_backfill",
+            Action::WithdrawBackfill { .. } => "withdraw_backfill",
+            Action::UnmarkBackfill { .. } => "unmark_backfill",
+            Action::ExcludeProviders { .. } => "exclude_providers",
+            Action::FailOver { .. } => "fail_over",
+            Action::Event { .. } => "event",
+        }
+    }
+}
+
 /// What the controller remembers between passes (lost on restart or leader change,
 /// which only delays a rebalance by one cooldown).
 #[derive(Debug, Default)]

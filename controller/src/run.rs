@@ -260,9 +260,20 @@ impl Controller {
                         (Arc::new(off), plan::BackfillObserved::default())
                     }
                 };
-                let actions = self.pass(&config, &mut state, now_ms, &backfill);
+                let mut actions = self.pass(&config, &mut state, now_ms, &backfill);
                 if lost.is_cancelled() {
                     break;
+                }
+                self.metrics.shadow_actions.reset();
+                if config.mode == spillway_common::config::Mode::Shadow {
+                    // Shadow mode: what this pass would do is counted and logged, never done.
+                    for action in actions.drain(..) {
+                        self.metrics
+                            .shadow_actions
+                            .with_label_values(&[action.kind()])
+                            .inc();
+                        tracing::debug!(?action, "shadow mode: not done");
+                    }
                 }
                 executor.run(actions, &mut state, now_ms, &lost).await;
                 let (cpu_millis, memory_bytes) = state.backfill_requested();
@@ -279,6 +290,7 @@ impl Controller {
                     .observe(started.elapsed().as_secs_f64());
             }
             self.metrics.leader.set(0);
+            self.metrics.shadow_actions.reset();
             self.metrics.workload_replicas.reset();
             self.metrics.burst_ratio.reset();
             self.metrics.burst_cost.reset();

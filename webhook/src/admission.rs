@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use spillway_common::config::OperatorConfig;
+use spillway_common::config::{Mode, OperatorConfig};
 use spillway_common::eligibility::{self, Ineligible};
 use spillway_common::keys;
 use spillway_common::{cost, pod_resources};
@@ -382,14 +382,17 @@ pub fn evaluate_pod(
             sealed_about(pod, namespace, decision.placement),
         ),
     };
-    let ops = patch::build(
-        pod,
-        &Mutation {
-            placement: decision.placement,
-            reason: decision.reason,
-            decision: &sealed,
-        },
-    );
+    let ops = match config.mode {
+        Mode::Enforce => patch::build(
+            pod,
+            &Mutation {
+                placement: decision.placement,
+                reason: decision.reason,
+                decision: &sealed,
+            },
+        ),
+        Mode::Shadow => patch::shadow(pod, decision.placement, decision.reason),
+    };
     let mut response = allow().with_patch(&ops);
     response.warnings = warnings;
     Evaluation {

@@ -159,6 +159,24 @@ fn affinity_ops(ops: &mut Vec<Value>, pod: &Pod, provider: Provider) {
     }
 }
 
+/// The shadow-mode patch: on a pod the webhook would burst, only the
+/// `spillway.io/would-burst` annotation (`<provider>: <reason>`); nothing on a pod it
+/// would keep local. Placement, tolerations and affinity are left alone.
+pub fn shadow(pod: &Pod, placement: Placement, reason: Reason) -> Vec<Value> {
+    let Placement::Burst(provider) = placement else {
+        return Vec::new();
+    };
+    let value = format!("{provider}: {}", reason.as_str());
+    let mut ops = Vec::new();
+    add_map_entries(
+        &mut ops,
+        "annotations",
+        pod.metadata.annotations.as_ref(),
+        &[(keys::WOULD_BURST, &value)],
+    );
+    ops
+}
+
 /// Builds the patch for `pod`.
 pub fn build(pod: &Pod, mutation: &Mutation<'_>) -> Vec<Value> {
     let mut ops = Vec::new();
@@ -222,6 +240,27 @@ mod tests {
             "second pass must add nothing"
         );
         once
+    }
+
+    #[test]
+    fn shadow_mode_only_annotates_a_pod_it_would_burst() {
+        let pod = json!({"metadata": {"name": "p", "annotations": {"team": "a"}},
+                         "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+        let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+        let out = apply(
+            &pod,
+            &shadow(
+                &typed,
+                Placement::Burst(Provider::Fargate),
+                Reason::Capacity,
+            ),
+        );
+        assert_eq!(
+            out,
+            json!({"metadata": {"name": "p", "annotations": {"team": "a", "spillway.io/would-burst": "fargate: capacity"}},
+                   "spec": {"containers": [{"name": "c", "image": "nginx"}]}})
+        );
+        assert!(shadow(&typed, Placement::Local, Reason::NoPressure).is_empty());
     }
 
     #[test]

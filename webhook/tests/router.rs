@@ -184,6 +184,27 @@ async fn a_template_that_carries_a_burst_decision_gets_the_webhooks_own() {
 }
 
 #[tokio::test]
+async fn shadow_mode_records_the_burst_it_would_make_and_places_nothing() {
+    let state = state("cluster-full.json");
+    state.config.store(Arc::new(OperatorConfig {
+        mode: spillway_common::config::Mode::Shadow,
+        ..OperatorConfig::default()
+    }));
+    let original = review("review-web.json");
+    let (pod, _) = admit(&state, &original).await;
+    let mut expected = original["request"]["object"].clone();
+    expected["metadata"]["annotations"]["spillway.io/would-burst"] = json!("fargate: capacity");
+    assert_eq!(pod, expected, "only the would-burst annotation is added");
+    // The decision is counted as in enforce mode.
+    let decisions = state
+        .metrics
+        .decisions
+        .with_label_values(&["burst", "capacity"])
+        .get();
+    assert_eq!(decisions, 1);
+}
+
+#[tokio::test]
 async fn idle_cluster_keeps_pod_local_with_labels_only() {
     let state = state("cluster-idle.json");
     let (pod, _) = admit(&state, &review("review-web.json")).await;
