@@ -31,6 +31,9 @@ pub enum Fault {
     /// `200` with no task and a placement failure, as `RunTask` answers when Fargate has
     /// no capacity for the task.
     Capacity,
+    /// `400 AccessDeniedException`: the node's identity may not make the call (a policy
+    /// missing from its role).
+    Deny,
 }
 
 #[derive(Default)]
@@ -164,6 +167,7 @@ fn fault_response(fault: Fault) -> Response {
         Fault::Throttle => (StatusCode::BAD_REQUEST, "ThrottlingException"),
         Fault::ServerError | Fault::Stall => (StatusCode::INTERNAL_SERVER_ERROR, "ServerException"),
         Fault::Refuse | Fault::Capacity => (StatusCode::BAD_REQUEST, "ClientException"),
+        Fault::Deny => (StatusCode::BAD_REQUEST, "AccessDeniedException"),
     };
     Response::builder()
         .status(status)

@@ -1802,3 +1802,70 @@ async fn a_node_whose_cluster_and_log_group_are_missing_says_so_and_stays_tainte
     wait_running(&pods, "after-setup", Duration::from_secs(60)).await?;
     Ok(())
 }
+
+/// A RunTask the node's identity may not make (AccessDenied) is no pod's fault: three pods
+/// stay Pending with `ProviderRefused` reason `Denied`, none is failed, the refusals across
+/// them turn the node provider-degraded, and once the policy is fixed they run and the
+/// taint goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn access_denied_across_pods_turns_the_node_degraded_instead_of_failing_them()
+-> anyhow::Result<()> {
+    let fx = FargateFixture::new("e2e-denied").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    proxy.fail_next(
+        "RunTask",
+        100_000,
+        spillway_e2e::aws_fault_proxy::Fault::Deny,
+    );
+    let args = node_args_via(&fx, &proxy.endpoint(), &[]);
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let names = ["denied-a", "denied-b", "denied-c"];
+    for name in names {
+        pods.create(
+            &PostParams::default(),
+            &pod_on_node(name, node_name, json!({}))?,
+        )
+        .await?;
+    }
+    wait_until(
+        "every pod refused as Denied, none failed",
+        Duration::from_secs(90),
+        || async {
+            let mut denied = 0;
+            for name in names {
+                let status = pods.get(name).await?.status.unwrap_or_default();
+                anyhow::ensure!(
+                    status.phase.as_deref() == Some("Pending"),
+                    "{name} must stay Pending: {status:?}"
+                );
+                if status.conditions.unwrap_or_default().iter().any(|c| {
+                    c.type_ == "spillway.io/ProviderRefused"
+                        && c.status == "True"
+                        && c.reason.as_deref() == Some("Denied")
+                }) {
+                    denied += 1;
+                }
+            }
+            Ok(denied == names.len())
+        },
+    )
+    .await?;
+    wait_until(
+        "the provider-degraded taint",
+        Duration::from_secs(90),
+        || degraded_taint(client, node_name),
+    )
+    .await?;
+    proxy.clear("RunTask");
+    for name in names {
+        wait_running(&pods, name, Duration::from_secs(180)).await?;
+    }
+    wait_until("the taint gone", Duration::from_secs(60), || async {
+        Ok(!degraded_taint(client, node_name).await?)
+    })
+    .await?;
+    Ok(())
+}

@@ -29,6 +29,12 @@ pub enum ProviderError {
     /// Anything that may work on a retry.
     #[error("transient failure: {0}")]
     Transient(String),
+    /// The provider refused the node's identity or a role it passes (AccessDenied, an
+    /// execution role ECS cannot assume): nothing the pod did, and every pod gets the same
+    /// until an operator fixes the set-up. Retried with back-off like an outage (the pod
+    /// is never failed for it), and it counts toward the node's degraded taint.
+    #[error("access denied: {0}")]
+    Denied(String),
 }
 
 impl ProviderError {
@@ -39,6 +45,7 @@ impl ProviderError {
             ProviderError::Throttled(_)
                 | ProviderError::Transient(_)
                 | ProviderError::Unavailable(_)
+                | ProviderError::Denied(_)
         )
     }
 
@@ -50,6 +57,7 @@ impl ProviderError {
             ProviderError::Throttled(_) => "throttled",
             ProviderError::Unavailable(_) => "unavailable",
             ProviderError::Transient(_) => "transient",
+            ProviderError::Denied(_) => "denied",
         }
     }
 }

@@ -279,11 +279,18 @@ fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt:
                 "ResourceNotFoundException" | "TaskNotFoundException" => {
                     ProviderError::NotFound(message)
                 }
+                // The node's identity, or a role it passes, refused: no pod's fault.
+                "AccessDeniedException"
+                | "AccessDenied"
+                | "UnrecognizedClientException"
+                | "InvalidClientTokenId"
+                | "ExpiredTokenException"
+                | "UnauthorizedOperation" => ProviderError::Denied(message),
+                "ClientException" if denies_a_role(&message) => ProviderError::Denied(message),
                 "ClientException"
                 | "InvalidParameterException"
                 | "InvalidRequestException"
                 | "ValidationException"
-                | "AccessDeniedException"
                 | "UnsupportedFeatureException" => ProviderError::Invalid(message),
                 // The service itself failing, or out of room or quota: an outage.
                 "ServerException" | "ServiceUnavailableException" | "LimitExceededException" => {
@@ -296,6 +303,15 @@ fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt:
         // credentials), never the SDK's Debug dump.
         other => ProviderError::Transient(DisplayErrorContext(other).to_string()),
     }
+}
+
+/// Whether an ECS `ClientException` is about a role rather than the request: ECS cannot
+/// assume the execution or task role, or the caller may not pass it.
+fn denies_a_role(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("unable to assume")
+        || lower.contains("not authorized to perform")
+        || lower.contains("iam:passrole")
 }
 
 /// An SDK error as a sentence: the service's code and message, or the error and its

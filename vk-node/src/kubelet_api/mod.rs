@@ -112,7 +112,7 @@ fn error_response(error: ProviderError) -> Response {
         ProviderError::Invalid(_) => StatusCode::BAD_REQUEST,
         ProviderError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
         ProviderError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ProviderError::Transient(_) => StatusCode::BAD_GATEWAY,
+        ProviderError::Transient(_) | ProviderError::Denied(_) => StatusCode::BAD_GATEWAY,
     };
     (status, error.to_string()).into_response()
 }

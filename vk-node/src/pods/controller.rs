@@ -285,7 +285,9 @@ impl<P: Provider> PodController<P> {
                 .with_label_values(&[self.provider.name(), error.kind()])
                 .inc();
         }
-        if let Some(degraded) = self.health.observe(ProviderHealth::answered(result)) {
+        // Both rules see the call; the taint follows the state after both.
+        let _ = self.health.observe(ProviderHealth::answered(result));
+        if let Some(degraded) = self.health.observe_denial(op, result) {
             self.set_degraded(degraded).await;
         }
     }

@@ -8,9 +8,12 @@ use crate::provider::ProviderError;
 /// The provider's health as the node sees it: the taint is wanted while calls keep
 /// failing or while the provider's set-up is not ready (no credentials, a missing
 /// cluster, …).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProviderHealth {
     consecutive_failures: u32,
+    /// Per operation, access denials since its last success: reads that still answer do
+    /// not hide a create every pod is denied.
+    denials: std::collections::HashMap<String, u32>,
     degraded_after: u32,
     setup_ready: bool,
     /// Whether the taint is set.
@@ -22,6 +25,7 @@ impl ProviderHealth {
     pub fn new(degraded_after: u32) -> Self {
         Self {
             consecutive_failures: 0,
+            denials: std::collections::HashMap::new(),
             degraded_after,
             setup_ready: true,
             degraded: false,
@@ -38,7 +42,9 @@ impl ProviderHealth {
     }
 
     fn wanted(&self) -> bool {
-        !self.setup_ready || self.consecutive_failures >= self.degraded_after
+        !self.setup_ready
+            || self.consecutive_failures >= self.degraded_after
+            || self.denials.values().any(|&n| n >= self.degraded_after)
     }
 
     fn change(&self) -> Option<bool> {
@@ -53,6 +59,27 @@ impl ProviderHealth {
             self.consecutive_failures = 0;
         } else {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        }
+        self.change()
+    }
+
+    /// Counts one call of `op` toward the denial rule; `Some(taint)` when the taint
+    /// should change: on once `op` was denied (the node's identity or role refused)
+    /// `degraded_after` times without a success in between, whatever other calls answer;
+    /// off at its next success.
+    pub fn observe_denial<T>(
+        &mut self,
+        op: &str,
+        result: &Result<T, ProviderError>,
+    ) -> Option<bool> {
+        match result {
+            Err(ProviderError::Denied(_)) => {
+                *self.denials.entry(op.to_owned()).or_default() += 1;
+            }
+            Ok(_) => {
+                self.denials.remove(op);
+            }
+            Err(_) => {}
         }
         self.change()
     }
@@ -130,6 +157,22 @@ mod tests {
             assert_eq!(health.observe(false), None);
         }
         assert_eq!(health.observe(false), Some(true));
+    }
+
+    #[test]
+    fn denials_of_one_call_taint_the_node_although_other_calls_answer() {
+        let mut health = ProviderHealth::new(3);
+        let denied: Result<(), ProviderError> = Err(ProviderError::Denied("AccessDenied".into()));
+        for _ in 0..2 {
+            assert_eq!(health.observe_denial("create", &denied), None);
+            // A status read answering in between does not reset the denials.
+            assert_eq!(health.observe(true), None);
+            assert_eq!(health.observe_denial("status", &Ok(())), None);
+        }
+        assert_eq!(health.observe_denial("create", &denied), Some(true));
+        health.taint_set(true);
+        assert_eq!(health.observe(true), None, "reads answering keep it on");
+        assert_eq!(health.observe_denial("create", &Ok(())), Some(false));
     }
 
     #[test]

@@ -169,10 +169,11 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
 }
 
 /// The condition reason for a retryable refusal: `Unavailable` (capacity, quota, outage),
-/// `Throttled` or `Transient`.
+/// `Throttled`, `Denied` (the node's identity or role refused) or `Transient`.
 pub fn refusal_reason(error: &ProviderError) -> &'static str {
     match error {
         ProviderError::Unavailable(_) => "Unavailable",
+        ProviderError::Denied(_) => "Denied",
         ProviderError::Throttled(_) => "Throttled",
         _ => "Transient",
     }

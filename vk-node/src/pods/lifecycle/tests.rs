@@ -221,6 +221,30 @@ fn retryable_refusals_back_off_and_are_said_on_the_first_and_every_fifth() {
 }
 
 #[test]
+fn a_denied_identity_or_role_never_fails_the_pod_and_is_named_as_such() {
+    let clock = Clock::new();
+    let mut record = new_record("Always", &clock);
+    let denied = Err(ProviderError::Denied(
+        "AccessDeniedException: not authorized to perform ecs:RunTask".into(),
+    ));
+    for attempt in 1..=6u64 {
+        let effects = record.created(&denied, &[], RULES, clock.t(attempt), FULL, false);
+        assert_eq!(record.stage, Stage::NeedsCreate, "attempt {attempt}");
+        assert_eq!(record.terminal, None);
+        if attempt == 1 {
+            assert!(effects.iter().any(|e| matches!(
+                e,
+                Effect::WriteRefusal {
+                    reason: "Denied",
+                    ..
+                }
+            )));
+        }
+    }
+    assert_eq!(record.permanent_failures, 0);
+}
+
+#[test]
 fn a_success_after_refusals_clears_the_refusal() {
     let clock = Clock::new();
     let mut record = new_record("Always", &clock);
