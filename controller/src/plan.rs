@@ -84,6 +84,9 @@ pub enum EventReason {
     BackfillSatisfied,
     /// A provider kept refusing the workload's pods; they are decided again without it.
     ProviderFailover,
+    /// A `spillway.io/*` annotation of the workload has a value Spillway cannot read (it
+    /// is ignored and the default applies).
+    InvalidAnnotation,
 }
 
 impl EventReason {
@@ -97,6 +100,7 @@ impl EventReason {
             EventReason::BackfillRequested => "BackfillRequested",
             EventReason::BackfillSatisfied => "BackfillSatisfied",
             EventReason::ProviderFailover => "ProviderFailover",
+            EventReason::InvalidAnnotation => "InvalidAnnotation",
         }
     }
 }
@@ -246,6 +250,8 @@ pub struct ControllerState {
     refused_until: HashMap<String, i64>,
     /// CPU millicores and memory bytes the last pass's backfill requests hold.
     backfill_requested: (u64, u64),
+    /// Per workload, the annotation warnings last reported (an Event when they change).
+    warned: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -319,6 +325,8 @@ struct Workload<'a> {
     key: &'a str,
     view: WorkloadView<'a>,
     policy: WorkloadPolicy,
+    /// What its annotations hold that Spillway cannot read.
+    warnings: Vec<String>,
     /// Where its burst pods go (`auto` is settled per pod, by its size).
     provider: ProviderChoice,
     pods: Vec<&'a PodView>,
@@ -366,8 +374,8 @@ impl Workload<'_> {
 /// The workload's policy: the Deployment's annotations overlaid with its pod template's
 /// (the template wins, as in the webhook). Never read from a pod: anyone who may create
 /// pods could otherwise set a workload's policy with one labelled pod.
-fn workload_policy(view: &WorkloadView<'_>) -> WorkloadPolicy {
-    policy::read(Some(view.annotations), Some(view.template_annotations)).0
+fn workload_policy(view: &WorkloadView<'_>) -> (WorkloadPolicy, Vec<String>) {
+    policy::read(Some(view.annotations), Some(view.template_annotations))
 }
 
 fn group<'a>(input: &PlanInput<'a>) -> Vec<Workload<'a>> {
@@ -380,7 +388,7 @@ fn group<'a>(input: &PlanInput<'a>) -> Vec<Workload<'a>> {
     let mut out = Vec::new();
     for view in input.index.workloads() {
         let pods = pods_by_workload.remove(view.key).unwrap_or_default();
-        let policy = workload_policy(&view);
+        let (policy, warnings) = workload_policy(&view);
         if !policy.opted_in {
             continue;
         }
@@ -388,6 +396,7 @@ fn group<'a>(input: &PlanInput<'a>) -> Vec<Workload<'a>> {
             key: view.key,
             provider: policy.provider.unwrap_or(input.config.default_provider),
             policy,
+            warnings,
             view,
             pods,
         });
@@ -747,7 +756,22 @@ fn spill_pending(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mu
 /// reason: one Event per change of a workload, never one per pod.
 fn events(workloads: &[Workload<'_>], state: &mut ControllerState, actions: &mut Vec<Action>) {
     let mut seen = HashMap::new();
+    let mut warned = HashMap::new();
     for workload in workloads {
+        // Annotations it cannot read: said once per change, from the first pass on (a
+        // restart says them again: they are still wrong).
+        if !workload.warnings.is_empty() {
+            if state.warned.get(workload.key) != Some(&workload.warnings) {
+                actions.push(Action::Event {
+                    workload: workload.key.to_owned(),
+                    uid: workload.view.uid.to_owned(),
+                    reason: EventReason::InvalidAnnotation,
+                    note: workload.warnings.join("; "),
+                    warning: true,
+                });
+            }
+            warned.insert(workload.key.to_owned(), workload.warnings.clone());
+        }
         let live_local_with = |reasons: &[Reason]| {
             workload
                 .live()
@@ -811,6 +835,7 @@ fn events(workloads: &[Workload<'_>], state: &mut ControllerState, actions: &mut
         }
     }
     state.seen = seen;
+    state.warned = warned;
     state.initialized = true;
 }
 

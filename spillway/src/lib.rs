@@ -38,7 +38,8 @@ pub enum Command {
     /// runs the embedded virtual node(s) (`--vk-provider fargate,mock`).
     Controller(Box<spillway_controller::ControllerArgs>),
     /// Run one virtual node: registers a Node and runs the pods bound to it at a provider
-    /// (AWS Fargate, or the in-memory mock), leader-elected per node name.
+    /// (AWS Fargate, Azure Container Instances, or the in-memory mock), leader-elected per
+    /// node name.
     VkNode(Box<spillway_vk_node::run::VkNodeArgs>),
     /// Run the webhook, controller and virtual node(s) in one process (small clusters,
     /// the demo); `--webhook-url` makes its own certificate and registers the webhook.

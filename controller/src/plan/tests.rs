@@ -730,6 +730,29 @@ fn events_follow_changes_not_pods() {
 }
 
 #[test]
+fn an_annotation_spillway_cannot_read_is_an_event_once_per_change() {
+    let mut cluster = Cluster::new("8", 2, json!({"spillway.io/max-burst": "lots"}));
+    cluster.pod("l1", Some("a"), "1", T0, json!({}));
+    let mut state = ControllerState::default();
+    let first = cluster.plan(&mut state, T0);
+    let notes: Vec<&str> = first
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event {
+                reason: EventReason::InvalidAnnotation,
+                note,
+                warning: true,
+                ..
+            } => Some(note.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notes.len(), 1, "{first:?}");
+    assert!(notes[0].contains("spillway.io/max-burst"), "{}", notes[0]);
+    assert!(event_reasons(&cluster.plan(&mut state, T0 + 1000)).is_empty());
+}
+
+#[test]
 fn a_workload_entirely_on_the_virtual_node_comes_back_too() {
     let mut cluster = Cluster::new("8", 3, json!({}));
     for name in ["b1", "b2", "b3"] {
