@@ -9,6 +9,7 @@ pub mod eligibility;
 pub mod fargate_sizing;
 pub mod file_watch;
 pub mod keys;
+pub mod kube_access;
 pub mod leader;
 pub mod limited_server;
 pub mod pki;

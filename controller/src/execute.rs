@@ -76,9 +76,7 @@ pub struct Executor {
 /// A client for evictions: the inferred config without kube's default retry layer, so a
 /// 429 comes back at once (it is counted as `blocked` and retried by a later pass).
 pub async fn eviction_client() -> Result<Client, kube::Error> {
-    let mut config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
+    let mut config = spillway_common::kube_access::config().await?;
     config.default_retry = false;
     Client::try_from(config)
 }

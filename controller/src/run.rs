@@ -402,7 +402,7 @@ pub async fn run_with_registry(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let client = Client::try_default().await?;
+    let client = spillway_common::kube_access::client().await?;
     let lease_namespace = nodes.node.leader_election_namespace.clone();
     let config = load_config(&loops, &client, &lease_namespace, registry, &shutdown)?;
     run_loops(client, loops, nodes, config, registry, readiness, shutdown).await

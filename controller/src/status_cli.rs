@@ -76,7 +76,7 @@ pub async fn read(args: &StatusArgs) -> Result<Status, StatusError> {
         Some(path) => OperatorConfig::load(path)?,
         None => OperatorConfig::default(),
     };
-    let client = Client::try_default().await?;
+    let client = spillway_common::kube_access::client().await?;
     let all = ListParams::default();
     let (nodes, pods, replicasets, deployments, hpas) = futures::try_join!(
         list_all::<Node>(&client, &all),

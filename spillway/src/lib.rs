@@ -20,6 +20,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)] // the flattened group documents its own flags
     pub log: LogArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)] // the flattened group documents its own flags
+    pub kube: spillway_common::kube_access::KubeArgs,
     #[command(subcommand)]
     #[allow(missing_docs)] // each subcommand documents itself
     pub command: Command,
@@ -61,6 +64,15 @@ pub enum Command {
     /// Sleep until SIGTERM or SIGINT: what backfill placeholder pods run (they only hold
     /// room on a node, so the image needs nothing but this binary).
     Pause,
+    /// Print the version (also `--version`).
+    Version,
+    /// Print a shell completion script: `source <(spillway completion bash)`; zsh, fish,
+    /// powershell and elvish too. As a kubectl plugin, link the binary as
+    /// `kubectl-spillway` on the PATH and run `kubectl spillway status`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A single-threaded runtime for the short commands; on failure the reason is printed
@@ -100,6 +112,7 @@ fn status(args: &spillway_controller::status_cli::StatusArgs) -> ExitCode {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    spillway_common::kube_access::select(&cli.kube);
     match cli.command {
         Command::Admit(args) => admit::run(&args),
         Command::Webhook(args) => serve(&cli.log, async move |shutdown| {
@@ -124,6 +137,24 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status(&args),
         Command::CheckConfig(args) => check_config::run(&args),
         Command::Pause => pause(),
+        Command::Version => {
+            println!("spillway {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "spillway", &mut script);
+            // A reader that stops early (`| head`) is no failure.
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("spillway completion: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

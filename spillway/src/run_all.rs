@@ -13,7 +13,6 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use clap::Args;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use kube::Client;
 use kube::api::{Api, DeleteParams};
 use prometheus::Registry;
 use serde_json::json;
@@ -179,7 +178,7 @@ async fn default_kubelet_tls(nodes: &mut EmbeddedNodesArgs, dir: &Path) -> anyho
         tracing::info!(address = %options.node_address, "kubelet API serves a self-made certificate");
     }
     if options.kubelet_client_ca.is_none() {
-        let config = kube::Config::infer().await?;
+        let config = spillway_common::kube_access::config().await?;
         let roots = config
             .root_cert
             .filter(|r| !r.is_empty())
@@ -227,7 +226,7 @@ pub async fn run(mut args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
             "give --webhook-url (Spillway makes its certificate and registers its webhook) or --tls-cert and --tls-key (you register the webhook)"
         ),
     };
-    let client = Client::try_default().await?;
+    let client = spillway_common::kube_access::client().await?;
     let registry = Registry::new();
     let readiness = Readiness::default();
     let admin = tokio::spawn(admin::serve(

@@ -266,7 +266,7 @@ pub async fn run(args: VkNodeArgs, shutdown: CancellationToken) -> Result<(), Ru
         shutdown.clone(),
     ));
     let config = node_config(args.config, &registry, &shutdown)?;
-    let client = kube::Client::try_default().await?;
+    let client = spillway_common::kube_access::client().await?;
     let view = ClusterView::watched(client, config, shutdown.clone());
     run_node(
         args.vk_provider,
@@ -484,7 +484,7 @@ async fn cluster_id(
     options: &NodeOptions,
     node: &str,
 ) -> Result<String, RunError> {
-    let client = kube::Client::try_default().await?;
+    let client = spillway_common::kube_access::client().await?;
     let id = crate::cluster_id::resolve(
         options.fargate.cluster_id.as_deref(),
         options.fargate.allow_default_cluster_id,
@@ -513,7 +513,7 @@ async fn run_with<P: Provider>(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let files = kubelet_tls_files(args)?;
-    let client = kube::Client::try_default().await?;
+    let client = spillway_common::kube_access::client().await?;
     let spec = NodeSpec {
         name: node_name(kind, args),
         provider: args

@@ -188,7 +188,7 @@ pub async fn serve(
         config,
         metrics,
     };
-    let client = kube::Client::try_default().await?;
+    let client = spillway_common::kube_access::client().await?;
     let feed = Arc::new(WebhookFeed {
         in_flight: state.in_flight.clone(),
         metrics: state.metrics.clone(),
