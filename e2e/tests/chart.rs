@@ -326,6 +326,110 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
     );
     assert!(!notes(&["--values", &all])?.contains("WARNING"));
     let docs = render("spillway", "spillway-system", &[&all_options()])?;
+    // The values an operator expects, each where it belongs.
+    let controller = find(&docs, "Deployment", "spillway-controller")?;
+    let pod = &controller["spec"]["template"];
+    assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["spec"]["serviceAccountName"], "spillway-controller");
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/owner"],
+        "platform"
+    );
+    assert_eq!(pod["metadata"]["labels"]["example.com/tier"], "control");
+    let container = &pod["spec"]["containers"][0];
+    let args = container["args"].to_string();
+    for flag in [
+        "--sweep-interval-seconds=600",
+        "--node-name-prefix=burst-eu",
+    ] {
+        assert!(args.contains(flag), "{flag} in {args}");
+    }
+    assert!(container["env"].to_string().contains("HTTPS_PROXY"));
+    assert!(container["envFrom"].to_string().contains("spillway-extra"));
+    assert!(
+        container["volumeMounts"]
+            .to_string()
+            .contains("/etc/extra-ca")
+    );
+    assert!(pod["spec"]["volumes"].to_string().contains("extra-ca"));
+    let account = find(&docs, "ServiceAccount", "spillway-controller")?;
+    assert_eq!(account["metadata"]["annotations"]["team"], "platform");
+    assert!(
+        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].is_string(),
+        "{account}"
+    );
+    // Every binding and policy names the account and nodes the values chose.
+    let renamed = values_file(
+        dir.path(),
+        "renamed.yaml",
+        "controller:\n  serviceAccount:\n    name: burst-controller\n",
+    )?;
+    let renamed = render("spillway", "spillway-system", &[eks().as_path(), &renamed])?;
+    find(&renamed, "ServiceAccount", "burst-controller")?;
+    for d in renamed
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+    {
+        let subjects = d["subjects"].to_string();
+        assert!(
+            !subjects.contains("spillway-controller"),
+            "{} binds the default account: {subjects}",
+            d["metadata"]["name"]
+        );
+    }
+    let updates = find(
+        &renamed,
+        "ValidatingAdmissionPolicy",
+        "spillway-controller-pod-updates",
+    )?;
+    assert!(
+        updates
+            .to_string()
+            .contains("system:serviceaccount:spillway-system:burst-controller"),
+        "{updates}"
+    );
+    let names = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "spillway-virtual-node-names",
+    )?;
+    assert!(
+        names
+            .to_string()
+            .contains("'burst-eu-fargate','burst-eu-mock'"),
+        "{names}"
+    );
+    let webhook = find(&docs, "Deployment", "spillway-webhook")?;
+    assert!(
+        webhook["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("--max-connections=2048")
+    );
+    // Overlay CNIs: host network and its DNS policy; an existing account instead of one.
+    let overlay = values_file(
+        dir.path(),
+        "overlay.yaml",
+        "webhook:\n  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n  \
+         serviceAccount:\n    create: false\n    name: existing-webhook\n",
+    )?;
+    let on_overlay = render("spillway", "spillway-system", &[eks().as_path(), &overlay])?;
+    let webhook_pod =
+        &find(&on_overlay, "Deployment", "spillway-webhook")?["spec"]["template"]["spec"];
+    assert_eq!(webhook_pod["hostNetwork"], true);
+    assert_eq!(webhook_pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(webhook_pod["serviceAccountName"], "existing-webhook");
+    assert!(
+        on_overlay.iter().all(
+            |d| !(d["kind"] == "ServiceAccount" && d["metadata"]["name"] == "existing-webhook")
+        ),
+        "an existing account is not created"
+    );
+    // By default the controller, which hosts the virtual nodes, preempts ordinary pods.
+    let defaults = render("spillway", "spillway-system", &[eks().as_path()])?;
+    assert_eq!(
+        find(&defaults, "Deployment", "spillway-controller")?["spec"]["template"]["spec"]["priorityClassName"],
+        "system-cluster-critical"
+    );
     // With allowedNamespaces, Secrets and ConfigMaps are read in those namespaces only.
     let node_role = find(&docs, "ClusterRole", "spillway-virtual-node")?;
     assert!(

@@ -145,9 +145,14 @@ pub struct NodeOptions {
     /// provider itself); lets the mock stand in for `fargate` or `aci` in demos and tests.
     #[arg(long, env = "SPILLWAY_ADVERTISE_PROVIDER")]
     pub advertise_provider: Option<String>,
-    /// Node name (default `spillway-<provider>`).
+    /// Node name (default `<--node-name-prefix>-<provider>`).
     #[arg(long, env = "SPILLWAY_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Prefix of the node names `<prefix>-<provider>` when `--node-name` is not given:
+    /// two installs in one cluster (two releases) need different ones.
+    #[arg(long, default_value = "spillway", env = "SPILLWAY_NODE_NAME_PREFIX",
+        value_parser = node_name_prefix)]
+    pub node_name_prefix: String,
     /// Allocatable vCPU the node advertises: the budget, never "infinite".
     #[arg(long, default_value_t = 100, env = "SPILLWAY_MAX_VCPU")]
     pub max_vcpu: u32,
@@ -500,7 +505,25 @@ fn node_name(kind: ProviderKind, options: &NodeOptions) -> String {
     options
         .node_name
         .clone()
-        .unwrap_or_else(|| format!("spillway-{}", kind.as_str()))
+        .unwrap_or_else(|| format!("{}-{}", options.node_name_prefix, kind.as_str()))
+}
+
+/// A node name prefix: a DNS label of at most 50 characters (the provider is appended).
+fn node_name_prefix(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 50
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?}: lowercase letters, digits and '-', at most 50, not starting or ending with '-'"
+        ))
+    }
 }
 
 async fn run_with<P: Provider>(

@@ -127,3 +127,23 @@ at fault and what to do. Included by the controller's template. */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The ServiceAccount a component runs as: include with (list . "controller"). */}}
+{{- define "spillway.serviceAccountName" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- (index $root.Values $component).serviceAccount.name | default (printf "%s-%s" (include "spillway.fullname" $root) $component) -}}
+{{- end -}}
+
+{{/* Pod-level settings from a component's values: priority, host network, DNS policy. */}}
+{{- define "spillway.podExtras" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- if .hostNetwork }}
+hostNetwork: true
+{{- end }}
+{{- with .dnsPolicy }}
+dnsPolicy: {{ . }}
+{{- end }}
+{{- end -}}
