@@ -205,7 +205,8 @@ fn strip_innermost(text: &str, open: char, close: char) -> String {
 }
 
 /// The PrometheusRule as `helm template` renders it with an EKS install's values (the
-/// defaults alone name no Fargate subnets and are refused).
+/// defaults alone name no Fargate subnets and are refused) and a runbook URL (the alert
+/// tests expect `https://docs.example.com/spillway/metrics.md#<alert>`).
 pub fn rendered_prometheus_rule() -> anyhow::Result<Value> {
     let chart = chart_dir().display().to_string();
     let values = chart_dir().join("ci/eks-values.yaml").display().to_string();
@@ -217,6 +218,8 @@ pub fn rendered_prometheus_rule() -> anyhow::Result<Value> {
         &values,
         "--set",
         "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.runbookUrl=https://docs.example.com/spillway/metrics.md",
         "--show-only",
         "templates/prometheusrule.yaml",
     ])?;

@@ -659,6 +659,59 @@ fn the_alerts_pass_their_promtool_unit_tests() -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // Every alert has its runbook section, the anchor its runbook_url names.
+    let runbook = std::fs::read_to_string(repo_root().join("docs/metrics.md"))?;
+    let alerts: Vec<&Value> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .map(|rules| rules.iter().collect())
+        .unwrap_or_default();
+    assert!(alerts.len() >= 10, "{} alerts", alerts.len());
+    for alert in &alerts {
+        let name = alert["alert"].as_str().unwrap_or_default();
+        assert!(
+            runbook.contains(&format!("\n### {name}\n")),
+            "docs/metrics.md has no section for {name}"
+        );
+        assert_eq!(
+            alert["annotations"]["runbook_url"],
+            format!(
+                "https://docs.example.com/spillway/metrics.md#{}",
+                name.to_lowercase()
+            )
+        );
+    }
+    // Per alert: off, or another `for` and severity.
+    let chart = chart_dir().display().to_string();
+    let values = chart_dir().join("ci/eks-values.yaml").display().to_string();
+    let tuned = documents(&helm(&[
+        "template",
+        "s",
+        &chart,
+        "--values",
+        &values,
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.alerts.SpillwayConfigRefused.enabled=false",
+        "--set",
+        "prometheusRule.alerts.SpillwayBurstRatioHigh.for=2h",
+        "--set",
+        "prometheusRule.alerts.SpillwayBurstRatioHigh.severity=critical",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ])?)?;
+    let rules = tuned[0]["spec"]["groups"][0]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rules.len(), alerts.len() - 1);
+    assert!(rules.iter().all(|r| r["alert"] != "SpillwayConfigRefused"));
+    let ratio = rules
+        .iter()
+        .find(|r| r["alert"] == "SpillwayBurstRatioHigh")
+        .context("SpillwayBurstRatioHigh rendered")?;
+    assert_eq!(ratio["for"], "2h");
+    assert_eq!(ratio["labels"]["severity"], "critical");
     Ok(())
 }
 
