@@ -206,6 +206,18 @@ impl ControllerMetrics {
             metrics.rebalance_evictions.with_label_values(&[result]);
             metrics.overshoot_evictions.with_label_values(&[result]);
         }
+        // Every kind the executor reports, at 0, so rates and alerts see them from start.
+        for action in [
+            "mark_burst",
+            "spill",
+            "evict",
+            "fail_over",
+            "publish_event",
+            "backfill",
+            "timeout",
+        ] {
+            metrics.actions_failed.with_label_values(&[action]);
+        }
         Ok(metrics)
     }
 
