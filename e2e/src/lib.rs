@@ -977,3 +977,34 @@ impl ControllerUnderTest {
         .await
     }
 }
+
+/// The `--admin-addr` port among a process's flags.
+pub fn admin_port(args: &[String]) -> anyhow::Result<u16> {
+    args.iter()
+        .position(|a| a == "--admin-addr")
+        .and_then(|at| args.get(at + 1))
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|port| port.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no --admin-addr among {args:?}"))
+}
+
+/// Whether the Node `node` carries the `spillway.io/provider-degraded` taint.
+pub async fn has_degraded_taint(client: &Client, node: &str) -> anyhow::Result<bool> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    Ok(nodes
+        .get(node)
+        .await?
+        .spec
+        .and_then(|spec| spec.taints)
+        .unwrap_or_default()
+        .iter()
+        .any(|taint| taint.key == "spillway.io/provider-degraded"))
+}
+
+/// `spillway_provider_ready{node,provider}` on the admin port, if exported yet.
+pub fn provider_ready(admin_port: u16, node: &str, provider: &str) -> Option<f64> {
+    let series = format!("spillway_provider_ready{{node=\"{node}\",provider=\"{provider}\"}}");
+    metrics_text(admin_port)
+        .ok()
+        .and_then(|metrics| sample(&metrics, &series))
+}

@@ -434,19 +434,6 @@ async fn acis_quota_and_unavailable_answers_mark_the_pod_refused_not_failed() ->
     Ok(())
 }
 
-/// Whether `node` carries the provider-degraded taint.
-async fn degraded_taint(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    Ok(nodes
-        .get(node)
-        .await?
-        .spec
-        .and_then(|spec| spec.taints)
-        .unwrap_or_default()
-        .iter()
-        .any(|taint| taint.key == "spillway.io/provider-degraded"))
-}
-
 /// An ACI node without credentials says so in one line at start and stays tainted
 /// provider-degraded (no endless 403s on pod creates); with a token ARM refuses it names
 /// the refusal; once the token is right the next check finds it ready and the taint goes.
@@ -463,22 +450,10 @@ async fn an_aci_node_without_credentials_says_so_once_and_stays_tainted_until_th
         + 1]
     .clone();
     std::fs::remove_file(&token_file)?;
-    let admin_port: u16 = fx.args[fx.args.iter().position(|a| a == "--admin-addr").unwrap() + 1]
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .parse()?;
+    let admin_port = spillway_e2e::admin_port(&fx.args)?;
     let log = format!("vk-{}", fx.node.ns.name);
     let _node = fx.start_node()?;
-    let series = format!(
-        "spillway_provider_ready{{node=\"{}\",provider=\"aci\"}}",
-        fx.node.node_name
-    );
-    let ready = || -> Option<f64> {
-        spillway_e2e::metrics_text(admin_port)
-            .ok()
-            .and_then(|m| spillway_e2e::sample(&m, &series))
-    };
+    let ready = || spillway_e2e::provider_ready(admin_port, &fx.node.node_name, "aci");
     wait_until(
         "the set-up check's verdict",
         Duration::from_secs(60),
@@ -498,7 +473,7 @@ async fn an_aci_node_without_credentials_says_so_once_and_stays_tainted_until_th
     wait_until(
         "the provider-degraded taint",
         Duration::from_secs(30),
-        || degraded_taint(&fx.node.client, &fx.node.node_name),
+        || spillway_e2e::has_degraded_taint(&fx.node.client, &fx.node.node_name),
     )
     .await?;
 
@@ -518,7 +493,7 @@ async fn an_aci_node_without_credentials_says_so_once_and_stays_tainted_until_th
     })
     .await?;
     wait_until("the taint gone", Duration::from_secs(30), || async {
-        Ok(!degraded_taint(&fx.node.client, &fx.node.node_name).await?)
+        Ok(!spillway_e2e::has_degraded_taint(&fx.node.client, &fx.node.node_name).await?)
     })
     .await?;
     Ok(())

@@ -1704,19 +1704,6 @@ async fn phase_is_running(pods: &Api<Pod>, name: &str) -> anyhow::Result<bool> {
         == Some("Running"))
 }
 
-/// Whether `node` carries the provider-degraded taint.
-async fn degraded_taint(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    Ok(nodes
-        .get(node)
-        .await?
-        .spec
-        .and_then(|spec| spec.taints)
-        .unwrap_or_default()
-        .iter()
-        .any(|taint| taint.key == "spillway.io/provider-degraded"))
-}
-
 /// The node checks its set-up at start, in the region the SDK's chain gives (no
 /// `--aws-region`: `AWS_REGION`, as EKS sets it): a missing ECS cluster and log group are
 /// each logged as one sentence, `spillway_provider_ready` is 0 and the node stays tainted
@@ -1731,22 +1718,10 @@ async fn a_node_whose_cluster_and_log_group_are_missing_says_so_and_stays_tainte
     let cluster = node.ns.name.clone();
     let args = fargate_node(&aws, &node.node_name, &cluster)?;
     assert!(!args.iter().any(|a| a == "--aws-region"));
-    let admin_port: u16 = args[args.iter().position(|a| a == "--admin-addr").unwrap() + 1]
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .parse()?;
+    let admin_port = spillway_e2e::admin_port(&args)?;
     let log = format!("vk-{cluster}");
     let _process = SpillwayProcess::start(&args, &log, &AWS_ENV)?;
-    let ready_series = format!(
-        "spillway_provider_ready{{node=\"{}\",provider=\"fargate\"}}",
-        node.node_name
-    );
-    let ready = || -> Option<f64> {
-        spillway_e2e::metrics_text(admin_port)
-            .ok()
-            .and_then(|m| spillway_e2e::sample(&m, &ready_series))
-    };
+    let ready = || spillway_e2e::provider_ready(admin_port, &node.node_name, "fargate");
     wait_until(
         "the set-up check's verdict",
         Duration::from_secs(60),
@@ -1770,7 +1745,7 @@ async fn a_node_whose_cluster_and_log_group_are_missing_says_so_and_stays_tainte
     wait_until(
         "the provider-degraded taint",
         Duration::from_secs(30),
-        || degraded_taint(&node.client, &node.node_name),
+        || spillway_e2e::has_degraded_taint(&node.client, &node.node_name),
     )
     .await?;
 
@@ -1790,7 +1765,7 @@ async fn a_node_whose_cluster_and_log_group_are_missing_says_so_and_stays_tainte
     })
     .await?;
     wait_until("the taint gone", Duration::from_secs(30), || async {
-        Ok(!degraded_taint(&node.client, &node.node_name).await?)
+        Ok(!spillway_e2e::has_degraded_taint(&node.client, &node.node_name).await?)
     })
     .await?;
     let pods = node.pods();
@@ -1856,7 +1831,7 @@ async fn access_denied_across_pods_turns_the_node_degraded_instead_of_failing_th
     wait_until(
         "the provider-degraded taint",
         Duration::from_secs(90),
-        || degraded_taint(client, node_name),
+        || spillway_e2e::has_degraded_taint(client, node_name),
     )
     .await?;
     proxy.clear("RunTask");
@@ -1864,7 +1839,7 @@ async fn access_denied_across_pods_turns_the_node_degraded_instead_of_failing_th
         wait_running(&pods, name, Duration::from_secs(180)).await?;
     }
     wait_until("the taint gone", Duration::from_secs(60), || async {
-        Ok(!degraded_taint(client, node_name).await?)
+        Ok(!spillway_e2e::has_degraded_taint(client, node_name).await?)
     })
     .await?;
     Ok(())
