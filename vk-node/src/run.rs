@@ -57,6 +57,7 @@ impl ProviderKind {
 
 /// Mock provider flags.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Mock provider")]
 pub struct MockArgs {
     /// Mock: milliseconds from create to Running.
     #[arg(long, default_value_t = 500, env = "SPILLWAY_MOCK_START_LATENCY_MS",
@@ -140,6 +141,7 @@ pub struct EmbeddedNodesArgs {
 
 /// Everything about a virtual node but its provider kind.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Virtual node")]
 pub struct NodeOptions {
     /// Provider named in the node's `spillway.io/provider` label and taint (default: the
     /// provider itself); lets the mock stand in for `fargate` or `aci` in demos and tests.

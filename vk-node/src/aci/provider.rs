@@ -27,6 +27,7 @@ use crate::provider::{
 /// ACI flags (the cluster id and default sizes are shared with Fargate: `--cluster-id`,
 /// `--default-cpu`, `--default-memory`).
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Azure Container Instances")]
 pub struct AciArgs {
     /// Azure subscription the container groups are created in.
     #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]

@@ -112,6 +112,7 @@ pub const DESCRIBE_BATCH: usize = 100;
 
 /// Fargate flags.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "AWS Fargate")]
 pub struct FargateArgs {
     /// ECS cluster to run tasks in.
     #[arg(long, default_value = "default", env = "SPILLWAY_ECS_CLUSTER")]
@@ -121,10 +122,12 @@ pub struct FargateArgs {
     /// or an ACI resource group never adopt or stop each other's tasks or groups while
     /// their ids differ. Unset: derived from the kube-system namespace's UID
     /// (`k8s-<12 hex digits>`), unique to this cluster.
+    #[arg(help_heading = "Every provider")]
     #[arg(long, env = "SPILLWAY_CLUSTER_ID", value_parser = cluster_id)]
     pub cluster_id: Option<String>,
     /// Accept `--cluster-id default`, the id every install once shared (only when the
     /// tasks and groups already running under it are this cluster's).
+    #[arg(help_heading = "Every provider")]
     #[arg(long, env = "SPILLWAY_ALLOW_DEFAULT_CLUSTER_ID")]
     pub allow_default_cluster_id: bool,
     /// Subnet ids for task ENIs (comma-separated).
@@ -153,9 +156,11 @@ pub struct FargateArgs {
     #[arg(long, env = "SPILLWAY_AWS_ENDPOINT")]
     pub aws_endpoint: Option<String>,
     /// CPU for pods that request none.
+    #[arg(help_heading = "Every provider")]
     #[arg(long, default_value = "250m", env = "SPILLWAY_DEFAULT_CPU")]
     pub default_cpu: String,
     /// Memory for pods that request none.
+    #[arg(help_heading = "Every provider")]
     #[arg(long, default_value = "512Mi", env = "SPILLWAY_DEFAULT_MEMORY")]
     pub default_memory: String,
 }
