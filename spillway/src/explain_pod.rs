@@ -36,9 +36,17 @@ pub struct ExplainArgs {
     /// Operator config whose `pricing` is used; list prices without it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Pod manifest, YAML or JSON (`-` for stdin).
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    /// Pod manifest, or a workload whose pod template is explained (Deployment,
+    /// ReplicaSet, StatefulSet, DaemonSet, Job, CronJob); YAML or JSON, `-` for stdin.
+    #[arg(
+        value_name = "FILE",
+        required_unless_present = "filename",
+        conflicts_with = "filename"
+    )]
+    pub file: Option<PathBuf>,
+    /// The manifest, as kubectl takes it (`-f deployment.yaml`).
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub filename: Option<PathBuf>,
 }
 
 fn answer(args: &ExplainArgs) -> Result<String, String> {
@@ -46,17 +54,22 @@ fn answer(args: &ExplainArgs) -> Result<String, String> {
         Some(path) => OperatorConfig::load(path).map_err(|e| e.to_string())?,
         None => OperatorConfig::default(),
     };
-    let text = if args.file.as_os_str() == "-" {
+    let file = args
+        .filename
+        .clone()
+        .or_else(|| args.file.clone())
+        .ok_or("a manifest is required (FILE or -f FILE)")?;
+    let text = if file.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|e| format!("stdin: {e}"))?;
         text
     } else {
-        std::fs::read_to_string(&args.file)
-            .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
+        std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?
     };
-    let pod = explain::parse_pod(&text).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let pod = explain::parse_pod(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     let provider = match args.provider {
         ProviderArg::Fargate => Provider::Fargate,
         ProviderArg::Aci => Provider::Aci,

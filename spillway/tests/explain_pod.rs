@@ -122,3 +122,61 @@ fn aci_gives_eligibility_size_and_cost() {
     let out = json(&["--provider", "aci", "-o", "json"], &big);
     assert_eq!(out["reasons"], serde_json::json!(["too-large"]));
 }
+
+#[test]
+fn a_deployment_is_explained_by_its_pod_template_with_dash_f() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deployment.yaml");
+    std::fs::write(
+        &path,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.27
+        resources: {requests: {cpu: "1", memory: 3000Mi}}
+"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["explain-pod", "--provider", "aci", "-o", "json", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["eligible"], true);
+    assert_eq!(
+        out["size"],
+        serde_json::json!({"cpu": 1.0, "memoryInGB": 3.0})
+    );
+    // Named after the Deployment, in its namespace.
+    let name = out["request"]["containerGroupName"].as_str().unwrap();
+    assert!(name.starts_with("shop-web-"), "{name}");
+    // A kind without a pod template is refused, naming what is accepted.
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n",
+    )
+    .unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["explain-pod", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Deployment"));
+}

@@ -107,14 +107,21 @@ pub enum ExplainError {
 pub fn parse_pod(text: &str) -> Result<Pod, ExplainError> {
     let value: Value =
         serde_yaml_ng::from_str(text).map_err(|e| ExplainError::NotAPod(e.to_string()))?;
-    match value.get("kind").and_then(Value::as_str) {
-        Some("Pod") | None => {}
+    let value = match value.get("kind").and_then(Value::as_str) {
+        Some("Pod") | None => value,
+        Some("Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job") => {
+            pod_of_template(&value, &value["spec"]["template"])?
+        }
+        Some("CronJob") => {
+            pod_of_template(&value, &value["spec"]["jobTemplate"]["spec"]["template"])?
+        }
         Some(other) => {
             return Err(ExplainError::NotAPod(format!(
-                "kind is {other}, expected Pod"
+                "kind is {other}, expected Pod or a workload with a pod template (Deployment, \
+                 ReplicaSet, StatefulSet, DaemonSet, Job, CronJob)"
             )));
         }
-    }
+    };
     if value
         .get("spec")
         .and_then(|s| s.get("containers"))
@@ -126,6 +133,31 @@ pub fn parse_pod(text: &str) -> Result<Pod, ExplainError> {
 }
 
 use serde::Deserialize as _;
+
+/// The pod a workload's template makes: the template's metadata and spec, named after the
+/// workload, in its namespace.
+fn pod_of_template(workload: &Value, template: &Value) -> Result<Value, ExplainError> {
+    if template.is_null() {
+        return Err(ExplainError::NotAPod(
+            "the workload has no pod template (spec.template)".into(),
+        ));
+    }
+    let mut metadata = template
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    for key in ["name", "namespace"] {
+        if let Some(value) = workload["metadata"].get(key) {
+            metadata[key] = value.clone();
+        }
+    }
+    Ok(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": template.get("spec").cloned().unwrap_or(Value::Null),
+    }))
+}
 
 /// Explains `pod` for `provider` at `pricing`.
 pub fn explain(
