@@ -35,10 +35,130 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Output,
-    /// Operator config for the default provider, prices and budget (the one the
-    /// controller runs with); defaults apply without it.
+    /// Operator config file for the default provider, prices and budget. Without it the
+    /// config the cluster runs with is read: `--config-map`, else the one ConfigMap
+    /// labelled `app.kubernetes.io/name=spillway` with a `config.yaml` (the chart's); the
+    /// defaults when there is none or it cannot be read (said on stderr).
     #[arg(long, env = "SPILLWAY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The ConfigMap holding the operator config, `NAMESPACE/NAME` (key `config.yaml`).
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "config")]
+    pub config_map: Option<String>,
+    /// Watch: print the status again every `--interval-seconds` until interrupted.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Seconds between two prints with `-w`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval_seconds: u64,
+}
+
+/// Where the config in a status came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `--config`.
+    File(PathBuf),
+    /// A ConfigMap, `namespace/name`.
+    ConfigMap(String),
+    /// None found: the defaults, and why.
+    Defaults(String),
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::File(path) => write!(f, "config from {}", path.display()),
+            ConfigSource::ConfigMap(name) => write!(f, "config from ConfigMap {name}"),
+            ConfigSource::Defaults(why) => write!(f, "default config ({why})"),
+        }
+    }
+}
+
+/// The operator config the status is computed with, and where it came from.
+pub async fn operator_config(
+    args: &StatusArgs,
+    client: &Client,
+) -> Result<(OperatorConfig, ConfigSource), StatusError> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    if let Some(path) = &args.config {
+        return Ok((
+            OperatorConfig::load(path)?,
+            ConfigSource::File(path.clone()),
+        ));
+    }
+    let from_map =
+        |map: &ConfigMap| -> Option<Result<(OperatorConfig, ConfigSource), StatusError>> {
+            let text = map.data.as_ref()?.get("config.yaml")?;
+            let name = format!(
+                "{}/{}",
+                map.metadata.namespace.as_deref().unwrap_or_default(),
+                map.metadata.name.as_deref().unwrap_or_default()
+            );
+            Some(
+                OperatorConfig::from_yaml(text, std::path::Path::new(&name))
+                    .map(|config| (config, ConfigSource::ConfigMap(name)))
+                    .map_err(StatusError::from),
+            )
+        };
+    if let Some(wanted) = &args.config_map {
+        let (namespace, name) = wanted.split_once('/').ok_or_else(|| {
+            StatusError::ConfigMap(format!("--config-map {wanted:?}: expected NAMESPACE/NAME"))
+        })?;
+        let map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get(name)
+            .await
+            .map_err(|e| StatusError::ConfigMap(format!("--config-map {wanted}: {e}")))?;
+        return from_map(&map).unwrap_or_else(|| {
+            Err(StatusError::ConfigMap(format!(
+                "--config-map {wanted}: no config.yaml key"
+            )))
+        });
+    }
+    let labelled = ListParams::default().labels("app.kubernetes.io/name=spillway");
+    let maps = match Api::<ConfigMap>::all(client.clone()).list(&labelled).await {
+        Ok(list) => list.items,
+        Err(error) => {
+            return Ok((
+                OperatorConfig::default(),
+                ConfigSource::Defaults(format!(
+                    "cannot list Spillway's ConfigMaps: {error}; give --config-map or --config"
+                )),
+            ));
+        }
+    };
+    let candidates: Vec<&ConfigMap> = maps
+        .iter()
+        .filter(|m| {
+            m.data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("config.yaml"))
+        })
+        .collect();
+    match candidates.as_slice() {
+        [one] => from_map(one).expect("it has config.yaml"),
+        [] => Ok((
+            OperatorConfig::default(),
+            ConfigSource::Defaults("no Spillway ConfigMap in the cluster".into()),
+        )),
+        several => {
+            let names: Vec<String> = several
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}/{}",
+                        m.metadata.namespace.as_deref().unwrap_or_default(),
+                        m.metadata.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect();
+            Ok((
+                OperatorConfig::default(),
+                ConfigSource::Defaults(format!(
+                    "several Spillway ConfigMaps ({}): name one with --config-map",
+                    names.join(", ")
+                )),
+            ))
+        }
+    }
 }
 
 /// Why the status could not be read.
@@ -50,6 +170,9 @@ pub enum StatusError {
     /// The cluster could not be listed.
     #[error("listing the cluster: {0}")]
     List(#[from] kube::Error),
+    /// The named ConfigMap could not be used.
+    #[error("{0}")]
+    ConfigMap(String),
 }
 
 async fn list_all<K>(client: &Client, params: &ListParams) -> Result<Vec<K>, kube::Error>
@@ -70,13 +193,10 @@ where
     }
 }
 
-/// Reads the cluster and computes the status.
-pub async fn read(args: &StatusArgs) -> Result<Status, StatusError> {
-    let config = match &args.config {
-        Some(path) => OperatorConfig::load(path)?,
-        None => OperatorConfig::default(),
-    };
+/// Reads the cluster and computes the status, with where its config came from.
+pub async fn read(args: &StatusArgs) -> Result<(Status, ConfigSource), StatusError> {
     let client = spillway_common::kube_access::client().await?;
+    let (config, source) = operator_config(args, &client).await?;
     let all = ListParams::default();
     let (nodes, pods, replicasets, deployments, hpas) = futures::try_join!(
         list_all::<Node>(&client, &all),
@@ -96,13 +216,14 @@ pub async fn read(args: &StatusArgs) -> Result<Status, StatusError> {
         .filter(|p| pod_store::wanted(p, &index, true))
         .filter_map(|p| PodView::from_pod(p, &index, config.default_provider))
         .collect();
-    Ok(status::compute(
+    let status = status::compute(
         &index,
         &views,
         &config,
         args.namespace.as_deref(),
         jiff::Timestamp::now().as_millisecond(),
-    ))
+    );
+    Ok((status, source))
 }
 
 /// Prints the status in the chosen format.

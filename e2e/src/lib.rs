@@ -94,8 +94,11 @@ where
 
 /// `spillway status -o json -n <namespace>` against the test bed, parsed.
 pub fn status_json(namespace: &str) -> anyhow::Result<serde_json::Value> {
+    // The default config, whatever chart release another test has installed meanwhile.
+    let defaults = tempfile::NamedTempFile::new()?;
     let output = std::process::Command::new(spillway_binary()?)
-        .args(["status", "-o", "json", "-n", namespace])
+        .args(["status", "-o", "json", "-n", namespace, "--config"])
+        .arg(defaults.path())
         .env("KUBECONFIG", run_dir().join("kubeconfig"))
         .output()?;
     anyhow::ensure!(

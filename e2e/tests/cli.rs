@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use spillway_e2e::{repo_root, run_dir, spillway_binary};
+use spillway_e2e::{kubectl, repo_root, run_dir, spillway_binary};
 
 /// Runs `program args…` without `KUBECONFIG` in its environment.
 fn run_without_kubeconfig(program: &Path, args: &[&str], path: &str) -> std::process::Output {
@@ -92,14 +92,14 @@ fn kubeconfig_and_context_flags_work_on_every_command_and_as_a_kubectl_plugin() 
         plugins.path().display(),
         repo_root().join("e2e/.build/bin").display()
     );
-    let kubectl = repo_root().join("e2e/.build/bin/kubectl");
-    let version = run_without_kubeconfig(&kubectl, &["spillway", "version"], &plugin_path);
+    let kubectl_binary = repo_root().join("e2e/.build/bin/kubectl");
+    let version = run_without_kubeconfig(&kubectl_binary, &["spillway", "version"], &plugin_path);
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("spillway {}", env!("CARGO_PKG_VERSION"))
     );
     let through_kubectl = run_without_kubeconfig(
-        &kubectl,
+        &kubectl_binary,
         &[
             "spillway",
             "status",
@@ -115,6 +115,76 @@ fn kubeconfig_and_context_flags_work_on_every_command_and_as_a_kubectl_plugin() 
         "{}",
         String::from_utf8_lossy(&through_kubectl.stderr)
     );
+
+    // The config the cluster runs with: a ConfigMap named with --config-map.
+    let namespace = format!("e2e-cli-{}", std::process::id());
+    kubectl(&["create", "namespace", &namespace]).expect("a namespace");
+    kubectl(&[
+        "-n",
+        &namespace,
+        "create",
+        "configmap",
+        "spillway-config",
+        "--from-literal=config.yaml=budget:\n  maxUsdPerHour: 7\n",
+    ])
+    .expect("the ConfigMap");
+    let config_map = format!("{namespace}/spillway-config");
+    let from_map = run_without_kubeconfig(
+        &binary,
+        &[
+            "status",
+            "-o",
+            "json",
+            "--kubeconfig",
+            &kubeconfig,
+            "--config-map",
+            &config_map,
+        ],
+        &path,
+    );
+    let _ = kubectl(&["delete", "namespace", &namespace, "--wait=false"]);
+    assert!(
+        from_map.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_map.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&from_map.stdout).expect("JSON");
+    assert_eq!(status["cluster"]["budgetUsdPerHour"], 7.0, "{status}");
+    assert!(
+        String::from_utf8_lossy(&from_map.stderr)
+            .contains(&format!("config from ConfigMap {config_map}"))
+    );
+
+    // -w prints again every interval until interrupted, then exits 0.
+    let watching = Command::new(&binary)
+        .args([
+            "status",
+            "-o",
+            "json",
+            "-w",
+            "--interval-seconds",
+            "1",
+            "--kubeconfig",
+            &kubeconfig,
+            "--config",
+            "/dev/null",
+        ])
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("status -w starts");
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    Command::new("kill")
+        .args(["-INT", &watching.id().to_string()])
+        .status()
+        .expect("kill runs");
+    let watched = watching.wait_with_output().expect("status -w ends");
+    assert!(watched.status.success(), "{:?}", watched.status);
+    let prints = String::from_utf8_lossy(&watched.stdout)
+        .matches("\"workloads\"")
+        .count();
+    assert!(prints >= 2, "{prints} prints in 3.5 s at 1 s intervals");
 
     // Completion scripts for the shells people use.
     for (shell, marker) in [

@@ -95,19 +95,37 @@ fn status(args: &spillway_controller::status_cli::StatusArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(spillway_controller::status_cli::read(args)) {
-        Ok(status) => {
-            print!(
-                "{}",
-                spillway_controller::status_cli::render(&status, args.output)
-            );
-            ExitCode::SUCCESS
+    runtime.block_on(async {
+        let stop = spillway_common::shutdown::on_signal();
+        loop {
+            match spillway_controller::status_cli::read(args).await {
+                Ok((status, source)) => {
+                    if args.watch {
+                        // Clear the screen and print from the top, as `watch` does.
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    eprintln!("spillway status: {source}");
+                    print!(
+                        "{}",
+                        spillway_controller::status_cli::render(&status, args.output)
+                    );
+                }
+                Err(error) => {
+                    eprintln!("spillway status: {error}");
+                    if !args.watch {
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if !args.watch {
+                return ExitCode::SUCCESS;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return ExitCode::SUCCESS,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(args.interval_seconds)) => {}
+            }
         }
-        Err(error) => {
-            eprintln!("spillway status: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// Runs the parsed command line and returns the process exit code.
