@@ -15,6 +15,9 @@ pub struct ControllerMetrics {
     pub workload_replicas: IntGaugeVec,
     /// `spillway_burst_ratio{namespace,workload}`.
     pub burst_ratio: GaugeVec,
+    /// `spillway_oldest_burst_seconds{namespace,workload}`: age of the workload's oldest
+    /// burst replica (absent while none is burst).
+    pub oldest_burst: IntGaugeVec,
     /// `spillway_cluster_request_utilization{resource}`.
     pub cluster_utilization: GaugeVec,
     /// `spillway_burst_cost_usd_per_hour{namespace,workload,provider}`.
@@ -139,6 +142,13 @@ impl ControllerMetrics {
                 ),
                 &["action"],
             )?,
+            oldest_burst: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_oldest_burst_seconds",
+                    "Age of the workload's oldest burst replica, seconds (absent while none is burst)",
+                ),
+                &["namespace", "workload"],
+            )?,
             shadow_actions: IntGaugeVec::new(
                 Opts::new(
                     "spillway_shadow_actions",
@@ -196,6 +206,7 @@ impl ControllerMetrics {
         registry.register(Box::new(metrics.leader.clone()))?;
         registry.register(Box::new(metrics.reconcile_duration.clone()))?;
         registry.register(Box::new(metrics.shadow_actions.clone()))?;
+        registry.register(Box::new(metrics.oldest_burst.clone()))?;
         for resource in ["cpu", "memory"] {
             metrics
                 .backfill_requested
@@ -226,7 +237,13 @@ impl ControllerMetrics {
         self.workload_replicas.reset();
         self.burst_ratio.reset();
         self.burst_cost.reset();
+        self.oldest_burst.reset();
         for w in &status.workloads {
+            if let Some(seconds) = w.oldest_burst_seconds {
+                self.oldest_burst
+                    .with_label_values(&[w.namespace.as_str(), w.workload.as_str()])
+                    .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+            }
             let labels = [w.namespace.as_str(), w.workload.as_str()];
             self.workload_replicas
                 .with_label_values(&[labels[0], labels[1], "local"])

@@ -291,6 +291,7 @@ impl Controller {
             }
             self.metrics.leader.set(0);
             self.metrics.shadow_actions.reset();
+            self.metrics.oldest_burst.reset();
             self.metrics.workload_replicas.reset();
             self.metrics.burst_ratio.reset();
             self.metrics.burst_cost.reset();
