@@ -266,6 +266,9 @@ impl SpillwayProcess {
             .args(args)
             .env("KUBECONFIG", run_dir().join("kubeconfig"))
             .env("SPILLWAY_LOG", "info,spillway_vk_node=debug")
+            // Nothing a test starts asks the instance metadata (off loopback) for a region
+            // or credentials.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(std::process::Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()

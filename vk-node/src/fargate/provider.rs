@@ -193,6 +193,9 @@ impl FargateProvider<AwsApi> {
         cluster_id: &str,
         metrics: NodeMetrics,
     ) -> Result<Self, String> {
+        // The flags first: a missing one is said at once, before any region lookup
+        // (which may wait on the instance metadata).
+        required_flags(args)?;
         let region = region::resolve(args.aws_region.as_deref()).await?;
         let settings = settings_from_args(args, &region, node_name, cluster_id)?;
         let api = AwsApi::new(&region, args.aws_endpoint.as_deref(), metrics).await;
@@ -222,12 +225,7 @@ pub fn settings_from_args(
     node_name: &str,
     cluster_id: &str,
 ) -> Result<FargateSettings, String> {
-    if args.subnets.is_empty() {
-        return Err("--subnets: at least one subnet id is required for awsvpc tasks".into());
-    }
-    if args.security_groups.is_empty() {
-        return Err("--security-groups: at least one security group id is required".into());
-    }
+    required_flags(args)?;
     let default_cpu_millis =
         quantity::cpu_millis(&args.default_cpu).map_err(|e| format!("--default-cpu: {e}"))?;
     let default_memory_bytes =
@@ -247,6 +245,17 @@ pub fn settings_from_args(
         default_memory_bytes,
         price: PricingConfig::default().fargate,
     })
+}
+
+/// The flags a Fargate node cannot run without; the error names the flag.
+fn required_flags(args: &FargateArgs) -> Result<(), String> {
+    if args.subnets.is_empty() {
+        return Err("--subnets: at least one subnet id is required for awsvpc tasks".into());
+    }
+    if args.security_groups.is_empty() {
+        return Err("--security-groups: at least one security group id is required".into());
+    }
+    Ok(())
 }
 
 /// Where this node's pod secrets live: `spillway/<cluster id>/<node>/`.
