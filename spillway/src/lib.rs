@@ -100,8 +100,12 @@ fn status(args: &spillway_controller::status_cli::StatusArgs) -> ExitCode {
         loop {
             match spillway_controller::status_cli::read(args).await {
                 Ok((status, source)) => {
-                    if args.watch {
-                        // Clear the screen and print from the top, as `watch` does.
+                    if args.watch
+                        && args.output == spillway_controller::status_cli::Output::Table
+                        && std::io::IsTerminal::is_terminal(&std::io::stdout())
+                    {
+                        // A table on a terminal: clear it and print from the top, as `watch`
+                        // does (JSON and pipes get the prints one after another).
                         print!("\x1b[2J\x1b[H");
                     }
                     eprintln!("spillway status: {source}");
