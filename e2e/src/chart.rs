@@ -208,9 +208,14 @@ fn strip_innermost(text: &str, open: char, close: char) -> String {
 /// defaults alone name no Fargate subnets and are refused) and a runbook URL (the alert
 /// tests expect `https://docs.example.com/spillway/metrics.md#<alert>`).
 pub fn rendered_prometheus_rule() -> anyhow::Result<Value> {
+    rendered_prometheus_rule_with(&[])
+}
+
+/// [`rendered_prometheus_rule`] with more `--set KEY=VALUE` values.
+pub fn rendered_prometheus_rule_with(sets: &[&str]) -> anyhow::Result<Value> {
     let chart = chart_dir().display().to_string();
     let values = chart_dir().join("ci/eks-values.yaml").display().to_string();
-    let rendered = helm(&[
+    let mut args = vec![
         "template",
         "s",
         &chart,
@@ -222,8 +227,11 @@ pub fn rendered_prometheus_rule() -> anyhow::Result<Value> {
         "prometheusRule.runbookUrl=https://docs.example.com/spillway/metrics.md",
         "--show-only",
         "templates/prometheusrule.yaml",
-    ])?;
-    documents(&rendered)?
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    documents(&helm(&args)?)?
         .pop()
         .context("no PrometheusRule rendered")
 }

@@ -1007,6 +1007,28 @@ pub async fn has_degraded_taint(client: &Client, node: &str) -> anyhow::Result<b
         .any(|taint| taint.key == "spillway.io/provider-degraded"))
 }
 
+/// Waits until `spillway_provider_ready{node,provider}` on the admin port says `ready`
+/// (1) or not (0).
+pub async fn wait_provider_ready(
+    admin_port: u16,
+    node: &str,
+    provider: &str,
+    ready: bool,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let want = if ready { 1.0 } else { 0.0 };
+    let what = if ready {
+        "the set-up ready"
+    } else {
+        "the set-up check's verdict: not ready"
+    };
+    wait_until(what, within, || {
+        let verdict = provider_ready(admin_port, node, provider);
+        async move { Ok(verdict == Some(want)) }
+    })
+    .await
+}
+
 /// `spillway_provider_ready{node,provider}` on the admin port, if exported yet.
 pub fn provider_ready(admin_port: u16, node: &str, provider: &str) -> Option<f64> {
     let series = format!("spillway_provider_ready{{node=\"{node}\",provider=\"{provider}\"}}");

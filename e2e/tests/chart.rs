@@ -33,6 +33,12 @@ fn aks() -> PathBuf {
     chart_dir().join("ci/aks-values.yaml")
 }
 
+/// The chart rendered with an EKS install's values and `yaml` on top.
+fn render_eks_with(dir: &Path, name: &str, yaml: &str) -> anyhow::Result<Vec<Value>> {
+    let extra = values_file(dir, name, yaml)?;
+    render("spillway", "spillway-system", &[eks().as_path(), &extra])
+}
+
 fn values_file(dir: &Path, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, yaml)?;
@@ -200,12 +206,11 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         "{args}"
     );
     let dir = tempfile::tempdir()?;
-    let region = values_file(
+    let with_region = render_eks_with(
         dir.path(),
         "region.yaml",
         "controller:\n  fargate:\n    region: eu-west-1\n",
     )?;
-    let with_region = render("spillway", "spillway-system", &[eks().as_path(), &region])?;
     let controller_with_region = find(&with_region, "Deployment", "spillway-controller")?;
     assert!(
         controller_with_region["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -303,12 +308,7 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
             Some(first + providers - 1)
         );
     }
-    let off = values_file(dir.path(), "off.yaml", "networkPolicy:\n  enabled: false\n")?;
-    let off = render(
-        "spillway",
-        "spillway-system",
-        &[eks().as_path(), off.as_path()],
-    )?;
+    let off = render_eks_with(dir.path(), "off.yaml", "networkPolicy:\n  enabled: false\n")?;
     assert!(off.iter().all(|d| d["kind"] != "NetworkPolicy"));
 
     // The install notes warn loudly while every namespace may use the virtual nodes.
@@ -359,12 +359,11 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         "{account}"
     );
     // Every binding and policy names the account and nodes the values chose.
-    let renamed = values_file(
+    let renamed = render_eks_with(
         dir.path(),
         "renamed.yaml",
         "controller:\n  serviceAccount:\n    name: burst-controller\n",
     )?;
-    let renamed = render("spillway", "spillway-system", &[eks().as_path(), &renamed])?;
     find(&renamed, "ServiceAccount", "burst-controller")?;
     for d in renamed
         .iter()
@@ -406,13 +405,12 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
             .contains("--max-connections=2048")
     );
     // Overlay CNIs: host network and its DNS policy; an existing account instead of one.
-    let overlay = values_file(
+    let on_overlay = render_eks_with(
         dir.path(),
         "overlay.yaml",
         "webhook:\n  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n  \
          serviceAccount:\n    create: false\n    name: existing-webhook\n",
     )?;
-    let on_overlay = render("spillway", "spillway-system", &[eks().as_path(), &overlay])?;
     let webhook_pod =
         &find(&on_overlay, "Deployment", "spillway-webhook")?["spec"]["template"]["spec"];
     assert_eq!(webhook_pod["hostNetwork"], true);
@@ -681,26 +679,12 @@ fn the_alerts_pass_their_promtool_unit_tests() -> anyhow::Result<()> {
         );
     }
     // Per alert: off, or another `for` and severity.
-    let chart = chart_dir().display().to_string();
-    let values = chart_dir().join("ci/eks-values.yaml").display().to_string();
-    let tuned = documents(&helm(&[
-        "template",
-        "s",
-        &chart,
-        "--values",
-        &values,
-        "--set",
-        "prometheusRule.enabled=true",
-        "--set",
+    let tuned = spillway_e2e::chart::rendered_prometheus_rule_with(&[
         "prometheusRule.alerts.SpillwayConfigRefused.enabled=false",
-        "--set",
         "prometheusRule.alerts.SpillwayBurstRatioHigh.for=2h",
-        "--set",
         "prometheusRule.alerts.SpillwayBurstRatioHigh.severity=critical",
-        "--show-only",
-        "templates/prometheusrule.yaml",
-    ])?)?;
-    let rules = tuned[0]["spec"]["groups"][0]["rules"]
+    ])?;
+    let rules = tuned["spec"]["groups"][0]["rules"]
         .as_array()
         .cloned()
         .unwrap_or_default();

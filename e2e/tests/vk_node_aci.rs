@@ -454,13 +454,12 @@ async fn an_aci_node_without_credentials_says_so_once_and_stays_tainted_until_th
     let log = format!("vk-{}", fx.node.ns.name);
     let _node = fx.start_node()?;
     let ready = || spillway_e2e::provider_ready(admin_port, &fx.node.node_name, "aci");
-    wait_until(
-        "the set-up check's verdict",
+    spillway_e2e::wait_provider_ready(
+        admin_port,
+        &fx.node.node_name,
+        "aci",
+        false,
         Duration::from_secs(60),
-        || {
-            let verdict = ready();
-            async move { Ok(verdict == Some(0.0)) }
-        },
     )
     .await?;
     let text = std::fs::read_to_string(spillway_e2e::log_path(&log))?;
@@ -487,10 +486,13 @@ async fn an_aci_node_without_credentials_says_so_once_and_stays_tainted_until_th
     assert_eq!(ready(), Some(0.0));
 
     std::fs::write(&token_file, TOKEN)?;
-    wait_until("the set-up ready", Duration::from_secs(75), || {
-        let verdict = ready();
-        async move { Ok(verdict == Some(1.0)) }
-    })
+    spillway_e2e::wait_provider_ready(
+        admin_port,
+        &fx.node.node_name,
+        "aci",
+        true,
+        Duration::from_secs(75),
+    )
     .await?;
     wait_until("the taint gone", Duration::from_secs(30), || async {
         Ok(!spillway_e2e::has_degraded_taint(&fx.node.client, &fx.node.node_name).await?)

@@ -1721,14 +1721,12 @@ async fn a_node_whose_cluster_and_log_group_are_missing_says_so_and_stays_tainte
     let admin_port = spillway_e2e::admin_port(&args)?;
     let log = format!("vk-{cluster}");
     let _process = SpillwayProcess::start(&args, &log, &AWS_ENV)?;
-    let ready = || spillway_e2e::provider_ready(admin_port, &node.node_name, "fargate");
-    wait_until(
-        "the set-up check's verdict",
+    spillway_e2e::wait_provider_ready(
+        admin_port,
+        &node.node_name,
+        "fargate",
+        false,
         Duration::from_secs(60),
-        || {
-            let verdict = ready();
-            async move { Ok(verdict == Some(0.0)) }
-        },
     )
     .await?;
     let text = std::fs::read_to_string(spillway_e2e::log_path(&log))?;
@@ -1759,10 +1757,13 @@ async fn a_node_whose_cluster_and_log_group_are_missing_says_so_and_stays_tainte
         .log_group_name(format!("/spillway/{cluster}"))
         .send()
         .await?;
-    wait_until("the set-up ready", Duration::from_secs(75), || {
-        let verdict = ready();
-        async move { Ok(verdict == Some(1.0)) }
-    })
+    spillway_e2e::wait_provider_ready(
+        admin_port,
+        &node.node_name,
+        "fargate",
+        true,
+        Duration::from_secs(75),
+    )
     .await?;
     wait_until("the taint gone", Duration::from_secs(30), || async {
         Ok(!spillway_e2e::has_degraded_taint(&node.client, &node.node_name).await?)
