@@ -10,6 +10,7 @@ pub mod fargate_sizing;
 pub mod file_watch;
 pub mod keys;
 pub mod kube_access;
+pub mod label;
 pub mod leader;
 pub mod limited_server;
 pub mod pki;

@@ -341,6 +341,7 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
     for flag in [
         "--sweep-interval-seconds=600",
         "--node-name-prefix=burst-eu",
+        "--node-label=eks.amazonaws.com/compute-type=fargate",
     ] {
         assert!(args.contains(flag), "{flag} in {args}");
     }
@@ -398,6 +399,10 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
             .contains("'burst-eu-fargate','burst-eu-mock'"),
         "{names}"
     );
+    let endpoint = &find(&docs, "ServiceMonitor", "spillway")?["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scrapeTimeout"], "10s");
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "host");
+    assert_eq!(endpoint["metricRelabelings"][0]["action"], "drop");
     let webhook = find(&docs, "Deployment", "spillway-webhook")?;
     assert!(
         webhook["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -552,12 +557,21 @@ fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
             "networkPolicy:\n  apiserverCidrs: [apiserver]\n",
             "/networkPolicy/apiserverCidrs/0",
         ),
+        // Node label values are label values.
+        (
+            "controller:\n  virtualNode:\n    labels: {team: has space}\n",
+            "/controller/virtualNode/labels/team",
+        ),
     ];
     // Refusals that span keys, on top of a valid EKS or AKS install: what the chart
     // cannot run is refused at render time, naming the key.
     let (eks_values, aks_values) = (eks().display().to_string(), aks().display().to_string());
     let spanning = [
         ("", "controller.fargate.executionRoleArn"),
+        (
+            "controller:\n  virtualNode:\n    labels: {type: real}\n",
+            "controller.virtualNode.labels: type is set by Spillway",
+        ),
         (
             "controller:\n  fargate:\n    executionRoleArn: ''\n",
             "controller.fargate.executionRoleArn",

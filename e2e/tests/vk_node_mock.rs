@@ -25,6 +25,8 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
         "200".into(),
         "--max-vcpu".into(),
         "32".into(),
+        "--node-label".into(),
+        "example.com/pool=burst".into(),
     ]);
     let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
 
@@ -54,6 +56,11 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
     assert_eq!(
         labels.get("spillway.io/provider").map(String::as_str),
         Some("mock")
+    );
+    assert_eq!(
+        labels.get("example.com/pool").map(String::as_str),
+        Some("burst"),
+        "the operator's --node-label"
     );
     let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
     assert!(

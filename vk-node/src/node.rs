@@ -2,6 +2,7 @@
 //! (again whenever someone deletes it), the Lease heartbeat (40 s, renewed every 10 s),
 //! node status every minute, and the provider-degraded taint.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -35,6 +36,8 @@ pub struct NodeSpec {
     pub address: String,
     /// Kubelet API port.
     pub kubelet_port: u16,
+    /// The operator's own labels (`--node-label`), beside the ones Spillway sets.
+    pub extra_labels: BTreeMap<String, String>,
 }
 
 /// Why a node operation failed.
@@ -76,6 +79,35 @@ fn with_degraded_taint(current: &[Value], spec: &NodeSpec, degraded: bool) -> Ve
     taints
 }
 
+/// The label keys Spillway sets on every virtual node; `--node-label` may not name them.
+pub const OWN_LABEL_KEYS: [&str; 7] = [
+    keys::NODE_TYPE_LABEL,
+    "kubernetes.io/role",
+    "kubernetes.io/os",
+    "kubernetes.io/arch",
+    "kubernetes.io/hostname",
+    keys::NODE_PROVIDER_LABEL,
+    "node.kubernetes.io/exclude-from-external-load-balancers",
+];
+
+/// Every label of the node: the operator's, then Spillway's own.
+fn labels(spec: &NodeSpec) -> BTreeMap<String, String> {
+    let own = [
+        keys::NODE_TYPE_VIRTUAL,
+        "agent",
+        "linux",
+        "amd64",
+        spec.name.as_str(),
+        spec.provider.as_str(),
+        "true",
+    ];
+    let mut labels = spec.extra_labels.clone();
+    for (key, value) in OWN_LABEL_KEYS.into_iter().zip(own) {
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    labels
+}
+
 /// The Node object as first registered.
 pub fn node_object(spec: &NodeSpec) -> Value {
     json!({
@@ -83,15 +115,7 @@ pub fn node_object(spec: &NodeSpec) -> Value {
         "kind": "Node",
         "metadata": {
             "name": spec.name,
-            "labels": {
-                keys::NODE_TYPE_LABEL: keys::NODE_TYPE_VIRTUAL,
-                "kubernetes.io/role": "agent",
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "kubernetes.io/hostname": spec.name,
-                keys::NODE_PROVIDER_LABEL: spec.provider,
-                "node.kubernetes.io/exclude-from-external-load-balancers": "true",
-            },
+            "labels": labels(spec),
         },
         "spec": {"taints": taints(spec)},
     })
@@ -133,8 +157,35 @@ pub fn node_status(spec: &NodeSpec) -> Value {
 /// Creates the Node if it is missing, then writes its status.
 pub async fn register(client: &Client, spec: &NodeSpec) -> Result<Node, NodeError> {
     let (node, _) = get_or_create(client, spec).await?;
+    let node = add_missing_labels(client, spec, node).await?;
     write_status(client, spec).await?;
     Ok(node)
+}
+
+/// Adds the labels an existing Node lacks or has with another value (the operator changed
+/// `--node-label` since it was created); labels others set are left alone.
+async fn add_missing_labels(
+    client: &Client,
+    spec: &NodeSpec,
+    node: Node,
+) -> Result<Node, NodeError> {
+    let current = node.metadata.labels.clone().unwrap_or_default();
+    let missing: BTreeMap<String, String> = labels(spec)
+        .into_iter()
+        .filter(|(key, value)| current.get(key) != Some(value))
+        .collect();
+    if missing.is_empty() {
+        return Ok(node);
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            &spec.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": missing}})),
+        )
+        .await
+        .map_err(NodeError::Register)
 }
 
 /// The Node, created (with its status written) when it is missing, as after someone
@@ -263,6 +314,7 @@ mod tests {
             max_pods: 1,
             address: "127.0.0.1".into(),
             kubelet_port: 10250,
+            extra_labels: BTreeMap::new(),
         };
         let other = json!({"key": "example.com/maintenance", "value": "soon", "effect": "PreferNoSchedule"});
         let provider = json!({"key": "virtual-kubelet.io/provider", "value": "fargate", "effect": "NoSchedule"});
@@ -285,9 +337,22 @@ mod tests {
             max_pods: 500,
             address: "127.0.0.1".into(),
             kubelet_port: 10250,
+            extra_labels: BTreeMap::new(),
+        };
+        let spec = NodeSpec {
+            extra_labels: BTreeMap::from([
+                (
+                    "eks.amazonaws.com/compute-type".to_owned(),
+                    "fargate".to_owned(),
+                ),
+                ("type".to_owned(), "not-virtual".to_owned()),
+            ]),
+            ..spec
         };
         let node: Node = serde_json::from_value(node_object(&spec)).unwrap();
         let labels = node.metadata.labels.unwrap();
+        // The operator's labels are added; Spillway's own always win.
+        assert_eq!(labels["eks.amazonaws.com/compute-type"], "fargate");
         assert_eq!(labels["type"], "virtual-kubelet");
         assert_eq!(labels["spillway.io/provider"], "fargate");
         assert_eq!(labels["kubernetes.io/role"], "agent");

@@ -155,6 +155,13 @@ pub struct NodeOptions {
     #[arg(long, default_value = "spillway", env = "SPILLWAY_NODE_NAME_PREFIX",
         value_parser = node_name_prefix)]
     pub node_name_prefix: String,
+    /// A label of the node's own, `KEY=VALUE` (repeat, or comma-separate in the env), e.g.
+    /// `eks.amazonaws.com/compute-type=fargate` so the DaemonSets that stay off Fargate
+    /// nodes stay off this one. The labels Spillway sets (type, kubernetes.io/*,
+    /// spillway.io/provider) cannot be replaced.
+    #[arg(long = "node-label", value_name = "KEY=VALUE", env = "SPILLWAY_NODE_LABELS",
+        value_delimiter = ',', value_parser = node_label)]
+    pub node_labels: Vec<(String, String)>,
     /// Allocatable vCPU the node advertises: the budget, never "infinite".
     #[arg(long, default_value_t = 100, env = "SPILLWAY_MAX_VCPU")]
     pub max_vcpu: u32,
@@ -528,6 +535,25 @@ fn node_name_prefix(value: &str) -> Result<String, String> {
     }
 }
 
+/// A node label `KEY=VALUE`: a Kubernetes label key and value, not one Spillway sets.
+fn node_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
+    if let Err(why) = spillway_common::label::check_key(key) {
+        return Err(format!("{text:?}: label key {key:?} {why}"));
+    }
+    if let Err(why) = spillway_common::label::check_value(value) {
+        return Err(format!("{text:?}: label value {value:?} {why}"));
+    }
+    if crate::node::OWN_LABEL_KEYS.contains(&key) {
+        return Err(format!(
+            "{text:?}: {key} is set by Spillway on every virtual node and cannot be replaced"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 async fn run_with<P: Provider>(
     provider: Arc<P>,
     kind: ProviderKind,
@@ -550,6 +576,7 @@ async fn run_with<P: Provider>(
         max_pods: args.max_pods,
         address: args.node_address.clone(),
         kubelet_port: args.kubelet_listen.port(),
+        extra_labels: args.node_labels.iter().cloned().collect(),
     };
     let election = LeaderElection::new(
         client.clone(),
@@ -695,6 +722,33 @@ async fn heartbeat(
                     tracing::warn!(%error, "node status update failed");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_labels_are_checked_and_spillways_own_cannot_be_replaced() {
+        assert_eq!(
+            node_label("eks.amazonaws.com/compute-type=fargate"),
+            Ok(("eks.amazonaws.com/compute-type".into(), "fargate".into()))
+        );
+        assert_eq!(
+            node_label("example.com/empty="),
+            Ok(("example.com/empty".into(), String::new()))
+        );
+        for (text, says) in [
+            ("no-equals", "expected KEY=VALUE"),
+            ("Bad_Prefix.com/x=y", "label key"),
+            ("team=has space", "label value"),
+            ("type=real", "set by Spillway"),
+            ("spillway.io/provider=aci", "set by Spillway"),
+        ] {
+            let error = node_label(text).unwrap_err();
+            assert!(error.contains(says), "{text}: {error}");
         }
     }
 }

@@ -118,6 +118,11 @@ at fault and what to do. Included by the controller's template. */}}
 {{- fail "controller.fargate.securityGroups: at least one security group id is required when controller.providers includes fargate (it must let the cluster reach the pods; docs/eks.md)" -}}
 {{- end -}}
 {{- end -}}
+{{- range $key, $_ := $c.virtualNode.labels -}}
+{{- if has $key (list "type" "kubernetes.io/role" "kubernetes.io/os" "kubernetes.io/arch" "kubernetes.io/hostname" "spillway.io/provider" "node.kubernetes.io/exclude-from-external-load-balancers") -}}
+{{- fail (printf "controller.virtualNode.labels: %s is set by Spillway on every virtual node and cannot be replaced" $key) -}}
+{{- end -}}
+{{- end -}}
 {{- if has "aci" $c.providers -}}
 {{- if not $c.aci.location -}}
 {{- fail "controller.aci.location: required when controller.providers includes aci (the Azure region of the container groups, the AKS cluster's own; docs/aks.md)" -}}
