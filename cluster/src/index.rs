@@ -944,6 +944,14 @@ impl ClusterIndex {
         })
     }
 
+    /// Whether node `name` is known and its Ready condition is True.
+    pub fn node_ready(&self, name: &str) -> bool {
+        self.node_slots.get(name).is_some_and(|slot| {
+            let node = &self.nodes[*slot as usize];
+            node.known && node.ready
+        })
+    }
+
     /// The `spillway.io/provider` of virtual node `name`.
     pub fn node_provider(&self, name: &str) -> Option<Provider> {
         self.nodes[*self.node_slots.get(name)? as usize].provider

@@ -18,6 +18,15 @@ pub struct ControllerMetrics {
     /// `spillway_oldest_burst_seconds{namespace,workload}`: age of the workload's oldest
     /// burst replica (absent while none is burst).
     pub oldest_burst: IntGaugeVec,
+    /// `spillway_burst_pods{namespace,workload,phase}`: burst pods in phase Pending or
+    /// Failed (the running ones are `spillway_workload_replicas{placement="burst"}`).
+    pub burst_pods: IntGaugeVec,
+    /// `spillway_workload_max_local{namespace,workload}`: the workload's
+    /// `spillway.io/max-local` (absent without one): replicas beyond it burst by design.
+    pub max_local: IntGaugeVec,
+    /// `spillway_config_threshold{name}`: the thresholds in force (`capacity`, `hpa`,
+    /// `rebalance_below`), for the dashboard's threshold lines.
+    pub config_threshold: GaugeVec,
     /// `spillway_cluster_request_utilization{resource}`.
     pub cluster_utilization: GaugeVec,
     /// `spillway_burst_cost_usd_per_hour{namespace,workload,provider}`.
@@ -77,6 +86,27 @@ impl ControllerMetrics {
                     "Burst replicas / all replicas of a workload",
                 ),
                 &["namespace", "workload"],
+            )?,
+            burst_pods: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_burst_pods",
+                    "Burst pods in phase Pending or Failed, by workload and phase",
+                ),
+                &["namespace", "workload", "phase"],
+            )?,
+            max_local: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_workload_max_local",
+                    "The workload's spillway.io/max-local: replicas beyond it burst by design (absent without one)",
+                ),
+                &["namespace", "workload"],
+            )?,
+            config_threshold: GaugeVec::new(
+                Opts::new(
+                    "spillway_config_threshold",
+                    "Thresholds in force: capacity (requests ratio to burst above), hpa (HPA replicas / maxReplicas to burst above), rebalance_below (requests ratio to bring burst replicas home under)",
+                ),
+                &["name"],
             )?,
             cluster_utilization: GaugeVec::new(
                 Opts::new(
@@ -207,6 +237,9 @@ impl ControllerMetrics {
         registry.register(Box::new(metrics.reconcile_duration.clone()))?;
         registry.register(Box::new(metrics.shadow_actions.clone()))?;
         registry.register(Box::new(metrics.oldest_burst.clone()))?;
+        registry.register(Box::new(metrics.burst_pods.clone()))?;
+        registry.register(Box::new(metrics.max_local.clone()))?;
+        registry.register(Box::new(metrics.config_threshold.clone()))?;
         for resource in ["cpu", "memory"] {
             metrics
                 .backfill_requested
@@ -232,13 +265,44 @@ impl ControllerMetrics {
         Ok(metrics)
     }
 
-    /// Sets the gauges from a freshly computed status; workloads that went away drop out.
-    pub fn observe(&self, status: &Status, costs_by_provider: &[(String, String, String, f64)]) {
+    /// Drops every gauge only the leader sets (the workloads, their costs and caps, the
+    /// thresholds, the backfill requests, what shadow mode would do), so a replica that
+    /// lost its lease never exports stale figures beside the new leader's.
+    pub fn forget_leader_state(&self) {
+        self.leader.set(0);
+        self.shadow_actions.reset();
+        self.clear_workloads();
+        self.budget.reset();
+        self.config_threshold.reset();
+        for resource in ["cpu", "memory"] {
+            self.backfill_requested
+                .with_label_values(&[resource])
+                .set(0.0);
+        }
+    }
+
+    fn clear_workloads(&self) {
         self.workload_replicas.reset();
         self.burst_ratio.reset();
         self.burst_cost.reset();
         self.oldest_burst.reset();
+        self.burst_pods.reset();
+        self.max_local.reset();
+    }
+
+    /// Sets the gauges from a freshly computed status; workloads that went away drop out.
+    pub fn observe(&self, status: &Status, costs_by_provider: &[(String, String, String, f64)]) {
+        self.clear_workloads();
         for w in &status.workloads {
+            let key = [w.namespace.as_str(), w.workload.as_str()];
+            for (phase, count) in [("Pending", w.pending_burst), ("Failed", w.failed_burst)] {
+                self.burst_pods
+                    .with_label_values(&[key[0], key[1], phase])
+                    .set(i64::from(count));
+            }
+            if let Some(cap) = w.max_local {
+                self.max_local.with_label_values(&key).set(i64::from(cap));
+            }
             if let Some(seconds) = w.oldest_burst_seconds {
                 self.oldest_burst
                     .with_label_values(&[w.namespace.as_str(), w.workload.as_str()])
@@ -271,5 +335,143 @@ impl ControllerMetrics {
         if let Some(budget) = cluster.budget_usd_per_hour {
             self.budget.with_label_values(&["cluster"]).set(budget);
         }
+        let t = &status.thresholds;
+        for (name, value) in [
+            ("capacity", t.capacity),
+            ("hpa", t.hpa),
+            ("rebalance_below", t.rebalance_below),
+        ] {
+            self.config_threshold.with_label_values(&[name]).set(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ClusterStatus, Thresholds, WorkloadStatus};
+
+    fn samples(registry: &Registry, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().iter())
+            .map(|m| {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                    .collect();
+                (labels, m.get_gauge().get_value())
+            })
+            .collect()
+    }
+
+    fn status() -> Status {
+        Status {
+            workloads: vec![WorkloadStatus {
+                namespace: "shop".into(),
+                workload: "web".into(),
+                desired: 6,
+                local: 2,
+                burst: 4,
+                burst_ratio: 4.0 / 6.0,
+                last_reason: Some("max-local".into()),
+                provider: "fargate".into(),
+                usd_per_hour: 0.2,
+                backfill: None,
+                oldest_burst_seconds: Some(60),
+                unadmitted: 0,
+                pending_burst: 1,
+                failed_burst: 2,
+                max_local: Some(2),
+                max_burst: None,
+            }],
+            cluster: ClusterStatus {
+                cpu_utilization: 0.5,
+                memory_utilization: 0.4,
+                burst_usd_per_hour: 0.2,
+                budget_usd_per_hour: Some(5.0),
+            },
+            thresholds: Thresholds {
+                capacity: 0.85,
+                hpa: 0.8,
+                rebalance_below: 0.6,
+            },
+            virtual_nodes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_replica_that_loses_the_lease_exports_none_of_the_leaders_gauges() {
+        let registry = Registry::new();
+        let metrics = ControllerMetrics::register(&registry).unwrap();
+        metrics.leader.set(1);
+        metrics.observe(
+            &status(),
+            &[("shop".into(), "web".into(), "fargate".into(), 0.2)],
+        );
+        metrics
+            .backfill_requested
+            .with_label_values(&["cpu"])
+            .set(2.0);
+        let web = |extra: &[(&str, &str)]| {
+            let mut labels: Vec<(String, String)> = extra
+                .iter()
+                .chain(&[("namespace", "shop"), ("workload", "web")])
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            labels.sort();
+            labels
+        };
+        let pods = samples(&registry, "spillway_burst_pods");
+        assert!(
+            pods.contains(&(web(&[("phase", "Pending")]), 1.0)),
+            "{pods:?}"
+        );
+        assert!(
+            pods.contains(&(web(&[("phase", "Failed")]), 2.0)),
+            "{pods:?}"
+        );
+        assert_eq!(
+            samples(&registry, "spillway_workload_max_local"),
+            vec![(web(&[]), 2.0)]
+        );
+        let thresholds = samples(&registry, "spillway_config_threshold");
+        assert!(
+            thresholds.contains(&(vec![("name".into(), "capacity".into())], 0.85)),
+            "{thresholds:?}"
+        );
+        let leader_only = [
+            "spillway_workload_replicas",
+            "spillway_burst_ratio",
+            "spillway_burst_cost_usd_per_hour",
+            "spillway_oldest_burst_seconds",
+            "spillway_burst_pods",
+            "spillway_workload_max_local",
+            "spillway_config_threshold",
+            "spillway_burst_budget_usd_per_hour",
+        ];
+        for name in leader_only {
+            assert!(
+                !samples(&registry, name).is_empty(),
+                "{name} set while leading"
+            );
+        }
+
+        metrics.forget_leader_state();
+        for name in leader_only {
+            assert!(
+                samples(&registry, name).is_empty(),
+                "{name} kept after the lease went"
+            );
+        }
+        assert_eq!(samples(&registry, "spillway_controller_leader")[0].1, 0.0);
+        assert!(
+            samples(&registry, "spillway_backfill_requested")
+                .iter()
+                .all(|(_, value)| *value == 0.0)
+        );
     }
 }

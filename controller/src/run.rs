@@ -289,12 +289,7 @@ impl Controller {
                     .reconcile_duration
                     .observe(started.elapsed().as_secs_f64());
             }
-            self.metrics.leader.set(0);
-            self.metrics.shadow_actions.reset();
-            self.metrics.oldest_burst.reset();
-            self.metrics.workload_replicas.reset();
-            self.metrics.burst_ratio.reset();
-            self.metrics.burst_cost.reset();
+            self.metrics.forget_leader_state();
             if shutdown.is_cancelled() {
                 election.release().await;
                 break;

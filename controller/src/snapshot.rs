@@ -72,6 +72,10 @@ pub struct PodView {
     pub deleting: bool,
     /// Succeeded or Failed.
     pub finished: bool,
+    /// Phase Pending (bound or not).
+    pub pending: bool,
+    /// Phase Failed.
+    pub failed: bool,
     /// Since when (ms) the scheduler reported it `Unschedulable`, while unbound.
     pub unschedulable_since_ms: Option<i64>,
     /// Since when (ms) its virtual node's provider refuses to create it (the
@@ -109,6 +113,8 @@ pub struct PodRecord {
     ready: bool,
     deleting: bool,
     finished: bool,
+    pending: bool,
+    failed: bool,
     unschedulable_since_ms: Option<i64>,
     provider_refused_since_ms: Option<i64>,
 }
@@ -167,6 +173,8 @@ impl PodRecord {
                 && condition("Ready").is_some_and(|c| c.status == "True"),
             deleting: meta.deletion_timestamp.is_some(),
             finished: matches!(phase, Some("Succeeded") | Some("Failed")),
+            pending: phase == Some("Pending"),
+            failed: phase == Some("Failed"),
             provider_refused_since_ms: condition(keys::PROVIDER_REFUSED_CONDITION)
                 .filter(|c| phase == Some("Pending") && c.status == "True")
                 .map(|c| {
@@ -273,6 +281,8 @@ impl PodView {
             ready: record.ready,
             deleting: record.deleting,
             finished: record.finished,
+            pending: record.pending,
+            failed: record.failed,
             unschedulable_since_ms: record.unschedulable_since_ms,
             provider_refused_since_ms: record.provider_refused_since_ms,
             unadmitted: record.placement_label.is_none()

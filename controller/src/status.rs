@@ -43,6 +43,52 @@ pub struct WorkloadStatus {
     pub oldest_burst_seconds: Option<u64>,
     /// Live replicas the webhook never saw (it failed open).
     pub unadmitted: u32,
+    /// Burst replicas in phase Pending (not yet started at the provider, or refused).
+    pub pending_burst: u32,
+    /// Burst pods in phase Failed (not yet deleted).
+    pub failed_burst: u32,
+    /// `spillway.io/max-local`: replicas beyond it burst by design.
+    pub max_local: Option<u32>,
+    /// `spillway.io/max-burst` resolved against `desired`.
+    pub max_burst: Option<u32>,
+}
+
+/// One virtual node's health.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualNodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Its `spillway.io/provider` (absent when the label names none Spillway knows).
+    pub provider: Option<String>,
+    /// Its Ready condition is True.
+    pub ready: bool,
+    /// It carries the `spillway.io/provider-degraded` taint (calls failing or set-up not
+    /// ready): new burst pods go elsewhere.
+    pub degraded: bool,
+}
+
+/// The thresholds in force (the operator config's).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Thresholds {
+    /// `capacityThreshold`: request utilization above which new replicas burst.
+    pub capacity: f64,
+    /// `hpaThreshold`: HPA replicas / maxReplicas above which they burst.
+    pub hpa: f64,
+    /// `rebalance.belowUtilization`: utilization under which burst replicas come home.
+    pub rebalance_below: f64,
+}
+
+impl Thresholds {
+    /// The thresholds of `config`.
+    pub fn of(config: &OperatorConfig) -> Self {
+        Self {
+            capacity: config.capacity_threshold,
+            hpa: config.hpa_threshold,
+            rebalance_below: config.rebalance.below_utilization,
+        }
+    }
 }
 
 /// The cluster line.
@@ -66,6 +112,10 @@ pub struct Status {
     pub workloads: Vec<WorkloadStatus>,
     /// The cluster line.
     pub cluster: ClusterStatus,
+    /// The thresholds in force.
+    pub thresholds: Thresholds,
+    /// The virtual nodes, sorted by name.
+    pub virtual_nodes: Vec<VirtualNodeStatus>,
 }
 
 /// Computes the status; `namespace` filters the rows (not the cluster line).
@@ -81,10 +131,19 @@ pub fn compute(
     let mut newest: HashMap<&str, &PodView> = HashMap::new();
     let mut oldest_burst_ms: HashMap<&str, i64> = HashMap::new();
     let mut unadmitted: HashMap<&str, u32> = HashMap::new();
+    let mut pending_burst: HashMap<&str, u32> = HashMap::new();
+    let mut failed_burst: HashMap<&str, u32> = HashMap::new();
     for pod in pods {
         if let Some(key) = pod.workload.as_deref() {
             if pod.is_live() && pod.unadmitted {
                 *unadmitted.entry(key).or_default() += 1;
+            }
+            if pod.is_burst() && !pod.deleting {
+                if pod.pending {
+                    *pending_burst.entry(key).or_default() += 1;
+                } else if pod.failed {
+                    *failed_burst.entry(key).or_default() += 1;
+                }
             }
             let entry = newest.entry(key).or_insert(pod);
             if pod.created_ms > entry.created_ms {
@@ -143,6 +202,10 @@ pub fn compute(
                     .get(view.key)
                     .map(|created| ((now_ms - created).max(0) / 1000) as u64),
                 unadmitted: unadmitted.get(view.key).copied().unwrap_or(0),
+                pending_burst: pending_burst.get(view.key).copied().unwrap_or(0),
+                failed_burst: failed_burst.get(view.key).copied().unwrap_or(0),
+                max_local: policy.max_local,
+                max_burst: policy.max_burst.map(|cap| cap.resolve(view.replicas)),
             })
         })
         .collect();
@@ -160,33 +223,54 @@ pub fn compute(
             )),
             budget_usd_per_hour: config.budget.max_usd_per_hour,
         },
+        thresholds: Thresholds::of(config),
+        virtual_nodes: virtual_nodes(index),
     }
+}
+
+fn virtual_nodes(index: &ClusterIndex) -> Vec<VirtualNodeStatus> {
+    let mut nodes: Vec<VirtualNodeStatus> = index
+        .virtual_nodes()
+        .map(|name| VirtualNodeStatus {
+            name: name.to_owned(),
+            provider: index.node_provider(name).map(|p| p.to_string()),
+            ready: index.node_ready(name),
+            degraded: index.node_has_taint(name, keys::PROVIDER_DEGRADED_TAINT),
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes
 }
 
 /// The status as a table for people.
 pub fn table(status: &Status) -> String {
-    let mut rows: Vec<[String; 12]> = vec![[
-        "NAMESPACE".to_owned(),
-        "WORKLOAD".to_owned(),
-        "DESIRED".to_owned(),
-        "LOCAL".to_owned(),
-        "BURST".to_owned(),
-        "RATIO".to_owned(),
-        "LAST REASON".to_owned(),
-        "PROVIDER".to_owned(),
-        "USD/HOUR".to_owned(),
-        "OLDEST BURST".to_owned(),
-        "BACKFILL".to_owned(),
-        "UNADMITTED".to_owned(),
-    ]];
+    let header = [
+        "NAMESPACE",
+        "WORKLOAD",
+        "DESIRED",
+        "LOCAL",
+        "BURST",
+        "RATIO",
+        "PENDING/FAILED",
+        "CAPS",
+        "LAST REASON",
+        "PROVIDER",
+        "USD/HOUR",
+        "OLDEST BURST",
+        "BACKFILL",
+        "UNADMITTED",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for w in &status.workloads {
-        rows.push([
+        rows.push(vec![
             w.namespace.clone(),
             w.workload.clone(),
             w.desired.to_string(),
             w.local.to_string(),
             w.burst.to_string(),
             format!("{:.0}%", w.burst_ratio * 100.0),
+            format!("{}/{}", w.pending_burst, w.failed_burst),
+            caps(w),
             w.last_reason.clone().unwrap_or_else(|| "-".into()),
             w.provider.clone(),
             format!("{:.4}", w.usd_per_hour),
@@ -197,7 +281,7 @@ pub fn table(status: &Status) -> String {
             w.unadmitted.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..12)
+    let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -225,7 +309,50 @@ pub fn table(status: &Status) -> String {
         c.budget_usd_per_hour
             .map_or("none".to_owned(), |b| format!("{b:.4} USD/hour")),
     ));
+    let t = &status.thresholds;
+    out.push_str(&format!(
+        "thresholds: burst above {:.0}% requests or {:.0}% of HPA maxReplicas; home below {:.0}%\n",
+        t.capacity * 100.0,
+        t.hpa * 100.0,
+        t.rebalance_below * 100.0,
+    ));
+    out.push_str(&virtual_nodes_line(&status.virtual_nodes));
     out
+}
+
+/// `max-local` and `max-burst` of a row, `-` without either.
+fn caps(w: &WorkloadStatus) -> String {
+    let caps: Vec<String> = [("local", w.max_local), ("burst", w.max_burst)]
+        .into_iter()
+        .filter_map(|(name, cap)| cap.map(|n| format!("{name}<={n}")))
+        .collect();
+    if caps.is_empty() {
+        "-".to_owned()
+    } else {
+        caps.join(",")
+    }
+}
+
+fn virtual_nodes_line(nodes: &[VirtualNodeStatus]) -> String {
+    if nodes.is_empty() {
+        return "virtual nodes: none registered (burst pods wait Pending)\n".to_owned();
+    }
+    let health: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            let state = match (n.ready, n.degraded) {
+                (false, _) => "NotReady",
+                (true, true) => "degraded",
+                (true, false) => "Ready",
+            };
+            format!(
+                "{} ({}) {state}",
+                n.name,
+                n.provider.as_deref().unwrap_or("unknown provider")
+            )
+        })
+        .collect();
+    format!("virtual nodes: {}\n", health.join(", "))
 }
 
 #[cfg(test)]
@@ -249,7 +376,7 @@ mod tests {
         );
         for (name, opted) in [("web", true), ("plain", false)] {
             let annotations = if opted {
-                json!({"spillway.io/burst": "true"})
+                json!({"spillway.io/burst": "true", "spillway.io/max-local": "1"})
             } else {
                 json!({})
             };
@@ -264,19 +391,23 @@ mod tests {
                 .unwrap(),
             );
         }
-        let pod = |name: &str,
-                   node: &str,
-                   reason: &str,
-                   created: &str|
+        let pod_in = |phase: &str,
+                      name: &str,
+                      node: &str,
+                      reason: &str,
+                      created: &str|
          -> k8s_openapi::api::core::v1::Pod {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "ns", "uid": name, "creationTimestamp": created,
                     "labels": {"spillway.io/placement": if node == "vk" {"burst"} else {"local"}, "spillway.io/reason": reason},
                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-web", "controller": true}]},
                 "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]},
-                "status": {"phase": "Running"}
+                "status": {"phase": phase}
             }))
             .unwrap()
+        };
+        let pod = |name: &str, node: &str, reason: &str, created: &str| {
+            pod_in("Running", name, node, reason, created)
         };
         let pods = [
             pod("p1", "a", "no-pressure", "2026-01-01T00:00:00Z"),
@@ -319,11 +450,36 @@ mod tests {
             text.contains("web") && text.contains("50%") && text.contains("budget none"),
             "{text}"
         );
+        assert!(
+            text.contains("thresholds: burst above 85% requests")
+                && text.contains("virtual nodes: vk (fargate) Ready"),
+            "{text}"
+        );
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["workloads"][0]["burstRatio"], 0.5);
         assert_eq!(json["workloads"][0]["usdPerHour"], row.usd_per_hour);
         assert!(json["cluster"]["budgetUsdPerHour"].is_null());
         assert_eq!(json["workloads"][0]["oldestBurstSeconds"], 10);
         assert!(json["workloads"][0]["backfill"].is_null());
+        assert_eq!(json["workloads"][0]["maxLocal"], 1);
+        assert!(text.contains("local<=1"), "{text}");
+
+        // A burst pod the provider has not started, and one it failed.
+        let stuck = [
+            pod_in("Pending", "p3", "vk", "capacity", "2026-01-01T00:00:06Z"),
+            pod_in("Failed", "p4", "vk", "capacity", "2026-01-01T00:00:07Z"),
+        ];
+        for p in &stuck {
+            index.apply_pod(p);
+        }
+        let views: Vec<PodView> = pods
+            .iter()
+            .chain(&stuck)
+            .filter_map(|p| PodView::from_pod(p, &index, ProviderChoice::Fargate))
+            .collect();
+        let status = compute(&index, &views, &config, None, now_ms);
+        let row = &status.workloads[0];
+        assert_eq!((row.pending_burst, row.failed_burst), (1, 1));
+        assert!(table(&status).contains("1/1"), "{}", table(&status));
     }
 }
