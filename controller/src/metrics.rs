@@ -393,6 +393,7 @@ mod tests {
                 memory_utilization: 0.4,
                 burst_usd_per_hour: 0.2,
                 budget_usd_per_hour: Some(5.0),
+                nodes_listed: true,
             },
             thresholds: Thresholds {
                 capacity: 0.85,

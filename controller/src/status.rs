@@ -101,6 +101,9 @@ pub struct ClusterStatus {
     pub memory_utilization: f64,
     /// Estimated USD per hour of every burst pod.
     pub burst_usd_per_hour: f64,
+    /// Whether the Nodes could be listed: without them (a namespace-only caller) the
+    /// utilization and the virtual nodes are unknown.
+    pub nodes_listed: bool,
     /// `budget.maxUsdPerHour`, if set.
     pub budget_usd_per_hour: Option<f64>,
 }
@@ -222,6 +225,7 @@ pub fn compute(
                 config.default_provider.for_pricing(),
             )),
             budget_usd_per_hour: config.budget.max_usd_per_hour,
+            nodes_listed: true,
         },
         thresholds: Thresholds::of(config),
         virtual_nodes: virtual_nodes(index),
@@ -301,14 +305,21 @@ pub fn table(status: &Status) -> String {
         }
     }
     let c = &status.cluster;
-    out.push_str(&format!(
-        "\ncluster: CPU requests {:.0}%, memory requests {:.0}% of regular nodes; burst {:.4} USD/hour; budget {}\n",
-        c.cpu_utilization * 100.0,
-        c.memory_utilization * 100.0,
-        c.burst_usd_per_hour,
-        c.budget_usd_per_hour
-            .map_or("none".to_owned(), |b| format!("{b:.4} USD/hour")),
-    ));
+    let budget = c
+        .budget_usd_per_hour
+        .map_or("none".to_owned(), |b| format!("{b:.4} USD/hour"));
+    if c.nodes_listed {
+        out.push_str(&format!(
+            "\ncluster: CPU requests {:.0}%, memory requests {:.0}% of regular nodes; burst {:.4} USD/hour; budget {budget}\n",
+            c.cpu_utilization * 100.0,
+            c.memory_utilization * 100.0,
+            c.burst_usd_per_hour,
+        ));
+    } else {
+        out.push_str(&format!(
+            "\ncluster: utilization and burst cost unknown (your access cannot list nodes); budget {budget}\n"
+        ));
+    }
     let t = &status.thresholds;
     out.push_str(&format!(
         "thresholds: burst above {:.0}% requests or {:.0}% of HPA maxReplicas; home below {:.0}%\n",
@@ -316,7 +327,11 @@ pub fn table(status: &Status) -> String {
         t.hpa * 100.0,
         t.rebalance_below * 100.0,
     ));
-    out.push_str(&virtual_nodes_line(&status.virtual_nodes));
+    if c.nodes_listed {
+        out.push_str(&virtual_nodes_line(&status.virtual_nodes));
+    } else {
+        out.push_str("virtual nodes: unknown (your access cannot list nodes)\n");
+    }
     out
 }
 

@@ -29,7 +29,9 @@ pub enum Output {
 /// Flags of `spillway status`.
 #[derive(Args, Clone, Debug)]
 pub struct StatusArgs {
-    /// Only workloads of this namespace (the cluster line stays cluster-wide).
+    /// Only workloads of this namespace, listed there alone: a Role in it that may list
+    /// pods, replicasets, deployments and horizontalpodautoscalers is enough (the
+    /// cluster line needs to list nodes, and says unknown without).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Output format.
@@ -173,13 +175,34 @@ pub enum StatusError {
     /// The named ConfigMap could not be used.
     #[error("{0}")]
     ConfigMap(String),
+    /// Listing every namespace was refused.
+    #[error("listing the cluster: {0}; with access to one namespace only, give -n NAMESPACE")]
+    Forbidden(#[source] kube::Error),
 }
 
-async fn list_all<K>(client: &Client, params: &ListParams) -> Result<Vec<K>, kube::Error>
+/// Every object of a kind, in `namespace` or cluster-wide, page by page.
+async fn list_all<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    params: &ListParams,
+) -> Result<Vec<K>, kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    list_pages(api, params).await
+}
+
+async fn list_pages<K>(api: Api<K>, params: &ListParams) -> Result<Vec<K>, kube::Error>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let api: Api<K> = Api::all(client.clone());
     let mut out = Vec::new();
     let mut params = params.clone().limit(500);
     loop {
@@ -193,18 +216,39 @@ where
     }
 }
 
-/// Reads the cluster and computes the status, with where its config came from.
+fn forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403)
+}
+
+/// Reads the cluster and computes the status, with where its config came from. With
+/// `-n`, only that namespace's workloads are listed (a namespace-scoped Role is enough);
+/// Nodes are cluster-scoped, and when the caller may not list them the cluster line and
+/// the virtual nodes are shown as unknown instead of failing.
 pub async fn read(args: &StatusArgs) -> Result<(Status, ConfigSource), StatusError> {
     let client = spillway_common::kube_access::client().await?;
     let (config, source) = operator_config(args, &client).await?;
     let all = ListParams::default();
-    let (nodes, pods, replicasets, deployments, hpas) = futures::try_join!(
-        list_all::<Node>(&client, &all),
-        list_all::<Pod>(&client, &all),
-        list_all::<ReplicaSet>(&client, &all),
-        list_all::<Deployment>(&client, &all),
-        list_all::<HorizontalPodAutoscaler>(&client, &all),
-    )?;
+    let namespace = args.namespace.as_deref();
+    let listed = futures::try_join!(
+        list_all::<Pod>(&client, namespace, &all),
+        list_all::<ReplicaSet>(&client, namespace, &all),
+        list_all::<Deployment>(&client, namespace, &all),
+        list_all::<HorizontalPodAutoscaler>(&client, namespace, &all),
+    );
+    let (pods, replicasets, deployments, hpas) = match listed {
+        Ok(listed) => listed,
+        Err(error) if forbidden(&error) && namespace.is_none() => {
+            return Err(StatusError::Forbidden(error));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let nodes = match list_pages(Api::<Node>::all(client.clone()), &all).await {
+        Ok(nodes) => Some(nodes),
+        Err(error) if forbidden(&error) && namespace.is_some() => None,
+        Err(error) => return Err(error.into()),
+    };
+    let nodes_listed = nodes.is_some();
+    let nodes = nodes.unwrap_or_default();
     let mut index = ClusterIndex::new();
     nodes.iter().for_each(|n| index.apply_node(n));
     deployments.iter().for_each(|d| index.apply_deployment(d));
@@ -216,13 +260,14 @@ pub async fn read(args: &StatusArgs) -> Result<(Status, ConfigSource), StatusErr
         .filter(|p| pod_store::wanted(p, &index, true))
         .filter_map(|p| PodView::from_pod(p, &index, config.default_provider))
         .collect();
-    let status = status::compute(
+    let mut status = status::compute(
         &index,
         &views,
         &config,
-        args.namespace.as_deref(),
+        namespace,
         jiff::Timestamp::now().as_millisecond(),
     );
+    status.cluster.nodes_listed = nodes_listed;
     Ok((status, source))
 }
 

@@ -726,19 +726,24 @@ pub fn kubeconfig_for_service_account(account: &str) -> anyhow::Result<PathBuf> 
         "spillway-system",
         "--duration=1h",
     ])?;
+    kubeconfig_for_token(account, token.trim())
+}
+
+/// Writes a kubeconfig for the test bed's apiserver that authenticates with `token`, named
+/// after `user`.
+pub fn kubeconfig_for_token(user: &str, token: &str) -> anyhow::Result<PathBuf> {
     let env = testbed_env()?;
     let pki = &env["SPILLWAY_TESTBED_PKI"];
     let server = std::fs::read_to_string(run_dir().join("kubeconfig"))?
         .lines()
         .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
         .context("no server in the test bed's kubeconfig")?;
-    let path = run_dir().join(format!("kubeconfig-{account}"));
+    let path = run_dir().join(format!("kubeconfig-{user}"));
     std::fs::write(
         &path,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {server}\n    certificate-authority: {pki}/ca.crt\n\
-             users:\n- name: {account}\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context: {{cluster: testbed, user: {account}}}\ncurrent-context: sa\n",
-            token.trim()
+             users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: testbed, user: {user}}}\ncurrent-context: sa\n",
         ),
     )?;
     Ok(path)

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use spillway_e2e::{kubectl, repo_root, run_dir, spillway_binary};
+use spillway_e2e::{kubeconfig_for_token, kubectl, repo_root, run_dir, spillway_binary};
 
 /// Runs `program args…` without `KUBECONFIG` in its environment.
 fn run_without_kubeconfig(program: &Path, args: &[&str], path: &str) -> std::process::Output {
@@ -199,4 +199,84 @@ fn kubeconfig_and_context_flags_work_on_every_command_and_as_a_kubectl_plugin() 
             "{shell} completion lacks {marker}"
         );
     }
+}
+
+#[test]
+#[ignore = "needs the test bed (e2e/testbed up) and target/debug/spillway"]
+fn status_under_namespace_only_access_lists_that_namespace_and_says_what_it_cannot_see() {
+    let binary = spillway_binary().expect("spillway is built");
+    let path = std::env::var("PATH").unwrap_or_default();
+    let namespace = format!("e2e-cli-ns-{}", std::process::id());
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: viewer, namespace: {namespace}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: spillway-status, namespace: {namespace}}}\n\
+         rules:\n- {{apiGroups: [''], resources: [pods], verbs: [list]}}\n\
+         - {{apiGroups: [apps], resources: [replicasets, deployments], verbs: [list]}}\n\
+         - {{apiGroups: [autoscaling], resources: [horizontalpodautoscalers], verbs: [list]}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: spillway-status, namespace: {namespace}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: spillway-status}}\n\
+         subjects: [{{kind: ServiceAccount, name: viewer, namespace: {namespace}}}]\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {namespace}\n  annotations: {{spillway.io/burst: 'true', spillway.io/max-local: '2'}}\n\
+         spec:\n  replicas: 0\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n\
+         \x20   spec: {{containers: [{{name: c, image: web}}]}}\n"
+    );
+    let file = run_dir().join(format!("{namespace}.yaml"));
+    std::fs::write(&file, manifest).expect("manifest written");
+    kubectl(&["apply", "-f", &file.display().to_string()]).expect("namespace, role and workload");
+    let token = kubectl(&[
+        "create",
+        "token",
+        "viewer",
+        "-n",
+        &namespace,
+        "--duration=10m",
+    ])
+    .expect("a token");
+    let kubeconfig = kubeconfig_for_token(&format!("viewer-{namespace}"), token.trim())
+        .expect("kubeconfig")
+        .display()
+        .to_string();
+    let status = |args: &[&str]| {
+        let mut all = vec![
+            "status",
+            "--kubeconfig",
+            &kubeconfig,
+            "--config",
+            "/dev/null",
+        ];
+        all.extend(args);
+        run_without_kubeconfig(&binary, &all, &path)
+    };
+    let json = status(&["-n", &namespace, "-o", "json"]);
+    let table = status(&["-n", &namespace]);
+    let everywhere = status(&["-o", "json"]);
+    let _ = kubectl(&["delete", "namespace", &namespace, "--wait=false"]);
+
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(status["workloads"][0]["workload"], "web", "{status}");
+    assert_eq!(status["workloads"][0]["maxLocal"], 2, "{status}");
+    assert_eq!(status["cluster"]["nodesListed"], false, "{status}");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(
+        text.contains("web")
+            && text.contains("local<=2")
+            && text.contains("your access cannot list nodes"),
+        "{text}"
+    );
+    // Without -n it must list every namespace, which this account may not: say how to
+    // ask instead.
+    assert!(!everywhere.status.success());
+    let said = String::from_utf8_lossy(&everywhere.stderr);
+    assert!(said.contains("give -n NAMESPACE"), "{said}");
 }
