@@ -1156,3 +1156,131 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
     drop(release);
     Ok(())
 }
+
+/// The metrics docs/metrics.md lists, from its tables.
+fn documented_metrics() -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(repo_root().join("docs/metrics.md"))?;
+    let mut names: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("| `spillway_") || l.starts_with("Every process: "))
+        .flat_map(|l| l.split('`'))
+        .filter(|word| word.starts_with("spillway_") && !word.contains(['{', ' ']))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+#[test]
+fn the_dashboard_shows_every_metric_filtered_by_cluster_namespace_and_workload()
+-> anyhow::Result<()> {
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(
+        chart_dir().join("files/dashboard.json"),
+    )?)?;
+    let panels = dashboard["panels"].as_array().context("panels")?;
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    // Every documented metric has a panel.
+    let metrics = documented_metrics()?;
+    assert!(metrics.len() >= 35, "{metrics:?}");
+    for metric in &metrics {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric.as_str())),
+            "no panel shows {metric}"
+        );
+    }
+    // Cluster, namespace and workload variables, and every query honours them.
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for name in ["datasource", "cluster", "namespace", "workload"] {
+        assert!(
+            variables.contains(&name),
+            "no ${name} variable: {variables:?}"
+        );
+    }
+    let per_workload = [
+        "spillway_workload_replicas",
+        "spillway_burst_ratio",
+        "spillway_burst_cost_usd_per_hour{",
+        "spillway_burst_pods",
+        "spillway_oldest_burst_seconds",
+        "spillway_workload_max_local",
+        "spillway_burst_usd_total",
+        "spillway_unadmitted_pods_total",
+    ];
+    for expr in &exprs {
+        assert!(expr.contains("cluster=~\"$cluster\""), "{expr}");
+        let whole_cluster = expr.starts_with("sum(spillway_burst_cost_usd_per_hour{cluster");
+        if per_workload.iter().any(|m| expr.contains(m)) && !whole_cluster {
+            assert!(
+                expr.contains("$namespace") && expr.contains("$workload"),
+                "{expr}"
+            );
+        }
+    }
+    // A top row of stats.
+    let top: Vec<&Value> = panels.iter().filter(|p| p["gridPos"]["y"] == 0).collect();
+    assert!(top.len() >= 6 && top.iter().all(|p| p["type"] == "stat"));
+    // Threshold lines over the utilization they apply to, drawn dashed.
+    let utilization = panels
+        .iter()
+        .find(|p| {
+            p["targets"]
+                .to_string()
+                .contains("spillway_cluster_request_utilization")
+        })
+        .context("a utilization panel")?;
+    let targets = utilization["targets"].to_string();
+    for name in ["capacity", "rebalance_below"] {
+        assert!(
+            targets.contains(&format!("spillway_config_threshold{{name=\\\"{name}\\\"")),
+            "{targets}"
+        );
+    }
+    assert!(
+        utilization["fieldConfig"]["overrides"]
+            .to_string()
+            .contains("dash")
+    );
+    // Ids are unique and no two panels overlap on the grid.
+    let mut ids: Vec<u64> = panels.iter().filter_map(|p| p["id"].as_u64()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len());
+    let cells = |p: &Value| -> Vec<(u64, u64)> {
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64().unwrap_or(0),
+            g["y"].as_u64().unwrap_or(0),
+            g["w"].as_u64().unwrap_or(0),
+            g["h"].as_u64().unwrap_or(0),
+        );
+        (x..x + w)
+            .flat_map(|cx| (y..y + h).map(move |cy| (cx, cy)))
+            .collect()
+    };
+    let mut taken = std::collections::HashSet::new();
+    for panel in panels {
+        assert!(
+            panel["gridPos"]["x"].as_u64().unwrap_or(0)
+                + panel["gridPos"]["w"].as_u64().unwrap_or(0)
+                <= 24
+        );
+        for cell in cells(panel) {
+            assert!(
+                taken.insert(cell),
+                "{} overlaps another panel",
+                panel["title"]
+            );
+        }
+    }
+    Ok(())
+}
