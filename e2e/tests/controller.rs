@@ -326,6 +326,17 @@ async fn burst_replicas_go_first_on_scale_in_also_when_an_hpa_scales() -> anyhow
     .await?;
     let d = deployments.get("web").await?;
     assert_eq!(d.spec.replicas, Some(4), "the HPA scaled it");
+    // Its cap is exported, so the burst-ratio alert can leave it out.
+    assert_eq!(
+        sample(
+            &run.metrics()?,
+            &format!(
+                "spillway_workload_max_local{{namespace=\"{}\",workload=\"web\"}}",
+                ns.name
+            )
+        ),
+        Some(4.0)
+    );
     Ok(())
 }
 
@@ -430,14 +441,22 @@ async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> 
     .await?;
     let m = run.metrics()?;
     // Every metric the chart's alerts and Grafana dashboard query is in a real scrape,
-    // aside from the apiserver's own fail-open counter and the unadmitted-pods counter,
-    // which has a series only once the controller found a pod the webhook never saw (its
-    // scenario below reads it; its alert has promtool cases).
+    // aside from the apiserver's own fail-open counter and the series that exist only
+    // once something happened, each read by the scenario that makes it happen:
+    // unadmitted pods (pods_the_webhook_never_saw…), max-local (the scale-in scenario),
+    // failovers and provider errors (the failover scenario), shadow actions (the shadow
+    // scenario); ineligible pods have a series only once a pod breaks an eligibility rule
+    // (by reason), which no scenario scrapes.
     let missing = spillway_e2e::chart::missing_metrics(
         &m,
         &[
             "apiserver_admission_webhook_fail_open_count",
             "spillway_unadmitted_pods_total",
+            "spillway_workload_max_local",
+            "spillway_provider_failovers_total",
+            "spillway_provider_errors_total",
+            "spillway_shadow_actions",
+            "spillway_ineligible_pods_total",
         ],
     )?;
     assert!(missing.is_empty(), "queried but not exported: {missing:?}");
@@ -647,6 +666,92 @@ async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> 
             .is_none(),
         "the webhook registration outlived spillway run"
     );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn shadow_mode_counts_what_it_would_do_and_does_nothing() -> anyhow::Result<()> {
+    let scenario = Scenario::start(
+        "e2e-shadow",
+        "mode: shadow\npendingSpill:\n  afterSeconds: 2\n",
+    )
+    .await?;
+    let (client, ns, run, deployments, pods) = scenario.parts();
+    let regular = regular_node_count(client).await?;
+    // As in the spill scenario, one replica more than there are regular nodes, each on a
+    // node of its own; and max-local 1, so the webhook would burst all but one.
+    let mut web = deployment(
+        "web",
+        regular + 1,
+        "100m",
+        json!({"spillway.io/burst": "true", "spillway.io/max-local": "1"}),
+    )?;
+    let spec = web.spec.template.spec.as_mut().expect("pod spec");
+    spec.affinity = Some(serde_json::from_value(json!({"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {"app": "web"}},
+            "topologyKey": "kubernetes.io/hostname"}]}}))?);
+    deployments.create(&PostParams::default(), &web).await?;
+    // The controller plans the spill of the pod that cannot schedule, and the adoption of
+    // the pods the webhook left unlabelled, pass after pass, and only counts them.
+    wait_until(
+        "shadow actions counted",
+        Duration::from_secs(60),
+        || async {
+            let m = run.metrics()?;
+            Ok(
+                sample(&m, "spillway_shadow_actions{action=\"spill\"}").unwrap_or(0.0) >= 1.0
+                    && sample(&m, "spillway_shadow_actions{action=\"adopt_unadmitted\"}")
+                        .unwrap_or(0.0)
+                        >= 1.0,
+            )
+        },
+    )
+    .await?;
+    // Several passes later nothing was done.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let all = placed(pods, "web").await?;
+    assert_eq!(all.len(), regular as usize + 1);
+    assert!(
+        all.iter().all(|p| p.node != run.node_name),
+        "a pod reached the virtual node in shadow mode"
+    );
+    assert_eq!(
+        all.iter().filter(|p| p.node.is_empty()).count(),
+        1,
+        "the extra replica still pends"
+    );
+    assert!(
+        all.iter()
+            .all(|p| p.placement.is_none() && p.deletion_cost.is_none()),
+        "nothing labelled or given a deletion cost"
+    );
+    let m = run.metrics()?;
+    assert_eq!(sample(&m, "spillway_pending_spills_total"), Some(0.0));
+    // The webhook said which it would burst, on the pods themselves.
+    let would: Vec<String> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            p.metadata
+                .annotations?
+                .get("spillway.io/would-burst")
+                .cloned()
+        })
+        .collect();
+    assert_eq!(
+        would.len(),
+        regular as usize,
+        "all but the one local: {would:?}"
+    );
+    assert!(
+        would.iter().all(|w| w.ends_with(": max-local")),
+        "{would:?}"
+    );
+    let _ = ns;
     Ok(())
 }
 
