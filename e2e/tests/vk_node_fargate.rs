@@ -1779,6 +1779,78 @@ async fn a_node_whose_cluster_and_log_group_are_missing_says_so_and_stays_tainte
     Ok(())
 }
 
+/// Subnets and security groups are checked at start too (EC2 `DescribeSubnets` and
+/// `DescribeSecurityGroups`, signed like every SDK call): a subnet that does not exist, or
+/// a group of another VPC than the subnets', is one sentence in the log and the node stays
+/// not ready and tainted; with the test bed's own subnet and group it is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_missing_subnet_or_a_security_group_of_another_vpc_is_said_at_start() -> anyhow::Result<()>
+{
+    let fx = FargateFixture::new("e2e-network").await?;
+    let env = spillway_e2e::testbed_env()?;
+    let other_group = env["SPILLWAY_TESTBED_OTHER_VPC_SECURITY_GROUP"].clone();
+    let vpc = env["SPILLWAY_TESTBED_VPC"].clone();
+    let with = |flag: &str, value: &str| -> Vec<String> {
+        let mut args = fx.args.clone();
+        let at = args.iter().position(|a| a == flag).expect("the flag") + 1;
+        args[at] = value.to_owned();
+        args
+    };
+    for (name, args, sentence) in [
+        (
+            "subnet",
+            with("--subnets", "subnet-0e2e00000000missing"),
+            "subnets not found in us-east-1".to_owned(),
+        ),
+        (
+            "group",
+            with("--security-groups", &other_group),
+            format!("security group {other_group} is in "),
+        ),
+    ] {
+        let admin_port = spillway_e2e::admin_port(&args)?;
+        let log = format!("vk-{}-{name}", fx.cluster);
+        let process = SpillwayProcess::start(&args, &log, &AWS_ENV)?;
+        spillway_e2e::wait_provider_ready(
+            admin_port,
+            &fx.node.node_name,
+            "fargate",
+            false,
+            Duration::from_secs(60),
+        )
+        .await?;
+        let text = std::fs::read_to_string(spillway_e2e::log_path(&log))?;
+        assert!(text.contains(&sentence), "{sentence} not logged: {text}");
+        if name == "group" {
+            assert!(text.contains(&format!("the subnets in {vpc}")), "{text}");
+        }
+        assert!(
+            !text.contains("not found in us-east-1: create it"),
+            "the cluster and log group exist: {text}"
+        );
+        wait_until(
+            "the provider-degraded taint",
+            Duration::from_secs(30),
+            || spillway_e2e::has_degraded_taint(&fx.node.client, &fx.node.node_name),
+        )
+        .await?;
+        drop(process);
+    }
+    // The test bed's own subnet and group: ready.
+    let admin_port = spillway_e2e::admin_port(&fx.args)?;
+    let _process = SpillwayProcess::start(&fx.args, &format!("vk-{}-good", fx.cluster), &AWS_ENV)?;
+    spillway_e2e::wait_provider_ready(
+        admin_port,
+        &fx.node.node_name,
+        "fargate",
+        true,
+        Duration::from_secs(60),
+    )
+    .await?;
+    Ok(())
+}
+
 /// A RunTask the node's identity may not make (AccessDenied) is no pod's fault: three pods
 /// stay Pending with `ProviderRefused` reason `Denied`, none is failed, the refusals across
 /// them turn the node provider-degraded, and once the policy is fixed they run and the

@@ -259,6 +259,7 @@ pub struct AwsApi {
     secrets: aws_sdk_secretsmanager::Client,
     logs: aws_sdk_cloudwatchlogs::Client,
     cloudwatch: aws_sdk_cloudwatch::Client,
+    ec2: super::ec2_query::Ec2Query,
     limits: Arc<Limits>,
     metrics: NodeMetrics,
 }
@@ -365,6 +366,7 @@ impl AwsApi {
             secrets: aws_sdk_secretsmanager::Client::new(&config),
             logs: aws_sdk_cloudwatchlogs::Client::new(&config),
             cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
+            ec2: super::ec2_query::Ec2Query::new(region, endpoint, config.credentials_provider()),
             limits: Arc::new(Limits::new()),
             metrics,
         }
@@ -1038,6 +1040,22 @@ impl EcsApi for AwsApi {
                 aws_error_sentence(&error)
             )),
         }
+        let (subnets, security_groups) = tokio::join!(
+            self.ec2.subnets(&target.subnets),
+            self.ec2.security_groups(&target.security_groups)
+        );
+        let network = setup_check::NetworkAnswer {
+            subnets,
+            security_groups,
+        };
+        let unchecked = setup_check::unchecked(&network);
+        if !unchecked.is_empty() {
+            tracing::warn!(
+                permissions = %unchecked.join(", "),
+                "the node may not describe its subnets or security groups: they are not checked (docs/eks.md lists the permissions)"
+            );
+        }
+        problems.extend(setup_check::network_problems(target, &network));
         problems
     }
 }

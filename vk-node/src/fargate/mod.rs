@@ -2,6 +2,7 @@
 //! calls themselves.
 
 pub mod aws;
+pub mod ec2_query;
 pub mod ecs_json;
 pub mod provider;
 pub mod region;

@@ -480,6 +480,8 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
             log_group: self.settings.log_group.clone(),
             region: self.settings.region.clone(),
             has_execution_role: self.settings.execution_role_arn.is_some(),
+            subnets: self.settings.subnets.clone(),
+            security_groups: self.settings.security_groups.clone(),
         };
         self.api.setup_problems(&target).await
     }
