@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 use spillway_e2e::split_proxy::{Backend, SplitProxy};
 use spillway_e2e::{
     RunUnderTest, TestNamespace, client, deployment, kubectl, regular_nodes_idle, repo_root,
@@ -596,25 +596,27 @@ async fn burst_replicas_come_back_when_capacity_returns() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Deployment `web`: one replica more than the `regular` nodes, each on a node of its own
+/// (required anti-affinity), so one replica cannot schedule.
+fn one_more_than_nodes_fit(regular: i32, annotations: Value) -> anyhow::Result<Deployment> {
+    let mut web = deployment("web", regular + 1, "100m", annotations)?;
+    let spec = web.spec.template.spec.as_mut().expect("pod spec");
+    spec.affinity = Some(serde_json::from_value(json!({"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {"app": "web"}},
+            "topologyKey": "kubernetes.io/hostname"}]}}))?);
+    Ok(web)
+}
+
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> {
     let scenario = Scenario::start("e2e-spill", "pendingSpill:\n  afterSeconds: 3\n").await?;
     let (client, _, run, deployments, pods) = scenario.parts();
     let regular = regular_node_count(client).await?;
-    // One replica more than there are regular nodes, each on a node of its own: the
-    // cluster is nearly idle, so the webhook keeps them all local and one cannot schedule.
-    let mut web = deployment(
-        "web",
-        regular + 1,
-        "100m",
-        json!({"spillway.io/burst": "true"}),
-    )?;
-    let spec = web.spec.template.spec.as_mut().expect("pod spec");
-    spec.affinity = Some(serde_json::from_value(json!({"podAntiAffinity": {
-        "requiredDuringSchedulingIgnoredDuringExecution": [{
-            "labelSelector": {"matchLabels": {"app": "web"}},
-            "topologyKey": "kubernetes.io/hostname"}]}}))?);
+    // The cluster is nearly idle, so the webhook keeps them all local and one cannot
+    // schedule.
+    let web = one_more_than_nodes_fit(regular, json!({"spillway.io/burst": "true"}))?;
     deployments.create(&PostParams::default(), &web).await?;
     wait_until(
         "the extra replica spills onto the virtual node and runs",
@@ -679,19 +681,12 @@ async fn shadow_mode_counts_what_it_would_do_and_does_nothing() -> anyhow::Resul
     .await?;
     let (client, ns, run, deployments, pods) = scenario.parts();
     let regular = regular_node_count(client).await?;
-    // As in the spill scenario, one replica more than there are regular nodes, each on a
-    // node of its own; and max-local 1, so the webhook would burst all but one.
-    let mut web = deployment(
-        "web",
-        regular + 1,
-        "100m",
+    // As in the spill scenario, one replica cannot schedule; and max-local 1, so the
+    // webhook would burst all but one.
+    let web = one_more_than_nodes_fit(
+        regular,
         json!({"spillway.io/burst": "true", "spillway.io/max-local": "1"}),
     )?;
-    let spec = web.spec.template.spec.as_mut().expect("pod spec");
-    spec.affinity = Some(serde_json::from_value(json!({"podAntiAffinity": {
-        "requiredDuringSchedulingIgnoredDuringExecution": [{
-            "labelSelector": {"matchLabels": {"app": "web"}},
-            "topologyKey": "kubernetes.io/hostname"}]}}))?);
     deployments.create(&PostParams::default(), &web).await?;
     // The controller plans the spill of the pod that cannot schedule, and the adoption of
     // the pods the webhook left unlabelled, pass after pass, and only counts them.
