@@ -893,8 +893,9 @@ impl ClusterIndex {
         })
     }
 
-    /// Whether a virtual node of `provider` can take a pod: Ready, without the degraded
-    /// taint, with room for `needs`, and with labels `constraints` accept.
+    /// Whether a virtual node of `provider` can take a pod: Ready, not cordoned (as before
+    /// an uninstall drains it), without the degraded taint, with room for `needs`, and
+    /// with labels `constraints` accept.
     pub fn provider_node(
         &self,
         provider: Provider,
@@ -905,6 +906,7 @@ impl ClusterIndex {
         for node in &self.nodes {
             let usable = node.known
                 && node.ready
+                && node.schedulable
                 && node.is_virtual
                 && node.provider == Some(provider)
                 && !node
@@ -1267,6 +1269,15 @@ mod tests {
             ProviderNode::Takes,
             "recovered"
         );
+        let mut cordoned = virtual_node("spillway-fargate", "fargate", false, "500");
+        cordoned.spec.get_or_insert_default().unschedulable = Some(true);
+        index.apply_node(&cordoned);
+        assert_eq!(
+            takes(&index, Provider::Fargate),
+            ProviderNode::Unusable,
+            "cordoned"
+        );
+        index.apply_node(&virtual_node("spillway-fargate", "fargate", false, "500"));
         // Full: as many pods bound as it takes; a finished one frees its place.
         index.apply_pod(&pod("a1", Some("spillway-aci"), "rs1", "100m"));
         index.apply_pod(&pod("a2", Some("spillway-aci"), "rs1", "100m"));

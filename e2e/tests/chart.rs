@@ -311,6 +311,40 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
     let off = render_eks_with(dir.path(), "off.yaml", "networkPolicy:\n  enabled: false\n")?;
     assert!(off.iter().all(|d| d["kind"] != "NetworkPolicy"));
 
+    // `helm uninstall` first drains the release's virtual nodes: a pre-delete hook Job as
+    // the controller's account, one --node per provider; off on request.
+    let drain = find(&docs, "Job", "spillway-drain-virtual-nodes")?;
+    assert_eq!(
+        drain["metadata"]["annotations"]["helm.sh/hook"],
+        "pre-delete"
+    );
+    let pod = &drain["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "spillway-controller");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let sc = &pod["containers"][0]["securityContext"];
+    assert_eq!(
+        (
+            &sc["allowPrivilegeEscalation"],
+            &sc["readOnlyRootFilesystem"],
+            &sc["capabilities"]["drop"]
+        ),
+        (&json!(false), &json!(true), &json!(["ALL"]))
+    );
+    assert_eq!(
+        pod["containers"][0]["args"],
+        json!([
+            "drain-virtual-nodes",
+            "--node=spillway-fargate",
+            "--timeout-seconds=270"
+        ])
+    );
+    let kept = render_eks_with(
+        dir.path(),
+        "no-drain.yaml",
+        "uninstall:\n  drainVirtualNodes: false\n",
+    )?;
+    assert!(kept.iter().all(|d| d["kind"] != "Job"));
+
     // The install notes warn loudly while every namespace may use the virtual nodes.
     let chart = chart_dir().display().to_string();
     let notes = |extra: &[&str]| -> anyhow::Result<String> {
@@ -892,7 +926,10 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
     }
 
     // A real install (the processes run outside the test bed, so no replicas), then an
-    // upgrade that must keep the self-signed CA.
+    // upgrade that must keep the self-signed CA. Its uninstall runs the drain hook's Job,
+    // which kwok completes without running a container (its command is exercised by the
+    // controller scenario draining_before_an_uninstall…, its permissions by the checks
+    // below: the controller's account patches its nodes and evicts pods).
     let scale_to_zero = [
         "--set",
         "webhook.replicas=0",
@@ -1152,6 +1189,21 @@ fn the_chart_installs_and_each_account_may_do_only_its_job() -> anyhow::Result<(
         wrong.is_empty(),
         "RBAC differs from what is needed:\n{}",
         wrong.join("\n")
+    );
+    // The uninstall waits for its drain hook (the Job, completed by kwok) and succeeds.
+    let uninstall = helm_output(&[
+        "uninstall",
+        &release.name,
+        "--namespace",
+        &release.namespace,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])?;
+    assert!(
+        uninstall.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uninstall.stderr)
     );
     drop(release);
     Ok(())

@@ -750,6 +750,88 @@ async fn shadow_mode_counts_what_it_would_do_and_does_nothing() -> anyhow::Resul
     Ok(())
 }
 
+/// Runs `spillway drain-virtual-nodes` against the test bed.
+fn drain_virtual_nodes(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(spillway_e2e::spillway_binary()?)
+        .arg("drain-virtual-nodes")
+        .args(args)
+        .env("KUBECONFIG", spillway_e2e::run_dir().join("kubeconfig"))
+        .output()?)
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn draining_before_an_uninstall_brings_every_burst_pod_home() -> anyhow::Result<()> {
+    let scenario = Scenario::start("e2e-drain", "").await?;
+    let (_, ns, run, deployments, pods) = scenario.parts();
+    // Under pressure by policy (max-local 0): every replica bursts.
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment(
+                "web",
+                3,
+                "100m",
+                json!({"spillway.io/burst": "true", "spillway.io/max-local": "0"}),
+            )?,
+        )
+        .await?;
+    wait_until("3 burst replicas", Duration::from_secs(60), || async {
+        Ok(count(&placed(pods, "web").await?, &run.node_name, "burst") == 3)
+    })
+    .await?;
+    // A PodDisruptionBudget that allows no disruption holds them: the drain says so and
+    // fails at its timeout, naming the pods.
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "create",
+        "poddisruptionbudget",
+        "web",
+        "--selector=app=web",
+        "--min-available=3",
+    ])?;
+    let node = run.node_name.clone();
+    let held = drain_virtual_nodes(&["--node", &node, "--timeout-seconds", "4"])?;
+    let said = String::from_utf8_lossy(&held.stderr);
+    assert!(!held.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("cordoned {node}"))
+            && said.contains("3 pod(s) still on")
+            && said.contains("PodDisruptionBudget allows no disruption"),
+        "{said}"
+    );
+    kubectl(&["-n", &ns.name, "delete", "poddisruptionbudget", "web"])?;
+    let drained = drain_virtual_nodes(&["--node", &node, "--timeout-seconds", "120"])?;
+    let said = String::from_utf8_lossy(&drained.stderr);
+    assert!(drained.status.success(), "{said}");
+    assert!(said.contains(&format!("{node} hold no pod")), "{said}");
+    // The node stays cordoned, so the replacements (and any new replica) stay local.
+    let vnode = Api::<Node>::all(scenario.client.clone()).get(&node).await?;
+    assert_eq!(vnode.spec.and_then(|s| s.unschedulable), Some(true));
+    wait_until(
+        "3 local replicas, none burst",
+        Duration::from_secs(60),
+        || async {
+            let p = placed(pods, "web").await?;
+            Ok(p.len() == 3 && count(&p, "kwok-node-", "local") == 3)
+        },
+    )
+    .await?;
+    let reasons: Vec<Option<String>> = placed(pods, "web")
+        .await?
+        .into_iter()
+        .map(|p| p.reason)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.as_deref() == Some("provider-unavailable")),
+        "{reasons:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn a_disruption_budget_holds_the_move_back_until_it_allows_it() -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 
 mod admit;
 mod check_config;
+mod drain_virtual_nodes;
 mod explain_pod;
 pub mod run_all;
 pub mod run_registration;
@@ -61,6 +62,10 @@ pub enum Command {
     /// reload; prints the config in force (defaults filled in), or the key at fault
     /// (exit 2).
     CheckConfig(check_config::CheckConfigArgs),
+    /// Before Spillway goes (the chart's pre-delete hook runs it): cordon the virtual
+    /// nodes, evict their pods (PodDisruptionBudgets honoured) and wait until the nodes
+    /// have stopped every cloud task; exit 1 naming the pods left at the timeout.
+    DrainVirtualNodes(drain_virtual_nodes::DrainArgs),
     /// Sleep until SIGTERM or SIGINT: what backfill placeholder pods run (they only hold
     /// room on a node, so the image needs nothing but this binary).
     Pause,
@@ -158,6 +163,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::ExplainPod(args) => explain_pod::run(&args),
         Command::Status(args) => status(&args),
         Command::CheckConfig(args) => check_config::run(&args),
+        Command::DrainVirtualNodes(args) => drain_virtual_nodes::run(&args),
         Command::Pause => pause(),
         Command::Version => {
             println!("spillway {}", env!("CARGO_PKG_VERSION"));
