@@ -1282,3 +1282,57 @@ async fn an_embedded_node_that_fails_to_start_is_logged_retried_and_shown_down()
     .await?;
     Ok(())
 }
+
+/// `kubectl exec`, `attach` and `port-forward` through the real apiserver get a sentence
+/// from the node at once (not a 404, not a hang); a caller the node does not authorize is
+/// refused first.
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn exec_attach_and_port_forward_on_a_burst_pod_say_what_is_not_supported()
+-> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-streaming", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let args = vk_node_args(node_name, "mock")?;
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", node_name, json!({}))?,
+    )
+    .await?;
+    wait_running(&pods, "web", Duration::from_secs(30)).await?;
+    let kubectl = |args: &[&str]| -> anyhow::Result<(bool, String)> {
+        let output = std::process::Command::new("timeout")
+            .arg("30")
+            .arg(spillway_e2e::repo_root().join("e2e/.build/bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(spillway_e2e::run_dir().join("kubeconfig"))
+            .args(["-n", &ns.name])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    };
+    for (args, says) in [
+        (
+            &["exec", "web", "--", "date"][..],
+            "kubectl exec is not supported on Spillway burst pods",
+        ),
+        (
+            &["attach", "web"][..],
+            "kubectl attach is not supported on Spillway burst pods",
+        ),
+        (
+            &["port-forward", "pod/web", "18080:80"][..],
+            "port-forward is not supported on Spillway burst pods",
+        ),
+    ] {
+        let (ok, stderr) = kubectl(args)?;
+        assert!(!ok, "{args:?} succeeded");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    Ok(())
+}

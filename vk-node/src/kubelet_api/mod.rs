@@ -8,6 +8,7 @@
 //! | `/runningpods/` | `proxy` | `PodList` of what the provider actually runs |
 //! | `/stats/summary` | `stats` | kubelet Summary API |
 //! | `/metrics/resource` | `metrics` | resource metrics (Prometheus text) |
+//! | `/exec/…`, `/attach/…`, `/portForward/…` | `proxy` | refused at once with a sentence (not served on burst pods yet) |
 //! | `/healthz` | none | liveness |
 //!
 //! Callers authenticate with a client certificate or a bearer token (TokenReview), and are
@@ -16,6 +17,7 @@
 mod listing;
 mod logs;
 mod stats;
+mod streaming;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +26,7 @@ use axum::Router;
 use axum::extract::Extension;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use spillway_common::tls::ClientIdentity;
 
 pub use logs::{
@@ -96,6 +98,19 @@ pub fn router<P: Provider>(
         .route("/runningpods/", get(listing::running_pods::<P>))
         .route("/stats/summary", get(stats::summary::<P>))
         .route("/metrics/resource", get(stats::resource_metrics::<P>))
+        // GET and POST, as a kubelet takes them.
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            any(streaming::exec::<P>),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            any(streaming::attach::<P>),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            any(streaming::port_forward::<P>),
+        )
         .with_state(ApiState {
             provider,
             directory,
