@@ -300,21 +300,33 @@ async fn a_sustained_scale_up_bursts_then_comes_home_on_the_nodes_spillway_asked
         },
     )
     .await?;
-    let marked = deployments.get(APP).await?;
-    assert!(
-        marked
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key("spillway.io/backfill"),
-        "the Deployment carries the backfill mark while the request stands"
-    );
-    let metrics = run.metrics()?;
-    assert_eq!(
-        sample(&metrics, "spillway_backfill_requested{resource=\"cpu\"}"),
-        Some(6.0),
-        "{metrics}"
-    );
+    // The same pass marks the Deployment and sets the gauge just after it applies the
+    // buffer: wait for them rather than race that pass.
+    wait_until(
+        "the Deployment carries the backfill mark while the request stands",
+        Duration::from_secs(15),
+        || async {
+            Ok(deployments
+                .get(APP)
+                .await?
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key("spillway.io/backfill"))
+        },
+    )
+    .await?;
+    wait_until(
+        "spillway_backfill_requested says 6 cores",
+        Duration::from_secs(15),
+        || async {
+            Ok(sample(
+                &run.metrics()?,
+                "spillway_backfill_requested{resource=\"cpu\"}",
+            ) == Some(6.0))
+        },
+    )
+    .await?;
 
     // Karpenter adds nodes because Spillway asked, and every burst replica comes home.
     wait_until(
