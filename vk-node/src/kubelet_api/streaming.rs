@@ -28,19 +28,26 @@ pub(crate) fn exec_refusal(what: &str, provider: &str) -> String {
     )
 }
 
+/// Authenticates and authorizes the caller as for any `nodes/proxy` path, then refuses
+/// with `sentence` (given the provider's name).
+async fn refuse<P: Provider>(
+    state: ApiState<P>,
+    who: Option<Extension<ClientIdentity>>,
+    headers: HeaderMap,
+    sentence: impl FnOnce(&str) -> String,
+) -> Response {
+    if let Some(refused) = state.guard(who, &headers, "proxy").await {
+        return refused;
+    }
+    (StatusCode::BAD_REQUEST, sentence(state.provider.name())).into_response()
+}
+
 pub(super) async fn port_forward<P: Provider>(
     State(state): State<ApiState<P>>,
     who: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = state.guard(who, &headers, "proxy").await {
-        return refused;
-    }
-    (
-        StatusCode::BAD_REQUEST,
-        port_forward_refusal(state.provider.name()),
-    )
-        .into_response()
+    refuse(state, who, headers, port_forward_refusal).await
 }
 
 pub(super) async fn exec<P: Provider>(
@@ -48,14 +55,10 @@ pub(super) async fn exec<P: Provider>(
     who: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = state.guard(who, &headers, "proxy").await {
-        return refused;
-    }
-    (
-        StatusCode::BAD_REQUEST,
-        exec_refusal("exec", state.provider.name()),
-    )
-        .into_response()
+    refuse(state, who, headers, |provider| {
+        exec_refusal("exec", provider)
+    })
+    .await
 }
 
 pub(super) async fn attach<P: Provider>(
@@ -63,12 +66,8 @@ pub(super) async fn attach<P: Provider>(
     who: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = state.guard(who, &headers, "proxy").await {
-        return refused;
-    }
-    (
-        StatusCode::BAD_REQUEST,
-        exec_refusal("attach", state.provider.name()),
-    )
-        .into_response()
+    refuse(state, who, headers, |provider| {
+        exec_refusal("attach", provider)
+    })
+    .await
 }
