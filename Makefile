@@ -3,6 +3,10 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 LOGS := target/test-logs
 CARGO_TEST_FLAGS ?=
+# CI builds once: incremental compilation would only add gigabytes to target/.
+ifdef CI
+export CARGO_INCREMENTAL := 0
+endif
 
 .PHONY: demo test build image prerequisites testbed-up testbed-down bench criterion
 
