@@ -929,6 +929,33 @@ impl ClusterIndex {
         }
     }
 
+    /// The tolerations a pod needs for the operator's own taints on `provider`'s virtual
+    /// nodes (`--node-taint`), beside the virtual-node toleration every burst pod gets:
+    /// each NoSchedule/NoExecute taint whose key the node or Kubernetes does not manage
+    /// ([`spillway_common::taint::is_managed`]), once, as an exact (`Equal`) toleration.
+    pub fn virtual_node_tolerations(&self, provider: Provider) -> Vec<Toleration> {
+        let mut tolerations: Vec<Toleration> = Vec::new();
+        let taints = self
+            .nodes
+            .iter()
+            .filter(|n| n.known && n.is_virtual && n.provider == Some(provider))
+            .flat_map(|n| n.taints.iter())
+            .filter(|t| !spillway_common::taint::is_managed(&t.key));
+        for taint in taints {
+            let toleration = Toleration {
+                key: Some(taint.key.to_string()),
+                operator: Some("Equal".to_owned()),
+                value: Some(taint.value.to_string()),
+                effect: Some(taint.effect.to_string()),
+                ..Toleration::default()
+            };
+            if !tolerations.contains(&toleration) {
+                tolerations.push(toleration);
+            }
+        }
+        tolerations
+    }
+
     /// Whether `name` is a known virtual node.
     pub fn is_virtual_node(&self, name: &str) -> bool {
         self.node_slots
@@ -1001,6 +1028,17 @@ impl CapacityView for ClusterIndex {
     ) -> ProviderNode {
         ClusterIndex::provider_node(self, provider, needs, constraints)
     }
+}
+
+/// Whether `tolerations` tolerate the taint that `wanted` (an exact toleration, as from
+/// [`ClusterIndex::virtual_node_tolerations`]) is for.
+pub fn tolerates(tolerations: &[Toleration], wanted: &Toleration) -> bool {
+    let taint = CompactTaint {
+        key: wanted.key.as_deref().unwrap_or("").into(),
+        value: wanted.value.as_deref().unwrap_or("").into(),
+        effect: wanted.effect.as_deref().unwrap_or("").into(),
+    };
+    tolerated(&taint, tolerations)
 }
 
 fn tolerated(taint: &CompactTaint, tolerations: &[Toleration]) -> bool {
@@ -1197,6 +1235,58 @@ mod tests {
         assert_eq!(view.counts, PlacementCounts { local: 2, burst: 0 });
         assert_eq!(view.replicas, 4);
         assert_eq!(view.annotations.len(), 1);
+    }
+
+    #[test]
+    fn burst_pods_are_given_tolerations_for_the_operators_taints_only() {
+        let mut index = ClusterIndex::new();
+        let mut vnode = node("vk-fargate", "100", "1Ti");
+        vnode.metadata.labels = Some(
+            [
+                ("type".to_string(), "virtual-kubelet".to_string()),
+                ("spillway.io/provider".to_string(), "fargate".to_string()),
+            ]
+            .into(),
+        );
+        vnode.spec = Some(
+            serde_json::from_value(json!({"taints": [
+                {"key": "virtual-kubelet.io/provider", "value": "fargate", "effect": "NoSchedule"},
+                {"key": "spillway.io/provider-degraded", "value": "fargate", "effect": "NoSchedule"},
+                {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
+                {"key": "example.com/burst", "value": "only", "effect": "NoSchedule"},
+                {"key": "dedicated", "effect": "NoExecute"},
+                {"key": "soft", "value": "x", "effect": "PreferNoSchedule"}
+            ]}))
+            .unwrap(),
+        );
+        index.apply_node(&vnode);
+        let tolerations = index.virtual_node_tolerations(Provider::Fargate);
+        let keys: Vec<(&str, &str, &str)> = tolerations
+            .iter()
+            .map(|t| {
+                (
+                    t.key.as_deref().unwrap(),
+                    t.value.as_deref().unwrap(),
+                    t.effect.as_deref().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("example.com/burst", "only", "NoSchedule"),
+                ("dedicated", "", "NoExecute")
+            ]
+        );
+        assert!(index.virtual_node_tolerations(Provider::Aci).is_empty());
+        assert!(tolerates(&tolerations, &tolerations[0]));
+        let anything: Toleration = serde_json::from_value(json!({"operator": "Exists"})).unwrap();
+        assert!(tolerates(&[anything], &tolerations[1]));
+        let other_value: Toleration = serde_json::from_value(
+            json!({"key": "example.com/burst", "operator": "Equal", "value": "never"}),
+        )
+        .unwrap();
+        assert!(!tolerates(&[other_value], &tolerations[0]));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod pki;
 pub mod pod_resources;
 pub mod quantity;
 pub mod shutdown;
+pub mod taint;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

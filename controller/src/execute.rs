@@ -4,11 +4,12 @@
 //! repeats into series.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Toleration};
 use kube::Client;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use serde_json::json;
+use spillway_cluster::index::tolerates;
 use spillway_common::config::Provider;
 use spillway_common::keys;
 
@@ -217,8 +218,9 @@ impl Executor {
                 pod,
                 workload,
                 provider,
+                tolerations,
             } => {
-                self.spill(&pod, provider)
+                self.spill(&pod, provider, &tolerations)
                     .await
                     .map_err(ActionError::Spill)?;
                 self.metrics.pending_spills.inc();
@@ -319,7 +321,12 @@ impl Executor {
         Ok(())
     }
 
-    async fn spill(&self, pod: &PodRef, provider: Provider) -> Result<(), kube::Error> {
+    async fn spill(
+        &self,
+        pod: &PodRef,
+        provider: Provider,
+        operator_taints: &[Toleration],
+    ) -> Result<(), kube::Error> {
         let api = self.pods(pod);
         // That provider's node only: a wildcard would let the pod land on a provider it
         // is not eligible for. (Node affinity cannot be added to a created pod.)
@@ -336,17 +343,22 @@ impl Executor {
         if current.metadata.uid.as_deref() != Some(pod.uid.as_str()) {
             return Ok(());
         }
-        let mut tolerations: Vec<serde_json::Value> = current
+        let existing: &[Toleration] = current
             .spec
             .as_ref()
-            .and_then(|s| s.tolerations.as_ref())
-            .map(|t| {
-                t.iter()
-                    .map(|t| serde_json::to_value(t).unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default();
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or(&[]);
+        let mut tolerations: Vec<serde_json::Value> = existing
+            .iter()
+            .map(|t| serde_json::to_value(t).unwrap_or_default())
+            .collect();
         tolerations.push(toleration);
+        // And the operator's own taints on that node (`--node-taint`) the pod lacks.
+        for wanted in operator_taints {
+            if !tolerates(existing, wanted) {
+                tolerations.push(serde_json::to_value(wanted).unwrap_or_default());
+            }
+        }
         let patch = json!({
             "metadata": {
                 "resourceVersion": current.metadata.resource_version,

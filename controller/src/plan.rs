@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use k8s_openapi::api::core::v1::Toleration;
 use spillway_cluster::decision::{
     self, BudgetFacts, Decision, Placement, PlacementCounts, PodFacts, ProviderAsk, ProviderPick,
     Reason, choose_provider,
@@ -146,6 +147,8 @@ pub enum Action {
         /// The provider whose node it may use: one it is eligible for and that can take
         /// it now.
         provider: Provider,
+        /// Tolerations for the operator's own taints on that provider's virtual nodes.
+        tolerations: Vec<Toleration>,
     },
     /// Make the workload's backfill request `replicas` pods of `needs` (creating,
     /// resizing or adopting it) and mark the Deployment `spillway.io/backfill`.
@@ -743,6 +746,7 @@ fn spill_pending(input: &PlanInput<'_>, workloads: &[Workload<'_>], actions: &mu
                 pod: PodRef::of(pod),
                 workload: workload.key.to_owned(),
                 provider,
+                tolerations: input.index.virtual_node_tolerations(provider),
             });
             burst += 1;
             spent += usd.unwrap_or(0.0);

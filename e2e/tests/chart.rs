@@ -376,6 +376,8 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         "--sweep-interval-seconds=600",
         "--node-name-prefix=burst-eu",
         "--node-label=eks.amazonaws.com/compute-type=fargate",
+        "--node-taint=example.com/burst=only:NoSchedule",
+        "--node-taint=dedicated:NoExecute",
     ] {
         assert!(args.contains(flag), "{flag} in {args}");
     }
@@ -595,6 +597,15 @@ fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
         (
             "controller:\n  virtualNode:\n    labels: {team: has space}\n",
             "/controller/virtualNode/labels/team",
+        ),
+        // Taints: an effect Kubernetes knows, and never a key the node manages.
+        (
+            "controller:\n  virtualNode:\n    taints: [{key: burst, effect: Sometimes}]\n",
+            "/controller/virtualNode/taints/0/effect",
+        ),
+        (
+            "controller:\n  virtualNode:\n    taints: [{key: virtual-kubelet.io/provider, value: x, effect: NoSchedule}]\n",
+            "/controller/virtualNode/taints/0/key",
         ),
     ];
     // Refusals that span keys, on top of a valid EKS or AKS install: what the chart

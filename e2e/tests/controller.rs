@@ -611,7 +611,14 @@ fn one_more_than_nodes_fit(regular: i32, annotations: Value) -> anyhow::Result<D
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> {
-    let scenario = Scenario::start("e2e-spill", "pendingSpill:\n  afterSeconds: 3\n").await?;
+    // The node carries an operator taint (`--node-taint`) besides its own: the spill
+    // must add its toleration too, or the pod would stay Pending.
+    let scenario = Scenario::start_with_env(
+        "e2e-spill",
+        "pendingSpill:\n  afterSeconds: 3\n",
+        &[("SPILLWAY_NODE_TAINTS", "example.com/burst=only:NoSchedule")],
+    )
+    .await?;
     let (client, _, run, deployments, pods) = scenario.parts();
     let regular = regular_node_count(client).await?;
     // The cluster is nearly idle, so the webhook keeps them all local and one cannot
@@ -635,6 +642,18 @@ async fn unschedulable_pods_spill_onto_the_virtual_node() -> anyhow::Result<()> 
         .find(|p| p.node == run.node_name)
         .expect("the spilled pod");
     assert_eq!(spilled.reason.as_deref(), Some("pending"));
+    let spilled_pod = pods.get(&spilled.name).await?;
+    let tolerations = spilled_pod
+        .spec
+        .and_then(|s| s.tolerations)
+        .unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("example.com/burst")
+                && t.value.as_deref() == Some("only")),
+        "the operator taint's toleration: {tolerations:?}"
+    );
     wait_until(
         "the spilled pod is marked burst",
         Duration::from_secs(15),

@@ -27,6 +27,8 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
         "32".into(),
         "--node-label".into(),
         "example.com/pool=burst".into(),
+        "--node-taint".into(),
+        "example.com/burst=only:NoSchedule".into(),
     ]);
     let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
 
@@ -67,6 +69,12 @@ async fn mock_node_runs_pods_serves_logs_and_removes_deleted_pods() -> anyhow::R
         taints
             .iter()
             .any(|t| t.key == "virtual-kubelet.io/provider" && t.effect == "NoSchedule")
+    );
+    assert!(
+        taints.iter().any(|t| t.key == "example.com/burst"
+            && t.value.as_deref() == Some("only")
+            && t.effect == "NoSchedule"),
+        "the operator's --node-taint: {taints:?}"
     );
     assert_eq!(
         node.status.and_then(|s| s.allocatable).unwrap()["cpu"].0,

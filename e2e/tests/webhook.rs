@@ -57,9 +57,18 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
 
     let node_name = format!("spillway-fargate-{}", ns.name);
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .create(&PostParams::default(), &virtual_node(&node_name)?)
-        .await?;
+    // An operator taint (`--node-taint`) beside the node's own: burst pods are given its
+    // toleration too, or they would stay Pending.
+    let mut node = virtual_node(&node_name)?;
+    let taints = node
+        .spec
+        .as_mut()
+        .and_then(|s| s.taints.as_mut())
+        .expect("taints");
+    taints.push(serde_json::from_value(
+        json!({"key": "example.com/burst", "value": "only", "effect": "NoSchedule"}),
+    )?);
+    nodes.create(&PostParams::default(), &node).await?;
     let _node_cleanup = NodeCleanupGuard(node_name.clone());
     let _hook = webhook.register_in(&client, &ns.name).await?;
 
@@ -121,12 +130,13 @@ async fn overflow_replicas_burst_onto_the_virtual_node() -> anyhow::Result<()> {
         .items
         .remove(0);
     let spec = burst_pod.spec.expect("spec");
-    assert!(
-        spec.tolerations
-            .unwrap_or_default()
-            .iter()
-            .any(|t| t.key.as_deref() == Some("virtual-kubelet.io/provider"))
-    );
+    let tolerations = spec.tolerations.unwrap_or_default();
+    for key in ["virtual-kubelet.io/provider", "example.com/burst"] {
+        assert!(
+            tolerations.iter().any(|t| t.key.as_deref() == Some(key)),
+            "{key} tolerated: {tolerations:?}"
+        );
+    }
     assert!(spec.affinity.and_then(|a| a.node_affinity).is_some());
     let annotations = burst_pod.metadata.annotations.unwrap_or_default();
     assert_eq!(

@@ -11,6 +11,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spillway_common::keys;
+use spillway_common::taint::NodeTaint;
 
 /// Lease duration, as the kubelet uses (virtual-kubelet's documented constant).
 pub const LEASE_DURATION_SECONDS: i32 = 40;
@@ -38,6 +39,9 @@ pub struct NodeSpec {
     pub kubelet_port: u16,
     /// The operator's own labels (`--node-label`), beside the ones Spillway sets.
     pub extra_labels: BTreeMap<String, String>,
+    /// The operator's own taints (`--node-taint`), beside the virtual-node taint; burst
+    /// pods are given tolerations for them by the webhook and the controller.
+    pub extra_taints: Vec<NodeTaint>,
 }
 
 /// Why a node operation failed.
@@ -61,8 +65,60 @@ fn now() -> String {
     spillway_common::time::rfc3339(SystemTime::now())
 }
 
+/// Annotation on the Node listing the operator taints it was last given (`key:effect`,
+/// comma-separated), so one dropped from `--node-taint` is removed on the next start
+/// while taints others set are left alone.
+pub const OPERATOR_TAINTS_ANNOTATION: &str = "spillway.io/node-taints";
+
+fn taint_value(taint: &NodeTaint) -> Value {
+    if taint.value.is_empty() {
+        json!({"key": taint.key, "effect": taint.effect})
+    } else {
+        json!({"key": taint.key, "value": taint.value, "effect": taint.effect})
+    }
+}
+
+/// A taint's identity on a Node: its key and effect.
+fn taint_identity(taint: &Value) -> String {
+    format!(
+        "{}:{}",
+        taint["key"].as_str().unwrap_or(""),
+        taint["effect"].as_str().unwrap_or("")
+    )
+}
+
+fn operator_taint_list(spec: &NodeSpec) -> String {
+    spec.extra_taints
+        .iter()
+        .map(|t| format!("{}:{}", t.key, t.effect))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn taints(spec: &NodeSpec) -> Value {
-    json!([{"key": keys::VIRTUAL_NODE_TAINT, "value": spec.provider, "effect": "NoSchedule"}])
+    let mut taints = vec![
+        json!({"key": keys::VIRTUAL_NODE_TAINT, "value": spec.provider, "effect": "NoSchedule"}),
+    ];
+    taints.extend(spec.extra_taints.iter().map(taint_value));
+    Value::Array(taints)
+}
+
+/// The node's taints with the operator's as configured now: the ones it was given before
+/// (`previous`, from [`OPERATOR_TAINTS_ANNOTATION`]) and no longer has are removed, the
+/// configured ones added or given their new value, every other taint left as it was.
+fn with_operator_taints(current: &[Value], previous: &str, spec: &NodeSpec) -> Vec<Value> {
+    let configured: Vec<Value> = spec.extra_taints.iter().map(taint_value).collect();
+    let configured_ids: Vec<String> = configured.iter().map(taint_identity).collect();
+    let mut taints: Vec<Value> = current
+        .iter()
+        .filter(|t| {
+            let id = taint_identity(t);
+            !configured_ids.contains(&id) && !previous.split(',').any(|p| p == id)
+        })
+        .cloned()
+        .collect();
+    taints.extend(configured);
+    taints
 }
 
 /// The node's taints with the degraded taint added or removed and every other taint as
@@ -116,6 +172,7 @@ pub fn node_object(spec: &NodeSpec) -> Value {
         "metadata": {
             "name": spec.name,
             "labels": labels(spec),
+            "annotations": {OPERATOR_TAINTS_ANNOTATION: operator_taint_list(spec)},
         },
         "spec": {"taints": taints(spec)},
     })
@@ -158,6 +215,28 @@ pub fn node_status(spec: &NodeSpec) -> Value {
 pub async fn register(client: &Client, spec: &NodeSpec) -> Result<Node, NodeError> {
     let (node, _) = get_or_create(client, spec).await?;
     let node = add_missing_labels(client, spec, node).await?;
+    let annotations = node.metadata.annotations.clone().unwrap_or_default();
+    let previous = annotations
+        .get(OPERATOR_TAINTS_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let list = operator_taint_list(spec);
+    let changed = change_taints(client, spec, |current| {
+        with_operator_taints(current, &previous, spec)
+    })
+    .await?;
+    if changed || annotations.get(OPERATOR_TAINTS_ANNOTATION) != Some(&list) {
+        Api::<Node>::all(client.clone())
+            .patch(
+                &spec.name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {OPERATOR_TAINTS_ANNOTATION: list}}}),
+                ),
+            )
+            .await
+            .map_err(NodeError::PatchTaints)?;
+    }
     write_status(client, spec).await?;
     Ok(node)
 }
@@ -227,13 +306,26 @@ pub async fn write_status(client: &Client, spec: &NodeSpec) -> Result<(), NodeEr
 }
 
 /// Adds or removes the `spillway.io/provider-degraded` taint and leaves every other taint
-/// alone: read the Node, write its taints back with ours changed, with the resourceVersion
-/// read as a precondition so a taint someone adds in between is never overwritten
-/// (re-read and retried on conflict). Returns whether the taints changed.
+/// alone. Returns whether the taints changed.
 pub async fn set_degraded(
     client: &Client,
     spec: &NodeSpec,
     degraded: bool,
+) -> Result<bool, NodeError> {
+    change_taints(client, spec, |current| {
+        with_degraded_taint(current, spec, degraded)
+    })
+    .await
+}
+
+/// Writes the Node's taints as `change` makes them from the current ones, unless that
+/// changes nothing: read, change, write with the resourceVersion read as a precondition
+/// so a taint someone adds in between is never overwritten (re-read and retried on
+/// conflict). Returns whether the taints changed.
+async fn change_taints(
+    client: &Client,
+    spec: &NodeSpec,
+    change: impl Fn(&[Value]) -> Vec<Value>,
 ) -> Result<bool, NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut attempt = 0;
@@ -250,7 +342,7 @@ pub async fn set_degraded(
             .iter()
             .filter_map(|t| serde_json::to_value(t).ok())
             .collect();
-        let taints = with_degraded_taint(&current, spec, degraded);
+        let taints = change(&current);
         if taints == current {
             return Ok(false);
         }
@@ -315,6 +407,7 @@ mod tests {
             address: "127.0.0.1".into(),
             kubelet_port: 10250,
             extra_labels: BTreeMap::new(),
+            extra_taints: Vec::new(),
         };
         let other = json!({"key": "example.com/maintenance", "value": "soon", "effect": "PreferNoSchedule"});
         let provider = json!({"key": "virtual-kubelet.io/provider", "value": "fargate", "effect": "NoSchedule"});
@@ -338,6 +431,7 @@ mod tests {
             address: "127.0.0.1".into(),
             kubelet_port: 10250,
             extra_labels: BTreeMap::new(),
+            extra_taints: Vec::new(),
         };
         let spec = NodeSpec {
             extra_labels: BTreeMap::from([
@@ -362,5 +456,61 @@ mod tests {
         let status: k8s_openapi::api::core::v1::NodeStatus =
             serde_json::from_value(node_status(&spec)).unwrap();
         assert_eq!(status.allocatable.unwrap()["pods"].0, "500");
+    }
+
+    #[test]
+    fn operator_taints_are_added_changed_and_removed_leaving_others() {
+        let taint = |text: &str| spillway_common::taint::parse(text).unwrap();
+        let spec = NodeSpec {
+            name: "n".into(),
+            provider: "aci".into(),
+            max_vcpu: 1,
+            max_memory: "1Gi".into(),
+            max_pods: 1,
+            address: "127.0.0.1".into(),
+            kubelet_port: 10250,
+            extra_labels: BTreeMap::new(),
+            extra_taints: vec![
+                taint("example.com/burst=only:NoSchedule"),
+                taint("dedicated:NoExecute"),
+            ],
+        };
+        let provider =
+            json!({"key": "virtual-kubelet.io/provider", "value": "aci", "effect": "NoSchedule"});
+        let someone_elses = json!({"key": "example.com/maintenance", "effect": "NoSchedule"});
+        let dropped = json!({"key": "example.com/old", "value": "x", "effect": "NoSchedule"});
+        let stale_value =
+            json!({"key": "example.com/burst", "value": "before", "effect": "NoSchedule"});
+        let current = vec![
+            provider.clone(),
+            someone_elses.clone(),
+            dropped,
+            stale_value,
+        ];
+        let taints = with_operator_taints(
+            &current,
+            "example.com/old:NoSchedule,example.com/burst:NoSchedule",
+            &spec,
+        );
+        assert_eq!(
+            taints,
+            vec![
+                provider,
+                someone_elses,
+                json!({"key": "example.com/burst", "value": "only", "effect": "NoSchedule"}),
+                json!({"key": "dedicated", "effect": "NoExecute"}),
+            ]
+        );
+        // Applied again, nothing changes.
+        assert_eq!(
+            with_operator_taints(&taints, &operator_taint_list(&spec), &spec),
+            taints
+        );
+        let node: Node = serde_json::from_value(node_object(&spec)).unwrap();
+        assert_eq!(node.spec.unwrap().taints.unwrap().len(), 3);
+        assert_eq!(
+            node.metadata.annotations.unwrap()[OPERATOR_TAINTS_ANNOTATION],
+            "example.com/burst:NoSchedule,dedicated:NoExecute"
+        );
     }
 }

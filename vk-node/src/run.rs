@@ -162,6 +162,13 @@ pub struct NodeOptions {
     #[arg(long = "node-label", value_name = "KEY=VALUE", env = "SPILLWAY_NODE_LABELS",
         value_delimiter = ',', value_parser = node_label)]
     pub node_labels: Vec<(String, String)>,
+    /// A taint of the node's own, `KEY[=VALUE]:EFFECT` (repeat, or comma-separate in the
+    /// env), e.g. `example.com/burst=only:NoSchedule` to keep off pods that tolerate every
+    /// `virtual-kubelet.io/provider` taint. Burst pods get a toleration for it from the
+    /// webhook and the controller. One dropped from the list is removed at the next start.
+    #[arg(long = "node-taint", value_name = "KEY[=VALUE]:EFFECT", env = "SPILLWAY_NODE_TAINTS",
+        value_delimiter = ',', value_parser = spillway_common::taint::parse)]
+    pub node_taints: Vec<spillway_common::taint::NodeTaint>,
     /// Allocatable vCPU the node advertises: the budget, never "infinite".
     #[arg(long, default_value_t = 100, env = "SPILLWAY_MAX_VCPU")]
     pub max_vcpu: u32,
@@ -577,6 +584,7 @@ async fn run_with<P: Provider>(
         address: args.node_address.clone(),
         kubelet_port: args.kubelet_listen.port(),
         extra_labels: args.node_labels.iter().cloned().collect(),
+        extra_taints: args.node_taints.clone(),
     };
     let election = LeaderElection::new(
         client.clone(),

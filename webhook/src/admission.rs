@@ -382,6 +382,10 @@ pub fn evaluate_pod(
             sealed_about(pod, namespace, decision.placement),
         ),
     };
+    let burst_tolerations = match decision.placement {
+        Placement::Burst(provider) => index.virtual_node_tolerations(provider),
+        Placement::Local => Vec::new(),
+    };
     let ops = match config.mode {
         Mode::Enforce => patch::build(
             pod,
@@ -389,6 +393,7 @@ pub fn evaluate_pod(
                 placement: decision.placement,
                 reason: decision.reason,
                 decision: &sealed,
+                tolerations: &burst_tolerations,
             },
         ),
         Mode::Shadow => patch::shadow(pod, decision.placement, decision.reason),

@@ -10,6 +10,7 @@ use spillway_common::config::Provider;
 use spillway_common::keys;
 
 use spillway_cluster::decision::{Placement, Reason};
+use spillway_cluster::index::tolerates;
 
 /// What to write on the pod.
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +22,11 @@ pub struct Mutation<'a> {
     /// The `spillway.io/decision` value: the deciding review's UID, sealed
     /// ([`crate::decision_seal`]).
     pub decision: &'a str,
+    /// For a burst: tolerations of the operator's own taints on the provider's virtual
+    /// nodes ([`ClusterIndex::virtual_node_tolerations`]), added where the pod lacks them.
+    ///
+    /// [`ClusterIndex::virtual_node_tolerations`]: spillway_cluster::index::ClusterIndex::virtual_node_tolerations
+    pub tolerations: &'a [Toleration],
 }
 
 /// Escapes one JSON Pointer token (RFC 6901).
@@ -200,14 +206,27 @@ pub fn build(pod: &Pod, mutation: &Mutation<'_>) -> Vec<Value> {
         &annotations,
     );
     if let Placement::Burst(provider) = mutation.placement {
-        let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
-        let toleration = to_value(&virtual_node_toleration(provider));
-        match tolerations {
-            None => ops.push(add("/spec/tolerations".into(), json!([toleration]))),
-            Some(existing) if !existing.iter().any(|t| tolerates_virtual_node(t, provider)) => {
-                ops.push(add("/spec/tolerations/-".into(), toleration))
+        let existing: &[Toleration] = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or(&[]);
+        let mut missing = Vec::new();
+        if !existing.iter().any(|t| tolerates_virtual_node(t, provider)) {
+            missing.push(to_value(&virtual_node_toleration(provider)));
+        }
+        for wanted in mutation.tolerations {
+            if !tolerates(existing, wanted) {
+                missing.push(to_value(wanted));
             }
-            Some(_) => {}
+        }
+        let has_list = pod.spec.as_ref().is_some_and(|s| s.tolerations.is_some());
+        if !has_list && !missing.is_empty() {
+            ops.push(add("/spec/tolerations".into(), Value::Array(missing)));
+        } else {
+            for toleration in missing {
+                ops.push(add("/spec/tolerations/-".into(), toleration));
+            }
         }
         affinity_ops(&mut ops, pod, provider);
     }
@@ -229,6 +248,7 @@ mod tests {
         placement: Placement::Burst(Provider::Fargate),
         reason: Reason::Capacity,
         decision: "req-1",
+        tolerations: &[],
     };
 
     fn patch_twice(pod: Value, mutation: &Mutation<'_>) -> Value {
@@ -335,12 +355,60 @@ mod tests {
     }
 
     #[test]
+    fn burst_pods_tolerate_the_operators_virtual_node_taints_once() {
+        let operator_taints: Vec<Toleration> = serde_json::from_value(json!([
+            {"key": "example.com/burst", "operator": "Equal", "value": "only", "effect": "NoSchedule"},
+            {"key": "dedicated", "operator": "Equal", "value": "", "effect": "NoExecute"}
+        ]))
+        .unwrap();
+        let mutation = Mutation {
+            tolerations: &operator_taints,
+            ..BURST
+        };
+        let bare = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
+        let out = patch_twice(bare, &mutation);
+        let keys: Vec<&str> = out["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "virtual-kubelet.io/provider",
+                "example.com/burst",
+                "dedicated"
+            ]
+        );
+        // A toleration the pod has already covers its taint: nothing twice.
+        let tolerant = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}],
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}]}});
+        let out = patch_twice(tolerant, &mutation);
+        let keys: Vec<&str> = out["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "dedicated",
+                "virtual-kubelet.io/provider",
+                "example.com/burst"
+            ]
+        );
+    }
+
+    #[test]
     fn local_pod_only_gets_labels() {
         let pod = json!({"metadata": {"name": "p", "labels": {"a/b~c": "1"}}, "spec": {"containers": [{"name": "c"}]}});
         let local = Mutation {
             placement: Placement::Local,
             reason: Reason::NoPressure,
             decision: "req-2",
+            tolerations: &[],
         };
         let out = patch_twice(pod, &local);
         assert_eq!(out["metadata"]["labels"]["spillway.io/placement"], "local");
