@@ -14,6 +14,7 @@ pub mod kubelet_authn;
 pub mod kubelet_authz;
 pub mod metrics;
 pub mod mock;
+pub mod mock_exec;
 pub mod node;
 pub mod pod_objects;
 pub mod pods;

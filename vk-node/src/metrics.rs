@@ -30,6 +30,9 @@ pub struct NodeMetrics {
     /// (leader, registered, serving); 0 while it starts, waits for leadership, or failed
     /// and is retrying.
     pub up: IntGaugeVec,
+    /// `spillway_exec_sessions{provider}`: `kubectl exec` and `attach` sessions open on
+    /// the node's kubelet API now.
+    pub exec_sessions: IntGaugeVec,
 }
 
 impl NodeMetrics {
@@ -89,6 +92,13 @@ impl NodeMetrics {
                 ),
                 &["node", "provider"],
             )?,
+            exec_sessions: IntGaugeVec::new(
+                Opts::new(
+                    "spillway_exec_sessions",
+                    "kubectl exec and attach sessions open on the virtual node's kubelet API",
+                ),
+                &["provider"],
+            )?,
         };
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.calls.clone()))?;
@@ -98,6 +108,7 @@ impl NodeMetrics {
         registry.register(Box::new(metrics.ready.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;
         registry.register(Box::new(metrics.up.clone()))?;
+        registry.register(Box::new(metrics.exec_sessions.clone()))?;
         Ok(metrics)
     }
 

@@ -13,8 +13,8 @@ use rand::Rng;
 
 use crate::pod_objects::PodObjects;
 use crate::provider::{
-    ContainerUsage, LogChunk, LogLine, LogOptions, PodUsage, Provider, ProviderError,
-    RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus,
+    ContainerUsage, ExecCommand, LogChunk, LogLine, LogOptions, PodUsage, Provider, ProviderError,
+    RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus, SessionEnd, SessionIo,
 };
 use crate::resource_usage::CpuMeter;
 
@@ -111,6 +111,29 @@ impl MockProvider {
             .get(pod_uid)
             .map(|o| o.launches)
             .unwrap_or(0)
+    }
+
+    /// `Ok` when `container` of `pod_uid` runs now, else why not.
+    fn running(&self, pod_uid: &str, container: &str) -> Result<(), ProviderError> {
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let object = objects
+            .get(pod_uid)
+            .ok_or_else(|| ProviderError::NotFound(format!("no mock object for pod {pod_uid}")))?;
+        let status = self.status_of(pod_uid, object, Instant::now());
+        let state = status
+            .containers
+            .iter()
+            .find(|c| c.name == container)
+            .map(|c| &c.state);
+        match state {
+            Some(RemoteContainerState::Running { .. }) => Ok(()),
+            Some(_) => Err(ProviderError::Invalid(format!(
+                "container {container} is not running"
+            ))),
+            None => Err(ProviderError::NotFound(format!(
+                "container {container} is not in the mock object"
+            ))),
+        }
     }
 
     fn status_of(&self, uid: &str, object: &MockObject, now: Instant) -> RemoteStatus {
@@ -241,6 +264,28 @@ impl Provider for MockProvider {
         self.behaviour
             .probe_loopback
             .then_some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+
+    async fn exec(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        command: &ExecCommand,
+        io: SessionIo,
+    ) -> Result<SessionEnd, ProviderError> {
+        self.running(pod_uid, container)?;
+        Ok(crate::mock_exec::run(command, io).await)
+    }
+
+    async fn attach(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        _tty: bool,
+        io: SessionIo,
+    ) -> Result<SessionEnd, ProviderError> {
+        self.running(pod_uid, container)?;
+        Ok(crate::mock_exec::attach(container, io).await)
     }
 
     async fn create(&self, pod: &Pod, _objects: &PodObjects) -> Result<(), ProviderError> {

@@ -20,6 +20,10 @@ pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
 /// Node status period (virtual-kubelet's documented constant).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The feature the node declares in `status.declaredFeatures` so the apiserver proxies
+/// exec and attach WebSockets to it as they are.
+pub const EXTEND_WEBSOCKETS_TO_KUBELET: &str = "ExtendWebSocketsToKubelet";
+
 /// What the Node says about itself.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -201,6 +205,9 @@ pub fn node_status(spec: &NodeSpec) -> Value {
             {"type": "Hostname", "address": spec.name},
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": spec.kubelet_port}},
+        // The apiserver (1.36+) then passes kubectl's exec and attach WebSockets through
+        // to the kubelet API instead of translating them to SPDY, which it does not speak.
+        "declaredFeatures": [EXTEND_WEBSOCKETS_TO_KUBELET],
         "nodeInfo": {
             "machineID": spec.name, "systemUUID": spec.name, "bootID": spec.name,
             "kernelVersion": "", "osImage": format!("spillway {}", spec.provider),

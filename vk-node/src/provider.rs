@@ -211,6 +211,50 @@ pub struct PodUsage {
     pub containers: Vec<ContainerUsage>,
 }
 
+/// What `kubectl exec` asked to run in a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecCommand {
+    /// The argv, never empty.
+    pub argv: Vec<String>,
+    /// The caller sends stdin (`-i`).
+    pub stdin: bool,
+    /// The caller has a terminal (`-t`): one output stream, resizes.
+    pub tty: bool,
+}
+
+/// A terminal's size, as the caller's resize messages carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    #[serde(rename = "Width")]
+    pub width: u16,
+    /// Rows.
+    #[serde(rename = "Height")]
+    pub height: u16,
+}
+
+/// The streams of one exec or attach session, from the provider's side. Dropping the
+/// senders ends the output; stdin's receiver ends when the caller closes its stdin.
+pub struct SessionIo {
+    /// What the caller types (nothing unless it asked for stdin).
+    pub stdin: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    /// Terminal resizes (TTY sessions), the first one soon after the start.
+    pub resize: tokio::sync::mpsc::Receiver<TerminalSize>,
+    /// Standard output (everything, with a terminal).
+    pub stdout: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Standard error (unused with a terminal).
+    pub stderr: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The process exited with this code.
+    Exited(i32),
+    /// The stream ended; the provider does not say how the process exited (ACI).
+    Closed,
+}
+
 /// A backend that runs pods.
 pub trait Provider: Send + Sync + 'static {
     /// Provider name for metrics (`fargate`, `aci`, `mock`).
@@ -283,6 +327,44 @@ pub trait Provider: Send + Sync + 'static {
     ) -> impl Future<Output = Result<HashMap<String, PodUsage>, ProviderError>> + Send {
         let _ = pods;
         async { Ok(HashMap::new()) }
+    }
+
+    /// Runs `command` in `container` of the pod's object and streams it through `io`
+    /// until it ends. Providers that cannot refuse with a sentence the caller sees.
+    fn exec(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        command: &ExecCommand,
+        io: SessionIo,
+    ) -> impl Future<Output = Result<SessionEnd, ProviderError>> + Send {
+        let _ = (pod_uid, container, command, io);
+        let provider = self.name();
+        async move {
+            Err(ProviderError::Invalid(format!(
+                "kubectl exec is not supported on Spillway burst pods ({provider}) yet; use \
+                 kubectl logs, or scale the workload so a replica runs on a regular node"
+            )))
+        }
+    }
+
+    /// Attaches to the main process of `container`: its output, and its stdin when the
+    /// caller sends one, until the caller leaves or the process ends.
+    fn attach(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        tty: bool,
+        io: SessionIo,
+    ) -> impl Future<Output = Result<SessionEnd, ProviderError>> + Send {
+        let _ = (pod_uid, container, tty, io);
+        let provider = self.name();
+        async move {
+            Err(ProviderError::Invalid(format!(
+                "kubectl attach is not supported on Spillway burst pods ({provider}) yet; use \
+                 kubectl logs -f"
+            )))
+        }
     }
 
     /// Removes what this node owns at the provider for pods not in `live` (tasks, and

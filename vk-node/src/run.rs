@@ -628,6 +628,7 @@ async fn run_with<P: Provider>(
             }),
             &spec.name,
             Duration::from_secs(args.usage_cache_seconds),
+            metrics.exec_sessions.with_label_values(&[kind.as_str()]),
         ),
         DEFAULT_RELOAD_INTERVAL,
         lost.clone(),

@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use spillway_common::tls::ClientIdentity;
 use tokio::sync::OwnedSemaphorePermit;
@@ -325,23 +324,6 @@ impl<P: Provider> LogStream<P> {
     }
 }
 
-/// Whether `container` is one of the pod's containers (init and ephemeral included).
-fn has_container(pod: &Pod, container: &str) -> bool {
-    pod.spec.as_ref().is_some_and(|spec| {
-        spec.containers.iter().any(|c| c.name == container)
-            || spec
-                .init_containers
-                .iter()
-                .flatten()
-                .any(|c| c.name == container)
-            || spec
-                .ephemeral_containers
-                .iter()
-                .flatten()
-                .any(|c| c.name == container)
-    })
-}
-
 fn too_many(message: String) -> Response {
     (StatusCode::TOO_MANY_REQUESTS, message).into_response()
 }
@@ -356,28 +338,9 @@ pub(super) async fn container_logs<P: Provider>(
     if let Some(refused) = state.guard(who, &headers, "proxy").await {
         return refused;
     }
-    let found = state
-        .directory
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&format!("{namespace}/{pod}"))
-        .map(|found| (found.metadata.uid.clone(), has_container(found, &container)));
-    let uid = match found {
-        Some((Some(uid), true)) => uid,
-        Some((Some(_), false)) => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("container {container:?} is not in pod {namespace}/{pod}"),
-            )
-                .into_response();
-        }
-        _ => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("pod {namespace}/{pod} is not on this node"),
-            )
-                .into_response();
-        }
+    let uid = match state.container_pod_uid(&namespace, &pod, &container) {
+        Ok(uid) => uid,
+        Err(refused) => return refused.into_response(),
     };
     let follower = if query.follow {
         let Ok(place) = state.followers.clone().try_acquire_owned() else {
@@ -461,7 +424,7 @@ mod tests {
         }
         async fn create(
             &self,
-            _: &Pod,
+            _: &k8s_openapi::api::core::v1::Pod,
             _: &crate::pod_objects::PodObjects,
         ) -> Result<(), ProviderError> {
             Ok(())

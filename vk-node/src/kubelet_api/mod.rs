@@ -8,7 +8,8 @@
 //! | `/runningpods/` | `proxy` | `PodList` of what the provider actually runs |
 //! | `/stats/summary` | `stats` | kubelet Summary API |
 //! | `/metrics/resource` | `metrics` | resource metrics (Prometheus text) |
-//! | `/exec/…`, `/attach/…`, `/portForward/…` | `proxy` | refused at once with a sentence (not served on burst pods yet) |
+//! | `/exec/{ns}/{pod}/{container}`, `/attach/…` | `proxy` | WebSocket remote command (`v5.channel.k8s.io`), through the provider |
+//! | `/portForward/{ns}/{pod}` | `proxy` | refused at once with a sentence (the ports are at the provider) |
 //! | `/healthz` | none | liveness |
 //!
 //! Callers authenticate with a client certificate or a bearer token (TokenReview), and are
@@ -34,6 +35,7 @@ pub use logs::{
     MAX_LOG_READS, render, unsent,
 };
 pub use stats::UsageSampler;
+pub use streaming::{MAX_EXEC_SESSIONS, PROTOCOLS, StreamQuery, status_message};
 
 use crate::kubelet_authn::{Authenticator, bearer_token};
 use crate::kubelet_authz::Authorizer;
@@ -56,6 +58,8 @@ pub(crate) struct ApiState<P> {
     log_reads: Arc<tokio::sync::Semaphore>,
     checks: Arc<CallerChecks>,
     usage: Arc<UsageSampler<P>>,
+    sessions: Arc<tokio::sync::Semaphore>,
+    session_gauge: prometheus::IntGauge,
 }
 
 impl<P> Clone for ApiState<P> {
@@ -67,18 +71,22 @@ impl<P> Clone for ApiState<P> {
             log_reads: self.log_reads.clone(),
             checks: self.checks.clone(),
             usage: self.usage.clone(),
+            sessions: self.sessions.clone(),
+            session_gauge: self.session_gauge.clone(),
         }
     }
 }
 
 /// The kubelet API router; serve it with optional client certificates (bearer tokens are
-/// the other way in). Usage samples are reused for `usage_ttl`.
+/// the other way in). Usage samples are reused for `usage_ttl`; `exec_sessions` counts
+/// the open exec and attach sessions.
 pub fn router<P: Provider>(
     provider: Arc<P>,
     directory: PodDirectory,
     checks: Arc<CallerChecks>,
     node_name: &str,
     usage_ttl: Duration,
+    exec_sessions: prometheus::IntGauge,
 ) -> Router {
     let usage = Arc::new(UsageSampler::new(
         provider.clone(),
@@ -118,7 +126,26 @@ pub fn router<P: Provider>(
             log_reads: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_READS)),
             checks,
             usage,
+            sessions: Arc::new(tokio::sync::Semaphore::new(MAX_EXEC_SESSIONS)),
+            session_gauge: exec_sessions,
         })
+}
+
+/// Whether `container` is one of the pod's containers (init and ephemeral included).
+fn has_container(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers.iter().any(|c| c.name == container)
+            || spec
+                .init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container)
+            || spec
+                .ephemeral_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container)
+    })
 }
 
 fn error_response(error: ProviderError) -> Response {
@@ -141,6 +168,33 @@ fn unavailable(what: &str) -> Response {
 }
 
 impl<P> ApiState<P> {
+    /// The UID of pod `namespace/pod` on this node, which has `container`; `Err` with the
+    /// 404 to send otherwise.
+    fn container_pod_uid(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<String, (StatusCode, String)> {
+        let found = self
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&format!("{namespace}/{pod}"))
+            .map(|found| (found.metadata.uid.clone(), has_container(found, container)));
+        match found {
+            Some((Some(uid), true)) => Ok(uid),
+            Some((Some(_), false)) => Err((
+                StatusCode::NOT_FOUND,
+                format!("container {container:?} is not in pod {namespace}/{pod}"),
+            )),
+            _ => Err((
+                StatusCode::NOT_FOUND,
+                format!("pod {namespace}/{pod} is not on this node"),
+            )),
+        }
+    }
+
     /// Who the caller is: its verified client certificate, else its bearer token; `Err`
     /// with the answer to send when neither says.
     async fn authenticate(

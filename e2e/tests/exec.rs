@@ -1,0 +1,197 @@
+//! `kubectl exec` and `attach` on a burst pod, with the real kubectl through the real
+//! apiserver (which passes the WebSocket through, since the node declares
+//! `ExtendWebSocketsToKubelet`), on the mock provider: output and exit codes, stdin, a
+//! terminal whose resize reaches the provider, attach; sessions counted in
+//! `spillway_exec_sessions`; a caller without `nodes/proxy` refused by the node itself;
+//! port-forward refused with a sentence.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use spillway_e2e::{
+    NodeFixture, SpillwayProcess, admin_port, kubectl, metrics_text, pod_on_node, repo_root,
+    run_dir, vk_node_args, wait_running, wait_until,
+};
+
+/// `kubectl -n <namespace> <args>` with `stdin` written to it and closed, at most 30 s.
+fn kubectl_in(namespace: &str, args: &[&str], stdin: &[u8]) -> anyhow::Result<Output> {
+    let mut child = Command::new("timeout")
+        .arg("30")
+        .arg(repo_root().join("e2e/.build/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(run_dir().join("kubeconfig"))
+        .args(["-n", namespace])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("piped").write_all(stdin)?;
+    Ok(child.wait_with_output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `kubectl exec -it … -- tty-size` under a pseudo-terminal of 80x24, resizes it to
+/// 100x30 once the first size is printed, then types Ctrl-D; prints what the terminal
+/// showed. The resize is the terminal's own (TIOCSWINSZ, then SIGWINCH to kubectl).
+const PTY_DRIVER: &str = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+def size(fd, cols, rows):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+pid, fd = pty.fork()
+if pid == 0:
+    size(0, 80, 24)
+    os.execv(sys.argv[1], sys.argv[1:])
+seen, deadline, resized, typed = b"", time.time() + 30, False, False
+while time.time() < deadline:
+    ready, _, _ = select.select([fd], [], [], 0.5)
+    if ready:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    if b"80x24" in seen and not resized:
+        size(fd, 100, 30)
+        resized = True
+    if b"100x30" in seen and not typed:
+        os.write(fd, b"\x04")
+        typed = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> anyhow::Result<()> {
+    let fixture = NodeFixture::new("e2e-exec", "mock").await?;
+    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let args = vk_node_args(node_name, "mock")?;
+    let admin = admin_port(&args)?;
+    let kubelet = args[args.iter().position(|a| a == "--kubelet-listen").unwrap() + 1].clone();
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", node_name, json!({}))?,
+    )
+    .await?;
+    wait_running(&pods, "web", Duration::from_secs(30)).await?;
+    // What lets the apiserver pass the WebSocket through instead of translating to SPDY.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let declared = nodes
+        .get(node_name)
+        .await?
+        .status
+        .and_then(|s| s.declared_features)
+        .unwrap_or_default();
+    assert!(
+        declared.iter().any(|f| f == "ExtendWebSocketsToKubelet"),
+        "{declared:?}"
+    );
+    let ns = ns.name.as_str();
+
+    // Non-interactive: output, and the exit code.
+    let out = kubectl_in(ns, &["exec", "web", "--", "echo", "hello", "world"], b"")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello world\n");
+    let out = kubectl_in(ns, &["exec", "web", "--", "sh", "-c", "exit 3"], b"")?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let out = kubectl_in(
+        ns,
+        &["exec", "web", "--", "echo-stderr", "to", "stderr"],
+        b"",
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("to stderr"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // stdin, to its end.
+    let out = kubectl_in(
+        ns,
+        &["exec", "-i", "web", "--", "cat"],
+        b"line one\nline two\n",
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "line one\nline two\n");
+
+    // A terminal: its size, then a resize, reach the provider.
+    let pty = Command::new("python3")
+        .args(["-c", PTY_DRIVER])
+        .arg(repo_root().join("e2e/.build/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(run_dir().join("kubeconfig"))
+        .args(["-n", ns, "exec", "-it", "web", "--", "tty-size"])
+        .output()?;
+    let screen = text(&pty.stdout);
+    assert!(pty.status.success(), "{screen} {}", text(&pty.stderr));
+    assert!(screen.contains("80x24"), "{screen}");
+    assert!(screen.contains("100x30"), "the resize: {screen}");
+
+    // attach, with stdin.
+    let out = kubectl_in(ns, &["attach", "-i", "web"], b"typed\n")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "attached to web\ntyped\n");
+
+    // An open session is counted, and uncounted when it ends.
+    let mut open = Command::new(repo_root().join("e2e/.build/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(run_dir().join("kubeconfig"))
+        .args(["-n", ns, "exec", "-i", "web", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let sessions = |n: u32| format!("spillway_exec_sessions{{provider=\"mock\"}} {n}");
+    wait_until("one exec session open", Duration::from_secs(20), || async {
+        Ok(metrics_text(admin)?.contains(&sessions(1)))
+    })
+    .await?;
+    drop(open.stdin.take());
+    open.wait()?;
+    wait_until("no exec session open", Duration::from_secs(20), || async {
+        Ok(metrics_text(admin)?.contains(&sessions(0)))
+    })
+    .await?;
+
+    // port-forward: a sentence, at once.
+    let out = kubectl_in(ns, &["port-forward", "pod/web", "18080:80"], b"")?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("port-forward is not supported on Spillway burst pods"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The node's own check: a caller without nodes/proxy on this node is refused.
+    kubectl(&["create", "serviceaccount", "nobody", "-n", ns])?;
+    let token = kubectl(&["create", "token", "nobody", "-n", ns, "--duration=1h"])?;
+    let ca = std::fs::read(run_dir().join("pki/ca.crt"))?;
+    let response = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .timeout(Duration::from_secs(15))
+        .build()?
+        .get(format!(
+            "https://{kubelet}/exec/{ns}/web/web?command=echo&command=hi&output=1"
+        ))
+        .bearer_auth(token.trim())
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 403);
+    assert!(response.text().await?.contains("subresource=proxy"));
+    Ok(())
+}
