@@ -89,6 +89,7 @@ pub fn body_violations(definitions: &Value, body: &Value) -> Vec<String> {
 pub struct RequestValidator {
     resource: jsonschema::Validator,
     group: jsonschema::Validator,
+    exec: jsonschema::Validator,
 }
 
 impl RequestValidator {
@@ -101,6 +102,7 @@ impl RequestValidator {
         Self {
             resource: validator(definitions, "Resource"),
             group: validator(definitions, "ContainerGroupProperties"),
+            exec: validator(definitions, "ContainerExecRequest"),
         }
     }
 
@@ -110,6 +112,13 @@ impl RequestValidator {
         problems.extend(errors(&self.resource, &resource));
         problems.extend(errors(&self.group, &group));
         problems
+    }
+}
+
+impl RequestValidator {
+    /// What is wrong with an exec POST body against `ContainerExecRequest`.
+    pub fn exec_violations(&self, body: &Value) -> Vec<String> {
+        errors(&self.exec, body)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod doc_commands;
 pub mod fake_arm;
 pub mod hostile_clients;
 pub mod probe_target;
+pub mod pty;
 pub mod split_proxy;
 pub mod stall_proxy;
 

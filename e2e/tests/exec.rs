@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::json;
+use spillway_e2e::pty::{self, Step};
 use spillway_e2e::{
     NodeFixture, SpillwayProcess, admin_port, kubectl, metrics_text, pod_on_node, repo_root,
     run_dir, vk_node_args, wait_running, wait_until,
@@ -37,39 +38,6 @@ fn kubectl_in(namespace: &str, args: &[&str], stdin: &[u8]) -> anyhow::Result<Ou
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
-
-/// Runs `kubectl exec -it … -- tty-size` under a pseudo-terminal of 80x24, resizes it to
-/// 100x30 once the first size is printed, then types Ctrl-D; prints what the terminal
-/// showed. The resize is the terminal's own (TIOCSWINSZ, then SIGWINCH to kubectl).
-const PTY_DRIVER: &str = r#"
-import fcntl, os, pty, select, struct, sys, termios, time
-def size(fd, cols, rows):
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-pid, fd = pty.fork()
-if pid == 0:
-    size(0, 80, 24)
-    os.execv(sys.argv[1], sys.argv[1:])
-seen, deadline, resized, typed = b"", time.time() + 30, False, False
-while time.time() < deadline:
-    ready, _, _ = select.select([fd], [], [], 0.5)
-    if ready:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    if b"80x24" in seen and not resized:
-        size(fd, 100, 30)
-        resized = True
-    if b"100x30" in seen and not typed:
-        os.write(fd, b"\x04")
-        typed = True
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(seen.decode(errors="replace"))
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
@@ -129,23 +97,37 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "line one\nline two\n");
 
-    // A terminal: its size, then a resize, reach the provider.
-    let pty = Command::new("python3")
-        .args(["-c", PTY_DRIVER])
-        .arg(repo_root().join("e2e/.build/bin/kubectl"))
-        .arg("--kubeconfig")
-        .arg(run_dir().join("kubeconfig"))
-        .args(["-n", ns, "exec", "-it", "web", "--", "tty-size"])
-        .output()?;
-    let screen = text(&pty.stdout);
-    assert!(pty.status.success(), "{screen} {}", text(&pty.stderr));
+    // A terminal: its size, then a resize, reach the provider; Ctrl-D ends it.
+    let kubeconfig = run_dir().join("kubeconfig").display().to_string();
+    let (code, screen) = pty::drive(
+        &repo_root().join("e2e/.build/bin/kubectl"),
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            ns,
+            "exec",
+            "-it",
+            "web",
+            "--",
+            "tty-size",
+        ],
+        (80, 24),
+        &[
+            Step::WaitFor("80x24".into()),
+            Step::Resize(100, 30),
+            Step::WaitFor("100x30".into()),
+            Step::Type("\u{4}".into()),
+        ],
+    )?;
+    assert_eq!(code, Some(0), "{screen}");
     assert!(screen.contains("80x24"), "{screen}");
     assert!(screen.contains("100x30"), "the resize: {screen}");
 
     // attach, with stdin.
     let out = kubectl_in(ns, &["attach", "-i", "web"], b"typed\n")?;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "attached to web\ntyped\n");
+    assert_eq!(text(&out.stdout), "attached to app\ntyped\n");
 
     // An open session is counted, and uncounted when it ends.
     let mut open = Command::new(repo_root().join("e2e/.build/bin/kubectl"))
@@ -186,7 +168,7 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
         .timeout(Duration::from_secs(15))
         .build()?
         .get(format!(
-            "https://{kubelet}/exec/{ns}/web/web?command=echo&command=hi&output=1"
+            "https://{kubelet}/exec/{ns}/web/app?command=echo&command=hi&output=1"
         ))
         .bearer_auth(token.trim())
         .send()

@@ -500,3 +500,114 @@ async fn an_aci_node_without_credentials_says_so_once_and_stays_tainted_until_th
     .await?;
     Ok(())
 }
+
+/// `kubectl exec` and `attach` through the apiserver, the node and ACI's session
+/// WebSockets on the fake ARM: a shell with stdin (its end typed as Ctrl-D), a terminal
+/// whose size reaches ACI in the exec call, a program with arguments refused with what
+/// ACI can run instead, attach's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn kubectl_exec_and_attach_reach_an_aci_container_through_its_websockets()
+-> anyhow::Result<()> {
+    let fx = AciFixture::new("e2e-aci-exec").await?;
+    let (client, ns) = (&fx.node.client, &fx.node.ns);
+    let _node = fx.start_node()?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", &fx.node.node_name, json!({}))?,
+    )
+    .await?;
+    wait_running(&pods, 1, Duration::from_secs(60)).await?;
+    let kubectl_path = spillway_e2e::repo_root().join("e2e/.build/bin/kubectl");
+    let kubeconfig = spillway_e2e::run_dir()
+        .join("kubeconfig")
+        .display()
+        .to_string();
+    let run = |args: &[&str], stdin: &[u8]| -> anyhow::Result<std::process::Output> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("timeout")
+            .arg("30")
+            .arg(&kubectl_path)
+            .args(["--kubeconfig", &kubeconfig, "-n", &ns.name])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().expect("piped").write_all(stdin)?;
+        Ok(child.wait_with_output()?)
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    // A shell, fed on stdin; stdin's end reaches it as Ctrl-D.
+    let out = run(
+        &["exec", "-i", "web", "--", "/bin/sh"],
+        b"echo hello from aci\nnot-a-command\n",
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "hello from aci\nsh: not-a-command: not found\n"
+    );
+
+    // A terminal: its size goes with the exec call.
+    let (code, screen) = spillway_e2e::pty::drive(
+        &kubectl_path,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            &ns.name,
+            "exec",
+            "-it",
+            "web",
+            "--",
+            "/bin/sh",
+        ],
+        (120, 40),
+        &[
+            spillway_e2e::pty::Step::Type("stty size\n".into()),
+            spillway_e2e::pty::Step::WaitFor("40 120".into()),
+            spillway_e2e::pty::Step::Type("exit\n".into()),
+        ],
+    )?;
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("40 120"), "{screen}");
+    let sessions = fx.arm.session_counts();
+    assert!(
+        sessions.exec_refused.is_empty(),
+        "{:?}",
+        sessions.exec_refused
+    );
+    assert_eq!(
+        sessions
+            .exec_bodies
+            .last()
+            .map(|b| b["terminalSize"].clone()),
+        Some(json!({"rows": 40, "cols": 120}))
+    );
+    assert_eq!(sessions.wrong_passwords, 0);
+
+    // Arguments ACI cannot carry: refused, saying what it can run; never joined.
+    let before = fx.arm.session_counts().exec_bodies.len();
+    let out = run(&["exec", "web", "--", "ls", "/tmp"], b"")?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("one program without arguments"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fx.arm.session_counts().exec_bodies.len(), before);
+
+    // attach: the container's output stream.
+    let out = run(&["attach", "web"], b"")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("attached to app of "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(fx.arm.session_counts().attaches, 1);
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The ARM calls the ACI provider makes, for container groups in one resource group:
-//! create-or-update, get, list, delete and container logs. [`ArmClient`] speaks them over
+//! create-or-update, get, list, delete, container logs, and the exec and attach
+//! WebSockets. [`ArmClient`] speaks them over
 //! HTTPS with a bearer token: `429` (and `503`) wait out `Retry-After`, other server errors
 //! back off with jitter, and long-running PUTs and DELETEs are followed to their end
 //! through `Azure-AsyncOperation` (or `Location`). Errors map onto [`ProviderError`], so a
@@ -9,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use azure_core::credentials::Secret;
 use rand::Rng as _;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -18,7 +20,7 @@ use serde_json::Value;
 use super::API_VERSION;
 use super::arm_types::ContainerGroup;
 use super::credentials::TokenSource;
-use crate::provider::ProviderError;
+use crate::provider::{ProviderError, TerminalSize};
 
 /// The public ARM endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://management.azure.com";
@@ -53,6 +55,35 @@ pub trait ArmApi: Send + Sync + 'static {
     /// What keeps the node from running groups, one sentence each: no token, the
     /// resource group missing or closed to the node's identity. Empty when ready.
     fn setup_problems(&self, location: &str) -> impl Future<Output = Vec<String>> + Send;
+    /// Asks ACI to run `command` (one executable, no arguments) in a container of group
+    /// `name` in a terminal of `size`: the WebSocket to stream it on, and its password.
+    fn exec_command(
+        &self,
+        name: &str,
+        container: &str,
+        command: &str,
+        size: TerminalSize,
+    ) -> impl Future<Output = Result<StreamGrant, ProviderError>> + Send {
+        let _ = (name, container, command, size);
+        async { Err(ProviderError::Invalid("this ARM serves no exec".into())) }
+    }
+    /// Asks ACI for a container's output stream: the WebSocket and its password.
+    fn attach(
+        &self,
+        name: &str,
+        container: &str,
+    ) -> impl Future<Output = Result<StreamGrant, ProviderError>> + Send {
+        let _ = (name, container);
+        async { Err(ProviderError::Invalid("this ARM serves no attach".into())) }
+    }
+}
+
+/// A WebSocket ACI opened for an exec or attach, and the password that opens it.
+pub struct StreamGrant {
+    /// `wss://…`.
+    pub uri: String,
+    /// Sent as the first message (exec) or the `Authorization` header (attach).
+    pub password: Secret,
 }
 
 /// Everything but unreserved characters (RFC 3986) is escaped in a path segment, so a
@@ -189,6 +220,23 @@ pub fn classify(status: StatusCode, body: &[u8]) -> ProviderError {
         StatusCode::CONFLICT if detail.code.contains("Quota") => ProviderError::Unavailable(text),
         _ => ProviderError::Invalid(text),
     }
+}
+
+/// The `{webSocketUri, password}` of an exec or attach answer.
+fn grant(body: &[u8], what: &str) -> Result<StreamGrant, ProviderError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        web_socket_uri: String,
+        password: String,
+    }
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| {
+        ProviderError::Transient(format!("ARM {what} answer without a WebSocket: {e}"))
+    })?;
+    Ok(StreamGrant {
+        uri: answer.web_socket_uri,
+        password: Secret::new(answer.password),
+    })
 }
 
 /// An operation that ended `Failed`: quota and capacity problems pass with time, the
@@ -450,6 +498,38 @@ impl<T: TokenSource> ArmApi for ArmClient<T> {
             StatusCode::ACCEPTED => self.follow(&answer).await,
             _ => Ok(()),
         }
+    }
+
+    async fn exec_command(
+        &self,
+        name: &str,
+        container: &str,
+        command: &str,
+        size: TerminalSize,
+    ) -> Result<StreamGrant, ProviderError> {
+        let url = format!(
+            "{}/{}/containers/{}/exec?api-version={API_VERSION}",
+            self.groups_url(),
+            path_segment(name),
+            named_segment(container)?
+        );
+        let body = serde_json::json!({
+            "command": command,
+            "terminalSize": {"rows": size.height, "cols": size.width},
+        });
+        let answer = self.call(Method::POST, &url, Some(&body)).await?;
+        grant(&answer.body, "exec")
+    }
+
+    async fn attach(&self, name: &str, container: &str) -> Result<StreamGrant, ProviderError> {
+        let url = format!(
+            "{}/{}/containers/{}/attach?api-version={API_VERSION}",
+            self.groups_url(),
+            path_segment(name),
+            named_segment(container)?
+        );
+        let answer = self.call(Method::POST, &url, None).await?;
+        grant(&answer.body, "attach")
     }
 
     async fn container_logs(

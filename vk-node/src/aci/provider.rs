@@ -16,13 +16,38 @@ use k8s_openapi::api::core::v1::Pod;
 use super::arm::{ArmApi, ArmClient, DEFAULT_ENDPOINT, RetryPolicy};
 use super::arm_types::ContainerGroup;
 use super::credentials::{CredentialChain, TokenFile, Tokens};
+use super::session_socket::{self, Password};
 use super::status::{log_lines, remote_status};
 use super::translate::{self, AciSettings, TranslateError};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::pod_objects::PodObjects;
 use crate::provider::{
-    LogChunk, LogOptions, Provider, ProviderError, RemotePhase, RemoteStatus, pod_uid,
+    ExecCommand, LogChunk, LogOptions, Provider, ProviderError, RemotePhase, RemoteStatus,
+    SessionEnd, SessionIo, TerminalSize, pod_uid,
 };
+
+/// The terminal size ACI is given when the caller has none, or sends none in time.
+pub const DEFAULT_TERMINAL: TerminalSize = TerminalSize {
+    width: 80,
+    height: 24,
+};
+
+/// How long exec waits for a terminal's first size (kubectl sends it on connecting)
+/// before it asks ACI with [`DEFAULT_TERMINAL`].
+const FIRST_SIZE_WAIT: Duration = Duration::from_secs(2);
+
+/// The one program ACI's exec can run: its command is a single string it does not
+/// split, so an argv of more than one word is refused rather than joined.
+pub fn single_program(argv: &[String]) -> Result<&str, ProviderError> {
+    match argv {
+        [program] if !program.is_empty() && !program.contains(char::is_whitespace) => Ok(program),
+        _ => Err(ProviderError::Invalid(format!(
+            "ACI's exec runs one program without arguments (it takes a single command \
+             string and does not split it), so {argv:?} cannot be run as given; run a shell \
+             (kubectl exec -it POD -- /bin/sh) and type the command there"
+        ))),
+    }
+}
 
 /// ACI flags (the cluster id and default sizes are shared with Fargate: `--cluster-id`,
 /// `--default-cpu`, `--default-memory`).
@@ -368,6 +393,50 @@ impl<A: ArmApi> Provider for AciProvider<A> {
             .collect())
     }
 
+    async fn exec(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        command: &ExecCommand,
+        mut io: SessionIo,
+    ) -> Result<SessionEnd, ProviderError> {
+        let program = single_program(&command.argv)?;
+        let name = self.recorded(pod_uid).ok_or_else(|| {
+            ProviderError::NotFound(format!("no container group for pod {pod_uid}"))
+        })?;
+        let size = if command.tty {
+            tokio::time::timeout(FIRST_SIZE_WAIT, io.resize.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(DEFAULT_TERMINAL)
+        } else {
+            DEFAULT_TERMINAL
+        };
+        let grant = self
+            .api
+            .exec_command(&name, container, program, size)
+            .await?;
+        let socket =
+            session_socket::open(&grant.uri, &grant.password, Password::FirstMessage).await?;
+        Ok(session_socket::pump(socket, io, true).await)
+    }
+
+    async fn attach(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        _tty: bool,
+        io: SessionIo,
+    ) -> Result<SessionEnd, ProviderError> {
+        let name = self.recorded(pod_uid).ok_or_else(|| {
+            ProviderError::NotFound(format!("no container group for pod {pod_uid}"))
+        })?;
+        let grant = self.api.attach(&name, container).await?;
+        let socket = session_socket::open(&grant.uri, &grant.password, Password::Header).await?;
+        Ok(session_socket::pump(socket, io, false).await)
+    }
+
     async fn logs(
         &self,
         pod_uid: &str,
@@ -570,6 +639,17 @@ mod tests {
         let error = quota.take().await.unwrap_err();
         assert!(matches!(error, ProviderError::Throttled(_)), "{error}");
         assert!(error.to_string().contains("2 per 300s"), "{error}");
+    }
+
+    #[test]
+    fn exec_runs_one_program_and_refuses_arguments_rather_than_joining_them() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(single_program(&argv(&["/bin/sh"])).unwrap(), "/bin/sh");
+        for refused in [&["ls", "/tmp"][..], &["echo hi"][..], &[][..]] {
+            let error = single_program(&argv(refused)).unwrap_err();
+            assert!(matches!(error, ProviderError::Invalid(_)));
+            assert!(error.to_string().contains("one program without arguments"));
+        }
     }
 
     #[tokio::test]

@@ -4,8 +4,10 @@
 //! schemas (`aci_spec`) — and plays ARM's parts the node must handle: `201` plus an
 //! `Azure-AsyncOperation` to poll, groups that provision, run and get an IP over time,
 //! `202` deletes with a `Location`, paged lists with `nextLink`, container logs written
-//! a line a second (five in all), and
+//! a line a second (five in all), exec and attach WebSockets ([`sessions`]), and
 //! bursts of `429 Too Many Requests` with `Retry-After`.
+
+mod sessions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,11 +18,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::aci_spec::RequestValidator;
+pub use sessions::SessionCounts;
 
 /// The api-version every call must name.
 pub const API_VERSION: &str = "2023-05-01";
@@ -74,6 +77,8 @@ pub struct CallCounts {
     pub polls: u64,
     /// Log reads.
     pub logs: u64,
+    /// Exec and attach calls.
+    pub sessions: u64,
     /// Requests answered 429.
     pub throttled: u64,
     /// Requests refused for a bad token.
@@ -97,6 +102,9 @@ struct ArmState {
     /// Every request's method and path, as received (before routing).
     seen: Mutex<Vec<String>>,
     next_id: Mutex<u64>,
+    /// Exec and attach sessions handed out and not opened yet, by id.
+    sessions: Mutex<HashMap<String, sessions::Session>>,
+    session_counts: Mutex<SessionCounts>,
 }
 
 /// The running fake; stops when dropped.
@@ -128,6 +136,8 @@ impl FakeArm {
             counts: Mutex::new(CallCounts::default()),
             seen: Mutex::new(Vec::new()),
             next_id: Mutex::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            session_counts: Mutex::new(SessionCounts::default()),
         });
         let group_path = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerInstance/containerGroups";
         let app = Router::new()
@@ -141,6 +151,15 @@ impl FakeArm {
                 get(logs),
             )
             .route("/fake/operations/{id}", get(operation))
+            .route(
+                &format!("{group_path}/{{name}}/containers/{{container}}/exec"),
+                post(sessions::exec),
+            )
+            .route(
+                &format!("{group_path}/{{name}}/containers/{{container}}/attach"),
+                post(sessions::attach),
+            )
+            .route("/fake/sessions/{id}", get(sessions::socket))
             .route("/fake/deletions/{id}", get(deletion))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
@@ -169,6 +188,11 @@ impl FakeArm {
     /// Drops the PUT refusals not used yet.
     pub fn clear_put_faults(&self) {
         lock(&self.state.put_faults).clear();
+    }
+
+    /// What the exec and attach calls and sockets saw so far.
+    pub fn session_counts(&self) -> SessionCounts {
+        lock(&self.state.session_counts).clone()
     }
 
     /// Calls seen so far.
