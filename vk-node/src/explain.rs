@@ -33,6 +33,21 @@ pub struct Explanation {
     pub notes: Vec<String>,
     /// For each reason, the limit in words and where docs/limits.md explains it.
     pub limits: Vec<String>,
+    /// What `kubectl exec`, `attach` and `port-forward` give on the provider.
+    pub exec: String,
+}
+
+/// What `kubectl exec`, `attach` and `port-forward` give a burst pod on `provider`, with
+/// the section of docs/limits.md that says more.
+pub fn exec_support(provider: Provider) -> String {
+    let what = match provider {
+        Provider::Fargate => "kubectl exec and attach: not yet on Fargate",
+        Provider::Aci => {
+            "kubectl exec: one program without arguments (e.g. -- /bin/sh), with stdin and a \
+             terminal sized at the start, no exit code; attach: output only"
+        }
+    };
+    format!("{what}; port-forward: no (docs/limits.md#exec-attach-port-forward)")
 }
 
 /// The limit behind an eligibility reason, in words, with its section of docs/limits.md.
@@ -189,6 +204,7 @@ pub fn explain(
                 request: None,
                 notes: Vec::new(),
                 limits: reasons.iter().map(|r| limit(*r)).collect(),
+                exec: exec_support(provider),
             };
             match translated {
                 Ok(request) => {
@@ -235,6 +251,7 @@ pub fn explain(
                 request: None,
                 notes: Vec::new(),
                 limits: reasons.iter().map(|r| limit(*r)).collect(),
+                exec: exec_support(provider),
             };
             match aci::translate::translate(pod, &settings, &Placeholders) {
                 Ok(request) => {
@@ -315,6 +332,7 @@ pub fn summary(explanation: &Explanation, provider: Provider) -> String {
     for note in &explanation.notes {
         out.push_str(&format!("note: {note}\n"));
     }
+    out.push_str(&format!("exec: {}\n", explanation.exec));
     out.push_str("(use -o json for the exact provider requests)\n");
     out
 }
@@ -378,6 +396,26 @@ mod tests {
         // One health check per container: the liveness probe's.
         assert_eq!(check["command"], serde_json::json!(["CMD", "true"]));
         assert_eq!(check["retries"], 3);
+    }
+
+    #[test]
+    fn what_exec_gives_is_said_per_provider() {
+        let plain = pod(serde_json::json!({"containers": [{"name": "app", "image": "web"}]}));
+        let fargate = explain(&plain, Provider::Fargate, &PricingConfig::default()).unwrap();
+        assert!(
+            fargate.exec.contains("not yet on Fargate"),
+            "{}",
+            fargate.exec
+        );
+        let aci = explain(&plain, Provider::Aci, &PricingConfig::default()).unwrap();
+        assert!(
+            aci.exec.contains("one program without arguments"),
+            "{}",
+            aci.exec
+        );
+        let text = summary(&aci, Provider::Aci);
+        assert!(text.contains("exec: kubectl exec: one program"), "{text}");
+        assert!(aci.exec.contains("docs/limits.md#exec-attach-port-forward"));
     }
 
     #[test]
