@@ -588,6 +588,25 @@ impl NodeFixture {
         })
     }
 
+    /// Starts `spillway <args>` as this fixture's node, binds pod `pod` (one `app`
+    /// container, [`pod_on_node`]) to it and waits until it runs; the process stops when
+    /// the returned value drops.
+    pub async fn start_with_running_pod(
+        &self,
+        args: &[String],
+        pod: &str,
+    ) -> anyhow::Result<SpillwayProcess> {
+        let process = SpillwayProcess::start(args, &format!("vk-{}", self.ns.name), &[])?;
+        self.pods()
+            .create(
+                &kube::api::PostParams::default(),
+                &pod_on_node(pod, &self.node_name, serde_json::json!({}))?,
+            )
+            .await?;
+        wait_running(&self.pods(), pod, std::time::Duration::from_secs(60)).await?;
+        Ok(process)
+    }
+
     /// The namespace's pods.
     pub fn pods(&self) -> Api<k8s_openapi::api::core::v1::Pod> {
         Api::namespaced(self.client.clone(), &self.ns.name)

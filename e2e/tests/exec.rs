@@ -9,13 +9,11 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
 use spillway_e2e::pty::{self, Step};
 use spillway_e2e::{
-    NodeFixture, SpillwayProcess, admin_port, kubectl, metrics_text, pod_on_node, repo_root,
-    run_dir, vk_node_args, wait_running, wait_until,
+    NodeFixture, admin_port, kubectl, metrics_text, repo_root, run_dir, vk_node_args, wait_until,
 };
 
 /// `kubectl -n <namespace> <args>` with `stdin` written to it and closed, at most 30 s.
@@ -47,14 +45,7 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
     let args = vk_node_args(node_name, "mock")?;
     let admin = admin_port(&args)?;
     let kubelet = args[args.iter().position(|a| a == "--kubelet-listen").unwrap() + 1].clone();
-    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    pods.create(
-        &PostParams::default(),
-        &pod_on_node("web", node_name, json!({}))?,
-    )
-    .await?;
-    wait_running(&pods, "web", Duration::from_secs(30)).await?;
+    let _node = fixture.start_with_running_pod(&args, "web").await?;
     // What lets the apiserver pass the WebSocket through instead of translating to SPDY.
     let nodes: Api<Node> = Api::all(client.clone());
     let declared = nodes

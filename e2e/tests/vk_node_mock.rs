@@ -559,17 +559,10 @@ async fn pods_bound_by_hand_that_break_the_rules_are_refused_by_the_node() -> an
 #[ignore = "needs the test bed: run `make test`"]
 async fn kubelet_api_callers_are_authorized_not_only_authenticated() -> anyhow::Result<()> {
     let fixture = NodeFixture::new("e2e-kubelet-authz", "mock").await?;
-    let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
+    let (ns, node_name) = (&fixture.ns, &fixture.node_name);
     let args = vk_node_args(node_name, "mock")?;
     let kubelet = args[args.iter().position(|a| a == "--kubelet-listen").unwrap() + 1].clone();
-    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &[])?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    pods.create(
-        &PostParams::default(),
-        &pod_on_node("web", node_name, json!({}))?,
-    )
-    .await?;
-    wait_running(&pods, "web", Duration::from_secs(30)).await?;
+    let _node = fixture.start_with_running_pod(&args, "web").await?;
     // A certificate from the right CA, for a name RBAC grants nothing.
     let pki = spillway_e2e::run_dir().join("pki");
     let dir = tempfile::tempdir()?;
