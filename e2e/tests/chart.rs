@@ -378,6 +378,7 @@ fn the_chart_lints_and_renders_safe_manifests() -> anyhow::Result<()> {
         "--node-label=eks.amazonaws.com/compute-type=fargate",
         "--node-taint=example.com/burst=only:NoSchedule",
         "--node-taint=dedicated:NoExecute",
+        "--enable-exec",
     ] {
         assert!(args.contains(flag), "{flag} in {args}");
     }
@@ -620,6 +621,10 @@ fn the_values_schema_refuses_bad_values_naming_the_key() -> anyhow::Result<()> {
         (
             "controller:\n  fargate:\n    executionRoleArn: ''\n",
             "controller.fargate.executionRoleArn",
+        ),
+        (
+            "controller:\n  fargate:\n    enableExec: true\n",
+            "controller.fargate.enableExec: needs controller.fargate.taskRoleArn",
         ),
         (
             "controller:\n  fargate:\n    subnets: []\n",

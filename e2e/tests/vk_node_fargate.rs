@@ -309,7 +309,16 @@ async fn fargate_pods_report_container_insights_usage_on_the_kubelet_api() -> an
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
 async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
-    let fx = FargateFixture::new("e2e-fargate").await?;
+    let mut fx = FargateFixture::new("e2e-fargate").await?;
+    // ECS Exec on: RunTask must ask for it (and the task role it needs is given).
+    fx.args.extend(
+        [
+            "--enable-exec",
+            "--task-role-arn",
+            "arn:aws:iam::123456789012:role/spillway-task",
+        ]
+        .map(String::from),
+    );
     let (client, aws, cluster) = (&fx.node.client, &fx.aws, &fx.cluster);
     let (ns, node_name) = (&fx.node.ns, &fx.node.node_name);
     let _node = fx.start_node()?;
@@ -435,6 +444,7 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
     // The secret value reached Secrets Manager only: no ECS request body carries it.
     let recording = moto_recording(&aws.endpoint)?;
     let (mut ecs_requests, mut secret_references, mut secrets_manager_copies) = (0, 0, 0);
+    let mut run_tasks = 0;
     // One JSON record after another; under concurrent requests moto may write two on
     // one line, so the records are read as a stream, not line by line.
     for record in serde_json::Deserializer::from_str(&recording).into_iter::<serde_json::Value>() {
@@ -454,6 +464,11 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
                 !body.contains(&secret_value),
                 "secret value in an ECS request ({target}): {body}"
             );
+            // This test's tasks only (the recording holds every test's requests).
+            if target.ends_with("RunTask") && body.contains(cluster.as_str()) {
+                run_tasks += 1;
+                assert!(body.contains("\"enableExecuteCommand\":true"), "{body}");
+            }
             if target.ends_with("RegisterTaskDefinition") && body.contains(&format!("/{uid}")) {
                 assert!(
                     body.contains("\"secrets\"") && body.contains("valueFrom"),
@@ -467,6 +482,7 @@ async fn fargate_pods_run_as_tasks_log_and_stop() -> anyhow::Result<()> {
         }
     }
     assert!(ecs_requests > 0, "the recording holds the ECS requests");
+    assert!(run_tasks > 0, "the recording holds the RunTask");
     assert_eq!(
         secret_references, 1,
         "one task definition references the pod's secret"

@@ -114,6 +114,9 @@ at fault and what to do. Included by the controller's template. */}}
 {{- if not $c.fargate.subnets -}}
 {{- fail "controller.fargate.subnets: at least one subnet id is required when controller.providers includes fargate (the subnets burst tasks get their ENIs in; docs/eks.md)" -}}
 {{- end -}}
+{{- if and $c.fargate.enableExec (not $c.fargate.taskRoleArn) -}}
+{{- fail "controller.fargate.enableExec: needs controller.fargate.taskRoleArn, a task role allowed the ssmmessages actions (docs/eks.md)" -}}
+{{- end -}}
 {{- if not $c.fargate.securityGroups -}}
 {{- fail "controller.fargate.securityGroups: at least one security group id is required when controller.providers includes fargate (it must let the cluster reach the pods; docs/eks.md)" -}}
 {{- end -}}

@@ -668,6 +668,7 @@ impl EcsApi for AwsApi {
             .network_configuration(network)
             .overrides(overrides)
             .started_by(&request.started_by)
+            .enable_execute_command(request.enable_execute_command)
             .client_token(&request.client_token)
             .set_tags(Some(tags(&request.tags)));
         self.call("RunTask", &self.limits.run_task, || {

@@ -249,6 +249,9 @@ pub struct RunTask {
     pub overrides: TaskOverride,
     /// Identifies the node that started the task.
     pub started_by: String,
+    /// ECS Exec on (`--enable-exec`).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub enable_execute_command: bool,
     /// Idempotency token: the pod UID.
     pub client_token: String,
     /// Pod UID, pod and node tags.

@@ -139,6 +139,12 @@ pub struct FargateArgs {
     /// Give tasks a public IP (needed without a NAT gateway to pull public images).
     #[arg(long, env = "SPILLWAY_ASSIGN_PUBLIC_IP")]
     pub assign_public_ip: bool,
+    /// Run tasks with ECS Exec on (`enableExecuteCommand`), so `aws ecs execute-command`
+    /// reaches a burst pod's containers. Needs a task role (`--task-role-arn`) allowed the
+    /// `ssmmessages` actions and, in private subnets, a VPC endpoint for `ssmmessages`
+    /// (docs/eks.md). `kubectl exec` on Fargate burst pods does not use it yet.
+    #[arg(long, env = "SPILLWAY_ENABLE_EXEC")]
+    pub enable_exec: bool,
     /// Task execution role (image pulls, logs, secrets).
     #[arg(long, env = "SPILLWAY_EXECUTION_ROLE_ARN")]
     pub execution_role_arn: Option<String>,
@@ -235,6 +241,7 @@ pub fn settings_from_args(
         subnets: args.subnets.clone(),
         security_groups: args.security_groups.clone(),
         assign_public_ip: args.assign_public_ip,
+        enable_exec: args.enable_exec,
         execution_role_arn: args.execution_role_arn.clone(),
         task_role_arn: args.task_role_arn.clone(),
         log_group: args.log_group.clone(),
@@ -254,6 +261,13 @@ fn required_flags(args: &FargateArgs) -> Result<(), String> {
     }
     if args.security_groups.is_empty() {
         return Err("--security-groups: at least one security group id is required".into());
+    }
+    if args.enable_exec && args.task_role_arn.is_none() {
+        return Err(
+            "--enable-exec: ECS Exec needs a task role (--task-role-arn) allowed the \
+             ssmmessages actions; the task's own code runs as it"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -32,6 +32,8 @@ pub struct FargateSettings {
     pub security_groups: Vec<String>,
     /// Whether tasks get a public IP.
     pub assign_public_ip: bool,
+    /// Whether tasks run with ECS Exec on (`enableExecuteCommand`).
+    pub enable_exec: bool,
     /// Role ECS uses to pull images, write logs and read secrets.
     pub execution_role_arn: Option<String>,
     /// Role the task's code runs as.
@@ -60,6 +62,7 @@ impl FargateSettings {
             subnets: vec!["subnet-00000000".into()],
             security_groups: vec!["sg-00000000".into()],
             assign_public_ip: false,
+            enable_exec: false,
             execution_role_arn: None,
             task_role_arn: None,
             log_group: "/spillway/pods".into(),
@@ -518,6 +521,7 @@ pub fn translate(
             container_overrides: overrides,
         },
         started_by: settings.started_by(),
+        enable_execute_command: settings.enable_exec,
         client_token: uid.clone(),
         tags: vec![
             Tag {
@@ -642,6 +646,23 @@ mod tests {
             ]
         );
         assert_eq!(defs[1].memory, 256, "its own memory, beside the app's");
+    }
+
+    #[test]
+    fn ecs_exec_is_asked_for_only_when_the_operator_turned_it_on() {
+        let off = translate(&web("web", "u1"), &settings(), &Placeholders, None, false).unwrap();
+        assert!(!off.run.enable_execute_command);
+        let body = serde_json::to_value(&off.run).unwrap();
+        assert!(body.get("enableExecuteCommand").is_none(), "{body}");
+        let on_settings = FargateSettings {
+            enable_exec: true,
+            ..settings()
+        };
+        let on = translate(&web("web", "u1"), &on_settings, &Placeholders, None, false).unwrap();
+        assert_eq!(
+            serde_json::to_value(&on.run).unwrap()["enableExecuteCommand"],
+            true
+        );
     }
 
     #[test]
