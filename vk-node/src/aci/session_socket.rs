@@ -126,6 +126,7 @@ pub async fn open(uri: &str, password: &Secret, how: Password) -> Result<Socket,
 /// terminal size once, with the exec call.
 pub async fn pump(mut socket: Socket, mut io: SessionIo, forward_stdin: bool) -> SessionEnd {
     let mut stdin_open = forward_stdin;
+    let mut resizes_open = true;
     loop {
         tokio::select! {
             message = socket.next() => match message {
@@ -151,7 +152,7 @@ pub async fn pump(mut socket: Socket, mut io: SessionIo, forward_stdin: bool) ->
                 };
                 if socket.send(message).await.is_err() { break; }
             },
-            _ = io.resize.recv() => {}
+            size = io.resize.recv(), if resizes_open => resizes_open = size.is_some(),
         }
     }
     let _ = socket.close(None).await;
