@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test bed's tools from the Go module proxy into e2e/.build/bin: the control
 # plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl), kwok and
-# metrics-server, and Karpenter with its kwok cloud provider (the autoscaler of the backfill
-# scenarios).
+# metrics-server, Karpenter with its kwok cloud provider (the autoscaler of the backfill
+# scenarios), and AWS's session-manager-plugin.
 # Skips every binary that is already newer than the module files that pin it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,3 +37,6 @@ build metrics-server metrics-server sigs.k8s.io/metrics-server/cmd/metrics-serve
 # Karpenter v1.15.0 needs Go 1.26.9; the machines carry 1.26.8, so its module alone is built
 # with the approved newer toolchain, which the go command fetches through the module proxy.
 build karpenter karpenter sigs.k8s.io/karpenter/kwok go1.27.3
+# AWS's Session Manager client, which checks the fake Session Manager endpoint ECS Exec is
+# tested against (its source has no go.mod; tools/session-manager-plugin resolves it).
+build session-manager-plugin session-manager-plugin github.com/aws/session-manager-plugin/src/sessionmanagerplugin-main

@@ -6,6 +6,8 @@ pub mod aws_fault_proxy;
 pub mod chart;
 pub mod doc_commands;
 pub mod fake_arm;
+pub mod fake_shell;
+pub mod fake_ssm;
 pub mod hostile_clients;
 pub mod probe_target;
 pub mod pty;

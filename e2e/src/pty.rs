@@ -17,6 +17,8 @@ pub enum Step {
     Type(String),
     /// Resize the terminal to columns × rows.
     Resize(u16, u16),
+    /// Read what comes for this many milliseconds.
+    Sleep(u64),
 }
 
 const DRIVER: &str = r#"
@@ -49,6 +51,10 @@ for kind, value in steps:
         os.write(fd, value.encode())
     elif kind == "resize":
         size(fd, value[0], value[1])
+    elif kind == "sleep":
+        until = time.time() + value / 1000
+        while time.time() < until and read(0.1):
+            pass
 while time.time() < deadline and read(0.5):
     pass
 _, status = os.waitpid(pid, os.WNOHANG)
@@ -64,7 +70,18 @@ sys.exit(os.waitstatus_to_exitcode(status))
 pub fn drive(
     program: &Path,
     args: &[&str],
+    size: (u16, u16),
+    steps: &[Step],
+) -> anyhow::Result<(Option<i32>, String)> {
+    drive_with_env(program, args, size, &[], steps)
+}
+
+/// [`drive`] with `env` added to the program's environment.
+pub fn drive_with_env(
+    program: &Path,
+    args: &[&str],
     (cols, rows): (u16, u16),
+    env: &[(&str, &str)],
     steps: &[Step],
 ) -> anyhow::Result<(Option<i32>, String)> {
     let steps: Vec<Value> = steps
@@ -73,6 +90,7 @@ pub fn drive(
             Step::WaitFor(text) => json!(["wait", text]),
             Step::Type(text) => json!(["type", text]),
             Step::Resize(cols, rows) => json!(["resize", [cols, rows]]),
+            Step::Sleep(ms) => json!(["sleep", ms]),
         })
         .collect();
     let output = Command::new("python3")
@@ -80,6 +98,7 @@ pub fn drive(
         .arg(json!([cols, rows, steps]).to_string())
         .arg(program)
         .args(args)
+        .envs(env.iter().copied())
         .output()?;
     Ok((
         output.status.code(),

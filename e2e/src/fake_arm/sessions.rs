@@ -4,9 +4,9 @@
 //! `{webSocketUri, password}`; the exec WebSocket wants the password as its first
 //! message, the attach one as its `Authorization` header. Each socket opens once.
 //!
-//! What runs behind exec: `/bin/sh` (or `sh`) is a line shell that knows `echo …`,
-//! `stty size` (the terminal size the exec call named) and `exit`, and ends at Ctrl-D;
-//! any other program prints one line naming itself, container and group, and exits.
+//! What runs behind exec: `/bin/sh` (or `sh`) is [`LineShell`] in a terminal of the size
+//! the exec call named; any other program prints one line naming itself, container and
+//! group, and exits.
 //! Attach sends a first line and the container's first log line, then closes.
 
 use std::collections::HashMap;
@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ArmState, arm_error, gate, host, json_response, lock, new_id};
+use crate::fake_shell::LineShell;
 
 /// One session handed out and not opened yet.
 pub(super) struct Session {
@@ -193,7 +194,7 @@ async fn run(state: Arc<ArmState>, session: Session, mut socket: WebSocket) {
         let _ = socket.send(Message::Close(None)).await;
         return;
     }
-    let mut pending = Vec::new();
+    let mut shell = LineShell::new(call.rows, call.cols);
     'session: while let Some(Ok(message)) = socket.recv().await {
         let bytes = match message {
             Message::Text(text) => text.as_bytes().to_vec(),
@@ -201,28 +202,14 @@ async fn run(state: Arc<ArmState>, session: Session, mut socket: WebSocket) {
             Message::Close(_) => break,
             _ => continue,
         };
-        for byte in bytes {
-            if byte == 0x04 {
-                break 'session;
-            }
-            if byte != b'\n' && byte != b'\r' {
-                pending.push(byte);
-                continue;
-            }
-            let line = String::from_utf8_lossy(&pending).trim().to_owned();
-            pending.clear();
-            let answer = match line.as_str() {
-                "" => continue,
-                "exit" => break 'session,
-                "stty size" => format!("{} {}\n", call.rows, call.cols),
-                _ => match line.strip_prefix("echo ") {
-                    Some(rest) => format!("{rest}\n"),
-                    None => format!("sh: {line}: not found\n"),
-                },
-            };
+        let fed = shell.feed(&bytes);
+        for answer in fed.output {
             if !send(&mut socket, answer).await {
                 break 'session;
             }
+        }
+        if fed.ended {
+            break;
         }
     }
     let _ = socket.send(Message::Close(None)).await;

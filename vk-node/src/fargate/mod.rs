@@ -7,6 +7,7 @@ pub mod ecs_json;
 pub mod provider;
 pub mod region;
 pub mod setup_check;
+pub mod ssm_message;
 pub mod translate;
 
 /// Tag carrying the pod UID on every task (crash-safe adoption keys on it).
