@@ -48,7 +48,15 @@ struct Rules {
     /// The `healthStatus` they give a running task's containers (moto's is always
     /// `HEALTHY`).
     container_health: Option<String>,
+    /// Who answers `ExecuteCommand`, which moto does not serve.
+    execute_command: Option<ExecuteCommandAnswer>,
+    /// The `ExecuteCommand` requests seen, as sent.
+    execute_command_requests: Vec<serde_json::Value>,
 }
+
+/// Answers one `ExecuteCommand` request body: the response body, or why it is refused.
+pub type ExecuteCommandAnswer =
+    Arc<dyn Fn(&serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync>;
 
 /// The proxy; stops when dropped.
 pub struct AwsFaultProxy {
@@ -128,6 +136,24 @@ impl AwsFaultProxy {
         rules.error_share = error;
     }
 
+    /// From now on `ExecuteCommand` (which moto does not serve) is answered by `answer`
+    /// (a refusal is a `400 InvalidParameterException`), after the faults planned for it.
+    pub fn answer_execute_command(&self, answer: ExecuteCommandAnswer) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .execute_command = Some(answer);
+    }
+
+    /// The `ExecuteCommand` request bodies seen so far.
+    pub fn execute_command_requests(&self) -> Vec<serde_json::Value> {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .execute_command_requests
+            .clone()
+    }
+
     /// Operation → (forwarded, faulted) so far.
     pub fn counts(&self) -> BTreeMap<String, (u64, u64)> {
         self.rules
@@ -204,7 +230,7 @@ async fn forward(
         } else {
             None
         });
-        let entry = rules.counts.entry(op).or_default();
+        let entry = rules.counts.entry(op.clone()).or_default();
         if fault.is_some() {
             entry.1 += 1;
         } else {
@@ -216,6 +242,36 @@ async fn forward(
         Some(Fault::Stall) => std::future::pending().await,
         Some(fault) => return fault_response(fault),
         None => {}
+    }
+    if op == "ExecuteCommand" {
+        let answer = state
+            .rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .execute_command
+            .clone();
+        if let Some(answer) = answer {
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            state
+                .rules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .execute_command_requests
+                .push(request.clone());
+            let (status, body) = match answer(&request) {
+                Ok(answer) => (StatusCode::OK, answer.to_string()),
+                Err(why) => (
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"__type": "InvalidParameterException", "message": why})
+                        .to_string(),
+                ),
+            };
+            return Response::builder()
+                .status(status)
+                .header("content-type", "application/x-amz-json-1.1")
+                .body(Body::from(body))
+                .expect("a valid response");
+        }
     }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut request = state

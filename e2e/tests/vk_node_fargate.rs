@@ -1933,3 +1933,146 @@ async fn access_denied_across_pods_turns_the_node_degraded_instead_of_failing_th
     .await?;
     Ok(())
 }
+
+/// `kubectl exec` on a Fargate burst pod, end to end: ECS `ExecuteCommand` (answered by the
+/// test's proxy, as moto serves none) and the Session Manager data channel of the fake
+/// endpoint that the real session-manager-plugin is checked against (tests/fake_ssm.rs): a
+/// shell fed on stdin, a terminal sized and resized, a plain command line, arguments ECS
+/// cannot carry refused with a sentence, attach refused with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed: run `make test`"]
+async fn kubectl_exec_reaches_a_fargate_task_through_ecs_exec() -> anyhow::Result<()> {
+    use spillway_e2e::fake_ssm::FakeSessionManager;
+    use spillway_e2e::pty::{self, Step};
+    let fx = FargateFixture::new("e2e-fargate-exec").await?;
+    let (client, ns, node_name) = (&fx.node.client, &fx.node.ns, &fx.node.node_name);
+    let ssm = std::sync::Arc::new(FakeSessionManager::start().await?);
+    let proxy = spillway_e2e::aws_fault_proxy::AwsFaultProxy::start(&fx.aws.endpoint).await?;
+    let granted = ssm.clone();
+    proxy.answer_execute_command(std::sync::Arc::new(move |request| {
+        if request["interactive"] != json!(true) {
+            return Err("interactive must be true".into());
+        }
+        let command = request["command"].as_str().ok_or("command is required")?;
+        let grant = granted.grant(command);
+        Ok(json!({
+            "clusterArn": request["cluster"],
+            "containerName": request["container"],
+            "interactive": true,
+            "taskArn": request["task"],
+            "session": {"sessionId": grant.session_id, "streamUrl": grant.stream_url,
+                        "tokenValue": grant.token},
+        }))
+    }));
+    let args = node_args_via(
+        &fx,
+        &proxy.endpoint(),
+        &[
+            "--enable-exec",
+            "--task-role-arn",
+            "arn:aws:iam::123456789012:role/spillway-task",
+        ],
+    );
+    let _node = SpillwayProcess::start(&args, &format!("vk-{}", ns.name), &AWS_ENV)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &pod_on_node("web", node_name, json!({}))?,
+    )
+    .await?;
+    spillway_e2e::wait_running(&pods, "web", Duration::from_secs(60)).await?;
+    let kubectl_path = spillway_e2e::repo_root().join("e2e/.build/bin/kubectl");
+    let kubeconfig = spillway_e2e::run_dir()
+        .join("kubeconfig")
+        .display()
+        .to_string();
+    let run = |args: &[&str], stdin: &[u8]| -> anyhow::Result<std::process::Output> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("timeout")
+            .arg("30")
+            .arg(&kubectl_path)
+            .args(["--kubeconfig", &kubeconfig, "-n", &ns.name])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().expect("piped").write_all(stdin)?;
+        Ok(child.wait_with_output()?)
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    // A shell fed on stdin; stdin's end reaches it as Ctrl-D.
+    let out = run(
+        &["exec", "-i", "web", "--", "/bin/sh"],
+        b"echo hello from fargate\n",
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("hello from fargate"),
+        "{}",
+        text(&out.stdout)
+    );
+    let requests = proxy.execute_command_requests();
+    let first = requests.first().expect("ExecuteCommand was called");
+    assert_eq!(first["cluster"], json!(fx.cluster));
+    assert_eq!(first["container"], "app");
+    assert_eq!(first["command"], "/bin/sh");
+    assert!(
+        first["task"].as_str().is_some_and(|t| t.contains(":task/")),
+        "{first}"
+    );
+
+    // A terminal: its size, then a resize, reach the agent.
+    let (code, screen) = pty::drive(
+        &kubectl_path,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            &ns.name,
+            "exec",
+            "-it",
+            "web",
+            "--",
+            "/bin/sh",
+        ],
+        (120, 40),
+        &[
+            Step::Type("stty size\r".into()),
+            Step::WaitFor("40 120".into()),
+            Step::Resize(100, 30),
+            Step::Sleep(1000),
+            Step::Type("stty size\r".into()),
+            Step::WaitFor("30 100".into()),
+            Step::Type("exit\r".into()),
+        ],
+    )?;
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("40 120"), "{screen}");
+    assert!(screen.contains("30 100"), "the resize: {screen}");
+
+    // A plain command line.
+    let out = run(&["exec", "web", "--", "date"], b"")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "date ran in the task\n");
+
+    // What ECS Exec cannot carry, and attach: sentences, no session.
+    let before = proxy.execute_command_requests().len();
+    let out = run(&["exec", "web", "--", "sh", "-c", "echo hi"], b"")?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("splits at spaces"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["attach", "web"], b"")?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ECS offers no way to attach"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(proxy.execute_command_requests().len(), before);
+    Ok(())
+}

@@ -41,7 +41,10 @@ pub struct Explanation {
 /// the section of docs/limits.md that says more.
 pub fn exec_support(provider: Provider) -> String {
     let what = match provider {
-        Provider::Fargate => "kubectl exec and attach: not yet on Fargate",
+        Provider::Fargate => {
+            "kubectl exec: with --enable-exec (ECS Exec), a command line split at spaces, with \
+             stdin and a resizable terminal; attach: no"
+        }
         Provider::Aci => {
             "kubectl exec: one program without arguments (e.g. -- /bin/sh), with stdin and a \
              terminal sized at the start, no exit code; attach: output only"
@@ -403,7 +406,7 @@ mod tests {
         let plain = pod(serde_json::json!({"containers": [{"name": "app", "image": "web"}]}));
         let fargate = explain(&plain, Provider::Fargate, &PricingConfig::default()).unwrap();
         assert!(
-            fargate.exec.contains("not yet on Fargate"),
+            fargate.exec.contains("with --enable-exec"),
             "{}",
             fargate.exec
         );

@@ -21,5 +21,6 @@ pub mod pods;
 pub mod provider;
 pub mod resource_usage;
 pub mod run;
+pub mod session_socket;
 pub mod status;
 pub mod workload_rules;

@@ -9,7 +9,7 @@ pub mod arm_types;
 pub mod cluster_lookup;
 pub mod credentials;
 pub mod provider;
-pub mod session_socket;
+pub mod session_pump;
 pub mod status;
 pub mod translate;
 

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use super::arm::{ArmApi, ArmClient, DEFAULT_ENDPOINT, RetryPolicy};
 use super::arm_types::ContainerGroup;
 use super::credentials::{CredentialChain, TokenFile, Tokens};
-use super::session_socket::{self, Password};
+use super::session_pump;
 use super::status::{log_lines, remote_status};
 use super::translate::{self, AciSettings, TranslateError};
 use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
@@ -25,6 +25,7 @@ use crate::provider::{
     ExecCommand, LogChunk, LogOptions, Provider, ProviderError, RemotePhase, RemoteStatus,
     SessionEnd, SessionIo, TerminalSize, pod_uid,
 };
+use crate::session_socket::Opening;
 
 /// The terminal size ACI is given when the caller has none, or sends none in time.
 pub const DEFAULT_TERMINAL: TerminalSize = TerminalSize {
@@ -418,8 +419,8 @@ impl<A: ArmApi> Provider for AciProvider<A> {
             .exec_command(&name, container, program, size)
             .await?;
         let socket =
-            session_socket::open(&grant.uri, &grant.password, Password::FirstMessage).await?;
-        Ok(session_socket::pump(socket, io, true).await)
+            crate::session_socket::open(&grant.uri, Opening::FirstMessage(&grant.password)).await?;
+        Ok(session_pump::pump(socket, io, true).await)
     }
 
     async fn attach(
@@ -433,8 +434,10 @@ impl<A: ArmApi> Provider for AciProvider<A> {
             ProviderError::NotFound(format!("no container group for pod {pod_uid}"))
         })?;
         let grant = self.api.attach(&name, container).await?;
-        let socket = session_socket::open(&grant.uri, &grant.password, Password::Header).await?;
-        Ok(session_socket::pump(socket, io, false).await)
+        let socket =
+            crate::session_socket::open(&grant.uri, Opening::AuthorizationHeader(&grant.password))
+                .await?;
+        Ok(session_pump::pump(socket, io, false).await)
     }
 
     async fn logs(

@@ -163,6 +163,32 @@ pub trait EcsApi: Send + Sync + 'static {
     /// What keeps the node from running pods in `target`, one sentence each (see
     /// [`setup_check`](super::setup_check)); empty when it is ready.
     fn setup_problems(&self, target: &SetupTarget) -> impl Future<Output = Vec<String>> + Send;
+    /// `ExecuteCommand` (interactive, as ECS Exec only is): the Session Manager session
+    /// that runs `command` in `container` of task `arn`.
+    fn execute_command(
+        &self,
+        cluster: &str,
+        arn: &str,
+        container: &str,
+        command: &str,
+    ) -> impl Future<Output = Result<ExecSession, ProviderError>> + Send {
+        let _ = (cluster, arn, container, command);
+        async {
+            Err(ProviderError::Invalid(
+                "this ECS serves no ExecuteCommand".into(),
+            ))
+        }
+    }
+}
+
+/// The Session Manager session `ExecuteCommand` opened.
+pub struct ExecSession {
+    /// `sessionId`.
+    pub session_id: String,
+    /// `streamUrl`: the data channel's WebSocket.
+    pub stream_url: String,
+    /// `tokenValue`: what opens it (a secret).
+    pub token: azure_core::credentials::Secret,
 }
 
 /// What one `GetLogEvents` call asks.
@@ -758,6 +784,40 @@ impl EcsApi for AwsApi {
         self.call("StopTask", &self.limits.stop_task, || {
             let send = request.clone().send();
             async move { send.await.map(|_| ()).map_err(map_error) }
+        })
+        .await
+    }
+
+    async fn execute_command(
+        &self,
+        cluster: &str,
+        arn: &str,
+        container: &str,
+        command: &str,
+    ) -> Result<ExecSession, ProviderError> {
+        let request = self
+            .ecs
+            .execute_command()
+            .cluster(cluster)
+            .task(arn)
+            .container(container)
+            .command(command)
+            .interactive(true);
+        self.call("ExecuteCommand", &self.limits.stop_task, || {
+            let send = request.clone().send();
+            async move {
+                let output = send.await.map_err(map_error)?;
+                let session = output.session().ok_or_else(|| {
+                    ProviderError::Transient("ExecuteCommand answered without a session".into())
+                })?;
+                Ok(ExecSession {
+                    session_id: session.session_id().unwrap_or_default().to_owned(),
+                    stream_url: session.stream_url().unwrap_or_default().to_owned(),
+                    token: azure_core::credentials::Secret::new(
+                        session.token_value().unwrap_or_default().to_owned(),
+                    ),
+                })
+            }
         })
         .await
     }

@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod ec2_query;
 pub mod ecs_json;
+pub mod exec_session;
 pub mod provider;
 pub mod region;
 pub mod setup_check;

@@ -22,8 +22,9 @@ use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::metrics::NodeMetrics;
 use crate::pod_objects::PodObjects;
 use crate::provider::{
-    ContainerUsage, LOG_READ_CAP_BYTES, LogChunk, LogLine, LogOptions, PodUsage, Provider,
-    ProviderError, RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus,
+    ContainerUsage, ExecCommand, LOG_READ_CAP_BYTES, LogChunk, LogLine, LogOptions, PodUsage,
+    Provider, ProviderError, RemoteContainer, RemoteContainerState, RemotePhase, RemoteStatus,
+    SessionEnd, SessionIo,
 };
 use crate::resource_usage::CpuMeter;
 
@@ -139,10 +140,11 @@ pub struct FargateArgs {
     /// Give tasks a public IP (needed without a NAT gateway to pull public images).
     #[arg(long, env = "SPILLWAY_ASSIGN_PUBLIC_IP")]
     pub assign_public_ip: bool,
-    /// Run tasks with ECS Exec on (`enableExecuteCommand`), so `aws ecs execute-command`
-    /// reaches a burst pod's containers. Needs a task role (`--task-role-arn`) allowed the
-    /// `ssmmessages` actions and, in private subnets, a VPC endpoint for `ssmmessages`
-    /// (docs/eks.md). `kubectl exec` on Fargate burst pods does not use it yet.
+    /// Run tasks with ECS Exec on (`enableExecuteCommand`): `kubectl exec` on Fargate burst
+    /// pods goes through it (and `aws ecs execute-command` works too). Needs a task role
+    /// (`--task-role-arn`) allowed the `ssmmessages` actions, the node's role allowed
+    /// `ecs:ExecuteCommand` and, in private subnets, a VPC endpoint for `ssmmessages`
+    /// (docs/eks.md).
     #[arg(long, env = "SPILLWAY_ENABLE_EXEC")]
     pub enable_exec: bool,
     /// Task execution role (image pulls, logs, secrets).
@@ -252,6 +254,27 @@ pub fn settings_from_args(
         default_memory_bytes,
         price: PricingConfig::default().fargate,
     })
+}
+
+/// The command line ECS Exec runs for `argv`: ExecuteCommand takes one string the agent
+/// splits at spaces, so an argv is carried faithfully only when no argument is empty or
+/// holds a space or a quote; any other is refused rather than joined into something else.
+pub fn ecs_command_line(argv: &[String]) -> Result<String, ProviderError> {
+    let plain = |arg: &String| {
+        !arg.is_empty()
+            && !arg
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\'))
+    };
+    if !argv.is_empty() && argv.iter().all(plain) {
+        Ok(argv.join(" "))
+    } else {
+        Err(ProviderError::Invalid(format!(
+            "ECS Exec takes one command line that it splits at spaces, so {argv:?} cannot \
+             be passed as given (an argument is empty or holds a space or a quote); run a \
+             shell (kubectl exec -it POD -- /bin/sh) and type the command there"
+        )))
+    }
 }
 
 /// The flags a Fargate node cannot run without; the error names the flag.
@@ -733,6 +756,52 @@ impl<E: EcsApi> Provider for FargateProvider<E> {
         ))
     }
 
+    async fn exec(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        command: &ExecCommand,
+        io: SessionIo,
+    ) -> Result<SessionEnd, ProviderError> {
+        if !self.settings.enable_exec {
+            return Err(ProviderError::Invalid(
+                "kubectl exec on Fargate burst pods needs ECS Exec, which this node runs \
+                 tasks without: turn on --enable-exec (controller.fargate.enableExec; it needs \
+                 a task role with the ssmmessages actions, docs/eks.md); tasks started before \
+                 keep it off until they are replaced"
+                    .into(),
+            ));
+        }
+        let line = ecs_command_line(&command.argv)?;
+        let arn = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pod_uid)
+            .map(|record| record.arn.clone())
+            .ok_or_else(|| ProviderError::NotFound(format!("no task for pod {pod_uid}")))?;
+        let session = self
+            .api
+            .execute_command(&self.settings.cluster, &arn, container, &line)
+            .await?;
+        tracing::info!(pod_uid, container, session = %session.session_id, "ECS Exec session opened");
+        super::exec_session::run(&session.stream_url, &session.token, io, command.tty).await
+    }
+
+    async fn attach(
+        &self,
+        _pod_uid: &str,
+        _container: &str,
+        _tty: bool,
+        _io: SessionIo,
+    ) -> Result<SessionEnd, ProviderError> {
+        Err(ProviderError::Invalid(
+            "kubectl attach is not supported on Fargate burst pods: ECS offers no way to \
+             attach to a task's main process; use kubectl logs -f, or kubectl exec"
+                .into(),
+        ))
+    }
+
     async fn logs(
         &self,
         pod_uid: &str,
@@ -1123,6 +1192,27 @@ mod tests {
         let secrets = provider.api.secrets.lock().unwrap().clone();
         assert_eq!(secrets, vec![secret_name(settings, "live"), foreign]);
         assert_eq!(provider.api.stopped.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ecs_exec_carries_an_argv_only_when_splitting_at_spaces_gives_it_back() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            ecs_command_line(&argv(&["ls", "-la", "/tmp"])).unwrap(),
+            "ls -la /tmp"
+        );
+        for refused in [
+            &["sh", "-c", "echo hi"][..],
+            &["echo", ""][..],
+            &["echo", "it's"][..],
+            &[][..],
+        ] {
+            let error = ecs_command_line(&argv(refused)).unwrap_err();
+            assert!(
+                error.to_string().contains("splits at spaces"),
+                "{refused:?}"
+            );
+        }
     }
 
     #[tokio::test]
