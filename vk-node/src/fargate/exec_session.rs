@@ -28,6 +28,9 @@ pub const DEFAULT_TERMINAL: TerminalSize = TerminalSize {
     height: 24,
 };
 
+/// How long a terminal session waits for the caller's first size.
+const FIRST_SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the caller's stdin ending is sent as: Ctrl-D at the agent's terminal.
 pub const END_OF_INPUT: &[u8] = b"\x04";
 
@@ -73,15 +76,30 @@ struct Channel {
     /// Input held until the handshake completes.
     held: Vec<(PayloadType, Vec<u8>)>,
     ready: bool,
+    /// The size the session starts with.
+    first_size: TerminalSize,
+    /// Sending failed: the agent closed its side.
+    write_closed: bool,
     exit_code: Option<i32>,
 }
 
 impl Channel {
+    /// Sends `message` unless the agent's side is closed already: a command that ended
+    /// may close the channel before our last acknowledgement or size goes out, and what
+    /// it sent before is still to be read.
     async fn send(&mut self, message: &AgentMessage) -> Result<(), ProviderError> {
-        self.socket
+        if self.write_closed {
+            return Ok(());
+        }
+        if let Err(error) = self
+            .socket
             .send(Message::Binary(message.encode().into()))
             .await
-            .map_err(|e| transient("send", e))
+        {
+            tracing::debug!(%error, "ECS Exec data channel closed for writing");
+            self.write_closed = true;
+        }
+        Ok(())
     }
 
     async fn input(&mut self, kind: PayloadType, payload: Vec<u8>) -> Result<(), ProviderError> {
@@ -105,7 +123,6 @@ impl Channel {
         &mut self,
         message: AgentMessage,
         io: &SessionIo,
-        tty: bool,
     ) -> Result<bool, ProviderError> {
         match PayloadType::from_wire(message.payload_type) {
             Some(PayloadType::HandshakeRequest) => {
@@ -118,9 +135,8 @@ impl Channel {
             }
             Some(PayloadType::HandshakeComplete) => {
                 self.ready = true;
-                if !tty || !self.held.iter().any(|(k, _)| *k == PayloadType::Size) {
-                    self.size(DEFAULT_TERMINAL).await?;
-                }
+                // The terminal's size first, then what was typed meanwhile.
+                self.size(self.first_size).await?;
                 for (kind, payload) in std::mem::take(&mut self.held) {
                     self.input(kind, payload).await?;
                 }
@@ -140,12 +156,7 @@ impl Channel {
     }
 
     /// One message from the agent; `false` when the session is over.
-    async fn receive(
-        &mut self,
-        bytes: &[u8],
-        io: &SessionIo,
-        tty: bool,
-    ) -> Result<bool, ProviderError> {
+    async fn receive(&mut self, bytes: &[u8], io: &SessionIo) -> Result<bool, ProviderError> {
         let message = AgentMessage::decode(bytes).map_err(|e| transient("message", e))?;
         match message.message_type.as_str() {
             OUTPUT_STREAM => {
@@ -155,7 +166,7 @@ impl Channel {
                 }
                 while let Some(next) = self.early.remove(&self.expected) {
                     self.expected += 1;
-                    if !self.deliver(next, io, tty).await? {
+                    if !self.deliver(next, io).await? {
                         return Ok(false);
                     }
                 }
@@ -175,6 +186,17 @@ pub async fn run(
     mut io: SessionIo,
     tty: bool,
 ) -> Result<SessionEnd, ProviderError> {
+    // A terminal's size comes first from kubectl, soon after the start: wait for it, so
+    // the agent's terminal starts with it rather than with a default.
+    let first_size = if tty {
+        tokio::time::timeout(FIRST_SIZE_WAIT, io.resize.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(DEFAULT_TERMINAL)
+    } else {
+        DEFAULT_TERMINAL
+    };
     let mut socket = open(stream_url, Opening::Plain).await?;
     let opening = json!({
         "MessageSchemaVersion": "1.0",
@@ -194,6 +216,8 @@ pub async fn run(
         early: BTreeMap::new(),
         held: Vec::new(),
         ready: false,
+        first_size,
+        write_closed: false,
         exit_code: None,
     };
     let (mut stdin_open, mut resizes_open) = (true, true);
@@ -201,7 +225,7 @@ pub async fn run(
         tokio::select! {
             message = channel.socket.next() => match message {
                 Some(Ok(Message::Binary(bytes))) => {
-                    if !channel.receive(&bytes, &io, tty).await? { break; }
+                    if !channel.receive(&bytes, &io).await? { break; }
                 }
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(error)) => return Err(transient("receive", error)),
