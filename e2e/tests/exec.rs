@@ -2,7 +2,7 @@
 //! apiserver (which passes the WebSocket through, since the node declares
 //! `ExtendWebSocketsToKubelet`), on the mock provider: output and exit codes, stdin, a
 //! terminal whose resize reaches the provider, attach; sessions counted in
-//! `spillway_exec_sessions`; a caller without `nodes/proxy` refused by the node itself;
+//! `spillway_exec_sessions` and capped (`--max-exec-sessions`); a caller without `nodes/proxy` refused by the node itself;
 //! port-forward refused with a sentence.
 
 use std::io::Write;
@@ -42,7 +42,9 @@ fn text(bytes: &[u8]) -> String {
 async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> anyhow::Result<()> {
     let fixture = NodeFixture::new("e2e-exec", "mock").await?;
     let (client, ns, node_name) = (&fixture.client, &fixture.ns, &fixture.node_name);
-    let args = vk_node_args(node_name, "mock")?;
+    let mut args = vk_node_args(node_name, "mock")?;
+    // One session at a time: the cap is seen below.
+    args.extend(["--max-exec-sessions", "1"].map(String::from));
     let admin = admin_port(&args)?;
     let kubelet = args[args.iter().position(|a| a == "--kubelet-listen").unwrap() + 1].clone();
     let _node = fixture.start_with_running_pod(&args, "web").await?;
@@ -134,6 +136,14 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
         Ok(metrics_text(admin)?.contains(&sessions(1)))
     })
     .await?;
+    // A second one, past --max-exec-sessions, is told to try again.
+    let refused = kubectl_in(ns, &["exec", "web", "--", "echo", "second"], b"")?;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("try again when one ends"),
+        "{}",
+        text(&refused.stderr)
+    );
     drop(open.stdin.take());
     open.wait()?;
     wait_until("no exec session open", Duration::from_secs(20), || async {

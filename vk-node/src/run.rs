@@ -215,6 +215,11 @@ pub struct NodeOptions {
     #[arg(long, default_value_t = 10, env = "SPILLWAY_USAGE_CACHE_SECONDS",
         value_parser = clap::value_parser!(u64).range(0..=600))]
     pub usage_cache_seconds: u64,
+    /// `kubectl exec` and `attach` sessions the node serves at once; one more is answered
+    /// "try again" (each holds a WebSocket to the provider).
+    #[arg(long, default_value_t = 32, env = "SPILLWAY_MAX_EXEC_SESSIONS",
+        value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_exec_sessions: u32,
     /// Seconds between status pulls from the provider.
     #[arg(long, default_value_t = 5, env = "SPILLWAY_SYNC_INTERVAL_SECONDS",
         value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -628,7 +633,10 @@ async fn run_with<P: Provider>(
             }),
             &spec.name,
             Duration::from_secs(args.usage_cache_seconds),
-            metrics.exec_sessions.with_label_values(&[kind.as_str()]),
+            kubelet_api::SessionLimit {
+                max: args.max_exec_sessions as usize,
+                open: metrics.exec_sessions.with_label_values(&[kind.as_str()]),
+            },
         ),
         DEFAULT_RELOAD_INTERVAL,
         lost.clone(),

@@ -35,7 +35,7 @@ pub use logs::{
     MAX_LOG_READS, render, unsent,
 };
 pub use stats::UsageSampler;
-pub use streaming::{MAX_EXEC_SESSIONS, PROTOCOLS, StreamQuery, status_message};
+pub use streaming::{PROTOCOLS, StreamQuery, status_message};
 
 use crate::kubelet_authn::{Authenticator, bearer_token};
 use crate::kubelet_authz::Authorizer;
@@ -77,16 +77,24 @@ impl<P> Clone for ApiState<P> {
     }
 }
 
+/// How many exec and attach sessions the node serves at once, and the gauge counting them.
+pub struct SessionLimit {
+    /// At most this many; one more is answered 429.
+    pub max: usize,
+    /// `spillway_exec_sessions{provider}`.
+    pub open: prometheus::IntGauge,
+}
+
 /// The kubelet API router; serve it with optional client certificates (bearer tokens are
-/// the other way in). Usage samples are reused for `usage_ttl`; `exec_sessions` counts
-/// the open exec and attach sessions.
+/// the other way in). Usage samples are reused for `usage_ttl`; exec and attach sessions
+/// are held to `sessions`.
 pub fn router<P: Provider>(
     provider: Arc<P>,
     directory: PodDirectory,
     checks: Arc<CallerChecks>,
     node_name: &str,
     usage_ttl: Duration,
-    exec_sessions: prometheus::IntGauge,
+    sessions: SessionLimit,
 ) -> Router {
     let usage = Arc::new(UsageSampler::new(
         provider.clone(),
@@ -126,8 +134,8 @@ pub fn router<P: Provider>(
             log_reads: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_READS)),
             checks,
             usage,
-            sessions: Arc::new(tokio::sync::Semaphore::new(MAX_EXEC_SESSIONS)),
-            session_gauge: exec_sessions,
+            sessions: Arc::new(tokio::sync::Semaphore::new(sessions.max)),
+            session_gauge: sessions.open,
         })
 }
 

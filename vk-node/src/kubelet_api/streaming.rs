@@ -8,7 +8,8 @@
 //! closed". The node declares `ExtendWebSocketsToKubelet` in its status, so an apiserver
 //! of 1.36 or later passes kubectl's WebSocket through instead of translating it to SPDY,
 //! which this node does not speak (an older apiserver gets a sentence saying so).
-//! Sessions are counted (`spillway_exec_sessions{provider}`) and capped per node.
+//! Sessions are counted (`spillway_exec_sessions{provider}`) and capped per node
+//! (`--max-exec-sessions`, 32 by default).
 //! `port-forward` answers at once with a sentence: the pod's ports are at the provider.
 
 use std::sync::Arc;
@@ -29,9 +30,6 @@ use crate::provider::{ExecCommand, Provider, ProviderError, SessionEnd, SessionI
 
 /// The WebSocket subprotocols served, preferred first.
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
-
-/// Exec and attach sessions one node serves at once; one more is answered 429.
-pub const MAX_EXEC_SESSIONS: usize = 32;
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -223,10 +221,8 @@ async fn open<P: Provider>(
     let Ok(place) = state.sessions.clone().try_acquire_owned() else {
         return (
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "{MAX_EXEC_SESSIONS} exec and attach sessions are open on this node; try again \
-                 when one ends"
-            ),
+            "as many exec and attach sessions as this node serves (--max-exec-sessions) are \
+             open; try again when one ends",
         )
             .into_response();
     };
