@@ -378,6 +378,29 @@ pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// `kubectl -n <namespace> <args>` (the test bed's kubectl and kubeconfig) with `stdin`
+/// written to it and closed; stopped after 30 s.
+pub fn kubectl_with_stdin(
+    namespace: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> anyhow::Result<std::process::Output> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("timeout")
+        .arg("30")
+        .arg(repo_root().join("e2e/.build/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(run_dir().join("kubeconfig"))
+        .args(["-n", namespace])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("piped").write_all(stdin)?;
+    Ok(child.wait_with_output()?)
+}
+
 /// Starts `kubectl logs -f` of a pod: the process and its piped stdout.
 pub fn kubectl_logs_follow(
     namespace: &str,

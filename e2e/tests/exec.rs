@@ -5,33 +5,16 @@
 //! `spillway_exec_sessions` and capped (`--max-exec-sessions`); a caller without `nodes/proxy` refused by the node itself;
 //! port-forward refused with a sentence.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use spillway_e2e::pty::{self, Step};
 use spillway_e2e::{
-    NodeFixture, admin_port, kubectl, metrics_text, repo_root, run_dir, vk_node_args, wait_until,
+    NodeFixture, admin_port, kubectl, kubectl_with_stdin, metrics_text, repo_root, run_dir,
+    vk_node_args, wait_until,
 };
-
-/// `kubectl -n <namespace> <args>` with `stdin` written to it and closed, at most 30 s.
-fn kubectl_in(namespace: &str, args: &[&str], stdin: &[u8]) -> anyhow::Result<Output> {
-    let mut child = Command::new("timeout")
-        .arg("30")
-        .arg(repo_root().join("e2e/.build/bin/kubectl"))
-        .arg("--kubeconfig")
-        .arg(run_dir().join("kubeconfig"))
-        .args(["-n", namespace])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().expect("piped").write_all(stdin)?;
-    Ok(child.wait_with_output()?)
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -63,12 +46,12 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
     let ns = ns.name.as_str();
 
     // Non-interactive: output, and the exit code.
-    let out = kubectl_in(ns, &["exec", "web", "--", "echo", "hello", "world"], b"")?;
+    let out = kubectl_with_stdin(ns, &["exec", "web", "--", "echo", "hello", "world"], b"")?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello world\n");
-    let out = kubectl_in(ns, &["exec", "web", "--", "sh", "-c", "exit 3"], b"")?;
+    let out = kubectl_with_stdin(ns, &["exec", "web", "--", "sh", "-c", "exit 3"], b"")?;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    let out = kubectl_in(
+    let out = kubectl_with_stdin(
         ns,
         &["exec", "web", "--", "echo-stderr", "to", "stderr"],
         b"",
@@ -82,7 +65,7 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
     );
 
     // stdin, to its end.
-    let out = kubectl_in(
+    let out = kubectl_with_stdin(
         ns,
         &["exec", "-i", "web", "--", "cat"],
         b"line one\nline two\n",
@@ -118,7 +101,7 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
     assert!(screen.contains("100x30"), "the resize: {screen}");
 
     // attach, with stdin.
-    let out = kubectl_in(ns, &["attach", "-i", "web"], b"typed\n")?;
+    let out = kubectl_with_stdin(ns, &["attach", "-i", "web"], b"typed\n")?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "attached to app\ntyped\n");
 
@@ -137,7 +120,7 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
     })
     .await?;
     // A second one, past --max-exec-sessions, is told to try again.
-    let refused = kubectl_in(ns, &["exec", "web", "--", "echo", "second"], b"")?;
+    let refused = kubectl_with_stdin(ns, &["exec", "web", "--", "echo", "second"], b"")?;
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("try again when one ends"),
@@ -152,7 +135,7 @@ async fn kubectl_exec_and_attach_reach_a_burst_pod_through_the_apiserver() -> an
     .await?;
 
     // port-forward: a sentence, at once.
-    let out = kubectl_in(ns, &["port-forward", "pod/web", "18080:80"], b"")?;
+    let out = kubectl_with_stdin(ns, &["port-forward", "pod/web", "18080:80"], b"")?;
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("port-forward is not supported on Spillway burst pods"),

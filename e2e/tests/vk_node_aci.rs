@@ -524,20 +524,7 @@ async fn kubectl_exec_and_attach_reach_an_aci_container_through_its_websockets()
         .join("kubeconfig")
         .display()
         .to_string();
-    let run = |args: &[&str], stdin: &[u8]| -> anyhow::Result<std::process::Output> {
-        use std::io::Write;
-        let mut child = std::process::Command::new("timeout")
-            .arg("30")
-            .arg(&kubectl_path)
-            .args(["--kubeconfig", &kubeconfig, "-n", &ns.name])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        child.stdin.take().expect("piped").write_all(stdin)?;
-        Ok(child.wait_with_output()?)
-    };
+    let run = |args: &[&str], stdin: &[u8]| spillway_e2e::kubectl_with_stdin(&ns.name, args, stdin);
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
 
     // A shell, fed on stdin; stdin's end reaches it as Ctrl-D.
