@@ -246,6 +246,29 @@ pub struct SessionIo {
     pub stderr: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
+/// The terminal size a provider is given when the caller has none, or sends none in time.
+pub const DEFAULT_TERMINAL: TerminalSize = TerminalSize {
+    width: 80,
+    height: 24,
+};
+
+/// How long a terminal session waits for the caller's first size (kubectl sends it as the
+/// session opens) before it starts with [`DEFAULT_TERMINAL`].
+pub const FIRST_SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The size a session's terminal starts with: the caller's first resize when it has a
+/// terminal (waited for up to [`FIRST_SIZE_WAIT`]), else [`DEFAULT_TERMINAL`].
+pub async fn first_terminal_size(io: &mut SessionIo, tty: bool) -> TerminalSize {
+    if !tty {
+        return DEFAULT_TERMINAL;
+    }
+    tokio::time::timeout(FIRST_SIZE_WAIT, io.resize.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(DEFAULT_TERMINAL)
+}
+
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionEnd {

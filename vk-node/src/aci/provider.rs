@@ -23,19 +23,9 @@ use super::{TAG_CLUSTER, TAG_NODE, TAG_POD_UID};
 use crate::pod_objects::PodObjects;
 use crate::provider::{
     ExecCommand, LogChunk, LogOptions, Provider, ProviderError, RemotePhase, RemoteStatus,
-    SessionEnd, SessionIo, TerminalSize, pod_uid,
+    SessionEnd, SessionIo, first_terminal_size, pod_uid,
 };
 use crate::session_socket::Opening;
-
-/// The terminal size ACI is given when the caller has none, or sends none in time.
-pub const DEFAULT_TERMINAL: TerminalSize = TerminalSize {
-    width: 80,
-    height: 24,
-};
-
-/// How long exec waits for a terminal's first size (kubectl sends it on connecting)
-/// before it asks ACI with [`DEFAULT_TERMINAL`].
-const FIRST_SIZE_WAIT: Duration = Duration::from_secs(2);
 
 /// The one program ACI's exec can run: its command is a single string it does not
 /// split, so an argv of more than one word is refused rather than joined.
@@ -405,15 +395,7 @@ impl<A: ArmApi> Provider for AciProvider<A> {
         let name = self.recorded(pod_uid).ok_or_else(|| {
             ProviderError::NotFound(format!("no container group for pod {pod_uid}"))
         })?;
-        let size = if command.tty {
-            tokio::time::timeout(FIRST_SIZE_WAIT, io.resize.recv())
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(DEFAULT_TERMINAL)
-        } else {
-            DEFAULT_TERMINAL
-        };
+        let size = first_terminal_size(&mut io, command.tty).await;
         let grant = self
             .api
             .exec_command(&name, container, program, size)

@@ -19,17 +19,8 @@ use super::ssm_message::{
     ACKNOWLEDGE, AgentMessage, CHANNEL_CLOSED, INPUT_STREAM, OUTPUT_STREAM, PayloadType,
     new_message_id, uuid_text,
 };
-use crate::provider::{ProviderError, SessionEnd, SessionIo, TerminalSize};
+use crate::provider::{ProviderError, SessionEnd, SessionIo, TerminalSize, first_terminal_size};
 use crate::session_socket::{Opening, Socket, open};
-
-/// The size the agent's terminal gets when the caller has none.
-pub const DEFAULT_TERMINAL: TerminalSize = TerminalSize {
-    width: 80,
-    height: 24,
-};
-
-/// How long a terminal session waits for the caller's first size.
-const FIRST_SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the caller's stdin ending is sent as: Ctrl-D at the agent's terminal.
 pub const END_OF_INPUT: &[u8] = b"\x04";
@@ -186,17 +177,9 @@ pub async fn run(
     mut io: SessionIo,
     tty: bool,
 ) -> Result<SessionEnd, ProviderError> {
-    // A terminal's size comes first from kubectl, soon after the start: wait for it, so
-    // the agent's terminal starts with it rather than with a default.
-    let first_size = if tty {
-        tokio::time::timeout(FIRST_SIZE_WAIT, io.resize.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(DEFAULT_TERMINAL)
-    } else {
-        DEFAULT_TERMINAL
-    };
+    // The agent's terminal starts with the caller's size, not a default it would then
+    // change (typed input could reach it in between).
+    let first_size = first_terminal_size(&mut io, tty).await;
     let mut socket = open(stream_url, Opening::Plain).await?;
     let opening = json!({
         "MessageSchemaVersion": "1.0",
