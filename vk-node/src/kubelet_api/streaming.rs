@@ -183,7 +183,7 @@ pub(super) async fn attach<P: Provider>(
     .await
 }
 
-/// Checks the caller, the pod and the protocol, takes a session place, and upgrades.
+/// Checks the caller and the pod, takes a session place, checks the protocol, and upgrades.
 async fn open<P: Provider>(
     state: ApiState<P>,
     who: Option<Extension<ClientIdentity>>,
@@ -200,6 +200,16 @@ async fn open<P: Provider>(
         Ok(uid) => uid,
         Err(refused) => return refused.into_response(),
     };
+    // The cap before the protocol: kubectl falls back to SPDY when its WebSocket is
+    // refused, and that second request must get the same answer, not "needs a WebSocket".
+    let Ok(place) = state.sessions.clone().try_acquire_owned() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "as many exec and attach sessions as this node serves (--max-exec-sessions) are \
+             open; try again when one ends",
+        )
+            .into_response();
+    };
     let Some(upgrade) = upgrade.map(|u| u.protocols(PROTOCOLS)) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -215,14 +225,6 @@ async fn open<P: Provider>(
         return (
             StatusCode::BAD_REQUEST,
             needs_websocket(session.verb(), &headers),
-        )
-            .into_response();
-    };
-    let Ok(place) = state.sessions.clone().try_acquire_owned() else {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            "as many exec and attach sessions as this node serves (--max-exec-sessions) are \
-             open; try again when one ends",
         )
             .into_response();
     };
