@@ -57,8 +57,21 @@ fn refused(what: &str) -> ProviderError {
     ProviderError::Invalid(format!("the provider's session WebSocket {what}"))
 }
 
-/// Opens the socket at `uri` as `opening` says.
+/// How long opening a socket (TCP, TLS, the WebSocket handshake) may take.
+pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens the socket at `uri` as `opening` says, within [`OPEN_TIMEOUT`].
 pub async fn open(uri: &str, opening: Opening<'_>) -> Result<Socket, ProviderError> {
+    tokio::time::timeout(OPEN_TIMEOUT, open_now(uri, opening))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProviderError::Transient(format!(
+                "the provider's session WebSocket did not open within {OPEN_TIMEOUT:?}"
+            )))
+        })
+}
+
+async fn open_now(uri: &str, opening: Opening<'_>) -> Result<Socket, ProviderError> {
     let url = url::Url::parse(uri).map_err(|e| refused(&format!("is no URL: {e}")))?;
     let host = url
         .host_str()
@@ -131,5 +144,16 @@ mod tests {
             assert!(matches!(error, ProviderError::Invalid(_)), "{uri}: {error}");
             assert!(error.to_string().contains("only wss://"), "{uri}: {error}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_that_accepts_and_never_answers_is_given_up() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("ws://{}/stalled", listener.local_addr().unwrap());
+        // Accepted, and then nothing: no handshake answer ever comes.
+        let held = tokio::spawn(async move { listener.accept().await });
+        let error = open(&uri, Opening::Plain).await.err().expect("given up");
+        assert!(error.to_string().contains("did not open within"), "{error}");
+        held.abort();
     }
 }
