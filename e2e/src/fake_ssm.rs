@@ -22,9 +22,9 @@ use spillway_vk_node::fargate::ssm_message::{
     ACKNOWLEDGE, AgentMessage, CHANNEL_CLOSED, INPUT_STREAM, OUTPUT_STREAM, PayloadType,
     new_message_id, uuid_text,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::fake_shell::LineShell;
+use crate::loopback_server::LoopbackServer;
 
 /// A session handed out: what ECS `ExecuteCommand` answers in `session`.
 #[derive(Clone, Debug)]
@@ -74,13 +74,7 @@ pub struct FakeSessionManager {
     /// `ws://127.0.0.1:PORT`.
     pub url: String,
     state: Arc<SsmState>,
-    stop: CancellationToken,
-}
-
-impl Drop for FakeSessionManager {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _server: LoopbackServer,
 }
 
 impl FakeSessionManager {
@@ -90,16 +84,12 @@ impl FakeSessionManager {
         let app = Router::new()
             .route("/v1/data-channel/{session}", get(socket))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("ws://{}", listener.local_addr()?);
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { until.cancelled().await })
-                .await;
-        });
-        Ok(Self { url, state, stop })
+        let server = LoopbackServer::start(app).await?;
+        Ok(Self {
+            url: format!("ws://{}", server.addr),
+            state,
+            _server: server,
+        })
     }
 
     /// Hands out a session that will run `command`.

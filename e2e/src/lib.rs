@@ -9,6 +9,7 @@ pub mod fake_arm;
 pub mod fake_shell;
 pub mod fake_ssm;
 pub mod hostile_clients;
+pub mod loopback_server;
 pub mod probe_target;
 pub mod pty;
 pub mod split_proxy;

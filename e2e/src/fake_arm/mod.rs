@@ -20,9 +20,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::aci_spec::RequestValidator;
+use crate::loopback_server::LoopbackServer;
 pub use sessions::SessionCounts;
 
 /// The api-version every call must name.
@@ -112,13 +112,7 @@ pub struct FakeArm {
     /// Its base URL (`http://127.0.0.1:PORT`), for `--arm-endpoint`.
     pub url: String,
     state: Arc<ArmState>,
-    stop: CancellationToken,
-}
-
-impl Drop for FakeArm {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _server: LoopbackServer,
 }
 
 impl FakeArm {
@@ -163,16 +157,12 @@ impl FakeArm {
             .route("/fake/deletions/{id}", get(deletion))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { until.cancelled().await })
-                .await;
-        });
-        Ok(Self { url, state, stop })
+        let server = LoopbackServer::start(app).await?;
+        Ok(Self {
+            url: format!("http://{}", server.addr),
+            state,
+            _server: server,
+        })
     }
 
     /// Answers the next `n` requests with `429` and `Retry-After: 1`.
